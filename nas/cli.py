@@ -1,0 +1,42 @@
+"""The `nas` command line. Each command group lives in its own `nas/commands/<name>.py` with `register()`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules under nas.commands that each define `register(subparsers)`; add one line per command group.
+COMMAND_MODULES = ["space", "search"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nas import __version__
+
+    parser = argparse.ArgumentParser(prog="nas", description="Hardware-aware neural architecture search.")
+    parser.add_argument("--version", action="version", version=f"nas {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"nas.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `nas` console script; user errors print one clear line and exit with status 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"nas {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        return 0
+    except KeyboardInterrupt:
+        print(f"nas {args.command}: interrupted (completed work is saved; rerun with --resume where supported)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

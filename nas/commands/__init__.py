@@ -1,0 +1,1 @@
+"""Command groups of the `nas` CLI, one module each."""

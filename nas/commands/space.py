@@ -1,0 +1,70 @@
+"""`nas space list | sample | cost`: look at search spaces, draw architectures under a budget, cost one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import search_spaces as ss
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("space", help="inspect search spaces, sample and cost architectures")
+    ssub = p.add_subparsers(dest="space_command", required=True, metavar="ACTION")
+
+    q = ssub.add_parser("list", help="list the named search spaces and reference networks")
+    q.set_defaults(func=cmd_list)
+
+    q = ssub.add_parser("sample", help="draw architectures that fit a budget")
+    q.add_argument("--space", default=ss.DEFAULT_SPACE, choices=sorted(ss.SPACES))
+    q.add_argument("--budget", default=None, help="e.g. 100MFLOPs, 0.1GFLOPs, 2.5Mparams")
+    q.add_argument("-n", type=int, default=5, help="how many architectures")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--phi", type=float, default=0.0, help="compound-scaling coefficient")
+    q.add_argument("--json", action="store_true", help="print JSON lines instead of strings")
+    q.set_defaults(func=cmd_sample)
+
+    q = ssub.add_parser("cost", help="per-layer MACs/params table of one architecture")
+    q.add_argument("arch", help="compact string, JSON, path to a .json file, or a preset name")
+    q.set_defaults(func=cmd_cost)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    print(f"{'space':<14}{'MMACs min..max':>18}  description")
+    for name, space in ss.SPACES.items():
+        lo, hi = ss.count_macs(space.smallest()) / 1e6, ss.count_macs(space.largest()) / 1e6
+        print(f"{name:<14}{f'{lo:.1f}..{hi:.1f}':>18}  {space.description}")
+    print(f"\n{'preset':<20}{'MMACs':>9}{'Mparams':>9}")
+    for name in ss.PRESETS:
+        c = ss.count(ss.preset(name))
+        print(f"{name:<20}{c.mmacs:>9.1f}{c.mparams:>9.3f}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise ValueError(f"-n: expected a positive count, got {args.n}")
+    space = ss.get_space(args.space, args.phi)
+    budget = ss.parse_budget(args.budget) if args.budget else None
+    for arch in ss.sample(space, budget, n=args.n, seed=args.seed):
+        c = ss.count(arch)
+        if args.json:
+            print(json.dumps({"arch": arch.to_dict(), "string": str(arch), "hash": arch.hash(),
+                              "macs": c.macs, "params": c.params}))
+        else:
+            print(f"{c.mmacs:8.2f} MMACs {c.mparams:7.3f} Mparams  {arch}")
+    return 0
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    arch = ss.parse_arch(args.arch)
+    print(f"arch {arch.hash()}: {arch}\n")
+    print(f"{'layer':<20}{'op':<7}{'in':>9}{'out':>9}{'k':>3}{'s':>3}{'act':>7}{'MACs':>14}{'params':>11}")
+    for layer in ss.layers(arch):
+        print(f"{layer.name:<20}{layer.op:<7}{f'{layer.in_hw}x{layer.in_channels}':>9}"
+              f"{f'{layer.out_hw}x{layer.out_channels}':>9}{layer.kernel:>3}{layer.stride:>3}{layer.act:>7}"
+              f"{layer.macs:>14,}{layer.params:>11,}")
+    c = ss.count(arch)
+    print(f"{'total':<58}{c.macs:>14,}{c.params:>11,}")
+    print(f"\n{c.mmacs:.2f}M MACs (1 MAC = 1 FLOP), {c.mparams:.3f}M parameters (incl. BN gamma/beta)")
+    return 0

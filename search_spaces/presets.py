@@ -1,0 +1,75 @@
+"""Hand-designed reference networks written in the architecture string, and width/depth/resolution scaling.
+
+The strings follow the reference implementations (torchvision / timm), so their counts can be checked against
+the published figures.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from search_spaces.arch import Arch, make_divisible
+from search_spaces.encoding import decode
+
+MOBILENET_V2 = (
+    "r224_i3_n1000:stem_c32_s2_re6:ds_k3_c16_re6:ir_r2_k3_s2_e6_c24_re6:ir_r3_k3_s2_e6_c32_re6:"
+    "ir_r4_k3_s2_e6_c64_re6:ir_r3_k3_e6_c96_re6:ir_r3_k3_s2_e6_c160_re6:ir_k3_e6_c320_re6:head_c1280_re6"
+)
+MOBILENET_V3_LARGE = (
+    "r224_i3_n1000:stem_c16_s2_hs:ds_k3_c16_re:ir_k3_s2_e4_c24_re,ir_k3_e3_c24_re:ir_r3_k5_s2_e3_c40_se0.25_re:"
+    "ir_k3_s2_e6_c80_hs,ir_k3_e2.5_c80_hs,ir_r2_k3_e2.3_c80_hs:ir_r2_k3_e6_c112_se0.25_hs:"
+    "ir_r3_k5_s2_e6_c160_se0.25_hs:head_c960_hs:fc_c1280_hs"
+)
+MOBILENET_V3_SMALL = (
+    "r224_i3_n1000:stem_c16_s2_hs:ds_k3_s2_c16_se0.25_re:ir_k3_s2_e4.5_c24_re,ir_k3_e3.67_c24_re:"
+    "ir_k5_s2_e4_c40_se0.25_hs,ir_r2_k5_e6_c40_se0.25_hs:ir_r2_k5_e3_c48_se0.25_hs:"
+    "ir_r3_k5_s2_e6_c96_se0.25_hs:head_c576_hs:fc_c1024_hs"
+)
+EFFICIENTNET_B0 = (
+    "r224_i3_n1000_sein:stem_c32_s2_sw:ds_k3_c16_se0.25_sw:ir_r2_k3_s2_e6_c24_se0.25_sw:"
+    "ir_r2_k5_s2_e6_c40_se0.25_sw:ir_r3_k3_s2_e6_c80_se0.25_sw:ir_r3_k5_e6_c112_se0.25_sw:"
+    "ir_r4_k5_s2_e6_c192_se0.25_sw:ir_k3_e6_c320_se0.25_sw:head_c1280_sw"
+)
+
+PRESETS = {
+    "mobilenetv2": MOBILENET_V2,
+    "mobilenetv3-large": MOBILENET_V3_LARGE,
+    "mobilenetv3-small": MOBILENET_V3_SMALL,
+    "efficientnet-b0": EFFICIENTNET_B0,
+}
+
+
+def preset(name: str) -> Arch:
+    """A reference network by name (see `PRESETS`)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {name!r}")
+    return decode(PRESETS[name])
+
+
+def scale(arch: Arch, width: float = 1.0, depth: float = 1.0, resolution: int | None = None,
+          scale_head: bool | None = None) -> Arch:
+    """Scale every width by `width` (rounded to multiples of 8), every stage's depth by `depth` (ceil).
+
+    As in the MobileNet references, the head is scaled only when widening unless `scale_head` says otherwise.
+    """
+    if width <= 0 or depth <= 0:
+        raise ValueError(f"scale: expected width > 0 and depth > 0, got width={width}, depth={depth}")
+    scale_head = width > 1.0 if scale_head is None else scale_head
+
+    def w(c: int) -> int:
+        return make_divisible(c * width, 8)
+
+    stages = []
+    for stage in arch.stages:
+        n = max(1, math.ceil(len(stage) * depth))
+        blocks = [replace(stage[min(i, len(stage) - 1)], stride=1) for i in range(n)]
+        blocks[0] = replace(blocks[0], stride=stage[0].stride)
+        stages.append(tuple(replace(b, out_channels=w(b.out_channels), mid_channels=0) for b in blocks))
+    return replace(
+        arch,
+        resolution=resolution or arch.resolution,
+        stem_channels=w(arch.stem_channels),
+        stages=tuple(stages),
+        head_channels=w(arch.head_channels) if scale_head else arch.head_channels,
+    )

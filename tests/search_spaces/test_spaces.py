@@ -1,0 +1,84 @@
+"""Search spaces: every choice builds with correct shapes; compound scaling; containment."""
+
+import itertools
+import random
+
+import pytest
+import torch
+
+import search_spaces as ss
+from search_spaces import Block
+
+
+@pytest.mark.parametrize("kernel, expand, se, act, stride", list(itertools.product(
+    (3, 5, 7), (1.0, 3.0, 4.0, 6.0), (0.0, 0.25), ("relu", "relu6", "hswish", "swish"), (1, 2))))
+def test_every_block_choice_builds_with_correct_shapes(kernel, expand, se, act, stride):
+    for se_base in ("mid", "in"):
+        arch = ss.Arch(resolution=13, stem_channels=8, in_channels=2, num_classes=5, stem_stride=1, se_base=se_base,
+                       stages=((Block(kernel, expand, 16, stride, se, act), Block(kernel, expand, 16, 1, se, act)),),
+                       head_channels=24, head_hidden=12 if se else 0)
+        model = ss.build(arch).eval()
+        x = torch.randn(2, 2, 13, 13)
+        feats = model.stem(x)
+        for layer, block in zip([t for t in ss.layers(arch) if t.name.endswith("project")], model.blocks, strict=True):
+            feats = block(feats)
+            assert feats.shape == (2, layer.out_channels, layer.out_hw, layer.out_hw)
+        assert model.blocks[1].use_residual
+        assert model(x).shape == (2, 5)
+
+
+@pytest.mark.parametrize("name", sorted(ss.SPACES))
+def test_spaces_forward_smallest_and_largest(name):
+    space = ss.get_space(name)
+    for arch in (space.smallest(), space.largest()):
+        assert space.contains(arch)
+        arch = arch.replace(resolution=min(space.resolutions))
+        out = ss.build(arch).eval()(torch.randn(1, arch.in_channels, arch.resolution, arch.resolution))
+        assert out.shape == (1, arch.num_classes)
+    assert ss.count_macs(space.smallest()) < ss.count_macs(space.largest())
+
+
+@pytest.mark.parametrize("name", sorted(ss.SPACES))
+def test_space_choices_are_on_the_grid(name):
+    space = ss.get_space(name)
+    for stage in space.stages:
+        assert all(w % 8 == 0 for w in stage.widths)
+        assert set(stage.kernels) <= {3, 5, 7}
+        assert set(stage.expands) <= {1.0, 3.0, 4.0, 6.0}
+    for arch in ss.sample(space, n=20, seed=1):
+        assert space.contains(arch)
+
+
+def test_contains_rejects_outside_archs():
+    space = ss.get_space("small32")
+    arch = space.random_arch(random.Random(0))
+    assert space.contains(arch)
+    assert not space.contains(arch.replace(resolution=40))
+    assert not space.contains(arch.replace(head_channels=64))
+    assert not space.contains(ss.preset("mobilenetv2"))
+
+
+def test_compound_scaling_follows_efficientnet():
+    base = ss.get_space("efficientnet")
+    b1 = ss.get_space("efficientnet", phi=1)
+    assert b1.scaling.alpha == 1.2 and b1.scaling.beta == 1.1 and b1.scaling.gamma == 1.15
+    assert b1.resolutions == (220, 256, 296)  # 192/224/256 * 1.15, multiples of 4
+    assert max(b1.stages[5].depths) == 6  # ceil(5 * 1.2)
+    assert b1.stem_channels == 32 and b1.head_channels == 1408  # 1280 * 1.1
+    # alpha * beta^2 * gamma^2 ~= 2: the cost of the largest network roughly doubles per unit of phi
+    ratio = ss.count_macs(b1.largest()) / ss.count_macs(base.largest())
+    assert 1.7 < ratio < 2.4
+    custom = base.scaled(2, alpha=1.0, beta=1.0, gamma=1.5)
+    assert custom.stages == base.stages and max(custom.resolutions) == 576
+
+
+def test_scale_presets_by_width():
+    v2 = ss.preset("mobilenetv2")
+    half = ss.scale(v2, width=0.5)
+    assert half.stem_channels == 16 and half.head_channels == 1280
+    assert 90e6 < ss.count_macs(half) < 110e6  # MobileNetV2 0.5 ~ 97M MACs
+    deeper = ss.scale(v2, depth=2.0)
+    assert [len(s) for s in deeper.stages] == [2 * len(s) for s in v2.stages]
+    assert [s[0].stride for s in deeper.stages] == [s[0].stride for s in v2.stages]
+    with pytest.raises(ValueError, match="width"):
+        ss.scale(v2, width=0)
