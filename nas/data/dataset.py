@@ -1,0 +1,169 @@
+"""The in-memory dataset record and deterministic train / validation / test splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+__all__ = ["Dataset", "Splits", "split", "split_indices"]
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A whole image-classification dataset held in memory.
+
+    ``x`` is always **NCHW** (``(N, C, H, W)``), ``uint8`` or ``float32``, with pixel values as the source
+    stores them (0..255 for the file formats, 0..16 for scikit-learn's digits); scaling is left to the
+    per-dataset mean/std normalisation in :mod:`nas.data.tensors`. ``y`` is ``int64`` in ``[0, num_classes)``.
+    ``test`` holds the format's official test set when it has one (MNIST ``t10k-*``, CIFAR ``test_batch``,
+    npz ``x_test``, an image folder's ``test/``); :func:`split` then uses it as the test split.
+    """
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int
+    class_names: tuple[str, ...]
+    source: str = ""
+    test: Dataset | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        where = self.source or self.name
+        if self.x.ndim != 4:
+            raise ValueError(f"{where}: images must be NCHW (4-d), got shape {self.x.shape}")
+        if self.x.dtype not in (np.uint8, np.float32):
+            raise ValueError(f"{where}: images must be uint8 or float32, got {self.x.dtype}")
+        if self.y.ndim != 1 or self.y.dtype != np.int64:
+            raise ValueError(f"{where}: labels must be a 1-d int64 array, got {self.y.dtype} {self.y.shape}")
+        if len(self.y) != len(self.x):
+            raise ValueError(f"{where}: {len(self.y)} labels for {len(self.x)} images")
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{where}: {len(self.class_names)} class names for {self.num_classes} classes")
+        if len(self.y) and (self.y.min() < 0 or self.y.max() >= self.num_classes):
+            raise ValueError(f"{where}: labels span {self.y.min()}..{self.y.max()}, outside 0..{self.num_classes - 1}")
+        if self.test is not None and self.test.x.shape[1:] != self.x.shape[1:]:
+            raise ValueError(
+                f"{where}: test images {self.test.x.shape[1:]} differ from train images {self.x.shape[1:]}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __repr__(self) -> str:
+        test = f", test={len(self.test)}" if self.test is not None else ""
+        return (
+            f"Dataset({self.name!r}, n={len(self)}{test}, shape={tuple(self.x.shape[1:])} {self.x.dtype}, "
+            f"classes={self.num_classes}, source={self.source!r})"
+        )
+
+    @property
+    def in_channels(self) -> int:
+        """Number of image channels (1 for grayscale, 3 for RGB)."""
+        return int(self.x.shape[1])
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        """Native ``(height, width)`` of the images."""
+        return int(self.x.shape[2]), int(self.x.shape[3])
+
+    def subset(self, indices: np.ndarray, name: str | None = None) -> Dataset:
+        """The images at ``indices`` (in that order), without the official test set."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return replace(self, name=name or self.name, x=self.x[indices], y=self.y[indices], test=None)
+
+    def describe(self) -> dict[str, object]:
+        """JSON-ready summary (for run records and reports)."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "images": len(self),
+            "test_images": len(self.test) if self.test is not None else None,
+            "shape_chw": list(self.x.shape[1:]),
+            "dtype": str(self.x.dtype),
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+        }
+
+    def class_counts(self) -> np.ndarray:
+        """Images per class, length ``num_classes``."""
+        return np.bincount(self.y, minlength=self.num_classes)
+
+
+@dataclass(frozen=True, eq=False)
+class Splits:
+    """Train / val / test parts of a dataset. Search reads ``val``; ``test`` is for the final report."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    seed: int
+    official_test: bool
+
+    def describe(self) -> dict[str, object]:
+        """JSON-ready summary: sizes of each part, the seed, and whether test is the official set."""
+        return {
+            "seed": self.seed,
+            "official_test": self.official_test,
+            "train": len(self.train),
+            "val": len(self.val),
+            "test": len(self.test),
+        }
+
+
+def _stratified_take(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions of ``y`` into (taken, rest), taking ``round(fraction * n_c)`` of each class c."""
+    taken: list[np.ndarray] = []
+    rest: list[np.ndarray] = []
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        members = members[rng.permutation(len(members))]
+        k = int(round(fraction * len(members)))
+        taken.append(members[:k])
+        rest.append(members[k:])
+    if not taken:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.sort(np.concatenate(taken)), np.sort(np.concatenate(rest))
+
+
+def split_indices(
+    y: np.ndarray, seed: int, val_fraction: float, test_fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Deterministic, stratified ``(train, val, test)`` index arrays covering ``range(len(y))`` disjointly.
+
+    Each class contributes ``round(test_fraction * n_c)`` images to test, then
+    ``round(val_fraction / (1 - test_fraction) * remaining)`` to validation, so the fractions hold per class.
+    """
+    if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
+        raise ValueError(
+            f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) with sum < 1"
+        )
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    test_idx, rest = _stratified_take(y, test_fraction, rng)
+    val_share = val_fraction / (1.0 - test_fraction)
+    val_pos, train_pos = _stratified_take(y[rest], val_share, rng)
+    return rest[train_pos], rest[val_pos], test_idx
+
+
+def split(dataset: Dataset, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1) -> Splits:
+    """Split ``dataset`` deterministically by ``seed`` (stratified by class).
+
+    If the dataset carries an official test set it becomes ``test`` unchanged, ``test_fraction`` is ignored,
+    and validation is ``val_fraction`` of the official training set.
+    """
+    if dataset.test is not None:
+        train_idx, val_idx, _ = split_indices(dataset.y, seed, val_fraction, 0.0)
+        test = replace(dataset.test, name=f"{dataset.name}/test")
+        official = True
+    else:
+        train_idx, val_idx, test_idx = split_indices(dataset.y, seed, val_fraction, test_fraction)
+        test = dataset.subset(test_idx, f"{dataset.name}/test")
+        official = False
+    return Splits(
+        train=dataset.subset(train_idx, f"{dataset.name}/train"),
+        val=dataset.subset(val_idx, f"{dataset.name}/val"),
+        test=test,
+        seed=seed,
+        official_test=official,
+    )
