@@ -157,6 +157,10 @@ def test_cifar10_dir_and_tar(tmp_path, digits, rgb32):
     from_tar = load_dataset(archive)
     np.testing.assert_array_equal(from_tar.x, ds.x)
     np.testing.assert_array_equal(from_tar.test.y, ds.test.y)
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with _raises(cut, "truncated"):
+        load_dataset(cut)
 
 
 def test_cifar100(tmp_path, digits, rgb32):

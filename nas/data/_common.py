@@ -1,0 +1,86 @@
+"""Shared pieces of the format readers: the error type and array/label checks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nas.data.dataset import Dataset
+
+
+class DatasetError(ValueError):
+    """A dataset path that is missing, unreadable, inconsistent or in no recognised format."""
+
+
+def digit_names(n: int) -> tuple[str, ...]:
+    """Class names "0".."n-1" for formats that carry none."""
+    return tuple(str(i) for i in range(n))
+
+
+def to_nchw(arr: np.ndarray, where: str) -> np.ndarray:
+    """Images as NCHW uint8 (integers within 0..255) or float32; accepts NHW, NHWC and NCHW."""
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.ndim == 4:
+        channels_last = arr.shape[3] in (1, 3, 4) and arr.shape[3] < arr.shape[1]
+        if channels_last:
+            arr = arr.transpose(0, 3, 1, 2)
+        elif arr.shape[1] not in (1, 3, 4):
+            raise DatasetError(f"{where}: cannot tell the channel axis of images shaped {arr.shape}")
+    else:
+        raise DatasetError(f"{where}: images must be 3-d (N,H,W) or 4-d, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype.kind in "iub":
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            return np.ascontiguousarray(arr, dtype=np.float32)
+        return np.ascontiguousarray(arr, dtype=np.uint8)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise DatasetError(f"{where}: images contain NaN or infinite values")
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    raise DatasetError(f"{where}: images have unsupported dtype {arr.dtype}")
+
+
+def to_labels(arr: np.ndarray, where: str) -> np.ndarray:
+    """Labels as a 1-d int64 array of non-negative class indices."""
+    arr = np.asarray(arr)
+    if arr.ndim != 1:
+        raise DatasetError(f"{where}: labels must be 1-d, got shape {arr.shape}")
+    if arr.dtype.kind == "f" and np.array_equal(arr, np.round(arr)):
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise DatasetError(f"{where}: labels must be integers, got dtype {arr.dtype}")
+    if arr.size and arr.min() < 0:
+        raise DatasetError(f"{where}: negative label {arr.min()}")
+    return arr.astype(np.int64)
+
+
+def check_pair(x: np.ndarray, y: np.ndarray, x_where: str, y_where: str) -> None:
+    if len(x) != len(y):
+        raise DatasetError(f"{y_where}: {len(y)} labels but {x_where} holds {len(x)} images")
+    if len(x) == 0:
+        raise DatasetError(f"{x_where}: no images")
+
+
+def assemble(
+    name: str,
+    source: str,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray] | None,
+    class_names: tuple[str, ...] | None,
+) -> Dataset:
+    """Build a Dataset (with its official test part), inferring num_classes from the labels if unnamed."""
+    top = int(train[1].max()) + 1
+    if test is not None:
+        top = max(top, int(test[1].max()) + 1)
+        if test[0].shape[1:] != train[0].shape[1:]:
+            raise DatasetError(f"{source}: test images {test[0].shape[1:]} differ from train {train[0].shape[1:]}")
+    if class_names is None:
+        class_names = digit_names(top)
+    elif top > len(class_names):
+        raise DatasetError(f"{source}: label {top - 1} but only {len(class_names)} class names")
+    k = len(class_names)
+    test_ds = None
+    if test is not None:
+        test_ds = Dataset(f"{name}/test", test[0], test[1], k, class_names, source)
+    return Dataset(name, train[0], train[1], k, class_names, source, test_ds)

@@ -1,0 +1,117 @@
+"""MNIST / Fashion-MNIST IDX files (gzipped or not)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from nas.data._common import DatasetError, assemble, check_pair, to_labels, to_nchw
+from nas.data.dataset import Dataset
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+IDX_NAME = re.compile(r"^(train|t10k)-(images|labels)[-.]idx[13]-ubyte(\.gz)?$", re.IGNORECASE)
+_IDX_TYPES: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _read_maybe_gzip(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise DatasetError(f"{path}: truncated or corrupt gzip data ({exc})") from exc
+    return raw
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read one IDX file (gzipped or not), checking the magic number and the exact data length."""
+    path = Path(path)
+    data = _read_maybe_gzip(path)
+    if len(data) < 4:
+        raise DatasetError(f"{path}: truncated: {len(data)} bytes, too short for an IDX header")
+    code, ndim = data[2], data[3]
+    if data[:2] != b"\x00\x00" or code not in _IDX_TYPES or ndim == 0:
+        raise DatasetError(
+            f"{path}: bad IDX magic number 0x{data[:4].hex()} "
+            "(expected 0x0000, a type code, and the number of dimensions, e.g. 0x00000803 for images)"
+        )
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetError(f"{path}: truncated inside the IDX header ({len(data)} of {header} bytes)")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    dtype = np.dtype(_IDX_TYPES[code])
+    count = int(np.prod(dims, dtype=np.int64))
+    expected, present = count * dtype.itemsize, len(data) - header
+    if present < expected:
+        raise DatasetError(
+            f"{path}: truncated: header declares shape {dims} ({expected} data bytes) but {present} bytes follow"
+        )
+    if present > expected:
+        raise DatasetError(f"{path}: {present - expected} unexpected bytes after the declared shape {dims}")
+    return np.frombuffer(data, dtype, count=count, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def find_idx(directory: Path) -> dict[tuple[str, str], Path]:
+    """Map ('train'|'t10k', 'images'|'labels') to files in ``directory``, preferring uncompressed ones."""
+    found: dict[tuple[str, str], Path] = {}
+    for child in sorted(directory.iterdir(), key=lambda p: p.name.lower().endswith(".gz")):
+        match = IDX_NAME.match(child.name)
+        if match and child.is_file():
+            found.setdefault((match.group(1).lower(), match.group(2).lower()), child)
+    return found
+
+
+def _idx_pair(files: dict[tuple[str, str], Path], part: str, directory: Path) -> tuple[np.ndarray, np.ndarray]:
+    for kind in ("images", "labels"):
+        if (part, kind) not in files:
+            raise DatasetError(
+                f"{directory}: has {part}-{'labels' if kind == 'images' else 'images'} "
+                f"but no {part}-{kind}-idx*-ubyte[.gz]"
+            )
+    img_path, lab_path = files[(part, "images")], files[(part, "labels")]
+    raw = read_idx(img_path)
+    if raw.ndim not in (3, 4):
+        raise DatasetError(f"{img_path}: image IDX must be 3-d (N,H,W), got shape {raw.shape}")
+    x = to_nchw(raw, str(img_path))
+    y = to_labels(read_idx(lab_path), str(lab_path))
+    check_pair(x, y, str(img_path), str(lab_path))
+    return x, y
+
+
+def load_idx_dir(directory: Path) -> Dataset:
+    """MNIST-style directory: train-{images,labels} and optionally t10k-{images,labels} IDX files."""
+    files = find_idx(directory)
+    if not files:
+        raise DatasetError(f"{directory}: no IDX files (train-images-idx3-ubyte[.gz] ...)")
+    if not any(part == "train" for part, _ in files):
+        raise DatasetError(f"{directory}: IDX files present but no train-images / train-labels")
+    train = _idx_pair(files, "train", directory)
+    test = _idx_pair(files, "t10k", directory) if any(p == "t10k" for p, _ in files) else None
+    where = str(directory).lower()
+    name = directory.name if directory.name.lower() != "raw" else directory.parent.name
+    names = None
+    if "fashion" in where:
+        name, names = "fashion-mnist", FASHION_MNIST_CLASSES
+    elif "mnist" in where:
+        name = "mnist"
+    return assemble(name, str(directory), train, test, names)
