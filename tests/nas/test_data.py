@@ -444,3 +444,22 @@ def test_real_copy_loads(name):
     assert len(ds) == n_train and ds.test is not None and len(ds.test) == n_test
     assert ds.x.shape[1:] == shape and ds.num_classes == classes
     assert np.all(ds.class_counts() > 0)
+
+
+def test_pipeline_keeps_images_and_labels_aligned(digits):
+    """A linear classifier trained through split -> TensorSplits -> BatchLoader must learn real digits."""
+    torch.manual_seed(0)
+    ts = TensorSplits(split(digits, seed=0))
+    x, y = ts.tensors("train", 16)
+    xv, yv = ts.tensors("val", 16)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    loader = BatchLoader(x, y, 64, seed=0, augment=Augment(pad=1))
+    for _ in range(5):
+        for xb, yb in loader:
+            opt.zero_grad()
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+    with torch.no_grad():
+        accuracy = (model(xv).argmax(1) == yv).float().mean().item()
+    assert accuracy > 0.85, accuracy
