@@ -1,0 +1,180 @@
+"""Devices a latency table can be built for, behind one interface.
+
+- `kernels`: the custom int8/int4 kernel library `nas.kernels` (the executor our quantized networks run on).
+- `torch-fp32`: PyTorch eager fp32, batch norm folded.
+- `torch-int8`: PyTorch torch.ao FX int8 on the x86 engine (what a user deploying with PyTorch runs).
+
+A `DeviceSpec` names a device plus the settings that change its speed (bits, threads, forced ISA); its
+`table_id` names the table file, e.g. `kernels`, `kernels-int4`, `torch-fp32-t2`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from latency_models.measure import time_calls
+from latency_models.ops import OpKey
+from search_spaces import Arch
+
+DEVICE_NAMES = ("kernels", "torch-fp32", "torch-int8")
+# Fingerprint fields that must agree for a table to describe this machine and library.
+MATCH_FIELDS = ("device", "cpu_model", "isa", "threads", "bits", "library", "library_version", "build_hash")
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A device and the settings a table is specific to."""
+
+    name: str = "kernels"
+    bits: int = 8
+    threads: int = 1
+    isa: str | None = None  # forced ISA (kernels only); None = the library's best for this CPU
+
+    def __post_init__(self) -> None:
+        if self.name not in DEVICE_NAMES:
+            raise ValueError(f"device: expected one of {list(DEVICE_NAMES)}, got {self.name!r}")
+        if self.threads < 1:
+            raise ValueError(f"threads: expected >= 1, got {self.threads}")
+        allowed = {"kernels": (8, 4), "torch-fp32": (32,), "torch-int8": (8,)}[self.name]
+        if self.bits not in allowed:
+            raise ValueError(f"bits: device {self.name!r} supports {list(allowed)}, got {self.bits}")
+        if self.isa is not None and self.name != "kernels":
+            raise ValueError(f"isa: only the 'kernels' device takes a forced ISA, not {self.name!r}")
+
+    @classmethod
+    def make(cls, name: str, bits: int | None = None, threads: int = 1, isa: str | None = None) -> DeviceSpec:
+        """A spec with the device's natural bit width when `bits` is None; `name` may be a full table id."""
+        m = re.fullmatch(r"(kernels|torch-fp32|torch-int8)(?:-int(\d+))?(?:-t(\d+))?(?:-([a-z0-9_]+))?", name)
+        if m is None:
+            raise ValueError(f"device: expected one of {list(DEVICE_NAMES)} (optionally with -int4, -tN, -ISA "
+                             f"suffixes), got {name!r}")
+        name = m.group(1)
+        bits = bits if bits is not None else int(m.group(2)) if m.group(2) else (32 if name == "torch-fp32" else 8)
+        threads = int(m.group(3)) if m.group(3) and threads == 1 else threads
+        return cls(name, bits, threads, isa or m.group(4))
+
+    @property
+    def table_id(self) -> str:
+        natural = 32 if self.name == "torch-fp32" else 8
+        return (self.name + (f"-int{self.bits}" if self.bits != natural else "")
+                + (f"-t{self.threads}" if self.threads != 1 else "") + (f"-{self.isa}" if self.isa else ""))
+
+
+class Device(Protocol):
+    spec: DeviceSpec
+
+    def fingerprint(self) -> dict[str, Any]: ...
+
+    def time_op(self, op: OpKey, reps: int) -> list[float]: ...
+
+    def time_arch(self, arch: Arch, reps: int) -> list[float]: ...
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or the platform's processor string)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _base_fingerprint(spec: DeviceSpec) -> dict[str, Any]:
+    from nas import __version__
+
+    return {"device": spec.name, "table_id": spec.table_id, "bits": spec.bits, "threads": spec.threads,
+            "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "hostname": platform.node(), "nas_version": __version__}
+
+
+@dataclass
+class TorchDevice:
+    """PyTorch eager fp32 or torch.ao int8 (x86 engine)."""
+
+    spec: DeviceSpec
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def int8(self) -> bool:
+        return self.spec.name == "torch-int8"
+
+    def fingerprint(self) -> dict[str, Any]:
+        import torch
+
+        fp = _base_fingerprint(self.spec)
+        fp.update(isa=torch.backends.cpu.get_cpu_capability(), library="torch", library_version=torch.__version__,
+                  build_hash=torch.version.git_version[:12],
+                  engine="x86" if self.int8 else "eager-fp32")
+        return fp
+
+    def _time(self, module: Any, inputs: tuple, reps: int) -> list[float]:
+        import torch
+
+        torch.set_num_threads(self.spec.threads)
+        with torch.inference_mode():
+            return time_calls(lambda: module(*inputs), reps=reps)
+
+    def time_op(self, op: OpKey, reps: int) -> list[float]:
+        from latency_models.torch_ops import op_runner
+
+        return self._time(*op_runner(op, self.int8), reps)
+
+    def time_arch(self, arch: Arch, reps: int) -> list[float]:
+        from latency_models.torch_ops import network_runner
+
+        return self._time(*network_runner(arch, self.int8), reps)
+
+
+def _kernels_module() -> Any:
+    try:
+        import nas.kernels as k
+    except ImportError as exc:
+        raise ValueError(f"device 'kernels': the kernel library nas.kernels cannot be imported ({exc}); build it "
+                         "(pip install -e .) or use --device torch-int8 / torch-fp32") from exc
+    return k
+
+
+@dataclass
+class KernelDevice:
+    """The custom low-bit kernel library `nas.kernels`."""
+
+    spec: DeviceSpec
+
+    def __post_init__(self) -> None:
+        k = _kernels_module()
+        if self.spec.isa is not None and self.spec.isa not in k.available_isas():
+            raise ValueError(f"isa: {self.spec.isa!r} is not available on this CPU; available: "
+                             f"{list(k.available_isas())}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        k = _kernels_module()
+        fp = _base_fingerprint(self.spec)
+        fp.update(isa=self.spec.isa or k.active_isa(), library="nas.kernels",
+                  library_version=str(getattr(k, "__version__", fp["nas_version"])), build_hash=k.build_hash())
+        return fp
+
+    def time_op(self, op: OpKey, reps: int) -> list[float]:
+        from latency_models.kernel_runner import time_kernel_op
+
+        return time_kernel_op(op, self.spec, reps)
+
+    def time_arch(self, arch: Arch, reps: int) -> list[float]:
+        from latency_models.kernel_runner import time_kernel_network
+
+        return time_kernel_network(arch, self.spec, reps)
+
+
+def get_device(spec: DeviceSpec | str) -> Device:
+    """The device object that times ops and networks for `spec` (a spec or a table id like `kernels-int4`)."""
+    if isinstance(spec, str):
+        spec = DeviceSpec.make(spec)
+    if spec.name == "kernels":
+        return KernelDevice(spec)
+    return TorchDevice(spec)

@@ -1,0 +1,125 @@
+"""Build a latency table: time every op on a device, incrementally and resumably, locally or over Ray."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from latency_models.devices import DeviceSpec, get_device
+from latency_models.measure import summarize
+from latency_models.ops import OpKey
+from latency_models.table import LatencyTable, LatencyTableError
+
+# rough per-op set-up cost (s) and throughput (MAC/s) used only for the up-front time estimate
+_SETUP_S = {"kernels": 0.01, "torch-fp32": 0.005, "torch-int8": 0.04}
+_RATE = {"kernels": 3e10, "torch-fp32": 3e10, "torch-int8": 1.5e10}
+
+
+def estimate_seconds(ops: Sequence[OpKey], spec: DeviceSpec, reps: int) -> float:
+    """A rough guess of how long profiling `ops` takes (shown before starting; the progress bar refines it)."""
+    per_call = [max(2e-4, 1e-5 + o.macs / _RATE[spec.name]) for o in ops]
+    return sum(_SETUP_S[spec.name] + (reps + 6) * t for t in per_call)
+
+
+def measure_ops(spec: DeviceSpec, ops: Sequence[OpKey], reps: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Time each op on this machine; returns the device fingerprint and one table row per op."""
+    device = get_device(spec)
+    rows = []
+    for op in ops:
+        t = summarize(device.time_op(op, reps))
+        rows.append({**op._asdict(), "bits": spec.bits, "macs": op.macs, "median_ms": t.median_ms,
+                     "mad_ms": t.mad_ms, "min_ms": t.min_ms, "max_ms": t.max_ms, "n": t.n,
+                     "rejected": t.rejected})
+    return device.fingerprint(), rows
+
+
+def open_table(path: Path, spec: DeviceSpec, fingerprint: dict[str, Any] | None) -> LatencyTable:
+    """The table at `path` to resume, or a new empty one; refuses to mix measurements of different devices."""
+    if not path.exists():
+        return LatencyTable.empty(fingerprint or {})
+    table = LatencyTable.load(path)
+    if fingerprint is not None:
+        diffs = table.check_fingerprint(fingerprint, strict=False) if table.fingerprint else []
+        if diffs:
+            raise LatencyTableError(f"{path} holds measurements of another device/build ({'; '.join(diffs)}); "
+                                    "pass a different --out, or delete the file to start over")
+    return table
+
+
+def profile(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, reps: int = 30, chunk: int = 32,
+            max_ops: int | None = None, progress: bool = True,
+            measure: Callable[[Sequence[OpKey]], tuple[dict[str, Any], list[dict[str, Any]]]] | None = None,
+            log: Callable[[str], None] = print) -> LatencyTable:
+    """Measure every op of `ops` not yet in the table at `out`, saving after each chunk of `chunk` ops.
+
+    `measure` times a chunk (default: on this machine; `profile_ray` passes a remote one). `max_ops` stops
+    after that many new ops (time-boxed profiling; rerun to continue).
+    """
+    out = Path(out)
+    local = measure is None
+    fingerprint = get_device(spec).fingerprint() if local else None
+    table = open_table(out, spec, fingerprint)
+    if local and not table.fingerprint:
+        table.fingerprint = fingerprint or {}
+    done = table.keys()
+    todo = [o for o in ops if o not in done]
+    skipped = len(ops) - len(todo)
+    if max_ops is not None:
+        todo = todo[:max_ops]
+    eta = estimate_seconds(todo, spec, reps)
+    log(f"profile {spec.table_id}: {len(ops)} distinct ops, {skipped} already measured, {len(todo)} to measure "
+        f"(estimated {eta / 60:.1f} min) -> {out}")
+    if measure is None:
+        def measure(chunk_ops: Sequence[OpKey]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            return measure_ops(spec, chunk_ops, reps)
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(ops), initial=skipped, unit="op", desc=f"profile {spec.table_id}",
+                   file=sys.stderr, dynamic_ncols=True)
+    try:
+        for i in range(0, len(todo), chunk):
+            part = todo[i:i + chunk]
+            fp, rows = measure(part)
+            if not table.fingerprint:
+                table.fingerprint = fp
+            elif not local:
+                table.check_fingerprint(fp, strict=True)
+            table.add(rows)
+            table.save(out)
+            if bar is not None:
+                bar.update(len(part))
+    finally:
+        if bar is not None:
+            bar.close()
+    if not len(table):
+        table.save(out)
+    return table
+
+
+def profile_ray(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, address: str, resource: str,
+                reps: int = 30, chunk: int = 32, max_ops: int | None = None, progress: bool = True,
+                log: Callable[[str], None] = print) -> LatencyTable:
+    """`profile`, with each chunk timed by a Ray task on the cluster node that holds custom resource
+    `resource`; rows come back to the driver, which writes (and resumes) the table locally."""
+    import ray
+
+    ray.init(address=address, log_to_driver=False, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(resource)]
+        if not nodes:
+            raise ValueError(f"resources: no live node of the Ray cluster at {address} has resource "
+                             f"{resource!r}; start one with: ray start --address {address} "
+                             f"--resources '{{\"{resource}\": 1}}'")
+        task = ray.remote(measure_ops).options(num_cpus=0, resources={resource: 1}, max_retries=2)
+
+        def measure(chunk_ops: Sequence[OpKey]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            return ray.get(task.remote(spec, list(chunk_ops), reps))
+
+        return profile(spec, ops, out, reps, chunk, max_ops, progress, measure, log)
+    finally:
+        ray.shutdown()

@@ -1,0 +1,240 @@
+"""`LatencyTable`: measured per-op latencies of one device, a CSV/Parquet file plus a JSON fingerprint sidecar.
+
+Files: `<stem>.csv` (or `.parquet`) with one row per `OpKey` and its timing summary, and `<stem>.json` with the
+device fingerprint (CPU, ISA, threads, bits, library version, kernel build hash) and, once fitted, the
+per-network overhead model. Writes are atomic (temporary file + rename), so a crash never leaves half a table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from latency_models.ops import KEY_COLUMNS, OpKey
+
+FORMAT = "nas-latency-table/1"
+STAT_COLUMNS = ("median_ms", "mad_ms", "min_ms", "max_ms", "n", "rejected")
+COLUMNS = KEY_COLUMNS + ("bits", "macs") + STAT_COLUMNS
+OP_TYPES = ("conv", "pw", "dw", "se", "pool", "linear")
+ACTS = ("none", "relu", "relu6", "hswish", "swish")
+RESULTS_DIR = Path("results") / "latency"
+
+
+class LatencyTableError(ValueError):
+    """A latency table is missing, unreadable or corrupt; the message names the file (and row)."""
+
+
+class FingerprintMismatch(UserWarning):
+    """A table was measured on another machine, ISA, thread count or library build than the current one."""
+
+
+def default_table_path(device: str = "kernels", root: str | os.PathLike | None = None) -> Path:
+    """Where `nas profile --device <device>` writes its table: `results/latency/<table id>.csv`.
+
+    `device` is a device name or table id (`kernels`, `kernels-int4`, `torch-int8-t2`); `root` defaults to the
+    `NAS_RESULTS` environment variable or `results/` under the current directory.
+    """
+    from latency_models.devices import DeviceSpec
+
+    table_id = DeviceSpec.make(device).table_id
+    base = Path(root) if root is not None else Path(os.environ.get("NAS_RESULTS", "results"))
+    return base / "latency" / f"{table_id}.csv"
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def profile_command(device: str) -> str:
+    from latency_models.devices import DeviceSpec
+
+    spec = DeviceSpec.make(device)
+    cmd = f"nas profile --device {spec.name}"
+    natural = 32 if spec.name == "torch-fp32" else 8
+    if spec.bits != natural:
+        cmd += f" --bits {spec.bits}"
+    if spec.threads != 1:
+        cmd += f" --threads {spec.threads}"
+    if spec.isa:
+        cmd += f" --isa {spec.isa}"
+    return cmd
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@dataclass
+class LatencyTable:
+    """Per-op median latencies (ms) of one device spec, with the fingerprint of where they were measured."""
+
+    frame: pd.DataFrame
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    overhead: dict[str, Any] | None = None  # fitted per-network overhead model (see `predictor.Overhead`)
+    path: Path | None = None
+
+    @classmethod
+    def empty(cls, fingerprint: dict[str, Any]) -> LatencyTable:
+        return cls(pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in COLUMNS}), dict(fingerprint))
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def keys(self) -> set[OpKey]:
+        return set(self.lookup())
+
+    def lookup(self) -> dict[OpKey, float]:
+        """OpKey -> median ms."""
+        f = self.frame
+        cols = [f[c].tolist() for c in KEY_COLUMNS]
+        return {OpKey(*row): ms for *row, ms in zip(*cols, f["median_ms"].tolist(), strict=True)}
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        """Append measured rows (dicts with every column); a re-measured key replaces its old row."""
+        if not rows:
+            return
+        new = pd.DataFrame(rows, columns=list(COLUMNS)).astype({c: _dtype(c) for c in COLUMNS})
+        frame = pd.concat([self.frame, new], ignore_index=True) if len(self.frame) else new
+        self.frame = frame.drop_duplicates(list(KEY_COLUMNS), keep="last").reset_index(drop=True)
+
+    # ---------------------------------------------------------------- files
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the table and its sidecar atomically (CSV, or Parquet for a `.parquet` path)."""
+        path = Path(path or self.path or "")
+        if not path.name:
+            raise ValueError("save: no path given")
+        frame = self.frame[list(COLUMNS)]
+        if path.suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            def write(tmp: str) -> None:
+                t = pa.Table.from_pandas(frame, preserve_index=False)
+                meta = {**(t.schema.metadata or {}), b"nas_fingerprint": json.dumps(self.fingerprint).encode()}
+                pq.write_table(t.replace_schema_metadata(meta), tmp)
+        else:
+            def write(tmp: str) -> None:
+                frame.to_csv(tmp, index=False, float_format="%.6g")
+        _atomic_write(path, write)
+        side = {"format": FORMAT, "table": path.name, "rows": len(frame), "fingerprint": self.fingerprint,
+                "overhead": self.overhead}
+        _atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(json.dumps(side, indent=2) + "\n"))
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | None = None) -> LatencyTable:
+        """Read and validate a table; a missing file says how to profile one, a bad row is named."""
+        path = Path(path)
+        if not path.exists():
+            dev = device or path.stem
+            try:
+                hint = profile_command(dev) + ("" if path == default_table_path(dev) else f" --out {path}")
+            except ValueError:
+                hint = f"nas profile --device DEVICE --out {path}"
+            raise LatencyTableError(f"no latency table at {path}; build one with: {hint}")
+        try:
+            if path.suffix == ".parquet":
+                frame = pd.read_parquet(path)
+            else:
+                frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except Exception as exc:  # noqa: BLE001 - any parser failure is a corrupt file
+            raise LatencyTableError(f"{path}: cannot be read as a latency table ({exc})") from exc
+        frame = _validate(frame, path)
+        fingerprint: dict[str, Any] = {}
+        overhead = None
+        side = sidecar_path(path)
+        if side.exists():
+            try:
+                meta = json.loads(side.read_text())
+                fingerprint, overhead = dict(meta["fingerprint"]), meta.get("overhead")
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise LatencyTableError(f"{side}: corrupt fingerprint sidecar ({exc})") from exc
+        else:
+            warnings.warn(f"{path}: no fingerprint sidecar {side.name}; cannot check which machine it describes",
+                          FingerprintMismatch, stacklevel=2)
+        return cls(frame, fingerprint, overhead, path)
+
+    def check_fingerprint(self, current: dict[str, Any], strict: bool = False) -> list[str]:
+        """Compare with the current machine/library; warn (or raise if `strict`) naming each difference."""
+        from latency_models.devices import MATCH_FIELDS
+
+        diffs = [f"{k}: table {self.fingerprint.get(k)!r} vs here {current.get(k)!r}" for k in MATCH_FIELDS
+                 if k in current and str(self.fingerprint.get(k)) != str(current.get(k))]
+        if diffs:
+            msg = (f"latency table {self.path or ''} was measured elsewhere ({'; '.join(diffs)}); predictions may "
+                   f"not hold here - re-profile with: {profile_command(current.get('table_id', 'kernels'))}")
+            if strict:
+                raise LatencyTableError(msg)
+            warnings.warn(msg, FingerprintMismatch, stacklevel=2)
+        return diffs
+
+
+def _dtype(col: str) -> str:
+    if col in ("op", "act"):
+        return "object"
+    if col == "residual":
+        return "bool"
+    if col in ("median_ms", "mad_ms", "min_ms", "max_ms"):
+        return "float64"
+    return "int64"
+
+
+def _validate(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise LatencyTableError(f"{path}: missing columns {missing} (expected {list(COLUMNS)})")
+    out = {}
+    for c in COLUMNS:
+        col = frame[c]
+        dt = _dtype(c)
+        if dt == "object":
+            out[c] = col.astype(str)
+            continue
+        if dt == "bool":
+            s = col.astype(str).str.strip().str.lower()
+            bad = ~s.isin(["true", "false", "1", "0"])
+            vals = s.isin(["true", "1"])
+        else:
+            vals = pd.to_numeric(col, errors="coerce")
+            bad = vals.isna() | ~vals.map(lambda v: isinstance(v, (int, float)) and math.isfinite(v))
+            if dt == "int64":
+                bad |= vals.fillna(0) % 1 != 0
+            bad |= vals.fillna(0) < 0
+            if c == "median_ms":
+                bad |= vals.fillna(0) <= 0
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise LatencyTableError(f"{path}: row {i} (line {i + 2}): column {c!r} has invalid value "
+                                    f"{frame[c].iloc[i]!r}")
+        out[c] = vals.astype(dt)
+    frame = pd.DataFrame(out)
+    for c, allowed in (("op", OP_TYPES), ("act", ACTS)):
+        bad = ~frame[c].isin(allowed)
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise LatencyTableError(f"{path}: row {i} (line {i + 2}): column {c!r} has invalid value "
+                                    f"{frame[c].iloc[i]!r} (expected one of {list(allowed)})")
+    dup = frame.duplicated(list(KEY_COLUMNS))
+    if dup.any():
+        i = int(dup.to_numpy().nonzero()[0][0])
+        raise LatencyTableError(f"{path}: row {i} (line {i + 2}): duplicate op configuration")
+    return frame

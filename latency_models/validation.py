@@ -1,0 +1,168 @@
+"""Fit the per-network overhead and validate predictions against end-to-end measurements.
+
+The overhead is fitted on one set of random architectures (`fit_overhead`, seeds from 10_000) and validated on a
+disjoint set (`validate`, seeds from 0; any architecture also in the fitting set is dropped), so the reported
+error contains no train/test leakage. A FLOPs-proportional baseline (ms = a * MACs + b) is fitted on the same
+fitting set and scored on the same validation set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from latency_models.devices import Device
+from latency_models.measure import summarize
+from latency_models.predictor import Overhead, Predictor
+from search_spaces import Arch, Budget, SearchSpace, count_macs, sample
+
+FIT_SEED = 10_000
+
+
+def budget_levels(space: SearchSpace, levels: int = 4) -> list[Budget]:
+    """MAC budgets spread evenly between the space's smallest and largest architecture."""
+    lo, hi = count_macs(space.smallest()), count_macs(space.largest())
+    return [Budget("macs", lo + (hi - lo) * (i + 1) / levels) for i in range(levels)]
+
+
+def sample_archs(space: SearchSpace, n: int, seed: int, levels: int = 4, exclude: set[str] = frozenset()
+                 ) -> list[Arch]:
+    """`n` distinct architectures spread over `levels` MAC budgets, none with a hash in `exclude`."""
+    out: dict[str, Arch] = {}
+    budgets = budget_levels(space, levels)
+    rnd = 0
+    while len(out) < n and rnd < 50:
+        for i, b in enumerate(budgets):
+            want = math.ceil((n - len(out)) / (len(budgets) - i)) if len(out) < n else 0
+            for a in sample(space, b, n=want, seed=seed + 1000 * rnd + i):
+                if a.hash() not in exclude and len(out) < n:
+                    out.setdefault(a.hash(), a)
+        rnd += 1
+    return list(out.values())
+
+
+def measure_archs(device: Device, archs: list[Arch], reps: int = 20, progress: bool = True,
+                  desc: str = "measure") -> list[float]:
+    """End-to-end median latency (ms) of each architecture on `device`."""
+    it = archs
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(archs, desc=desc, unit="arch", file=sys.stderr, dynamic_ncols=True)
+    return [summarize(device.time_arch(a, reps)).median_ms for a in it]
+
+
+def fit_overhead(predictor: Predictor, device: Device, space: SearchSpace, n: int = 60, reps: int = 20,
+                 progress: bool = True) -> tuple[Overhead, dict]:
+    """Measure `n` fitting architectures and fit the overhead; returns it and the fitting data."""
+    archs = sample_archs(space, n, FIT_SEED)
+    measured = measure_archs(device, archs, reps, progress, desc="fit overhead")
+    sums, counts = zip(*(predictor.ops_ms(a) for a in archs), strict=True)
+    overhead = Overhead.fit(list(sums), list(counts), measured)
+    macs = [count_macs(a) for a in archs]
+    base = np.polyfit(macs, measured, 1, w=1 / np.asarray(measured))
+    data = {"space": space.name, "archs": [a.hash() for a in archs], "measured_ms": measured,
+            "baseline": {"ms_per_mmac": float(base[0]) * 1e6, "const_ms": float(base[1])}}
+    return overhead, data
+
+
+@dataclass
+class Report:
+    """Prediction error over a validation set (ms and %)."""
+
+    n: int
+    rmse_ms: float
+    mape: float
+    within_5: float
+    within_10: float
+    max_abs_pct: float
+    baseline_rmse_ms: float
+    baseline_mape: float
+    baseline_within_5: float
+    baseline_within_10: float
+    mean_measured_ms: float
+
+    def lines(self) -> list[str]:
+        return [
+            f"{'':24}{'predictor':>12}{'FLOPs baseline':>16}",
+            f"{'RMSE (ms)':24}{self.rmse_ms:>12.4f}{self.baseline_rmse_ms:>16.4f}",
+            f"{'mean abs % error':24}{self.mape:>11.2f}%{self.baseline_mape:>15.2f}%",
+            f"{'within +-5%':24}{self.within_5:>11.1f}%{self.baseline_within_5:>15.1f}%",
+            f"{'within +-10%':24}{self.within_10:>11.1f}%{self.baseline_within_10:>15.1f}%",
+            f"{'max abs % error':24}{self.max_abs_pct:>11.2f}%",
+            f"({self.n} architectures, mean measured {self.mean_measured_ms:.3f} ms)",
+        ]
+
+
+def _errors(pred: np.ndarray, meas: np.ndarray) -> tuple[float, float, float, float, np.ndarray]:
+    pct = 100 * np.abs(pred - meas) / meas
+    rmse = float(np.sqrt(np.mean((pred - meas) ** 2)))
+    return rmse, float(pct.mean()), float((pct <= 5).mean() * 100), float((pct <= 10).mean() * 100), pct
+
+
+def score(pred: list[float], base: list[float], meas: list[float]) -> Report:
+    p, b, m = np.asarray(pred), np.asarray(base), np.asarray(meas)
+    r, mape, w5, w10, pct = _errors(p, m)
+    br, bmape, bw5, bw10, _ = _errors(b, m)
+    return Report(len(m), r, mape, w5, w10, float(pct.max()), br, bmape, bw5, bw10, float(m.mean()))
+
+
+def validate(predictor: Predictor, device: Device, space: SearchSpace, n: int, fit: dict, reps: int = 20,
+             progress: bool = True) -> tuple[Report, pd.DataFrame]:
+    """Measure `n` validation architectures (disjoint from the fitting set) and score the predictor."""
+    archs = sample_archs(space, n, 0, exclude=set(fit["archs"]))
+    assert not {a.hash() for a in archs} & set(fit["archs"])
+    measured = measure_archs(device, archs, reps, progress, desc="validate")
+    bl = fit["baseline"]
+    rows = []
+    for a, m in zip(archs, measured, strict=True):
+        macs = count_macs(a)
+        rows.append({"arch": str(a), "hash": a.hash(), "resolution": a.resolution, "mmacs": macs / 1e6,
+                     "measured_ms": m, "predicted_ms": predictor.predict_ms(a),
+                     "baseline_ms": bl["ms_per_mmac"] * macs / 1e6 + bl["const_ms"]})
+    df = pd.DataFrame(rows)
+    return score(df.predicted_ms.tolist(), df.baseline_ms.tolist(), df.measured_ms.tolist()), df
+
+
+def plot(df: pd.DataFrame, report: Report, title: str, path: Path) -> Path:
+    """Predicted-vs-measured scatter with the +-5/10% bands (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    lo, hi = 0.9 * df.measured_ms.min(), 1.1 * df.measured_ms.max()
+    xs = np.array([lo, hi])
+    ax.plot(xs, xs, "k-", lw=1)
+    for f, style in ((0.05, ":"), (0.10, "--")):
+        ax.plot(xs, xs * (1 + f), "k" + style, lw=0.7)
+        ax.plot(xs, xs * (1 - f), "k" + style, lw=0.7)
+    ax.scatter(df.measured_ms, df.baseline_ms, s=10, c="0.7",
+               label=f"FLOPs baseline (MAPE {report.baseline_mape:.1f}%)")
+    ax.scatter(df.measured_ms, df.predicted_ms, s=12, c="C0",
+               label=f"predictor (MAPE {report.mape:.1f}%, {report.within_10:.0f}% in +-10%)")
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("predicted latency (ms)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def save_report(report: Report, df: pd.DataFrame, outdir: Path, extra: dict,
+                log: Callable[[str], None] = print) -> None:
+    outdir.mkdir(parents=True, exist_ok=True)
+    df.to_csv(outdir / "validation.csv", index=False)
+    (outdir / "summary.json").write_text(json.dumps({**asdict(report), **extra}, indent=2) + "\n")
+    log(f"wrote {outdir / 'validation.csv'}, {outdir / 'summary.json'}")

@@ -1,0 +1,134 @@
+"""`nas latency predict | fit | validate | info`: use, calibrate and check latency tables."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import search_spaces as ss
+from nas.commands.profile import add_device_args, device_spec
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("latency", help="predict latency from a device table; fit and validate the predictor")
+    lsub = p.add_subparsers(dest="latency_command", required=True, metavar="ACTION")
+
+    def common(q: argparse.ArgumentParser) -> None:
+        add_device_args(q)
+        q.add_argument("--table", default=None, help="table path (default results/latency/<device>.csv)")
+        q.add_argument("--strict", action="store_true", help="fail (not warn) on a fingerprint mismatch")
+
+    q = lsub.add_parser("predict", help="predicted latency of architectures")
+    common(q)
+    q.add_argument("arch", nargs="+", help="compact string, JSON, .json path or preset name")
+    q.add_argument("--breakdown", action="store_true", help="per-op table")
+    q.set_defaults(func=cmd_predict)
+
+    for name, helptext in (("fit", "fit the per-network overhead on measured random architectures"),
+                           ("validate", "measure random architectures end to end and score the predictor")):
+        q = lsub.add_parser(name, help=helptext)
+        common(q)
+        q.add_argument("--space", default=ss.DEFAULT_SPACE, choices=sorted(ss.SPACES))
+        q.add_argument("--reps", type=int, default=20, help="timed runs per architecture")
+        q.add_argument("--fit-samples", type=int, default=60, help="architectures for the overhead fit")
+        q.add_argument("--no-progress", action="store_true")
+        if name == "validate":
+            q.add_argument("--samples", type=int, default=100, help="validation architectures")
+            q.add_argument("--refit", action="store_true", help="refit the overhead even if the table has one")
+            q.add_argument("--out", default=None, help="report folder (default results/latency/validate-<id>)")
+        q.set_defaults(func=cmd_fit if name == "fit" else cmd_validate)
+
+    q = lsub.add_parser("info", help="summary and fingerprint check of a table")
+    common(q)
+    q.set_defaults(func=cmd_info)
+
+
+def _load(args: argparse.Namespace):  # -> tuple[DeviceSpec, LatencyTable, Device]
+    from latency_models import LatencyTable, default_table_path, get_device
+
+    spec = device_spec(args)
+    table = LatencyTable.load(args.table or default_table_path(spec.table_id), spec.table_id)
+    device = get_device(spec)
+    table.check_fingerprint(device.fingerprint(), strict=args.strict)
+    return spec, table, device
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from latency_models import Predictor
+
+    _, table, _ = _load(args)
+    pred = Predictor(table)
+    for text in args.arch:
+        arch = ss.parse_arch(text)
+        if args.breakdown:
+            for op, ms, measured in pred.breakdown(arch):
+                print(f"  {op.describe():<58}{ms * 1000:>10.1f} us  {'table' if measured else 'interpolated'}")
+        print(f"{pred.predict_ms(arch):.4f} ms  {arch}")
+    if table.overhead is None:
+        print("(no fitted overhead: raw sum of ops; run `nas latency fit` for end-to-end predictions)")
+    return 0
+
+
+def _fit(args: argparse.Namespace, spec, table, device) -> dict:
+    from latency_models import Predictor
+    from latency_models.validation import fit_overhead
+
+    space = ss.get_space(args.space)
+    t = time.time()
+    overhead, data = fit_overhead(Predictor(table), device, space, args.fit_samples, args.reps,
+                                  not args.no_progress)
+    table.overhead = {**overhead.to_dict(), **data}
+    table.save(table.path)
+    print(f"overhead fitted on {overhead.fitted_on} architectures of {space.name} in {time.time() - t:.0f}s: "
+          f"{overhead.scale:.4f} x sum(ops) + {overhead.per_op * 1000:.2f} us/op + {overhead.const * 1000:.1f} us "
+          f"-> {table.path.with_suffix('.json')}")
+    return table.overhead
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    spec, table, device = _load(args)
+    _fit(args, spec, table, device)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from latency_models import Predictor
+    from latency_models.validation import plot, save_report, validate
+
+    if args.samples < 2:
+        raise ValueError(f"--samples: expected at least 2, got {args.samples}")
+    spec, table, device = _load(args)
+    fit = table.overhead
+    if args.refit or not fit or fit.get("space") != args.space or "archs" not in fit:
+        fit = _fit(args, spec, table, device)
+    else:
+        print(f"using the overhead fitted on {len(fit['archs'])} architectures stored in the table")
+    space = ss.get_space(args.space)
+    t = time.time()
+    report, df = validate(Predictor(table), device, space, args.samples, fit, args.reps, not args.no_progress)
+    print(f"validated on {report.n} architectures of {space.name} (disjoint from the {len(fit['archs'])} used "
+          f"to fit the overhead) on {spec.table_id} in {time.time() - t:.0f}s")
+    for line in report.lines():
+        print(line)
+    outdir = Path(args.out) if args.out else Path(table.path).parent / f"validate-{spec.table_id}"
+    title = f"{spec.table_id} on {table.fingerprint.get('cpu_model', '?')} ({report.n} archs of {space.name})"
+    png = plot(df, report, title, outdir / "predicted_vs_measured.png")
+    save_report(report, df, outdir, {"device": spec.table_id, "space": space.name,
+                                     "fingerprint": table.fingerprint})
+    print(f"plot: {png}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    spec, table, device = _load(args)
+    f = table.frame
+    print(f"{table.path}: {len(f)} ops, measured on {table.fingerprint.get('cpu_model')} "
+          f"({table.fingerprint.get('isa')}, {table.fingerprint.get('threads')} thread(s), "
+          f"{table.fingerprint.get('library')} {table.fingerprint.get('library_version')})")
+    print(f.groupby("op").median_ms.agg(["count", "median", "max"]).to_string())
+    print(f"median relative spread (MAD/median): {(f.mad_ms / f.median_ms).median() * 100:.2f}%")
+    print("overhead: " + ("not fitted" if not table.overhead else
+                          f"{table.overhead['scale']:.4f} x sum + {table.overhead['per_op'] * 1000:.2f} us/op + "
+                          f"{table.overhead['const'] * 1000:.1f} us (fitted on {table.overhead['fitted_on']})"))
+    return 0

@@ -1,0 +1,83 @@
+"""`nas profile`: build a device's latency lookup table from the kernel library (or PyTorch), resumably."""
+
+from __future__ import annotations
+
+import argparse
+
+import search_spaces as ss
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    """--device/--bits/--threads/--isa, shared by `nas profile` and `nas latency`."""
+    from latency_models import DEVICE_NAMES
+
+    p.add_argument("--device", default="kernels",
+                   help=f"one of {', '.join(DEVICE_NAMES)} (or a table id such as kernels-int4-t2)")
+    p.add_argument("--bits", type=int, default=None, choices=(4, 8, 32),
+                   help="weight bits (kernels: 8 or 4; default: the device's own)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--isa", default=None, help="force a kernel ISA (kernels only; default: best for this CPU)")
+
+
+def device_spec(args: argparse.Namespace):  # -> latency_models.DeviceSpec
+    from latency_models import DeviceSpec
+
+    return DeviceSpec.make(args.device, args.bits, args.threads, args.isa)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="measure every op of the search spaces on a device -> latency table")
+    add_device_args(p)
+    p.add_argument("--space", action="append", choices=sorted(ss.SPACES),
+                   help=f"space(s) whose ops to profile, repeatable (default {ss.DEFAULT_SPACE})")
+    p.add_argument("--resolution", type=int, action="append",
+                   help="only these input resolutions (repeatable; default all of each space)")
+    p.add_argument("--budget", default=None, help="skip ops that alone cost more than this, e.g. 100MFLOPs")
+    p.add_argument("--out", default=None, help="table path (.csv or .parquet; default results/latency/<id>.csv)")
+    p.add_argument("--reps", type=int, default=30, help="timed repetitions per op (after warm-up)")
+    p.add_argument("--max-ops", type=int, default=None, help="stop after this many new ops (rerun to continue)")
+    p.add_argument("--chunk", type=int, default=32, help="ops per save (and per Ray task)")
+    p.add_argument("--dry-run", action="store_true", help="only count the ops and estimate the time")
+    p.add_argument("--address", default=None, help="Ray cluster address: profile on a node of that cluster")
+    p.add_argument("--resources", default=None,
+                   help="with --address: device=NAME runs on the node holding custom resource NAME")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_profile)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from latency_models import default_table_path, enumerate_ops, estimate_seconds, profile, profile_ray
+
+    spec = device_spec(args)
+    spaces = [ss.get_space(s) for s in (args.space or [ss.DEFAULT_SPACE])]
+    if args.resolution:
+        known = {r for s in spaces for r in s.resolutions}
+        bad = sorted(set(args.resolution) - known)
+        if bad:
+            raise ValueError(f"--resolution: {bad} not a resolution of {[s.name for s in spaces]} "
+                             f"(choices {sorted(known)})")
+    ops = enumerate_ops(spaces, args.resolution)
+    if args.budget:
+        budget = ss.parse_budget(args.budget)
+        if budget.kind != "macs":
+            raise ValueError(f"--budget: profiling filters on MACs/FLOPs, got {budget}")
+        ops = [o for o in ops if o.macs <= budget.value]
+    out = args.out or default_table_path(spec.table_id)
+    if args.dry_run:
+        eta = estimate_seconds(ops, spec, args.reps)
+        print(f"{len(ops)} distinct ops in {', '.join(s.name for s in spaces)}; estimated {eta / 60:.1f} min on "
+              f"{spec.table_id} -> {out}")
+        return 0
+    kw = dict(reps=args.reps, chunk=args.chunk, max_ops=args.max_ops, progress=not args.no_progress)
+    if args.resources and not args.address:
+        raise ValueError("--resources needs --address (a Ray cluster)")
+    if args.address:
+        key, _, name = (args.resources or "").partition("=")
+        if key != "device" or not name:
+            raise ValueError(f"--resources: expected device=NAME (a node's custom Ray resource), got "
+                             f"{args.resources!r}")
+        table = profile_ray(spec, ops, out, args.address, name, **kw)
+    else:
+        table = profile(spec, ops, out, **kw)
+    print(f"{len(table)} ops in {table.path} (fingerprint in {table.path.with_suffix('.json')})")
+    return 0
