@@ -1,0 +1,289 @@
+// AVX2 kernels (Haswell-class, no VNNI): GEMM via vpmaddwd on u8->s16 activation pairs and
+// s8->s16 weight pairs (exact, no saturation), channel-vectorised NHWC depthwise, pool, SE scaling.
+#include <immintrin.h>
+
+#include "common.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+namespace nask {
+namespace avx2 {
+namespace {
+
+inline __m256i srdhm_v(__m256i a, __m256i b, __m256i b_odd) {
+  const __m256i nudge = _mm256_set1_epi64x(1ll << 30);
+  __m256i ev = _mm256_add_epi64(_mm256_mul_epi32(a, b), nudge);
+  __m256i od = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(a, 32), b_odd), nudge);
+  ev = _mm256_srli_epi64(ev, 31);
+  od = _mm256_slli_epi64(od, 1);
+  return _mm256_blend_epi32(ev, od, 0xAA);
+}
+
+inline __m256i rdbp_v(__m256i x, __m256i rsh, __m256i rmask, __m256i rhalf) {
+  const __m256i rem = _mm256_and_si256(x, rmask);
+  const __m256i thr = _mm256_sub_epi32(rhalf, _mm256_cmpgt_epi32(_mm256_setzero_si256(), x));
+  const __m256i r = _mm256_srav_epi32(x, rsh);
+  return _mm256_sub_epi32(r, _mm256_cmpgt_epi32(rem, thr));
+}
+
+inline __m256i mulq_v(__m256i x, __m256i m, __m256i lsh, __m256i rsh, __m256i rmask, __m256i rhalf) {
+  return rdbp_v(srdhm_v(_mm256_sllv_epi32(x, lsh), m, _mm256_srli_epi64(m, 32)), rsh, rmask, rhalf);
+}
+
+inline __m256i bcast(int32_t v) { return _mm256_set1_epi32(v); }
+
+inline void store8(uint8_t* out, __m256i y, int n) {
+  const __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(y), _mm256_extracti128_si256(y, 1));
+  const __m128i p8 = _mm_packus_epi16(p16, p16);
+  if (n >= 8) {
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(out), p8);
+  } else {
+    uint8_t tmp[16];
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(tmp), p8);
+    std::memcpy(out, tmp, static_cast<size_t>(n));
+  }
+}
+
+inline __m256i load8_u8(const uint8_t* p, int n) {
+  if (n >= 8) return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  uint8_t tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int i = 0; i < n; ++i) tmp[i] = p[i];
+  return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(tmp)));
+}
+
+// Requantize 8 accumulators for channels c..c+7 (n valid) and store.
+inline void epilogue(__m256i acc, const RqView& q, int c, int n, void* out, const uint8_t* res) {
+  acc = _mm256_add_epi32(acc, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.bias + c)));
+  if (q.out_int32) {
+    int32_t tmp[8];
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(tmp), acc);
+    std::memcpy(out, tmp, static_cast<size_t>(n < 8 ? n : 8) * 4);
+    return;
+  }
+  auto ld = [c](const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + c)); };
+  __m256i y = mulq_v(acc, ld(q.mult), ld(q.lsh), ld(q.rsh), ld(q.rmask), ld(q.rhalf));
+  if (q.residual) {
+    const __m256i r = _mm256_sub_epi32(load8_u8(res, n), bcast(q.res_zp));
+    const int32_t rm = static_cast<int32_t>((1ll << q.res_rsh) - 1);
+    y = _mm256_add_epi32(y, mulq_v(r, bcast(q.res_mult), bcast(q.res_lsh), bcast(q.res_rsh), bcast(rm),
+                                   bcast(rm >> 1)));
+    const int32_t mk = (1 << kResidualBits) - 1;
+    y = rdbp_v(y, bcast(kResidualBits), bcast(mk), bcast(mk >> 1));
+  }
+  y = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(y, bcast(q.zp)), bcast(q.lo)), bcast(q.hi));
+  if (q.lut32) y = _mm256_i32gather_epi32(q.lut32, y, 4);
+  store8(static_cast<uint8_t*>(out), y, n);
+}
+
+template <bool INT4>
+inline __m256i load_w(const uint8_t* p) {
+  if (INT4) {
+    const __m128i m = _mm_set1_epi8(0x0F);
+    const __m128i lut = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1);
+    const __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    const __m128i v = _mm_unpacklo_epi64(_mm_and_si128(raw, m), _mm_and_si128(_mm_srli_epi16(raw, 4), m));
+    return _mm256_cvtepi8_epi16(_mm_shuffle_epi8(lut, v));
+  }
+  return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+template <int MR, int NC, bool INT4>
+inline void dot_steps(const uint16_t* xs, int k2p, int s0, int s1, const uint8_t* wp, int64_t pstride,
+                      __m256i (&acc)[MR][NC]) {
+  constexpr int WB = INT4 ? 8 : 16;
+  for (int s = s0; s < s1; ++s) {
+    __m256i w[NC];
+#pragma GCC unroll 4
+    for (int j = 0; j < NC; ++j) w[j] = load_w<INT4>(wp + j * pstride + s * WB);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      int32_t v;
+      std::memcpy(&v, xs + r * k2p + 2 * s, 4);
+      const __m256i b = _mm256_set1_epi32(v);
+#pragma GCC unroll 4
+      for (int j = 0; j < NC; ++j) acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_madd_epi16(b, w[j]));
+    }
+  }
+}
+
+// Zero-extend MR rows (clamped to the last valid row) of x into xs (u16, K rounded up to even).
+template <int MR>
+inline void pack_rows(const GemmArgs& a, int row0, int k, int k2p, uint16_t* xs) {
+  for (int r = 0; r < MR; ++r) {
+    const int row = row0 + r < a.m ? row0 + r : a.m - 1;
+    const uint8_t* x = a.x + row * a.ldx;
+    uint16_t* d = xs + r * k2p;
+    int i = 0;
+    for (; i + 16 <= k; i += 16)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i),
+                          _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))));
+    for (; i < k; ++i) d[i] = x[i];
+    for (; i < k2p; ++i) d[i] = 0;
+  }
+}
+
+template <int MR, int NC, bool INT4, bool GROUPED>
+void tile(const GemmArgs& a, const uint16_t* xs, int k2p, int row0, int vec0) {
+  const PackedWeights& pw = *a.w;
+  const int k2 = k2p / 2;
+  const int64_t pstride = static_cast<int64_t>(k2) * (INT4 ? 8 : 16);
+  const uint8_t* wp = pw.w.ptr + vec0 * pstride;
+  __m256i acc[MR][NC];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NC; ++j) acc[r][j] = _mm256_setzero_si256();
+  if (GROUPED) {
+    const int gs = pw.group / 2;
+    const int32_t* subs = reinterpret_cast<const int32_t*>(pw.subs.ptr);
+    for (int g = 0; g < pw.ngroups; ++g) {
+      __m256i part[MR][NC];
+      for (int r = 0; r < MR; ++r)
+        for (int j = 0; j < NC; ++j) part[r][j] = _mm256_setzero_si256();
+      const int s1 = (g + 1) * gs < k2 ? (g + 1) * gs : k2;
+      dot_steps<MR, NC, INT4>(xs, k2p, g * gs, s1, wp, pstride, part);
+      for (int j = 0; j < NC; ++j) {
+        const __m256i sub = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(subs + (static_cast<int64_t>(vec0 + j) * pw.ngroups + g) * 8));
+        for (int r = 0; r < MR; ++r) acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_mullo_epi32(part[r][j], sub));
+      }
+    }
+  } else {
+    dot_steps<MR, NC, INT4>(xs, k2p, 0, k2, wp, pstride, acc);
+  }
+  const int esz = a.q.out_int32 ? 4 : 1;
+  for (int r = 0; r < MR; ++r) {
+    const int row = row0 + r;
+    if (row >= a.m) break;
+    for (int j = 0; j < NC; ++j) {
+      const int c = (vec0 + j) * 8;
+      const int n = pw.n - c < 8 ? pw.n - c : 8;
+      uint8_t* o = static_cast<uint8_t*>(a.out) + (row * a.ldo + c) * esz;
+      epilogue(acc[r][j], a.q, c, n, o, a.res ? a.res + row * a.ldr + c : nullptr);
+    }
+  }
+}
+
+template <int MR, int NCMAX, bool INT4, bool GROUPED>
+void gemm_impl(const GemmArgs& a, int threads) {
+  constexpr int MB = 8;
+  const int k = a.w->k;
+  const int k2p = (k + 1) / 2 * 2;
+  const int nvec = (a.w->n + 7) / 8;
+  const int ncg = (nvec + NCMAX - 1) / NCMAX;
+  const int mtiles = (a.m + MR - 1) / MR;
+  const int nmb = (mtiles + MB - 1) / MB;
+  par(threads, nmb * ncg, [&](int t0, int t1) {
+    uint16_t* xs = new uint16_t[static_cast<size_t>(MR) * MB * k2p];
+    int packed_mb = -1;
+    for (int t = t0; t < t1; ++t) {
+      const int mb = t / ncg, cg = t % ncg;
+      const int mt1 = (mb + 1) * MB < mtiles ? (mb + 1) * MB : mtiles;
+      if (mb != packed_mb) {
+        for (int mt = mb * MB; mt < mt1; ++mt) pack_rows<MR>(a, mt * MR, k, k2p, xs + (mt - mb * MB) * MR * k2p);
+        packed_mb = mb;
+      }
+      const int vec0 = cg * NCMAX;
+      const int nc = nvec - vec0 < NCMAX ? nvec - vec0 : NCMAX;
+      for (int mt = mb * MB; mt < mt1; ++mt) {
+        const uint16_t* x = xs + (mt - mb * MB) * MR * k2p;
+        if (nc == NCMAX) {
+          tile<MR, NCMAX, INT4, GROUPED>(a, x, k2p, mt * MR, vec0);
+        } else {
+          tile<MR, 1, INT4, GROUPED>(a, x, k2p, mt * MR, vec0);
+        }
+      }
+    }
+    delete[] xs;
+  });
+}
+
+}  // namespace
+
+void gemm(const GemmArgs& a, int threads) {
+  const bool int4 = a.w->bits == 4;
+  if (a.w->grouped) {
+    if (int4) gemm_impl<2, 2, true, true>(a, threads);
+    else gemm_impl<2, 2, false, true>(a, threads);
+  } else {
+    if (int4) gemm_impl<4, 2, true, false>(a, threads);
+    else gemm_impl<6, 2, false, false>(a, threads);
+  }
+}
+
+void depthwise(const DwArgs& a, int threads) {
+  const int pad = a.k / 2;
+  const __m256i zpv = bcast(a.in_zp);
+  par(threads, a.batch * a.ho, [&](int r0, int r1) {
+    for (int r = r0; r < r1; ++r) {
+      const int b = r / a.ho, oy = r % a.ho;
+      const int iy0 = oy * a.stride - pad;
+      const int ky0 = iy0 < 0 ? -iy0 : 0;
+      const int ky1 = a.h - iy0 < a.k ? a.h - iy0 : a.k;
+      for (int ox = 0; ox < a.wo; ++ox) {
+        const int ix0 = ox * a.stride - pad;
+        const int kx0 = ix0 < 0 ? -ix0 : 0;
+        const int kx1 = a.w - ix0 < a.k ? a.w - ix0 : a.k;
+        uint8_t* o = a.out + ((static_cast<int64_t>(b) * a.ho + oy) * a.wo + ox) * a.c;
+        for (int c = 0; c < a.c; c += 8) {
+          const int n = a.c - c < 8 ? a.c - c : 8;
+          __m256i acc = _mm256_setzero_si256();
+          for (int ky = ky0; ky < ky1; ++ky) {
+            const uint8_t* xrow = a.x + ((static_cast<int64_t>(b) * a.h + iy0 + ky) * a.w + ix0) * a.c + c;
+            const int32_t* wrow = a.wt + ky * a.k * a.cpad + c;
+            for (int kx = kx0; kx < kx1; ++kx) {
+              const __m256i xv = _mm256_sub_epi32(load8_u8(xrow + kx * a.c, n), zpv);
+              const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow + kx * a.cpad));
+              acc = _mm256_add_epi32(acc, _mm256_madd_epi16(xv, wv));
+            }
+          }
+          epilogue(acc, a.q, c, n, o + c, nullptr);
+        }
+      }
+    }
+  });
+}
+
+void pool(const PoolArgs& a, int threads) {
+  const int ncb = (a.c + 7) / 8;
+  const int32_t rm = static_cast<int32_t>((1ll << a.rsh) - 1);
+  par(threads, a.batch * ncb, [&](int t0, int t1) {
+    for (int t = t0; t < t1; ++t) {
+      const int b = t / ncb, c = (t % ncb) * 8;
+      const int n = a.c - c < 8 ? a.c - c : 8;
+      const uint8_t* x = a.x + static_cast<int64_t>(b) * a.hw * a.c + c;
+      __m256i s = _mm256_setzero_si256();
+      for (int p = 0; p < a.hw; ++p) s = _mm256_add_epi32(s, load8_u8(x + static_cast<int64_t>(p) * a.c, n));
+      s = _mm256_sub_epi32(s, bcast(a.hw * a.in_zp));
+      __m256i y = mulq_v(s, bcast(a.mult), bcast(a.lsh), bcast(a.rsh), bcast(rm), bcast(rm >> 1));
+      y = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(y, bcast(a.out_zp)), bcast(0)), bcast(255));
+      store8(a.out + b * a.c + c, y, n);
+    }
+  });
+}
+
+void channel_scale(const ScaleArgs& a, int threads) {
+  const int32_t rm = static_cast<int32_t>((1ll << a.rsh) - 1);
+  par(threads, a.batch * a.hw, [&](int p0, int p1) {
+    const __m256i mult = bcast(a.mult), lsh = bcast(a.lsh), rsh = bcast(a.rsh);
+    const __m256i rmask = bcast(rm), rhalf = bcast(rm >> 1), zpv = bcast(a.in_zp), ozp = bcast(a.out_zp);
+    for (int p = p0; p < p1; ++p) {
+      const int b = p / a.hw;
+      const uint8_t* x = a.x + static_cast<int64_t>(p) * a.c;
+      const uint8_t* g = a.gate + static_cast<int64_t>(b) * a.c;
+      uint8_t* o = a.out + static_cast<int64_t>(p) * a.c;
+      for (int c = 0; c < a.c; c += 8) {
+        const int n = a.c - c < 8 ? a.c - c : 8;
+        const __m256i xv = _mm256_sub_epi32(load8_u8(x + c, n), zpv);
+        const __m256i gv = load8_u8(g + c, n);
+        __m256i y = mulq_v(_mm256_madd_epi16(xv, gv), mult, lsh, rsh, rmask, rhalf);
+        y = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(y, ozp), bcast(0)), bcast(255));
+        store8(o + c, y, n);
+      }
+    }
+  });
+}
+
+}  // namespace avx2
+}  // namespace nask
+
+#pragma GCC pop_options

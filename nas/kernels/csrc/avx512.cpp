@@ -1,0 +1,340 @@
+// AVX512-VNNI kernels: vpdpbusd (u8 activations x s8 weights -> s32) register-blocked GEMM,
+// channel-vectorised NHWC depthwise, pooling and SE channel scaling.
+// All headers are included before the target pragma so no library code is compiled for AVX-512.
+#include <immintrin.h>
+
+#include "common.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+// GCC 12 warns spuriously about the intrinsics' internal "undefined" vectors.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace nask {
+namespace avx512 {
+namespace {
+
+struct VQ {  // per-tensor vectors used by the epilogue
+  __m512i zp, lo, hi, one, zero;
+  __m512i rzp, rmult, rmult_odd, rlsh, rrsh, rmask, rhalf;
+  explicit VQ(const RqView& q) {
+    zp = _mm512_set1_epi32(q.zp);
+    lo = _mm512_set1_epi32(q.lo);
+    hi = _mm512_set1_epi32(q.hi);
+    one = _mm512_set1_epi32(1);
+    zero = _mm512_setzero_si512();
+    const int32_t rr = q.res_rsh;
+    rzp = _mm512_set1_epi32(q.res_zp);
+    rmult = _mm512_set1_epi32(q.res_mult);
+    rmult_odd = _mm512_srli_epi64(rmult, 32);
+    rlsh = _mm512_set1_epi32(q.res_lsh);
+    rrsh = _mm512_set1_epi32(rr);
+    rmask = _mm512_set1_epi32(static_cast<int32_t>((1ll << rr) - 1));
+    rhalf = _mm512_set1_epi32(static_cast<int32_t>(((1ll << rr) - 1) >> 1));
+  }
+};
+
+inline __m512i srdhm_v(__m512i a, __m512i b, __m512i b_odd) {
+  const __m512i nudge = _mm512_set1_epi64(1ll << 30);
+  __m512i ev = _mm512_add_epi64(_mm512_mul_epi32(a, b), nudge);
+  __m512i od = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(a, 32), b_odd), nudge);
+  ev = _mm512_srli_epi64(ev, 31);
+  od = _mm512_slli_epi64(od, 1);
+  return _mm512_mask_blend_epi32(0xAAAA, ev, od);
+}
+
+inline __m512i rdbp_v(__m512i x, __m512i rsh, __m512i rmask, __m512i rhalf, __m512i one) {
+  const __m512i rem = _mm512_and_si512(x, rmask);
+  const __mmask16 neg = _mm512_cmplt_epi32_mask(x, _mm512_setzero_si512());
+  const __m512i thr = _mm512_mask_add_epi32(rhalf, neg, rhalf, one);
+  const __m512i r = _mm512_srav_epi32(x, rsh);
+  return _mm512_mask_add_epi32(r, _mm512_cmpgt_epi32_mask(rem, thr), r, one);
+}
+
+inline __m512i mulq_v(__m512i x, __m512i m, __m512i m_odd, __m512i lsh, __m512i rsh, __m512i rmask,
+                      __m512i rhalf, __m512i one) {
+  return rdbp_v(srdhm_v(_mm512_sllv_epi32(x, lsh), m, m_odd), rsh, rmask, rhalf, one);
+}
+
+inline __mmask16 tail_mask(int n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
+
+// Requantize 16 int32 accumulators of channels c..c+15 and store (masked) to out.
+inline void epilogue(__m512i acc, const RqView& q, const VQ& v, int c, __mmask16 m, void* out,
+                     const uint8_t* res) {
+  acc = _mm512_add_epi32(acc, _mm512_loadu_si512(q.bias + c));
+  if (q.out_int32) {
+    _mm512_mask_storeu_epi32(out, m, acc);
+    return;
+  }
+  const __m512i mult = _mm512_loadu_si512(q.mult + c);
+  __m512i y = mulq_v(acc, mult, _mm512_srli_epi64(mult, 32), _mm512_loadu_si512(q.lsh + c),
+                     _mm512_loadu_si512(q.rsh + c), _mm512_loadu_si512(q.rmask + c),
+                     _mm512_loadu_si512(q.rhalf + c), v.one);
+  if (q.residual) {
+    const __m512i r = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, res)), v.rzp);
+    y = _mm512_add_epi32(y, mulq_v(r, v.rmult, v.rmult_odd, v.rlsh, v.rrsh, v.rmask, v.rhalf, v.one));
+    const __m512i sh = _mm512_set1_epi32(kResidualBits);
+    const __m512i mk = _mm512_set1_epi32((1 << kResidualBits) - 1);
+    y = rdbp_v(y, sh, mk, _mm512_srli_epi32(mk, 1), v.one);
+  }
+  y = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(y, v.zp), v.lo), v.hi);
+  if (q.lut32) y = _mm512_i32gather_epi32(y, q.lut32, 4);
+  _mm512_mask_cvtepi32_storeu_epi8(out, m, y);
+}
+
+inline int32_t load4(const uint8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+inline int32_t load_partial(const uint8_t* p, int n) {
+  int32_t v = 0;
+  std::memcpy(&v, p, static_cast<size_t>(n));
+  return v;
+}
+
+struct Int4Consts {
+  __m512i shift, mask, lut;
+  Int4Consts() {
+    shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+    mask = _mm512_set1_epi8(0x0F);
+    lut = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1));
+  }
+};
+
+template <bool INT4>
+inline __m512i load_w(const uint8_t* p, const Int4Consts& c4) {
+  if (INT4) {
+    __m512i raw = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    raw = _mm512_and_si512(_mm512_srlv_epi16(raw, c4.shift), c4.mask);
+    return _mm512_shuffle_epi8(c4.lut, raw);
+  }
+  return _mm512_loadu_si512(p);
+}
+
+// acc[r][j] += sum over k-steps [s0, s1) of x[r, 4s:4s+4] . w[j-th 16-channel vector, step s]
+template <int MR, int NC, bool INT4>
+inline void dot_steps(const uint8_t* const* xr, int s0, int s1, int k, const uint8_t* wp, int64_t pstride,
+                      __m512i (&acc)[MR][NC], const Int4Consts& c4) {
+  constexpr int WB = INT4 ? 32 : 64;
+  const int sfull = s1 < k / 4 ? s1 : k / 4;
+  for (int s = s0; s < sfull; ++s) {
+    __m512i w[NC];
+#pragma GCC unroll 4
+    for (int j = 0; j < NC; ++j) w[j] = load_w<INT4>(wp + j * pstride + s * WB, c4);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512i b = _mm512_set1_epi32(load4(xr[r] + 4 * s));
+#pragma GCC unroll 4
+      for (int j = 0; j < NC; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], b, w[j]);
+    }
+  }
+  if (sfull < s1) {  // last, partial k-step (K % 4 != 0); packed weights are zero there
+    const int s = sfull;
+    __m512i w[NC];
+    for (int j = 0; j < NC; ++j) w[j] = load_w<INT4>(wp + j * pstride + s * WB, c4);
+    for (int r = 0; r < MR; ++r) {
+      const __m512i b = _mm512_set1_epi32(load_partial(xr[r] + 4 * s, k - 4 * s));
+      for (int j = 0; j < NC; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], b, w[j]);
+    }
+  }
+}
+
+template <int MR, int NC, bool INT4, bool GROUPED>
+void tile(const GemmArgs& a, const VQ& vq, int row0, int vec0) {
+  const PackedWeights& pw = *a.w;
+  const int k = pw.k, k4 = (k + 3) / 4;
+  const int64_t pstride = static_cast<int64_t>(k4) * (INT4 ? 32 : 64);
+  const uint8_t* wp = pw.w.ptr + vec0 * pstride;
+  const uint8_t* xr[MR];
+  for (int r = 0; r < MR; ++r) {
+    const int row = row0 + r < a.m ? row0 + r : a.m - 1;  // clamp: extra rows computed, not stored
+    xr[r] = a.x + row * a.ldx;
+  }
+  const Int4Consts c4;
+  __m512i acc[MR][NC];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NC; ++j) acc[r][j] = _mm512_setzero_si512();
+  if (GROUPED) {
+    const int gs = pw.group / 4;
+    const int32_t* subs = reinterpret_cast<const int32_t*>(pw.subs.ptr);
+    for (int g = 0; g < pw.ngroups; ++g) {
+      __m512i part[MR][NC];
+      for (int r = 0; r < MR; ++r)
+        for (int j = 0; j < NC; ++j) part[r][j] = _mm512_setzero_si512();
+      const int s1 = (g + 1) * gs < k4 ? (g + 1) * gs : k4;
+      dot_steps<MR, NC, INT4>(xr, g * gs, s1, k, wp, pstride, part, c4);
+      for (int j = 0; j < NC; ++j) {
+        const __m512i sub = _mm512_loadu_si512(subs + (static_cast<int64_t>(vec0 + j) * pw.ngroups + g) * 16);
+        for (int r = 0; r < MR; ++r) acc[r][j] = _mm512_add_epi32(acc[r][j], _mm512_mullo_epi32(part[r][j], sub));
+      }
+    }
+  } else {
+    dot_steps<MR, NC, INT4>(xr, 0, k4, k, wp, pstride, acc, c4);
+  }
+  const int esz = a.q.out_int32 ? 4 : 1;
+  for (int r = 0; r < MR; ++r) {
+    const int row = row0 + r;
+    if (row >= a.m) break;
+    for (int j = 0; j < NC; ++j) {
+      const int c = (vec0 + j) * 16;
+      const __mmask16 m = tail_mask(pw.n - c);
+      uint8_t* o = static_cast<uint8_t*>(a.out) + (row * a.ldo + c) * esz;
+      epilogue(acc[r][j], a.q, vq, c, m, o, a.res ? a.res + row * a.ldr + c : nullptr);
+    }
+  }
+}
+
+template <int MR, bool INT4, bool GROUPED>
+void gemm_impl(const GemmArgs& a, int threads) {
+  constexpr int NCMAX = GROUPED ? 2 : 4;
+  constexpr int MB = 8;  // row tiles per cache block
+  const int nvec = (a.w->n + 15) / 16;
+  const int ncg = (nvec + NCMAX - 1) / NCMAX;
+  const int mtiles = (a.m + MR - 1) / MR;
+  const int nmb = (mtiles + MB - 1) / MB;
+  const VQ vq(a.q);
+  par(threads, nmb * ncg, [&](int t0, int t1) {
+    for (int t = t0; t < t1; ++t) {
+      const int mb = t / ncg, cg = t % ncg;
+      const int vec0 = cg * NCMAX;
+      const int nc = nvec - vec0 < NCMAX ? nvec - vec0 : NCMAX;
+      const int mt1 = (mb + 1) * MB < mtiles ? (mb + 1) * MB : mtiles;
+      for (int mt = mb * MB; mt < mt1; ++mt) {
+        const int row0 = mt * MR;
+        switch (nc) {
+          case 1: tile<MR, 1, INT4, GROUPED>(a, vq, row0, vec0); break;
+          case 2: tile<MR, 2, INT4, GROUPED>(a, vq, row0, vec0); break;
+          case 3: if constexpr (NCMAX >= 3) tile<MR, 3, INT4, GROUPED>(a, vq, row0, vec0); break;
+          default: if constexpr (NCMAX >= 4) tile<MR, 4, INT4, GROUPED>(a, vq, row0, vec0); break;
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void gemm(const GemmArgs& a, int threads) {
+  const bool int4 = a.w->bits == 4;
+  if (a.w->grouped) {
+    if (int4) gemm_impl<4, true, true>(a, threads);
+    else gemm_impl<4, false, true>(a, threads);
+  } else {
+    if (int4) gemm_impl<5, true, false>(a, threads);
+    else gemm_impl<6, false, false>(a, threads);
+  }
+}
+
+void depthwise(const DwArgs& a, int threads) {
+  const int pad = a.k / 2;
+  const int ncb = (a.c + 15) / 16;
+  const VQ vq(a.q);
+  const __m512i zpv = _mm512_set1_epi32(a.in_zp);
+  par(threads, a.batch * a.ho, [&](int r0, int r1) {
+    for (int r = r0; r < r1; ++r) {
+      const int b = r / a.ho, oy = r % a.ho;
+      const int iy0 = oy * a.stride - pad;
+      const int ky0 = iy0 < 0 ? -iy0 : 0;
+      const int ky1 = a.h - iy0 < a.k ? a.h - iy0 : a.k;
+      for (int ox = 0; ox < a.wo; ++ox) {
+        const int ix0 = ox * a.stride - pad;
+        const int kx0 = ix0 < 0 ? -ix0 : 0;
+        const int kx1 = a.w - ix0 < a.k ? a.w - ix0 : a.k;
+        uint8_t* o = a.out + ((static_cast<int64_t>(b) * a.ho + oy) * a.wo + ox) * a.c;
+        for (int cb = 0; cb < ncb; ++cb) {
+          const int c = cb * 16;
+          const __mmask16 m = tail_mask(a.c - c);
+          const bool full = a.c - c >= 16;
+          __m512i acc = _mm512_setzero_si512();
+          for (int ky = ky0; ky < ky1; ++ky) {
+            const uint8_t* xrow = a.x + ((static_cast<int64_t>(b) * a.h + iy0 + ky) * a.w + ix0) * a.c + c;
+            const int32_t* wrow = a.wt + ky * a.k * a.cpad + c;
+            for (int kx = kx0; kx < kx1; ++kx) {
+              const uint8_t* p = xrow + kx * a.c;
+              const __m128i raw = full ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))
+                                       : _mm_maskz_loadu_epi8(m, p);
+              const __m512i xv = _mm512_sub_epi32(_mm512_cvtepu8_epi32(raw), zpv);
+              acc = _mm512_add_epi32(acc, _mm512_madd_epi16(xv, _mm512_loadu_si512(wrow + kx * a.cpad)));
+            }
+          }
+          epilogue(acc, a.q, vq, c, m, o + c, nullptr);
+        }
+      }
+    }
+  });
+}
+
+void pool(const PoolArgs& a, int threads) {
+  const int ncb = (a.c + 15) / 16;
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512i mult = _mm512_set1_epi32(a.mult);
+  const __m512i mult_odd = _mm512_srli_epi64(mult, 32);
+  const __m512i lsh = _mm512_set1_epi32(a.lsh), rsh = _mm512_set1_epi32(a.rsh);
+  const __m512i rmask = _mm512_set1_epi32(static_cast<int32_t>((1ll << a.rsh) - 1));
+  const __m512i rhalf = _mm512_srli_epi32(rmask, 1);
+  par(threads, a.batch * ncb, [&](int t0, int t1) {
+    for (int t = t0; t < t1; ++t) {
+      const int b = t / ncb, c = (t % ncb) * 16;
+      const __mmask16 m = tail_mask(a.c - c);
+      const uint8_t* x = a.x + static_cast<int64_t>(b) * a.hw * a.c + c;
+      __m512i s = _mm512_setzero_si512();
+      for (int p = 0; p < a.hw; ++p)
+        s = _mm512_add_epi32(s, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, x + static_cast<int64_t>(p) * a.c)));
+      s = _mm512_sub_epi32(s, _mm512_set1_epi32(a.hw * a.in_zp));
+      __m512i y = mulq_v(s, mult, mult_odd, lsh, rsh, rmask, rhalf, one);
+      y = _mm512_add_epi32(y, _mm512_set1_epi32(a.out_zp));
+      y = _mm512_min_epi32(_mm512_max_epi32(y, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+      _mm512_mask_cvtepi32_storeu_epi8(a.out + b * a.c + c, m, y);
+    }
+  });
+}
+
+void channel_scale(const ScaleArgs& a, int threads) {
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512i mult = _mm512_set1_epi32(a.mult);
+  const __m512i mult_odd = _mm512_srli_epi64(mult, 32);
+  const __m512i lsh = _mm512_set1_epi32(a.lsh), rsh = _mm512_set1_epi32(a.rsh);
+  const __m512i rmask = _mm512_set1_epi32(static_cast<int32_t>((1ll << a.rsh) - 1));
+  const __m512i rhalf = _mm512_srli_epi32(rmask, 1);
+  const __m512i zpv = _mm512_set1_epi32(a.in_zp), ozp = _mm512_set1_epi32(a.out_zp);
+  const __m512i v255 = _mm512_set1_epi32(255);
+  par(threads, a.batch * a.hw, [&](int p0, int p1) {
+    for (int p = p0; p < p1; ++p) {
+      const int b = p / a.hw;
+      const uint8_t* x = a.x + static_cast<int64_t>(p) * a.c;
+      const uint8_t* g = a.gate + static_cast<int64_t>(b) * a.c;
+      uint8_t* o = a.out + static_cast<int64_t>(p) * a.c;
+      for (int c = 0; c < a.c; c += 16) {
+        const __mmask16 m = tail_mask(a.c - c);
+        const __m512i xv = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, x + c)), zpv);
+        const __m512i gv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, g + c));
+        __m512i y = mulq_v(_mm512_madd_epi16(xv, gv), mult, mult_odd, lsh, rsh, rmask, rhalf, one);
+        y = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(y, ozp), _mm512_setzero_si512()), v255);
+        _mm512_mask_cvtepi32_storeu_epi8(o + c, m, y);
+      }
+    }
+  });
+}
+
+int64_t vnni_loop(int64_t iters) {
+  __m512i acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_epi32(i);
+  const __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(2);
+  for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
+    __asm__ volatile("" : "+v"(acc[0]), "+v"(acc[1]), "+v"(acc[2]), "+v"(acc[3]), "+v"(acc[4]), "+v"(acc[5]),
+                     "+v"(acc[6]), "+v"(acc[7]), "+v"(acc[8]), "+v"(acc[9]), "+v"(acc[10]), "+v"(acc[11]));
+  }
+  __m512i s = acc[0];
+  for (int i = 1; i < 12; ++i) s = _mm512_add_epi32(s, acc[i]);
+  return _mm512_reduce_add_epi32(s);
+}
+
+}  // namespace avx512
+}  // namespace nask
+
+#pragma GCC pop_options

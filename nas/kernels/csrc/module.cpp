@@ -1,0 +1,615 @@
+// pybind11 bindings: argument validation, weight packing per ISA, dispatch, GIL release.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <optional>
+
+#include "common.h"
+
+namespace py = pybind11;
+
+#ifndef NASK_BUILD_FLAGS
+#define NASK_BUILD_FLAGS "unknown"
+#endif
+
+namespace nask {
+namespace {
+
+// ---------------------------------------------------------------- validation helpers
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+template <class T>
+const char* dtype_name() {
+  if (std::is_same<T, uint8_t>::value) return "uint8";
+  if (std::is_same<T, int8_t>::value) return "int8";
+  return "int32";
+}
+
+// Checks dtype (exact, no casting), C-contiguity, rank and the given dims (-1 = any).
+template <class T>
+py::array need(const py::object& obj, const char* name, std::vector<py::ssize_t> dims) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + ": expected a numpy array of " + dtype_name<T>());
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(std::string(name) + ": expected dtype " + dtype_name<T>() + ", got " +
+                         std::string(py::str(a.dtype())));
+  if (a.ndim() != static_cast<py::ssize_t>(dims.size()))
+    throw py::value_error(std::string(name) + ": expected " + std::to_string(dims.size()) + "-d array, got shape " +
+                          shape_str(a));
+  for (size_t i = 0; i < dims.size(); ++i)
+    if (dims[i] >= 0 && a.shape(i) != dims[i])
+      throw py::value_error(std::string(name) + ": bad shape " + shape_str(a) + " (dim " + std::to_string(i) +
+                            " must be " + std::to_string(dims[i]) + ")");
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + ": array must be C-contiguous (use np.ascontiguousarray)");
+  return a;
+}
+
+void need_writeable(const py::array& a, const char* name) {
+  if (!a.writeable()) throw py::value_error(std::string(name) + ": array is read-only");
+}
+
+void check_range(int64_t v, int64_t lo, int64_t hi, const char* name) {
+  if (v < lo || v > hi)
+    throw py::value_error(std::string(name) + "=" + std::to_string(v) + " outside [" + std::to_string(lo) + ", " +
+                          std::to_string(hi) + "]");
+}
+
+Isa parse_isa(const std::string& s) {
+  if (s == "reference") return Isa::reference;
+  if (s == "avx2") return Isa::avx2;
+  if (s == "avx512vnni") return Isa::avx512vnni;
+  throw py::value_error("isa: expected 'reference', 'avx2' or 'avx512vnni', got '" + s + "'");
+}
+
+bool isa_supported(Isa isa) {
+  if (isa == Isa::reference) return true;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (isa == Isa::avx2) return __builtin_cpu_supports("avx2");
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
+
+std::string isa_name(Isa isa) {
+  return isa == Isa::reference ? "reference" : (isa == Isa::avx2 ? "avx2" : "avx512vnni");
+}
+
+Isa checked_isa(const std::string& s) {
+  const Isa isa = parse_isa(s);
+  if (!isa_supported(isa)) throw py::value_error("isa '" + s + "' is not supported by this CPU");
+  return isa;
+}
+
+// Fill requantization params shared by every op from python arguments.
+void fill_requant(Requant& q, int n, const py::object& mult_o, const py::object& shift_o, int out_zp, int act_min,
+                  int act_max, const py::object& lut_o) {
+  py::array mult = need<int32_t>(mult_o, "multiplier", {n});
+  py::array shift = need<int32_t>(shift_o, "shift", {n});
+  check_range(out_zp, 0, 255, "out_zp");
+  check_range(act_min, 0, 255, "act_min");
+  check_range(act_max, act_min, 255, "act_max");
+  q.resize(n);
+  const int32_t* m = static_cast<const int32_t*>(mult.data());
+  const int32_t* s = static_cast<const int32_t*>(shift.data());
+  for (int c = 0; c < n; ++c) {
+    check_range(m[c], 0, INT32_MAX, "multiplier");
+    check_range(s[c], -31, 30, "shift");
+    q.set_channel(c, m[c], s[c]);
+  }
+  q.zp = out_zp;
+  q.lo = act_min;
+  q.hi = act_max;
+  if (!lut_o.is_none()) {
+    py::array lut = need<uint8_t>(lut_o, "lut", {256});
+    const uint8_t* l = static_cast<const uint8_t*>(lut.data());
+    q.lut32.assign(l, l + 256);
+  }
+}
+
+// ---------------------------------------------------------------- GEMM packing
+// reference:  int8 [N][K]; subs int32 [N][G]
+// avx2:       int8 [N/8][K/2][8 ch][2 k]; int4: 8 bytes per step, byte i = v[i] | v[i+8] << 4; subs [N/8][G][8]
+// avx512vnni: int8 [N/16][K/4][16 ch][4 k]; int4: 32 bytes per step, byte i = v[i] | v[i+32] << 4;
+//             subs [N/16][G][16]
+void pack(PackedWeights& pw, const int8_t* w, const int32_t* subs) {
+  const int n = pw.n, k = pw.k;
+  auto W = [&](int j, int i) -> int8_t { return (j < n && i < k) ? w[static_cast<int64_t>(j) * k + i] : 0; };
+  if (pw.isa == Isa::reference) {
+    pw.w.resize(static_cast<size_t>(n) * k);
+    std::memcpy(pw.w.ptr, w, static_cast<size_t>(n) * k);
+    if (pw.grouped) {
+      pw.subs.resize(static_cast<size_t>(n) * pw.ngroups * 4);
+      std::memcpy(pw.subs.ptr, subs, static_cast<size_t>(n) * pw.ngroups * 4);
+    }
+    return;
+  }
+  const int vw = pw.isa == Isa::avx2 ? 8 : 16;  // channels per vector
+  const int kg = pw.isa == Isa::avx2 ? 2 : 4;   // k values per channel per step
+  const int nvec = (n + vw - 1) / vw, steps = (k + kg - 1) / kg;
+  const int step_bytes = vw * kg;                // int8 bytes per step
+  const int half = step_bytes / 2;
+  const size_t per_step = pw.bits == 4 ? static_cast<size_t>(half) : static_cast<size_t>(step_bytes);
+  pw.w.resize(static_cast<size_t>(nvec) * steps * per_step);
+  std::vector<int8_t> v(step_bytes);
+  for (int b = 0; b < nvec; ++b) {
+    for (int s = 0; s < steps; ++s) {
+      for (int c = 0; c < vw; ++c)
+        for (int t = 0; t < kg; ++t) v[c * kg + t] = W(b * vw + c, s * kg + t);
+      uint8_t* dst = pw.w.ptr + (static_cast<size_t>(b) * steps + s) * per_step;
+      if (pw.bits == 8) {
+        std::memcpy(dst, v.data(), step_bytes);
+      } else {
+        for (int i = 0; i < half; ++i)
+          dst[i] = static_cast<uint8_t>((v[i] & 0x0F) | ((v[i + half] & 0x0F) << 4));
+      }
+    }
+  }
+  if (pw.grouped) {
+    pw.subs.resize(static_cast<size_t>(nvec) * pw.ngroups * vw * 4);
+    int32_t* d = pw.subs.as<int32_t>();
+    for (int b = 0; b < nvec; ++b)
+      for (int g = 0; g < pw.ngroups; ++g)
+        for (int c = 0; c < vw; ++c) {
+          const int j = b * vw + c;
+          d[(static_cast<size_t>(b) * pw.ngroups + g) * vw + c] = j < n ? subs[j * pw.ngroups + g] : 0;
+        }
+  }
+}
+
+void run_gemm(const PackedWeights& pw, const GemmArgs& a, int threads) {
+  switch (pw.isa) {
+    case Isa::reference: ref::gemm(a, threads); break;
+    case Isa::avx2: avx2::gemm(a, threads); break;
+    case Isa::avx512vnni: avx512::gemm(a, threads); break;
+  }
+}
+
+int check_threads(int threads) {
+  check_range(threads, 1, 1024, "threads");
+  return threads;
+}
+
+// ---------------------------------------------------------------- ops
+// y[m, n] = requant(sum_k x[m, k] * w[n, k] + bias[n]); x uint8 (zero point in_zp), w int8 or int4.
+class Gemm {
+ public:
+  Gemm(const py::object& weight, const py::object& bias, int in_zp, const py::object& multiplier,
+       const py::object& shift, int out_zp, int act_min, int act_max, const py::object& lut, int bits,
+       const py::object& sub_scales, int group_size, const std::string& isa, bool out_int32,
+       const py::object& residual) {
+    pw_.isa = checked_isa(isa);
+    if (bits != 8 && bits != 4) throw py::value_error("bits: expected 8 or 4, got " + std::to_string(bits));
+    py::array w = need<int8_t>(weight, "weight", {-1, -1});
+    const int n = static_cast<int>(w.shape(0)), k = static_cast<int>(w.shape(1));
+    if (n < 1 || k < 1) throw py::value_error("weight: empty shape " + shape_str(w));
+    if (k > (1 << 16)) throw py::value_error("weight: K=" + std::to_string(k) + " too large (max 65536)");
+    py::array b = need<int32_t>(bias, "bias", {n});
+    check_range(in_zp, 0, 255, "in_zp");
+    const int8_t* wp = static_cast<const int8_t*>(w.data());
+    const int lim = bits == 4 ? 7 : 127;
+    for (int64_t i = 0; i < static_cast<int64_t>(n) * k; ++i)
+      if (wp[i] < -lim || wp[i] > lim)
+        throw py::value_error("weight: values must lie in [-" + std::to_string(lim) + ", " + std::to_string(lim) +
+                              "] for bits=" + std::to_string(bits));
+    pw_.n = n;
+    pw_.k = k;
+    pw_.bits = bits;
+    const int32_t* subs = nullptr;
+    py::array sa;
+    if (!sub_scales.is_none()) {
+      if (bits != 4) throw py::value_error("sub_scales: group scales are only supported with bits=4");
+      if (group_size < 4 || group_size % 4 != 0)
+        throw py::value_error("group_size: expected a positive multiple of 4, got " + std::to_string(group_size));
+      const int ng = (k + group_size - 1) / group_size;
+      sa = need<int32_t>(sub_scales, "sub_scales", {n, ng});
+      subs = static_cast<const int32_t*>(sa.data());
+      for (int64_t i = 0; i < static_cast<int64_t>(n) * ng; ++i) check_range(subs[i], 0, 255, "sub_scales");
+      if (static_cast<int64_t>(k) * 255 * 255 * 8 >= (1ll << 31))
+        throw py::value_error("weight: K too large for grouped int4 accumulation");
+      pw_.grouped = true;
+      pw_.group = group_size;
+      pw_.ngroups = ng;
+    }
+    fill_requant(q_, n, multiplier, shift, out_zp, act_min, act_max, lut);
+    q_.out_int32 = out_int32;
+    const int32_t* bp = static_cast<const int32_t*>(b.data());
+    for (int j = 0; j < n; ++j) {
+      int64_t wsum = 0;
+      for (int i = 0; i < k; ++i) {
+        const int64_t sub = subs ? subs[j * pw_.ngroups + i / group_size] : 1;
+        wsum += static_cast<int64_t>(wp[static_cast<int64_t>(j) * k + i]) * sub;
+      }
+      const int64_t be = static_cast<int64_t>(bp[j]) - static_cast<int64_t>(in_zp) * wsum;
+      if (be < INT32_MIN / 2 || be > INT32_MAX / 2) throw py::value_error("bias: out of int32 range after zero-point folding");
+      q_.bias[j] = static_cast<int32_t>(be);
+    }
+    if (!residual.is_none()) {
+      if (out_int32) throw py::value_error("residual: not supported with out_int32");
+      auto t = residual.cast<std::tuple<int, int32_t, int32_t>>();
+      check_range(std::get<0>(t), 0, 255, "residual zero point");
+      check_range(std::get<1>(t), 0, INT32_MAX, "residual multiplier");
+      check_range(std::get<2>(t), -31, 30, "residual shift");
+      q_.residual = true;
+      q_.res_zp = std::get<0>(t);
+      q_.res_mult = std::get<1>(t);
+      q_.res_lsh = std::get<2>(t) > 0 ? std::get<2>(t) : 0;
+      q_.res_rsh = std::get<2>(t) > 0 ? 0 : -std::get<2>(t);
+    }
+    pack(pw_, wp, subs);
+    view_ = q_.view();
+  }
+
+  int n() const { return pw_.n; }
+  int k() const { return pw_.k; }
+  bool residual() const { return q_.residual; }
+  bool out_int32() const { return q_.out_int32; }
+  std::string isa() const { return isa_name(pw_.isa); }
+  size_t packed_bytes() const { return pw_.w.size; }
+
+  // Raw entry (no checks, GIL must already be released by the caller if desired).
+  void run_raw(const uint8_t* x, int m, void* out, const uint8_t* res, int threads) const {
+    GemmArgs a;
+    a.m = m;
+    a.x = x;
+    a.ldx = pw_.k;
+    a.w = &pw_;
+    a.q = view_;
+    a.out = out;
+    a.ldo = pw_.n;
+    a.res = res;
+    a.ldr = pw_.n;
+    run_gemm(pw_, a, threads);
+  }
+
+  void run(const py::object& x_o, const py::object& out_o, const py::object& res_o, int threads) const {
+    check_threads(threads);
+    py::array x = need<uint8_t>(x_o, "x", {-1, pw_.k});
+    const int m = static_cast<int>(x.shape(0));
+    if (m < 1) throw py::value_error("x: needs at least one row");
+    py::array out = q_.out_int32 ? need<int32_t>(out_o, "out", {m, pw_.n}) : need<uint8_t>(out_o, "out", {m, pw_.n});
+    need_writeable(out, "out");
+    const uint8_t* res = nullptr;
+    py::array r;
+    if (q_.residual) {
+      if (res_o.is_none()) throw py::value_error("residual: this op was built with a residual; pass the input");
+      r = need<uint8_t>(res_o, "residual", {m, pw_.n});
+      res = static_cast<const uint8_t*>(r.data());
+    } else if (!res_o.is_none()) {
+      throw py::value_error("residual: this op was built without residual parameters");
+    }
+    const uint8_t* xp = static_cast<const uint8_t*>(x.data());
+    void* op = out.mutable_data();
+    py::gil_scoped_release nogil;
+    run_raw(xp, m, op, res, threads);
+  }
+
+ private:
+  PackedWeights pw_;
+  Requant q_;
+  RqView view_{};
+};
+
+// Full kxk convolution (the stem) as im2col (padding value = in_zp) + GEMM.
+class Conv {
+ public:
+  Conv(const py::object& weight, int stride, const py::object& bias, int in_zp, const py::object& multiplier,
+       const py::object& shift, int out_zp, int act_min, int act_max, const py::object& lut, const std::string& isa) {
+    py::array w = need<int8_t>(weight, "weight", {-1, -1, -1, -1});
+    cout_ = static_cast<int>(w.shape(0));
+    k_ = static_cast<int>(w.shape(1));
+    cin_ = static_cast<int>(w.shape(3));
+    if (w.shape(2) != k_ || (k_ != 1 && k_ != 3 && k_ != 5 && k_ != 7))
+      throw py::value_error("weight: expected shape (Cout, k, k, Cin) with k in {1, 3, 5, 7}, got " + shape_str(w));
+    if (stride != 1 && stride != 2) throw py::value_error("stride: expected 1 or 2, got " + std::to_string(stride));
+    stride_ = stride;
+    in_zp_ = in_zp;
+    py::array w2 = w.attr("reshape")(cout_, k_ * k_ * cin_);
+    gemm_ = std::make_unique<Gemm>(w2, bias, in_zp, multiplier, shift, out_zp, act_min, act_max, lut, 8, py::none(),
+                                   0, isa, false, py::none());
+  }
+
+  void run(const py::object& x_o, const py::object& out_o, int threads) const {
+    check_threads(threads);
+    py::array x = need<uint8_t>(x_o, "x", {-1, -1, -1, cin_});
+    const int b = static_cast<int>(x.shape(0)), h = static_cast<int>(x.shape(1)), w = static_cast<int>(x.shape(2));
+    if (b < 1 || h < 1 || w < 1) throw py::value_error("x: empty shape " + shape_str(x));
+    const int ho = (h + 2 * (k_ / 2) - k_) / stride_ + 1, wo = (w + 2 * (k_ / 2) - k_) / stride_ + 1;
+    py::array out = need<uint8_t>(out_o, "out", {b, ho, wo, cout_});
+    need_writeable(out, "out");
+    const uint8_t* xp = static_cast<const uint8_t*>(x.data());
+    uint8_t* op = static_cast<uint8_t*>(out.mutable_data());
+    py::gil_scoped_release nogil;
+    const int kk = k_ * k_ * cin_, pad = k_ / 2;
+    const int m = b * ho * wo;
+    std::vector<uint8_t> col(static_cast<size_t>(m) * kk);
+    uint8_t* cp = col.data();
+    const int k = k_, s = stride_, cin = cin_, zp = in_zp_;
+    auto im2col = [&](int r0, int r1) {
+      for (int r = r0; r < r1; ++r) {
+        const int bi = r / ho, oy = r % ho;
+        for (int ox = 0; ox < wo; ++ox) {
+          uint8_t* d = cp + (static_cast<size_t>(r) * wo + ox) * kk;
+          for (int ky = 0; ky < k; ++ky) {
+            const int iy = oy * s + ky - pad;
+            uint8_t* dr = d + ky * k * cin;
+            if (iy < 0 || iy >= h) {
+              std::memset(dr, zp, static_cast<size_t>(k) * cin);
+              continue;
+            }
+            const int ix0 = ox * s - pad;
+            const uint8_t* src = xp + ((static_cast<size_t>(bi) * h + iy) * w) * cin;
+            if (ix0 >= 0 && ix0 + k <= w) {
+              std::memcpy(dr, src + static_cast<size_t>(ix0) * cin, static_cast<size_t>(k) * cin);
+            } else {
+              for (int kx = 0; kx < k; ++kx) {
+                const int ix = ix0 + kx;
+                if (ix < 0 || ix >= w) std::memset(dr + kx * cin, zp, cin);
+                else std::memcpy(dr + kx * cin, src + static_cast<size_t>(ix) * cin, cin);
+              }
+            }
+          }
+        }
+      }
+    };
+    par(threads, b * ho, im2col);
+    gemm_->run_raw(cp, m, op, nullptr, threads);
+  }
+
+ private:
+  std::unique_ptr<Gemm> gemm_;
+  int cout_ = 0, k_ = 0, cin_ = 0, stride_ = 1, in_zp_ = 0;
+};
+
+class Depthwise {
+ public:
+  Depthwise(const py::object& weight, int stride, const py::object& bias, int in_zp, const py::object& multiplier,
+            const py::object& shift, int out_zp, int act_min, int act_max, const py::object& lut,
+            const std::string& isa) {
+    isa_ = checked_isa(isa);
+    py::array w = need<int8_t>(weight, "weight", {-1, -1, -1});
+    c_ = static_cast<int>(w.shape(0));
+    k_ = static_cast<int>(w.shape(1));
+    if (c_ < 1 || w.shape(2) != k_ || (k_ != 3 && k_ != 5 && k_ != 7))
+      throw py::value_error("weight: expected shape (C, k, k) with k in {3, 5, 7}, got " + shape_str(w));
+    if (stride != 1 && stride != 2) throw py::value_error("stride: expected 1 or 2, got " + std::to_string(stride));
+    stride_ = stride;
+    check_range(in_zp, 0, 255, "in_zp");
+    in_zp_ = in_zp;
+    py::array b = need<int32_t>(bias, "bias", {c_});
+    fill_requant(q_, c_, multiplier, shift, out_zp, act_min, act_max, lut);
+    const int32_t* bp = static_cast<const int32_t*>(b.data());
+    for (int c = 0; c < c_; ++c) q_.bias[c] = bp[c];
+    cpad_ = (c_ + 15) / 16 * 16;
+    wt_.assign(static_cast<size_t>(k_) * k_ * cpad_, 0);
+    const int8_t* wp = static_cast<const int8_t*>(w.data());
+    for (int c = 0; c < c_; ++c)
+      for (int t = 0; t < k_ * k_; ++t) {
+        const int8_t v = wp[c * k_ * k_ + t];
+        if (v == -128) throw py::value_error("weight: values must lie in [-127, 127]");
+        wt_[static_cast<size_t>(t) * cpad_ + c] = static_cast<int32_t>(static_cast<uint16_t>(static_cast<int16_t>(v)));
+      }
+    view_ = q_.view();
+  }
+
+  void run(const py::object& x_o, const py::object& out_o, int threads) const {
+    check_threads(threads);
+    py::array x = need<uint8_t>(x_o, "x", {-1, -1, -1, c_});
+    DwArgs a;
+    a.batch = static_cast<int>(x.shape(0));
+    a.h = static_cast<int>(x.shape(1));
+    a.w = static_cast<int>(x.shape(2));
+    if (a.batch < 1 || a.h < 1 || a.w < 1) throw py::value_error("x: empty shape " + shape_str(x));
+    a.c = c_;
+    a.k = k_;
+    a.stride = stride_;
+    a.ho = (a.h - 1) / stride_ + 1;
+    a.wo = (a.w - 1) / stride_ + 1;
+    py::array out = need<uint8_t>(out_o, "out", {a.batch, a.ho, a.wo, c_});
+    need_writeable(out, "out");
+    a.in_zp = in_zp_;
+    a.x = static_cast<const uint8_t*>(x.data());
+    a.wt = wt_.data();
+    a.cpad = cpad_;
+    a.q = view_;
+    a.out = static_cast<uint8_t*>(out.mutable_data());
+    py::gil_scoped_release nogil;
+    switch (isa_) {
+      case Isa::reference: ref::depthwise(a, threads); break;
+      case Isa::avx2: avx2::depthwise(a, threads); break;
+      case Isa::avx512vnni: avx512::depthwise(a, threads); break;
+    }
+  }
+
+ private:
+  Isa isa_ = Isa::reference;
+  int c_ = 0, k_ = 0, stride_ = 1, in_zp_ = 0, cpad_ = 0;
+  Requant q_;
+  RqView view_{};
+  std::vector<int32_t> wt_;
+};
+
+void split_shift(int32_t shift, int32_t& lsh, int32_t& rsh) {
+  check_range(shift, -31, 30, "shift");
+  lsh = shift > 0 ? shift : 0;
+  rsh = shift > 0 ? 0 : -shift;
+}
+
+// Global average pool: out[b, c] = clamp(out_zp + MulQ(sum_p x[b, p, c] - hw * in_zp, M, s)).
+class Pool {
+ public:
+  Pool(int hw, int in_zp, int32_t multiplier, int32_t shift, int out_zp, const std::string& isa) {
+    isa_ = checked_isa(isa);
+    check_range(hw, 1, 1 << 22, "hw");
+    check_range(in_zp, 0, 255, "in_zp");
+    check_range(out_zp, 0, 255, "out_zp");
+    check_range(multiplier, 0, INT32_MAX, "multiplier");
+    a_.hw = hw;
+    a_.in_zp = in_zp;
+    a_.out_zp = out_zp;
+    a_.mult = multiplier;
+    split_shift(shift, a_.lsh, a_.rsh);
+  }
+  int hw() const { return a_.hw; }
+
+  void run_raw(const uint8_t* x, int batch, int c, uint8_t* out, int threads) const {
+    PoolArgs a = a_;
+    a.batch = batch;
+    a.c = c;
+    a.x = x;
+    a.out = out;
+    switch (isa_) {
+      case Isa::reference: ref::pool(a, threads); break;
+      case Isa::avx2: avx2::pool(a, threads); break;
+      case Isa::avx512vnni: avx512::pool(a, threads); break;
+    }
+  }
+
+  void run(const py::object& x_o, const py::object& out_o, int threads) const {
+    check_threads(threads);
+    py::array x = need<uint8_t>(x_o, "x", {-1, -1, -1, -1});
+    const int b = static_cast<int>(x.shape(0)), c = static_cast<int>(x.shape(3));
+    if (x.shape(1) * x.shape(2) != a_.hw)
+      throw py::value_error("x: spatial size " + shape_str(x) + " does not match hw=" + std::to_string(a_.hw));
+    if (b < 1 || c < 1) throw py::value_error("x: empty shape " + shape_str(x));
+    py::array out = need<uint8_t>(out_o, "out", {b, c});
+    need_writeable(out, "out");
+    const uint8_t* xp = static_cast<const uint8_t*>(x.data());
+    uint8_t* op = static_cast<uint8_t*>(out.mutable_data());
+    py::gil_scoped_release nogil;
+    run_raw(xp, b, c, op, threads);
+  }
+
+ private:
+  Isa isa_ = Isa::reference;
+  PoolArgs a_;
+};
+
+// Squeeze-and-excitation: pool -> fc1 (ReLU) -> fc2 (hard-sigmoid via LUT, gate scale 1/255) -> scale.
+class SqueezeExcite {
+ public:
+  SqueezeExcite(std::shared_ptr<Pool> pool, std::shared_ptr<Gemm> fc1, std::shared_ptr<Gemm> fc2, int in_zp,
+                int32_t multiplier, int32_t shift, int out_zp, const std::string& isa)
+      : pool_(std::move(pool)), fc1_(std::move(fc1)), fc2_(std::move(fc2)) {
+    isa_ = checked_isa(isa);
+    if (fc1_->k() != fc2_->n() || fc1_->n() != fc2_->k())
+      throw py::value_error("fc1/fc2: shapes do not chain (C -> S -> C)");
+    if (fc1_->residual() || fc2_->residual() || fc1_->out_int32() || fc2_->out_int32())
+      throw py::value_error("fc1/fc2: must be plain uint8-output GEMMs");
+    if (fc1_->isa() != isa_name(isa_) || fc2_->isa() != isa_name(isa_))
+      throw py::value_error("fc1/fc2: must be built for the same isa as the SE op");
+    check_range(in_zp, 0, 255, "in_zp");
+    check_range(out_zp, 0, 255, "out_zp");
+    check_range(multiplier, 0, INT32_MAX, "multiplier");
+    s_.in_zp = in_zp;
+    s_.out_zp = out_zp;
+    s_.mult = multiplier;
+    split_shift(shift, s_.lsh, s_.rsh);
+  }
+
+  void run(const py::object& x_o, const py::object& out_o, int threads) const {
+    check_threads(threads);
+    const int c = fc1_->k();
+    py::array x = need<uint8_t>(x_o, "x", {-1, -1, -1, c});
+    const int b = static_cast<int>(x.shape(0)), hw = static_cast<int>(x.shape(1) * x.shape(2));
+    if (b < 1) throw py::value_error("x: empty batch");
+    if (hw != pool_->hw())
+      throw py::value_error("x: spatial size " + shape_str(x) + " does not match hw=" + std::to_string(pool_->hw()));
+    py::array out = need<uint8_t>(out_o, "out", {b, x.shape(1), x.shape(2), c});
+    need_writeable(out, "out");
+    const uint8_t* xp = static_cast<const uint8_t*>(x.data());
+    uint8_t* op = static_cast<uint8_t*>(out.mutable_data());
+    py::gil_scoped_release nogil;
+    std::vector<uint8_t> pooled(static_cast<size_t>(b) * c), hid(static_cast<size_t>(b) * fc1_->n()),
+        gate(static_cast<size_t>(b) * c);
+    pool_->run_raw(xp, b, c, pooled.data(), threads);
+    fc1_->run_raw(pooled.data(), b, hid.data(), nullptr, threads);
+    fc2_->run_raw(hid.data(), b, gate.data(), nullptr, threads);
+    ScaleArgs a = s_;
+    a.batch = b;
+    a.hw = hw;
+    a.c = c;
+    a.x = xp;
+    a.gate = gate.data();
+    a.out = op;
+    switch (isa_) {
+      case Isa::reference: ref::channel_scale(a, threads); break;
+      case Isa::avx2: avx2::channel_scale(a, threads); break;
+      case Isa::avx512vnni: avx512::channel_scale(a, threads); break;
+    }
+  }
+
+ private:
+  Isa isa_ = Isa::reference;
+  std::shared_ptr<Pool> pool_;
+  std::shared_ptr<Gemm> fc1_, fc2_;
+  ScaleArgs s_;
+};
+
+double vnni_peak(int64_t iters) {
+  if (!isa_supported(Isa::avx512vnni)) throw py::value_error("vnni_peak: CPU lacks AVX512-VNNI");
+  py::gil_scoped_release nogil;
+  const auto t0 = std::chrono::steady_clock::now();
+  volatile int64_t sink = avx512::vnni_loop(iters);
+  (void)sink;
+  const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return static_cast<double>(iters) * 12 * 64 / dt;
+}
+
+}  // namespace
+}  // namespace nask
+
+PYBIND11_MODULE(_C, m) {
+  using namespace nask;
+  m.doc() = "nas low-bit CPU kernels (int8 / int4-weight, NHWC, AVX512-VNNI / AVX2 / scalar reference)";
+  m.attr("build_flags") = NASK_BUILD_FLAGS;
+  m.attr("compiler") = __VERSION__;
+  m.attr("residual_bits") = kResidualBits;
+  m.def("isa_supported", [](const std::string& s) { return isa_supported(parse_isa(s)); }, py::arg("isa"));
+  m.def("vnni_peak", &vnni_peak, py::arg("iters"),
+        "Multiply-accumulates per second of a 12-chain vpdpbusd zmm loop on one thread.");
+  py::class_<Gemm, std::shared_ptr<Gemm>>(m, "Gemm")
+      .def(py::init<const py::object&, const py::object&, int, const py::object&, const py::object&, int, int, int,
+                    const py::object&, int, const py::object&, int, const std::string&, bool, const py::object&>(),
+           py::arg("weight"), py::arg("bias"), py::arg("in_zp"), py::arg("multiplier"), py::arg("shift"),
+           py::arg("out_zp"), py::arg("act_min"), py::arg("act_max"), py::arg("lut"), py::arg("bits"),
+           py::arg("sub_scales"), py::arg("group_size"), py::arg("isa"), py::arg("out_int32"), py::arg("residual"))
+      .def("run", &Gemm::run, py::arg("x"), py::arg("out"), py::arg("residual"), py::arg("threads"))
+      .def_property_readonly("n", &Gemm::n)
+      .def_property_readonly("k", &Gemm::k)
+      .def_property_readonly("isa", &Gemm::isa)
+      .def_property_readonly("packed_bytes", &Gemm::packed_bytes);
+  py::class_<Conv>(m, "Conv")
+      .def(py::init<const py::object&, int, const py::object&, int, const py::object&, const py::object&, int, int, int,
+                    const py::object&, const std::string&>(),
+           py::arg("weight"), py::arg("stride"), py::arg("bias"), py::arg("in_zp"), py::arg("multiplier"),
+           py::arg("shift"), py::arg("out_zp"), py::arg("act_min"), py::arg("act_max"), py::arg("lut"), py::arg("isa"))
+      .def("run", &Conv::run, py::arg("x"), py::arg("out"), py::arg("threads"));
+  py::class_<Depthwise>(m, "Depthwise")
+      .def(py::init<const py::object&, int, const py::object&, int, const py::object&, const py::object&, int, int, int,
+                    const py::object&, const std::string&>(),
+           py::arg("weight"), py::arg("stride"), py::arg("bias"), py::arg("in_zp"), py::arg("multiplier"),
+           py::arg("shift"), py::arg("out_zp"), py::arg("act_min"), py::arg("act_max"), py::arg("lut"), py::arg("isa"))
+      .def("run", &Depthwise::run, py::arg("x"), py::arg("out"), py::arg("threads"));
+  py::class_<Pool, std::shared_ptr<Pool>>(m, "Pool")
+      .def(py::init<int, int, int32_t, int32_t, int, const std::string&>(), py::arg("hw"), py::arg("in_zp"),
+           py::arg("multiplier"), py::arg("shift"), py::arg("out_zp"), py::arg("isa"))
+      .def("run", &Pool::run, py::arg("x"), py::arg("out"), py::arg("threads"));
+  py::class_<SqueezeExcite>(m, "SqueezeExcite")
+      .def(py::init<std::shared_ptr<Pool>, std::shared_ptr<Gemm>, std::shared_ptr<Gemm>, int, int32_t, int32_t, int,
+                    const std::string&>(),
+           py::arg("pool"), py::arg("fc1"), py::arg("fc2"), py::arg("in_zp"), py::arg("multiplier"), py::arg("shift"),
+           py::arg("out_zp"), py::arg("isa"))
+      .def("run", &SqueezeExcite::run, py::arg("x"), py::arg("out"), py::arg("threads"));
+}

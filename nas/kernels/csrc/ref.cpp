@@ -1,0 +1,96 @@
+// Portable scalar reference kernels (plain loops, no intrinsics).
+#include "common.h"
+
+namespace nask {
+namespace ref {
+
+void gemm(const GemmArgs& a, int threads) {
+  const PackedWeights& pw = *a.w;
+  const RqView& q = a.q;
+  const int n = pw.n, k = pw.k;
+  const int8_t* w = pw.w.as<int8_t>();
+  const int32_t* subs = pw.subs.as<int32_t>();
+  par(threads, a.m, [&](int m0, int m1) {
+    for (int m = m0; m < m1; ++m) {
+      const uint8_t* x = a.x + m * a.ldx;
+      for (int j = 0; j < n; ++j) {
+        const int8_t* wj = w + static_cast<int64_t>(j) * k;
+        int32_t acc = 0;
+        if (pw.grouped) {
+          for (int g = 0; g < pw.ngroups; ++g) {
+            int32_t part = 0;
+            const int kb = g * pw.group, ke = std::min(k, kb + pw.group);
+            for (int i = kb; i < ke; ++i) part += static_cast<int32_t>(x[i]) * wj[i];
+            acc += part * subs[j * pw.ngroups + g];
+          }
+        } else {
+          for (int i = 0; i < k; ++i) acc += static_cast<int32_t>(x[i]) * wj[i];
+        }
+        if (q.out_int32) {
+          static_cast<int32_t*>(a.out)[m * a.ldo + j] = acc + q.bias[j];
+        } else {
+          const int32_t r = q.residual ? a.res[m * a.ldr + j] : 0;
+          static_cast<uint8_t*>(a.out)[m * a.ldo + j] = static_cast<uint8_t>(rq_apply(q, j, acc, r));
+        }
+      }
+    }
+  });
+}
+
+void depthwise(const DwArgs& a, int threads) {
+  const int pad = a.k / 2;
+  par(threads, a.batch * a.ho, [&](int r0, int r1) {
+    for (int r = r0; r < r1; ++r) {
+      const int b = r / a.ho, oy = r % a.ho;
+      for (int ox = 0; ox < a.wo; ++ox) {
+        uint8_t* o = a.out + ((static_cast<int64_t>(b) * a.ho + oy) * a.wo + ox) * a.c;
+        for (int c = 0; c < a.c; ++c) {
+          int32_t acc = 0;
+          for (int ky = 0; ky < a.k; ++ky) {
+            const int iy = oy * a.stride + ky - pad;
+            if (iy < 0 || iy >= a.h) continue;
+            for (int kx = 0; kx < a.k; ++kx) {
+              const int ix = ox * a.stride + kx - pad;
+              if (ix < 0 || ix >= a.w) continue;
+              const int32_t xv = a.x[((static_cast<int64_t>(b) * a.h + iy) * a.w + ix) * a.c + c];
+              const int32_t wv = static_cast<int16_t>(a.wt[(ky * a.k + kx) * a.cpad + c] & 0xffff);
+              acc += (xv - a.in_zp) * wv;
+            }
+          }
+          o[c] = static_cast<uint8_t>(rq_apply(a.q, c, acc, 0));
+        }
+      }
+    }
+  });
+}
+
+void pool(const PoolArgs& a, int threads) {
+  par(threads, a.batch, [&](int b0, int b1) {
+    for (int b = b0; b < b1; ++b) {
+      for (int c = 0; c < a.c; ++c) {
+        int32_t s = 0;
+        for (int p = 0; p < a.hw; ++p) s += a.x[(static_cast<int64_t>(b) * a.hw + p) * a.c + c];
+        int32_t v = mulq(s - a.hw * a.in_zp, a.mult, a.lsh, a.rsh) + a.out_zp;
+        a.out[b * a.c + c] = static_cast<uint8_t>(std::min(255, std::max(0, v)));
+      }
+    }
+  });
+}
+
+void channel_scale(const ScaleArgs& a, int threads) {
+  par(threads, a.batch * a.hw, [&](int p0, int p1) {
+    for (int p = p0; p < p1; ++p) {
+      const int b = p / a.hw;
+      const uint8_t* x = a.x + static_cast<int64_t>(p) * a.c;
+      uint8_t* o = a.out + static_cast<int64_t>(p) * a.c;
+      const uint8_t* g = a.gate + static_cast<int64_t>(b) * a.c;
+      for (int c = 0; c < a.c; ++c) {
+        int32_t v = mulq((x[c] - a.in_zp) * static_cast<int32_t>(g[c]), a.mult, a.lsh, a.rsh) + a.out_zp;
+        o[c] = static_cast<uint8_t>(std::min(255, std::max(0, v)));
+      }
+    }
+  });
+}
+
+}  // namespace ref
+}  // namespace nask

@@ -1,0 +1,119 @@
+"""Every kernel on every ISA is bit-exact against the NumPy reference over random shapes."""
+
+import numpy as np
+import pytest
+
+from nas.kernels import random_specs as R
+from nas.kernels import reference as ref
+from nas.kernels.isa import available_isas
+from nas.kernels.ops import compile_op
+
+ISAS = available_isas()
+ACTS = ["none", "relu", "relu6", "hswish", "swish"]
+
+
+def _x(rng, shape):
+    return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def _check(spec, x, isa, residual=None, threads=1):
+    got = compile_op(spec, isa).run(x, residual=residual, threads=threads)
+    want = ref.run(spec, x, residual)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    return want
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_gemm_random_shapes(isa):
+    rng = np.random.default_rng(10)
+    informative = 0
+    for trial in range(40):
+        n = int(rng.choice([1, 3, 8, 15, 16, 17, 24, 33, 63, 64, 65, 100]))
+        k = int(rng.choice([1, 2, 3, 4, 5, 7, 16, 27, 31, 64, 97]))
+        bits = int(rng.choice([8, 4]))
+        group = int(rng.choice([0, 4, 8, 32])) if bits == 4 else 0
+        act = ACTS[trial % len(ACTS)]
+        spec = R.random_gemm(rng, n, k, bits=bits, group_size=group, act=act, residual=trial % 3 == 0)
+        shape = (int(rng.integers(1, 3)), int(rng.integers(1, 6)), int(rng.integers(1, 6)), k)
+        res = _x(rng, (*shape[:-1], n)) if spec.residual else None
+        want = _check(spec, _x(rng, shape), isa, res)
+        informative += np.unique(want).size > 2
+    assert informative >= 30  # the random requantization mostly exercises non-saturated outputs
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_linear_int32_logits(isa):
+    rng = np.random.default_rng(11)
+    for n, k, b in [(10, 64, 1), (1000, 96, 2), (17, 5, 3)]:
+        for bits in (8, 4):
+            spec = R.random_gemm(rng, n, k, bits=bits, out_int32=True)
+            _check(spec, _x(rng, (b, k)), isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_depthwise_random_shapes(isa):
+    rng = np.random.default_rng(12)
+    for trial in range(30):
+        k = [3, 5, 7][trial % 3]
+        stride = 1 + (trial // 3) % 2
+        c = int(rng.choice([1, 3, 8, 15, 16, 17, 31, 40, 72]))
+        h, w = int(rng.integers(1, 12)), int(rng.integers(1, 12))
+        spec = R.random_depthwise(rng, c, k, stride, ACTS[trial % len(ACTS)])
+        _check(spec, _x(rng, (int(rng.integers(1, 3)), h, w, c)), isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_stem_conv(isa):
+    rng = np.random.default_rng(13)
+    for cin in (1, 3, 4):
+        for stride in (1, 2):
+            for h, w in [(1, 1), (2, 3), (7, 9), (16, 16)]:
+                spec = R.random_conv(rng, int(rng.choice([8, 16, 19, 32])), cin, 3, stride, "relu6")
+                _check(spec, _x(rng, (2, h, w, cin)), isa)
+    spec = R.random_conv(rng, 16, 3, 3, 2, "hswish")
+    _check(spec, _x(rng, (1, 15, 13, 3)), isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_pool_and_se(isa):
+    rng = np.random.default_rng(14)
+    for c, h, w, hidden in [(16, 1, 1, 8), (17, 3, 5, 4), (72, 7, 7, 24), (120, 2, 2, 32)]:
+        b = int(rng.integers(1, 4))
+        _check(R.random_pool(rng, h * w), _x(rng, (b, h, w, c)), isa)
+        _check(R.random_se(rng, c, hidden, h * w), _x(rng, (b, h, w, c)), isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_threads_do_not_change_output(isa):
+    rng = np.random.default_rng(15)
+    specs = [
+        (R.random_gemm(rng, 40, 24, act="relu6"), (2, 9, 9, 24)),
+        (R.random_gemm(rng, 1000, 64, out_int32=True), (1, 64)),
+        (R.random_depthwise(rng, 40, 5, 2), (2, 9, 9, 40)),
+        (R.random_conv(rng, 16, 3), (2, 10, 10, 3)),
+        (R.random_se(rng, 40, 16, 81), (2, 9, 9, 40)),
+    ]
+    for spec, shape in specs:
+        x = _x(rng, shape)
+        op = compile_op(spec, isa)
+        one = op.run(x, threads=1)
+        for t in (2, 3, 8):
+            np.testing.assert_array_equal(op.run(x, threads=t), one)
+
+
+def test_mulq_matches_literal_gemmlowp():
+    rng = np.random.default_rng(16)
+    a = rng.integers(-(2**31), 2**31, size=20000, dtype=np.int64)
+    b = rng.integers(0, 2**31, size=20000, dtype=np.int64)
+    ab = a * b
+    nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    num = ab + nudge
+    literal = np.where(num >= 0, num // (1 << 31), -((-num) // (1 << 31)))  # truncating division
+    np.testing.assert_array_equal(ref.srdhm(a, b), literal)
+    e = rng.integers(0, 31, size=20000)
+    x = rng.integers(-(2**31), 2**31, size=20000, dtype=np.int64)
+    want = np.round(x / 2.0**e)  # half away from zero except ties to even; check ties separately
+    ties = (np.abs(x) % (1 << e)) * 2 == (1 << e)
+    want = np.where(ties, np.sign(x) * np.ceil(np.abs(x) / 2.0**e), want)
+    np.testing.assert_array_equal(ref.rdbp(x, e), want.astype(np.int64))
