@@ -45,17 +45,15 @@ class OpModel:
     """Per-op-type interpolation of latency from `op_features` (non-negative coefficients: monotone)."""
 
     coef: dict[str, np.ndarray]
-    anchors: dict[tuple, list[tuple[float, OpKey, float]]]  # family -> [(log macs+elems, key, ms)]
+    anchors: dict[tuple, tuple[np.ndarray, np.ndarray]]  # family -> (log2 positions, log measured/model)
 
     @classmethod
     def fit(cls, lookup: dict[OpKey, float]) -> OpModel:
         from scipy.optimize import nnls
 
         by_type: dict[str, list[tuple[OpKey, float]]] = {}
-        anchors: dict[tuple, list[tuple[float, OpKey, float]]] = {}
         for k, ms in lookup.items():
             by_type.setdefault(k.op, []).append((k, ms))
-            anchors.setdefault(_family(k), []).append((_size(k), k, ms))
         coef = {}
         for t, rows in by_type.items():
             x = np.array([op_features(k) for k, _ in rows])
@@ -64,7 +62,12 @@ class OpModel:
             # minimise relative error: divide each row by its measured time
             c, _ = nnls((x / scale) / y[:, None], np.ones(len(y)))
             coef[t] = c / scale
-        return cls(coef, anchors)
+        model = cls(coef, {})
+        fams: dict[tuple, list[tuple[np.ndarray, float]]] = {}
+        for k, ms in lookup.items():
+            fams.setdefault(_family(k), []).append((_position(k), math.log(ms / model.model_ms(k))))
+        model.anchors = {f: (np.array([p for p, _ in v]), np.array([r for _, r in v])) for f, v in fams.items()}
+        return model
 
     def model_ms(self, op: OpKey) -> float:
         c = self.coef.get(op.op)
@@ -72,19 +75,22 @@ class OpModel:
             c = self.coef.get("pw" if op.op in ("conv", "linear") else "dw", next(iter(self.coef.values())))
         return max(float(np.dot(c, op_features(op))), 1e-6)
 
-    def predict(self, op: OpKey) -> float:
-        """Model estimate scaled by the measured/model ratio of the nearest op of the same family."""
+    def predict(self, op: OpKey, k: int = 6) -> float:
+        """Model estimate times the measured/model ratio of the nearest measured ops of the same family
+        (inverse-distance weighted in log size/channel space), so residual errors of the model are local."""
         est = self.model_ms(op)
         fam = self.anchors.get(_family(op))
-        if not fam:
+        if fam is None:
             return est
-        s = _size(op)
-        _, key, ms = min(fam, key=lambda a: abs(a[0] - s))
-        return est * ms / self.model_ms(key)
+        pos, ratios = fam
+        d = np.sqrt(((pos - _position(op)) ** 2).sum(axis=1))
+        idx = np.argsort(d)[:k]
+        w = 1.0 / (d[idx] + 0.05) ** 2
+        return est * math.exp(float(np.dot(w, ratios[idx]) / w.sum()))
 
 
-def _size(op: OpKey) -> float:
-    return math.log1p(op.macs) + math.log1p(op.in_hw * op.in_hw * op.in_channels)
+def _position(op: OpKey) -> np.ndarray:
+    return np.log2([op.in_hw, op.out_hw, op.in_channels, op.out_channels, max(op.hidden, 1)])
 
 
 @dataclass

@@ -33,7 +33,15 @@ def measure_ops(spec: DeviceSpec, ops: Sequence[OpKey], reps: int) -> tuple[dict
         rows.append({**op._asdict(), "bits": spec.bits, "macs": op.macs, "median_ms": t.median_ms,
                      "mad_ms": t.mad_ms, "min_ms": t.min_ms, "max_ms": t.max_ms, "n": t.n,
                      "rejected": t.rejected})
-    return device.fingerprint(), rows
+    fp = device.fingerprint()
+    try:
+        import ray
+
+        if ray.is_initialized():
+            fp["ray_node_id"] = ray.get_runtime_context().get_node_id()
+    except ImportError:
+        pass
+    return fp, rows
 
 
 def open_table(path: Path, spec: DeviceSpec, fingerprint: dict[str, Any] | None) -> LatencyTable:

@@ -1,0 +1,77 @@
+import math
+import random
+import time
+from dataclasses import replace
+
+import search_spaces as ss
+from latency_models import LatencyTable, OpKey, Overhead, Predictor, arch_ops
+
+
+def test_prediction_is_table_sum_plus_overhead(fp32_table: LatencyTable, archs: list[ss.Arch]) -> None:
+    lookup = fp32_table.lookup()
+    overhead = Overhead(scale=0.9, per_op=0.002, const=0.05)
+    pred = Predictor(fp32_table, overhead)
+    raw = Predictor(fp32_table, Overhead())
+    for a in archs:
+        ops = arch_ops(a)
+        total = sum(lookup[o] for o in ops)
+        assert math.isclose(raw.predict_ms(a), total, rel_tol=1e-12)
+        assert math.isclose(pred.predict_ms(a), 0.9 * total + 0.002 * len(ops) + 0.05, rel_tol=1e-12)
+        assert all(measured for _, _, measured in pred.breakdown(a))
+        assert pred.predict_ms(a) == pred.predict_ms(a)  # cached path agrees with the first computation
+
+
+def test_unseen_channel_counts_are_interpolated_monotone_ish(fp32_table: LatencyTable) -> None:
+    pred = Predictor(fp32_table, Overhead())
+    base = max((k for k in fp32_table.keys() if k.op == "pw" and not k.residual), key=lambda k: k.macs)
+    values = []
+    for cout in range(8, 2 * base.out_channels + 8, 8):
+        op = base._replace(out_channels=cout)
+        ms = pred.op_ms(op)
+        assert math.isfinite(ms) and ms > 0
+        values.append(ms)
+    # non-negative least squares on MACs/bytes: more output channels never predict much less time
+    assert all(b >= 0.8 * max(values[:i + 1]) for i, b in enumerate(values[1:]))
+    assert values[-1] > values[0]
+
+
+def test_interpolation_tracks_held_out_measurements(fp32_table: LatencyTable) -> None:
+    keys = sorted((k for k in fp32_table.keys() if k.op in ("pw", "dw")), key=lambda k: k.macs)
+    held = set(keys[1::4])
+    train = LatencyTable(fp32_table.frame[[OpKey(*r) not in held for r in
+                                           fp32_table.frame[list(OpKey._fields)].itertuples(index=False)]])
+    pred = Predictor(train, Overhead())
+    truth = fp32_table.lookup()
+    errs = sorted(abs(pred.op_ms(k) / truth[k] - 1) for k in held)
+    assert errs[len(errs) // 2] < 0.35, errs  # median relative error of ops never seen
+
+
+def test_pruned_architecture_predicts(fp32_table: LatencyTable, archs: list[ss.Arch]) -> None:
+    pred = Predictor(fp32_table, Overhead())
+    a = archs[0]
+    stages, c = [], a.stem_channels
+    for stage in a.stages:  # prune every expansion by 8 channels (widths no space contains)
+        blocks = []
+        for b in stage:
+            blocks.append(replace(b, mid_channels=b.mid(c) - 4) if b.expand != 1 else b)
+            c = b.out_channels
+        stages.append(tuple(blocks))
+    pruned = a.replace(stages=tuple(stages))
+    assert pruned != a
+    ms = pred.predict_ms(pruned)
+    assert math.isfinite(ms) and ms > 0
+    assert any(not m for _, _, m in pred.breakdown(pruned))
+
+
+def test_predictions_per_second(fp32_table: LatencyTable) -> None:
+    space = ss.get_space("small32")
+    rng = random.Random(0)
+    pool = [space.random_arch(rng) for _ in range(3000)]
+    pred = Predictor(fp32_table, Overhead(1.0, 0.001, 0.01))
+    pred.predict_ms(pool[0])
+    t = time.perf_counter()
+    for a in pool:
+        pred.predict_ms(a)
+    rate = len(pool) / (time.perf_counter() - t)
+    print(f"{rate:,.0f} predictions/s (distinct random archs, cold block cache)")
+    assert rate >= 2000
