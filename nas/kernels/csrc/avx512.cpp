@@ -68,9 +68,9 @@ inline void epilogue(__m512i acc, const RqView& q, const VQ& v, int c, __mmask16
     return;
   }
   const __m512i mult = _mm512_loadu_si512(q.mult + c);
-  __m512i y = mulq_v(acc, mult, _mm512_srli_epi64(mult, 32), _mm512_loadu_si512(q.lsh + c),
-                     _mm512_loadu_si512(q.rsh + c), _mm512_loadu_si512(q.rmask + c),
-                     _mm512_loadu_si512(q.rhalf + c), v.one);
+  if (q.any_lsh) acc = _mm512_sllv_epi32(acc, _mm512_loadu_si512(q.lsh + c));
+  __m512i y = rdbp_v(srdhm_v(acc, mult, _mm512_srli_epi64(mult, 32)), _mm512_loadu_si512(q.rsh + c),
+                     _mm512_loadu_si512(q.rmask + c), _mm512_loadu_si512(q.rhalf + c), v.one);
   if (q.residual) {
     const __m512i r = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, res)), v.rzp);
     y = _mm512_add_epi32(y, mulq_v(r, v.rmult, v.rmult_odd, v.rlsh, v.rrsh, v.rmask, v.rhalf, v.one));
@@ -80,7 +80,7 @@ inline void epilogue(__m512i acc, const RqView& q, const VQ& v, int c, __mmask16
   }
   y = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(y, v.zp), v.lo), v.hi);
   if (q.lut32) y = _mm512_i32gather_epi32(y, q.lut32, 4);
-  _mm512_mask_cvtepi32_storeu_epi8(out, m, y);
+  _mm_mask_storeu_epi8(out, m, _mm512_cvtepi32_epi8(y));
 }
 
 inline int32_t load4(const uint8_t* p) {
@@ -228,39 +228,106 @@ void gemm(const GemmArgs& a, int threads) {
   }
 }
 
+namespace {
+
+// Depthwise accumulation with vpdpwssd on (u8 zero-extended to s32 lanes) x (w as low s16 of s32 lanes).
+// acc starts at -in_zp * sum(w); padded taps contribute in_zp * w, so every output sees the full window.
+// Interior pixels: PX adjacent outputs x NV channel vectors (independent chains, weights shared).
+template <int PX, int NV>
+inline void dw_interior(const DwArgs& a, const VQ& vq, int b, int oy, int ox, int c0) {
+  const int pad = a.k / 2;
+  __m512i acc[PX][NV];
+  for (int p = 0; p < PX; ++p)
+    for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_loadu_si512(a.neg_wzp + c0 + 16 * v);
+  for (int ky = 0; ky < a.k; ++ky) {
+    const int iy = oy * a.stride - pad + ky;
+    const uint8_t* xrow = a.x + ((static_cast<int64_t>(b) * a.h + iy) * a.w + ox * a.stride - pad) * a.c + c0;
+    const int32_t* wrow = a.wt + ky * a.k * a.cpad + c0;
+    for (int kx = 0; kx < a.k; ++kx) {
+      __m512i w[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) w[v] = _mm512_loadu_si512(wrow + kx * a.cpad + 16 * v);
+#pragma GCC unroll 4
+      for (int p = 0; p < PX; ++p) {
+        const uint8_t* xp = xrow + (p * a.stride + kx) * a.c;
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+          const __m512i xv = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp + 16 * v)));
+          acc[p][v] = _mm512_dpwssd_epi32(acc[p][v], xv, w[v]);
+        }
+      }
+    }
+  }
+  for (int p = 0; p < PX; ++p) {
+    uint8_t* o = a.out + ((static_cast<int64_t>(b) * a.ho + oy) * a.wo + ox + p) * a.c + c0;
+    for (int v = 0; v < NV; ++v) epilogue(acc[p][v], a.q, vq, c0 + 16 * v, 0xFFFF, o + 16 * v, nullptr);
+  }
+}
+
+// Any pixel (border or channel tail): one 16-channel vector, masked loads, padded taps use in_zp.
+inline void dw_generic(const DwArgs& a, const VQ& vq, int b, int oy, int ox, int c0) {
+  const int pad = a.k / 2;
+  const __mmask16 m = tail_mask(a.c - c0);
+  const __m512i zpv = _mm512_set1_epi32(a.in_zp);
+  __m512i acc = _mm512_loadu_si512(a.neg_wzp + c0);
+  for (int ky = 0; ky < a.k; ++ky) {
+    const int iy = oy * a.stride - pad + ky;
+    const bool row_ok = iy >= 0 && iy < a.h;
+    for (int kx = 0; kx < a.k; ++kx) {
+      const int ix = ox * a.stride - pad + kx;
+      __m512i xv = zpv;
+      if (row_ok && ix >= 0 && ix < a.w) {
+        const uint8_t* p = a.x + ((static_cast<int64_t>(b) * a.h + iy) * a.w + ix) * a.c + c0;
+        xv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, p));
+      }
+      acc = _mm512_dpwssd_epi32(acc, xv, _mm512_loadu_si512(a.wt + (ky * a.k + kx) * a.cpad + c0));
+    }
+  }
+  uint8_t* o = a.out + ((static_cast<int64_t>(b) * a.ho + oy) * a.wo + ox) * a.c + c0;
+  epilogue(acc, a.q, vq, c0, m, o, nullptr);
+}
+
+template <int PX>
+inline void dw_channels(const DwArgs& a, const VQ& vq, int b, int oy, int ox, int cfull) {
+  int c = 0;
+  for (; c + 64 <= cfull; c += 64) dw_interior<PX, 4>(a, vq, b, oy, ox, c);
+  switch ((cfull - c) / 16) {
+    case 3: dw_interior<PX, 3>(a, vq, b, oy, ox, c); break;
+    case 2: dw_interior<PX, 2>(a, vq, b, oy, ox, c); break;
+    case 1: dw_interior<PX, 1>(a, vq, b, oy, ox, c); break;
+    default: break;
+  }
+}
+
+}  // namespace
+
 void depthwise(const DwArgs& a, int threads) {
   const int pad = a.k / 2;
-  const int ncb = (a.c + 15) / 16;
   const VQ vq(a.q);
-  const __m512i zpv = _mm512_set1_epi32(a.in_zp);
+  const int cfull = a.c / 16 * 16;
+  // interior output columns: the whole window lies inside the input
+  const int ox_lo = (pad + a.stride - 1) / a.stride;
+  int ox_hi = (a.w - a.k + pad) / a.stride + 1;  // exclusive
+  if (a.w - a.k + pad < 0) ox_hi = 0;
   par(threads, a.batch * a.ho, [&](int r0, int r1) {
     for (int r = r0; r < r1; ++r) {
       const int b = r / a.ho, oy = r % a.ho;
       const int iy0 = oy * a.stride - pad;
-      const int ky0 = iy0 < 0 ? -iy0 : 0;
-      const int ky1 = a.h - iy0 < a.k ? a.h - iy0 : a.k;
-      for (int ox = 0; ox < a.wo; ++ox) {
-        const int ix0 = ox * a.stride - pad;
-        const int kx0 = ix0 < 0 ? -ix0 : 0;
-        const int kx1 = a.w - ix0 < a.k ? a.w - ix0 : a.k;
-        uint8_t* o = a.out + ((static_cast<int64_t>(b) * a.ho + oy) * a.wo + ox) * a.c;
-        for (int cb = 0; cb < ncb; ++cb) {
-          const int c = cb * 16;
-          const __mmask16 m = tail_mask(a.c - c);
-          const bool full = a.c - c >= 16;
-          __m512i acc = _mm512_setzero_si512();
-          for (int ky = ky0; ky < ky1; ++ky) {
-            const uint8_t* xrow = a.x + ((static_cast<int64_t>(b) * a.h + iy0 + ky) * a.w + ix0) * a.c + c;
-            const int32_t* wrow = a.wt + ky * a.k * a.cpad + c;
-            for (int kx = kx0; kx < kx1; ++kx) {
-              const uint8_t* p = xrow + kx * a.c;
-              const __m128i raw = full ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))
-                                       : _mm_maskz_loadu_epi8(m, p);
-              const __m512i xv = _mm512_sub_epi32(_mm512_cvtepu8_epi32(raw), zpv);
-              acc = _mm512_add_epi32(acc, _mm512_madd_epi16(xv, _mm512_loadu_si512(wrow + kx * a.cpad)));
-            }
+      const bool row_inside = iy0 >= 0 && iy0 + a.k <= a.h;
+      int ox = 0;
+      while (ox < a.wo) {
+        const bool inside = row_inside && ox >= ox_lo && ox < ox_hi;
+        if (inside && ox + 1 < ox_hi) {
+          dw_channels<2>(a, vq, b, oy, ox, cfull);
+          for (int c = cfull; c < a.c; c += 16) {
+            dw_generic(a, vq, b, oy, ox, c);
+            dw_generic(a, vq, b, oy, ox + 1, c);
           }
-          epilogue(acc, a.q, vq, c, m, o + c, nullptr);
+          ox += 2;
+        } else {
+          if (inside) dw_channels<1>(a, vq, b, oy, ox, cfull);
+          for (int c = inside ? cfull : 0; c < a.c; c += 16) dw_generic(a, vq, b, oy, ox, c);
+          ox += 1;
         }
       }
     }
@@ -287,7 +354,7 @@ void pool(const PoolArgs& a, int threads) {
       __m512i y = mulq_v(s, mult, mult_odd, lsh, rsh, rmask, rhalf, one);
       y = _mm512_add_epi32(y, _mm512_set1_epi32(a.out_zp));
       y = _mm512_min_epi32(_mm512_max_epi32(y, _mm512_setzero_si512()), _mm512_set1_epi32(255));
-      _mm512_mask_cvtepi32_storeu_epi8(a.out + b * a.c + c, m, y);
+      _mm_mask_storeu_epi8(a.out + b * a.c + c, m, _mm512_cvtepi32_epi8(y));
     }
   });
 }
@@ -313,7 +380,7 @@ void channel_scale(const ScaleArgs& a, int threads) {
         const __m512i gv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, g + c));
         __m512i y = mulq_v(_mm512_madd_epi16(xv, gv), mult, mult_odd, lsh, rsh, rmask, rhalf, one);
         y = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(y, ozp), _mm512_setzero_si512()), v255);
-        _mm512_mask_cvtepi32_storeu_epi8(o + c, m, y);
+        _mm_mask_storeu_epi8(o + c, m, _mm512_cvtepi32_epi8(y));
       }
     }
   });

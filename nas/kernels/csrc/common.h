@@ -72,6 +72,7 @@ struct AlignedBuf {
 struct RqView {
   const int32_t *bias, *mult, *lsh, *rsh, *rmask, *rhalf;  // padded to a multiple of 64 channels
   const int32_t* lut32;                                     // 256 entries or nullptr
+  bool any_lsh;                                             // some channel has a left shift
   int32_t zp, lo, hi;
   bool residual;
   int32_t res_zp, res_mult, res_lsh, res_rsh;
@@ -114,7 +115,8 @@ struct Requant {
   }
   RqView view() const {
     return RqView{bias.data(), mult.data(), lsh.data(), rsh.data(), rmask.data(), rhalf.data(),
-                  lut32.empty() ? nullptr : lut32.data(), zp, lo, hi, residual, res_zp, res_mult,
+                  lut32.empty() ? nullptr : lut32.data(),
+                  std::any_of(lsh.begin(), lsh.end(), [](int32_t v) { return v != 0; }), zp, lo, hi, residual, res_zp, res_mult,
                   res_lsh, res_rsh, out_int32};
   }
 };
@@ -144,7 +146,8 @@ struct DwArgs {
   int batch = 0, h = 0, w = 0, c = 0, k = 0, stride = 1, ho = 0, wo = 0;
   int32_t in_zp = 0;
   const uint8_t* x = nullptr;
-  const int32_t* wt = nullptr;  // [k*k][cpad] int32, value w & 0xffff (pairs for vpmaddwd)
+  const int32_t* wt = nullptr;      // [k*k][cpad] int32, value w & 0xffff (pairs for vpmaddwd)
+  const int32_t* neg_wzp = nullptr;  // [cpad] -in_zp * sum_taps w (zero-point correction, VNNI path)
   int cpad = 0;
   RqView q{};
   uint8_t* out = nullptr;

@@ -400,6 +400,12 @@ class Depthwise {
         if (v == -128) throw py::value_error("weight: values must lie in [-127, 127]");
         wt_[static_cast<size_t>(t) * cpad_ + c] = static_cast<int32_t>(static_cast<uint16_t>(static_cast<int16_t>(v)));
       }
+    neg_wzp_.assign(static_cast<size_t>(cpad_), 0);
+    for (int c = 0; c < c_; ++c) {
+      int32_t sum = 0;
+      for (int t = 0; t < k_ * k_; ++t) sum += wp[c * k_ * k_ + t];
+      neg_wzp_[c] = -in_zp_ * sum;
+    }
     view_ = q_.view();
   }
 
@@ -421,6 +427,7 @@ class Depthwise {
     a.in_zp = in_zp_;
     a.x = static_cast<const uint8_t*>(x.data());
     a.wt = wt_.data();
+    a.neg_wzp = neg_wzp_.data();
     a.cpad = cpad_;
     a.q = view_;
     a.out = static_cast<uint8_t*>(out.mutable_data());
@@ -437,7 +444,7 @@ class Depthwise {
   int c_ = 0, k_ = 0, stride_ = 1, in_zp_ = 0, cpad_ = 0;
   Requant q_;
   RqView view_{};
-  std::vector<int32_t> wt_;
+  std::vector<int32_t> wt_, neg_wzp_;
 };
 
 void split_shift(int32_t shift, int32_t& lsh, int32_t& rsh) {
