@@ -116,7 +116,9 @@ def dequantize(x: np.ndarray, q: QParams) -> np.ndarray:
     return (np.float32(q.scale) * (x.astype(np.float32) - np.float32(q.zero_point))).astype(np.float32)
 
 
-def quantize_weights(w: np.ndarray, bits: int = 8, group_size: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def quantize_weights(
+    w: np.ndarray, bits: int = 8, group_size: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Symmetric per-output-channel weight quantization (axis 0 is the output channel).
 
     Returns (q int8, scale float64 [Cout], sub_scales int32 [Cout, G] or None). With ``group_size > 0`` (int4 only)

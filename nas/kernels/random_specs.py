@@ -55,14 +55,18 @@ def _scale_requant(rq: Requant, factor: float) -> tuple[np.ndarray, np.ndarray]:
     return np.array([p[0] for p in pairs], np.int32), np.array([p[1] for p in pairs], np.int32)
 
 
-def random_conv(rng: np.random.Generator, cout: int, cin: int, k: int = 3, stride: int = 2, act: str = "relu6") -> ConvSpec:
+def random_conv(
+    rng: np.random.Generator, cout: int, cin: int, k: int = 3, stride: int = 2, act: str = "relu6"
+) -> ConvSpec:
     """Random stem (full convolution) spec."""
     w = rng.integers(-127, 128, size=(cout, k, k, cin), dtype=np.int8)
     rq = random_requant(rng, cout, k * k * cin, act)
     return ConvSpec(w, stride, rng.integers(-20000, 20000, size=cout, dtype=np.int32), int(rng.integers(0, 256)), rq)
 
 
-def random_depthwise(rng: np.random.Generator, c: int, k: int = 3, stride: int = 1, act: str = "relu6") -> DepthwiseSpec:
+def random_depthwise(
+    rng: np.random.Generator, c: int, k: int = 3, stride: int = 1, act: str = "relu6"
+) -> DepthwiseSpec:
     """Random depthwise spec."""
     w = rng.integers(-127, 128, size=(c, k, k), dtype=np.int8)
     rq = random_requant(rng, c, k * k, act)

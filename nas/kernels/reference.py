@@ -80,7 +80,9 @@ def _windows(x: np.ndarray, k: int, stride: int, pad_value: int) -> np.ndarray:
     out = np.empty((n, ho, wo, k, k, c), dtype=x.dtype)
     for ky in range(k):
         for kx in range(k):
-            out[:, :, :, ky, kx, :] = xp[:, ky : ky + stride * (ho - 1) + 1 : stride, kx : kx + stride * (wo - 1) + 1 : stride, :]
+            ys = slice(ky, ky + stride * (ho - 1) + 1, stride)
+            xs = slice(kx, kx + stride * (wo - 1) + 1, stride)
+            out[:, :, :, ky, kx, :] = xp[:, ys, xs, :]
     return out
 
 
