@@ -1,0 +1,144 @@
+"""Does the supernet rank architectures like stand-alone training does? Kendall tau / Spearman rho on real data.
+
+Samples architectures of the default space spread evenly over a MAC range (at the space's own resolutions),
+trains one supernet with progressive shrinking, scores every architecture with the supernet (extract + BN
+recalibration + val accuracy) and by training it from scratch with one shared recipe, and reports rank
+correlations and wall times. `--res-scale 0.5` runs every network at half the space's resolutions (digits are
+8x8 images, so 12-16 px loses nothing) to fit a 2-core budget; MACs are reported at both resolutions.
+
+    python benchmarks/bench_supernet_ranking.py                       # digits (built in)
+    python benchmarks/bench_supernet_ranking.py --data ../shared/datasets/fashion-mnist
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # 2 OpenMP threads on a shared, busy 2-core box
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import random  # noqa: E402
+import time  # noqa: E402
+from dataclasses import asdict, replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from scipy import stats  # noqa: E402
+
+import search_spaces as ss  # noqa: E402
+from nas.data import TensorSplits, load_dataset, split  # noqa: E402
+from nas.supernet import SubnetEvaluator, SupernetRecipe, train_supernet  # noqa: E402
+from nas.train import TrainRecipe, train_standalone  # noqa: E402
+
+
+def spread_archs(space: ss.SearchSpace, n: int, lo: float, hi: float, seed: int) -> list[ss.Arch]:
+    """`n` architectures of `space`, one per equal-width MAC bin of [lo, hi] (first seeded draw in each bin)."""
+    rng = random.Random(seed)
+    width = (hi - lo) / n
+    chosen: dict[int, ss.Arch] = {}
+    for _ in range(200_000):
+        arch = space.random_arch(rng)
+        b = int((ss.count_macs(arch) - lo) // width)
+        if 0 <= b < n and b not in chosen:
+            chosen[b] = arch
+            if len(chosen) == n:
+                break
+    if len(chosen) < n:
+        raise ValueError(f"only {len(chosen)} of {n} MAC bins in [{lo:g}, {hi:g}] reachable in {space.name}")
+    return [chosen[b] for b in range(n)]
+
+
+def scaled(arch: ss.Arch, factor: float) -> ss.Arch:
+    return arch.replace(resolution=int(round(arch.resolution * factor)))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="digits", help="dataset name or path (e.g. a Fashion-MNIST IDX folder)")
+    p.add_argument("--archs", type=int, default=20)
+    p.add_argument("--macs", default="20,100", help="MAC range in millions at the space's resolutions")
+    p.add_argument("--res-scale", type=float, default=0.5)
+    p.add_argument("--supernet-epochs", default="2,1,1,2", help="epochs of phases largest,kernel,depth,width")
+    p.add_argument("--standalone-epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None, help="result JSON (default results/bench_supernet/<data>.json)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    t_all = time.perf_counter()
+
+    base = ss.get_space(ss.DEFAULT_SPACE)
+    lo, hi = (float(v) * 1e6 for v in args.macs.split(","))
+    archs_native = spread_archs(base, args.archs, lo, hi, args.seed)
+    space = replace(base, resolutions=tuple(int(round(r * args.res_scale)) for r in base.resolutions))
+    archs = [scaled(a, args.res_scale) for a in archs_native]
+    dataset = load_dataset(args.data)
+    splits = split(dataset, seed=args.seed, val_fraction=args.val_fraction)
+    space = space.with_io(dataset.in_channels, dataset.num_classes)
+    archs = [a.replace(in_channels=dataset.in_channels, num_classes=dataset.num_classes) for a in archs]
+    data = TensorSplits(splits)
+    name = Path(args.data).name if args.data != "digits" else "digits"
+    out = Path(args.out or f"results/bench_supernet/{name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = json.loads(out.read_text()) if out.exists() else {}
+    print(f"{dataset!r}; train {len(splits.train)} val {len(splits.val)}; space {space.name} at {space.resolutions}")
+
+    recipe = SupernetRecipe(epochs=tuple(int(e) for e in args.supernet_epochs.split(",")),
+                            batch_size=args.batch_size, random_subnets=1, threads=args.threads)
+    t0 = time.perf_counter()
+    run = train_supernet(space, data, recipe, seed=args.seed)
+    supernet_s = time.perf_counter() - t0
+    supernet_train_s = sum(h["wall_s"] for h in run.history)
+    print(f"supernet: {run.path} ({supernet_train_s:.0f}s of training epochs, {supernet_s:.0f}s this call)")
+
+    evaluator = SubnetEvaluator(run.supernet, data, "val", calib_images=256, seed=args.seed)
+    for a in archs[:2]:
+        evaluator(a)  # warm the per-resolution tensor caches
+    eval_times, super_acc = [], []
+    for a in archs:
+        t = time.perf_counter()
+        super_acc.append(evaluator(a))
+        eval_times.append(time.perf_counter() - t)
+
+    train_recipe = TrainRecipe(epochs=args.standalone_epochs, batch_size=args.batch_size, seed=args.seed,
+                               threads=args.threads)
+    rows = done.get("rows", {})
+    for i, (a, native) in enumerate(zip(archs, archs_native, strict=True)):
+        key = a.hash()
+        if key not in rows:
+            _, m = train_standalone(a, data, train_recipe)
+            rows[key] = {"arch": str(a), "macs": m["macs"], "macs_native": ss.count_macs(native),
+                         "params": m["params"], "standalone_val": m["val_acc"], "standalone_test": m["test_acc"],
+                         "standalone_s": m["wall_s"]}
+        rows[key].update(supernet_val=super_acc[i], eval_s=eval_times[i])
+        r = rows[key]
+        print(f"[{i + 1:2d}/{len(archs)}] {r['macs_native'] / 1e6:6.1f}M MACs ({r['macs'] / 1e6:5.1f}M run) "
+              f"supernet {r['supernet_val']:.3f} standalone {r['standalone_val']:.3f} ({r['standalone_s']:.0f}s)",
+              flush=True)
+        out.write_text(json.dumps({"rows": rows}, indent=1))
+
+    sa = [rows[a.hash()]["standalone_val"] for a in archs]
+    tau = stats.kendalltau(super_acc, sa)
+    rho = stats.spearmanr(super_acc, sa)
+    macs = [rows[a.hash()]["macs"] for a in archs]
+    summary = {
+        "data": args.data, "dataset": repr(dataset), "space": space.name, "resolutions": space.resolutions,
+        "n_archs": len(archs), "kendall_tau": tau.statistic, "kendall_p": tau.pvalue,
+        "spearman_rho": rho.statistic, "spearman_p": rho.pvalue,
+        "tau_macs_vs_standalone": stats.kendalltau(macs, sa).statistic,
+        "tau_macs_vs_supernet": stats.kendalltau(macs, super_acc).statistic,
+        "supernet_train_s": supernet_train_s, "supernet_dir": str(run.path), "supernet_history": run.history,
+        "eval_s_mean": sum(eval_times) / len(eval_times), "evals_per_s": len(eval_times) / sum(eval_times),
+        "standalone_s_total": sum(rows[a.hash()]["standalone_s"] for a in archs),
+        "supernet_recipe": asdict(recipe), "standalone_recipe": asdict(train_recipe),
+        "threads": args.threads, "wall_s": time.perf_counter() - t_all,
+    }
+    out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1, default=str))
+    print(json.dumps({k: v for k, v in summary.items() if k != "supernet_history"}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

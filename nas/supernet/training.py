@@ -1,0 +1,233 @@
+"""Progressive shrinking with in-place distillation, cached and resumable per (space, dataset, recipe, seed).
+
+Phases (Once-for-All): the largest network, then elastic kernel (+ SE), elastic depth, elastic expansion and
+width (channels sorted by importance first). Resolution is elastic in every shrinking phase. Each step follows
+the sandwich rule: the largest sub-network learns from the labels, the smallest and `random_subnets` random
+ones from the labels plus the largest one's (detached) predictions. A checkpoint is written atomically after
+every epoch to `results/supernets/<key>/checkpoint.pt`; calling `train_supernet` again resumes after the last
+finished epoch, or just loads the result when all epochs are done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import search_spaces as ss
+from nas.data import BatchLoader, Splits, TensorSplits
+from nas.supernet.evaluate import SubnetEvaluator
+from nas.supernet.model import Supernet
+from nas.train import as_tensor_splits, cosine_lr, kd_loss, make_optimizer, set_lr
+
+PHASES = ("largest", "kernel", "depth", "width")
+DEFAULT_ROOT = Path("results/supernets")
+
+
+@dataclass(frozen=True)
+class SupernetRecipe:
+    """Progressive-shrinking schedule: epochs per phase (largest, kernel, depth, width) and the optimiser."""
+
+    epochs: tuple[int, int, int, int] = (6, 3, 3, 6)
+    lr: float = 0.05  # peak of the cosine schedule in the first phase
+    lr_shrink: float = 0.02  # peak in each shrinking phase
+    batch_size: int = 64
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    random_subnets: int = 2  # sandwich rule: largest + smallest + this many random sub-networks per step
+    kd_weight: float = 1.0
+    kd_temperature: float = 1.0
+    calib_images: int = 256  # for the per-epoch validation of the largest and smallest sub-networks
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if len(self.epochs) != len(PHASES) or min(self.epochs) < 0:
+            raise ValueError(f"epochs: expected {len(PHASES)} non-negative counts {PHASES}, got {self.epochs}")
+        object.__setattr__(self, "epochs", tuple(int(e) for e in self.epochs))
+
+
+def phase_space(space: ss.SearchSpace, phase: str) -> ss.SearchSpace:
+    """The sub-space trained in `phase`: its elastic dimensions free, every other one at its maximum."""
+    if phase not in PHASES:
+        raise ValueError(f"phase: expected one of {PHASES}, got {phase!r}")
+    level = PHASES.index(phase)
+    stages = []
+    for st in space.stages:
+        kw: dict = {}
+        if level < 1:
+            kw.update(kernels=(max(st.kernels),), se=(max(st.se),))
+        if level < 2:
+            kw.update(depths=(max(st.depths),))
+        if level < 3:
+            kw.update(expands=(max(st.expands),), widths=(max(st.widths),))
+        stages.append(replace(st, **kw))
+    resolutions = (max(space.resolutions),) if level == 0 else space.resolutions
+    return replace(space, stages=tuple(stages), resolutions=resolutions)
+
+
+def dataset_fingerprint(splits: Splits) -> dict:
+    """What identifies the training data in a cache key: name, sizes and a hash of the training images."""
+    h = hashlib.sha256()
+    for part in (splits.train, splits.val):
+        h.update(np.ascontiguousarray(part.x).tobytes())
+        h.update(part.y.tobytes())
+    return {"name": splits.train.name, "train": len(splits.train), "val": len(splits.val), "seed": splits.seed,
+            "sha256": h.hexdigest()[:16]}
+
+
+def cache_key(space: ss.SearchSpace, dataset: dict, recipe: SupernetRecipe, seed: int) -> str:
+    """A 16-hex-digit hash of (space, dataset fingerprint, recipe, seed)."""
+    blob = json.dumps({"space": asdict(space), "dataset": dataset, "recipe": asdict(recipe), "seed": seed},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _schedule(recipe: SupernetRecipe) -> list[tuple[str, int, int]]:
+    """(phase, epoch within phase, epochs in phase) for every global epoch."""
+    return [(p, k, n) for p, n in zip(PHASES, recipe.epochs, strict=True) for k in range(n)]
+
+
+@dataclass
+class SupernetRun:
+    """A trained (or partly trained) supernet and where it lives."""
+
+    supernet: Supernet
+    path: Path
+    epochs_done: int
+    history: list[dict]
+    key: str
+    total_epochs: int
+
+    @property
+    def finished(self) -> bool:
+        """Whether every epoch of the recipe has run."""
+        return self.epochs_done >= self.total_epochs
+
+
+def load_supernet(path: str | os.PathLike[str]) -> Supernet:
+    """The supernet stored in a cache directory (or its `checkpoint.pt`)."""
+    path = Path(path)
+    ckpt = torch.load(path / "checkpoint.pt" if path.is_dir() else path, weights_only=False)
+    net = Supernet(ckpt["space"])
+    net.load_state_dict(ckpt["model"])
+    return net.eval()
+
+
+def train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe: SupernetRecipe = SupernetRecipe(),
+                   seed: int = 0, root: str | os.PathLike[str] = DEFAULT_ROOT, progress: bool = True,
+                   callback: Callable[[dict], None] | None = None) -> SupernetRun:
+    """Train (or resume, or load) the supernet of `space` on `splits` with progressive shrinking.
+
+    `space` is adapted to the data's channels and classes. `callback` receives each finished epoch's record
+    (after its checkpoint is on disk); an exception it raises stops training, which a later call resumes.
+    """
+    torch.set_num_threads(recipe.threads)
+    data = as_tensor_splits(splits)
+    train = data.splits.train
+    space = space.with_io(train.in_channels, train.num_classes)
+    fingerprint = dataset_fingerprint(data.splits)
+    key = cache_key(space, fingerprint, recipe, seed)
+    path = Path(root) / key
+    path.mkdir(parents=True, exist_ok=True)
+    ckpt_file = path / "checkpoint.pt"
+    meta = {"space": asdict(space), "dataset": fingerprint, "recipe": asdict(recipe), "seed": seed, "key": key}
+    (path / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+
+    torch.manual_seed(seed)
+    net = Supernet(space)
+    state = torch.load(ckpt_file, weights_only=False) if ckpt_file.exists() else None
+    done, history = 0, []
+    if state is not None:
+        net.load_state_dict(state["model"])
+        done, history = state["epoch"], state["history"]
+    schedule = _schedule(recipe)
+    y = data.tensors("train")[1]
+    loader = BatchLoader(torch.arange(len(y)), y, recipe.batch_size, seed=seed, drop_last=len(y) > recipe.batch_size)
+    evaluator = SubnetEvaluator(net, data, "val", recipe.calib_images, seed)
+    opt = None
+    for epoch in range(done, len(schedule)):
+        phase, k, n = schedule[epoch]
+        pspace = phase_space(space, phase)
+        if k == 0 and phase == "width":
+            net.sort_channels()
+        peak = recipe.lr if phase == "largest" else recipe.lr_shrink
+        if opt is None or k == 0:
+            opt = make_optimizer(net, peak, recipe.momentum, recipe.weight_decay)
+            if k > 0 and state is not None and state.get("optimizer") is not None:
+                opt.load_state_dict(state["optimizer"])
+        record = _train_epoch(net, opt, data, loader, pspace, recipe, seed, epoch, k, n, peak, progress)
+        record.update(epoch=epoch + 1, phase=phase)
+        net.eval()
+        record["val_acc_largest"] = evaluator(pspace.largest())
+        record["val_acc_smallest"] = evaluator(pspace.smallest())
+        history.append(record)
+        _save_atomic({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                      "history": history, "space": space, "key": key}, ckpt_file)
+        if progress:
+            tqdm.write(f"supernet epoch {epoch + 1}/{len(schedule)} [{phase}] loss {record['loss']:.3f} "
+                       f"val largest {record['val_acc_largest']:.3f} smallest {record['val_acc_smallest']:.3f} "
+                       f"({record['wall_s']:.0f}s)")
+        if callback is not None:
+            callback(record)
+    net.eval()
+    return SupernetRun(net, path, len(history), history, key, len(schedule))
+
+
+def _train_epoch(net: Supernet, opt: torch.optim.Optimizer, data: TensorSplits, loader: BatchLoader,
+                 pspace: ss.SearchSpace, recipe: SupernetRecipe, seed: int, epoch: int, k: int, n: int,
+                 peak: float, progress: bool) -> dict:
+    """One epoch of sandwich-rule training with in-place distillation; returns loss/accuracy/time."""
+    net.train()
+    rng = random.Random(f"{seed}/{epoch}")
+    loader.set_epoch(epoch)
+    largest, smallest = pspace.largest(), pspace.smallest()
+    elastic = len(pspace.resolutions) > 1 or pspace.smallest() != pspace.largest()
+    xs = {r: data.tensors("train", r)[0] for r in pspace.resolutions}
+    start, steps = time.perf_counter(), len(loader)
+    loss_sum = acc_big = acc_small = seen = 0.0
+    bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1} {pspace.name}", disable=not progress, leave=False)
+    for i, (idx, yb) in enumerate(bar):
+        set_lr(opt, cosine_lr(peak, k * steps + i, n * steps))
+        opt.zero_grad(set_to_none=True)
+        net.set_active(largest)
+        out = net(xs[largest.resolution][idx])
+        loss = F.cross_entropy(out, yb)
+        loss.backward()
+        total = float(loss.detach())
+        acc_big += float((out.argmax(1) == yb).sum())
+        if elastic:
+            teacher = out.detach()
+            subnets = [smallest] + [pspace.random_arch(rng) for _ in range(recipe.random_subnets)]
+            for j, arch in enumerate(subnets):
+                net.set_active(arch)
+                out = net(xs[arch.resolution][idx])
+                sub_loss = F.cross_entropy(out, yb) + recipe.kd_weight * kd_loss(out, teacher, recipe.kd_temperature)
+                sub_loss.backward()
+                total += float(sub_loss.detach())
+                if j == 0:
+                    acc_small += float((out.argmax(1) == yb).sum())
+        opt.step()
+        loss_sum += total * len(yb)
+        seen += len(yb)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{acc_big / seen:.3f}",
+                        acc_small=f"{acc_small / seen:.3f}" if elastic else "-")
+    net.set_active(largest)
+    return {"loss": loss_sum / max(seen, 1), "train_acc_largest": acc_big / max(seen, 1),
+            "train_acc_smallest": acc_small / max(seen, 1) if elastic else None,
+            "wall_s": time.perf_counter() - start, "steps": steps}

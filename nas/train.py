@@ -1,0 +1,165 @@
+"""Stand-alone training, fine-tuning and evaluation of one architecture, plus the helpers supernet training shares.
+
+>>> model, metrics = train_standalone(arch, split(load_dataset("digits")), TrainRecipe(epochs=10))
+>>> tuned, m = train_standalone(arch, splits, recipe, init=supernet.extract(arch), teacher=supernet)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+import search_spaces as ss
+from nas.data import BatchLoader, Splits, TensorSplits
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How to train one architecture: SGD with Nesterov momentum, cosine learning rate, optional distillation."""
+
+    epochs: int = 10
+    lr: float = 0.05
+    batch_size: int = 64
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    label_smoothing: float = 0.0
+    kd_weight: float = 1.0  # weight of the distillation loss when a teacher is given
+    kd_temperature: float = 1.0
+    seed: int = 0
+    threads: int = 2
+
+
+def as_tensor_splits(splits: Splits | TensorSplits) -> TensorSplits:
+    """`TensorSplits` for `splits` (unchanged when already tensors, so caches are shared)."""
+    return splits if isinstance(splits, TensorSplits) else TensorSplits(splits)
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) on temperature-softened probabilities, scaled by T^2 (Hinton et al.)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), reduction="batchmean",
+                    log_target=True) * t * t
+
+
+def cosine_lr(base: float, step: int, total: int) -> float:
+    """Cosine decay from `base` to 0 over `total` steps."""
+    return 0.5 * base * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD (Nesterov) with weight decay on weights only, not on biases, batch-norm parameters or transforms."""
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "transforms" not in n]
+    ids = {id(p) for p in decay}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                           lr=lr, momentum=momentum, nesterov=momentum > 0)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy of `model` (put in eval mode) on tensors `x`, `y`."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+    return correct / max(len(x), 1)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> None:
+    """Replace every batch norm's running statistics by their exact average over `x`; leaves `model` in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average = exact mean over the batches seen
+    model.train()
+    for i in range(0, len(x), batch_size):
+        model(x[i : i + batch_size])
+    for m, momentum in zip(bns, saved, strict=True):
+        m.momentum = momentum
+    model.eval()
+
+
+def _resolution(model: nn.Module) -> int:
+    arch = getattr(model, "arch", None)
+    if not isinstance(arch, ss.Arch):
+        raise ValueError("teacher: expected a model with an `arch` (MBConvNet or Supernet)")
+    return arch.resolution
+
+
+def train_standalone(arch: ss.Arch, splits: Splits | TensorSplits, recipe: TrainRecipe = TrainRecipe(),
+                     init: nn.Module | dict[str, torch.Tensor] | None = None, teacher: nn.Module | None = None,
+                     progress: bool = False) -> tuple[ss.MBConvNet, dict]:
+    """Train `arch` on the train split (from scratch, or fine-tune from `init` weights) and evaluate it.
+
+    `teacher` (e.g. the supernet with its largest sub-network active) adds `kd_weight` x distillation loss; it
+    sees the same images at its own resolution. Returns the model (eval mode) and metrics: val/test accuracy,
+    final train loss, per-epoch history, wall time, MACs and parameters.
+    """
+    torch.set_num_threads(recipe.threads)
+    torch.manual_seed(recipe.seed)
+    data = as_tensor_splits(splits)
+    start = time.perf_counter()
+    model = ss.build(arch)
+    if init is not None:
+        state = init.state_dict() if isinstance(init, nn.Module) else init
+        model.load_state_dict(state)
+    x, y = data.tensors("train", arch.resolution)
+    xt = data.tensors("train", _resolution(teacher))[0] if teacher is not None else None
+    if teacher is not None:
+        teacher.eval()
+    xv, yv = data.tensors("val", arch.resolution)
+    loader = BatchLoader(torch.arange(len(y)), y, recipe.batch_size, seed=recipe.seed,
+                         drop_last=len(y) > recipe.batch_size)
+    opt = make_optimizer(model, recipe.lr, recipe.momentum, recipe.weight_decay)
+    total, step, history = recipe.epochs * len(loader), 0, []
+    bar = tqdm(range(recipe.epochs), desc=f"train {arch.hash()}", disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        loss_sum = correct = seen = 0.0
+        for idx, yb in loader:
+            set_lr(opt, cosine_lr(recipe.lr, step, total))
+            out = model(x[idx])
+            loss = F.cross_entropy(out, yb, label_smoothing=recipe.label_smoothing)
+            if teacher is not None and recipe.kd_weight:
+                with torch.no_grad():
+                    soft = teacher(xt[idx])
+                loss = loss + recipe.kd_weight * kd_loss(out, soft, recipe.kd_temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            loss_sum += float(loss.detach()) * len(yb)
+            correct += float((out.argmax(1) == yb).sum())
+            seen += len(yb)
+        val = accuracy(model, xv, yv)
+        history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen, "val_acc": val})
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", val=f"{val:.3f}")
+    xs, ys = data.tensors("test", arch.resolution)
+    cost = ss.count(arch)
+    metrics = {
+        "val_acc": accuracy(model, xv, yv), "test_acc": accuracy(model, xs, ys),
+        "train_loss": history[-1]["loss"] if history else float("nan"), "history": history,
+        "wall_s": time.perf_counter() - start, "macs": cost.macs, "params": cost.params,
+        "init": "inherited" if init is not None else "scratch", "distilled": teacher is not None,
+        "recipe": asdict(recipe),
+    }
+    return model.eval(), metrics
+
+
+def evaluate(model: nn.Module, splits: Splits | TensorSplits, part: str = "val") -> float:
+    """Top-1 accuracy of an `MBConvNet` on a split, at the model's own resolution."""
+    x, y = as_tensor_splits(splits).tensors(part, _resolution(model))
+    return accuracy(model, x, y)
