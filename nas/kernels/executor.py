@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nas.kernels import reference
+from nas.kernels import _C, reference
 from nas.kernels.isa import resolve_isa
 from nas.kernels.ops import CompiledOp, GemmSpec, Spec, compile_op
 from nas.kernels.quant import QParams, quantize_input
@@ -48,8 +48,10 @@ class QuantizedNetwork:
             self._compiled[isa] = [compile_op(layer.spec, isa) for layer in self.layers]
         return self._compiled[isa]
 
-    def quantize_input(self, x: np.ndarray) -> np.ndarray:
-        """Float NCHW (as for the torch model) -> uint8 NHWC on the input grid; uint8 NHWC passes through."""
+    def quantize_input(self, x: np.ndarray, fast: bool = False) -> np.ndarray:
+        """Float NCHW (as for the torch model) -> uint8 NHWC on the input grid; uint8 NHWC passes through.
+
+        ``fast`` uses the C++ conversion (float32 input; bit-identical to the NumPy path)."""
         x = np.asarray(x)
         if x.dtype == np.uint8:
             if x.ndim != 4:
@@ -59,19 +61,25 @@ class QuantizedNetwork:
             raise TypeError(f"x: expected float NCHW or uint8 NHWC, got dtype {x.dtype}")
         if x.ndim != 4:
             raise ValueError(f"x: expected float NCHW [N, C, H, W], got shape {x.shape}")
+        if fast:
+            n, c, h, w = x.shape
+            out = np.empty((n, h, w, c), dtype=np.uint8)
+            q = self.input_q
+            _C.quantize_nchw(np.ascontiguousarray(x, dtype=np.float32), np.float32(q.scale), q.zero_point, out)
+            return out
         return np.ascontiguousarray(quantize_input(x.transpose(0, 2, 3, 1), self.input_q))
 
     def run(self, x: np.ndarray, threads: int = 1, isa: str | None = None) -> np.ndarray:
         """Float32 logits [N, num_classes] computed on the kernels."""
         ops = self.compile(isa)
-        return self._forward(x, lambda i, t, r: ops[i].run(t, residual=r, threads=threads))
+        return self._forward(self.quantize_input(x, fast=True),
+                             lambda i, t, r: ops[i].run(t, residual=r, threads=threads))
 
     def run_reference(self, x: np.ndarray) -> np.ndarray:
         """Same network through the pure-NumPy reference (bit-exact target for :meth:`run`)."""
-        return self._forward(x, lambda i, t, r: reference.run(self.layers[i].spec, t, r))
+        return self._forward(self.quantize_input(x), lambda i, t, r: reference.run(self.layers[i].spec, t, r))
 
-    def _forward(self, x: np.ndarray, run_op: Callable[[int, np.ndarray, np.ndarray | None], np.ndarray]) -> np.ndarray:
-        t = self.quantize_input(x)
+    def _forward(self, t: np.ndarray, run_op: Callable[[int, np.ndarray, np.ndarray | None], np.ndarray]) -> np.ndarray:
         block_input, block = t, None
         for i, layer in enumerate(self.layers):
             parts = layer.name.split(".")

@@ -117,3 +117,17 @@ def test_mulq_matches_literal_gemmlowp():
     ties = (np.abs(x) % (1 << e)) * 2 == (1 << e)
     want = np.where(ties, np.sign(x) * np.ceil(np.abs(x) / 2.0**e), want)
     np.testing.assert_array_equal(ref.rdbp(x, e), want.astype(np.int64))
+
+
+def test_input_quantization_matches_numpy():
+    from nas.kernels import _C
+    from nas.kernels.quant import QParams, quantize_input
+
+    rng = np.random.default_rng(17)
+    for scale, zp in [(0.02, 128), (0.0371, 3), (1.0, 0), (0.5, 255)]:
+        x = (rng.standard_normal((2, 3, 11, 7)) * 200 * scale).astype(np.float32)
+        x.ravel()[:60] = (np.arange(60) - 30) * np.float32(scale) * 0.5  # exact ties
+        want = quantize_input(x.transpose(0, 2, 3, 1), QParams(scale, zp))
+        got = np.empty(want.shape, np.uint8)
+        _C.quantize_nchw(x, np.float32(scale), zp, got)
+        np.testing.assert_array_equal(got, want)

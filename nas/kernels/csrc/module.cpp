@@ -28,6 +28,7 @@ template <class T>
 const char* dtype_name() {
   if (std::is_same<T, uint8_t>::value) return "uint8";
   if (std::is_same<T, int8_t>::value) return "int8";
+  if (std::is_same<T, float>::value) return "float32";
   return "int32";
 }
 
@@ -564,6 +565,38 @@ class SqueezeExcite {
   ScaleArgs s_;
 };
 
+// float32 NCHW -> uint8 NHWC: clamp(round_half_even(x / scale) + zp, 0, 255), same as quant.quantize_input.
+void quantize_nchw(const py::object& x_o, float scale, int zp, const py::object& out_o) {
+  py::array x = need<float>(x_o, "x", {-1, -1, -1, -1});
+  const int n = static_cast<int>(x.shape(0)), c = static_cast<int>(x.shape(1));
+  const int h = static_cast<int>(x.shape(2)), w = static_cast<int>(x.shape(3));
+  py::array out = need<uint8_t>(out_o, "out", {n, h, w, c});
+  need_writeable(out, "out");
+  check_range(zp, 0, 255, "zero_point");
+  if (!(scale > 0.0f)) throw py::value_error("scale: must be > 0");
+  const float* xp = static_cast<const float*>(x.data());
+  uint8_t* op = static_cast<uint8_t*>(out.mutable_data());
+  py::gil_scoped_release nogil;
+  const float magic = 12582912.0f;  // 1.5 * 2^23: (v + magic) - magic rounds half to even for |v| < 2^22
+  const float fzp = static_cast<float>(zp);
+  const size_t hw = static_cast<size_t>(h) * w;
+  std::vector<uint8_t> tmp(hw);
+  uint8_t* t = tmp.data();
+  for (int b = 0; b < n; ++b)
+    for (int ch = 0; ch < c; ++ch) {
+      const float* src = xp + (static_cast<size_t>(b) * c + ch) * hw;
+      for (size_t p = 0; p < hw; ++p) {  // vectorisable: divps, min/max, magic rounding
+        float v = src[p] / scale;
+        v = v < -1e6f ? -1e6f : (v > 1e6f ? 1e6f : v);
+        v = (v + magic) - magic + fzp;
+        v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
+        t[p] = static_cast<uint8_t>(static_cast<int32_t>(v));
+      }
+      uint8_t* dst = op + static_cast<size_t>(b) * hw * c + ch;
+      for (size_t p = 0; p < hw; ++p) dst[p * c] = t[p];
+    }
+}
+
 double vnni_peak(int64_t iters) {
   if (!isa_supported(Isa::avx512vnni)) throw py::value_error("vnni_peak: CPU lacks AVX512-VNNI");
   py::gil_scoped_release nogil;
@@ -584,6 +617,8 @@ PYBIND11_MODULE(_C, m) {
   m.attr("compiler") = __VERSION__;
   m.attr("residual_bits") = kResidualBits;
   m.def("isa_supported", [](const std::string& s) { return isa_supported(parse_isa(s)); }, py::arg("isa"));
+  m.def("quantize_nchw", &quantize_nchw, py::arg("x"), py::arg("scale"), py::arg("zero_point"), py::arg("out"),
+        "float32 NCHW -> uint8 NHWC on an affine grid (round half to even).");
   m.def("vnni_peak", &vnni_peak, py::arg("iters"),
         "Multiply-accumulates per second of a 12-chain vpdpbusd zmm loop on one thread.");
   py::class_<Gemm, std::shared_ptr<Gemm>>(m, "Gemm")
