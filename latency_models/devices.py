@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -71,6 +72,8 @@ class Device(Protocol):
 
     def time_op(self, op: OpKey, reps: int) -> list[float]: ...
 
+    def prepare_arch(self, arch: Arch) -> Callable[[], object]: ...
+
     def time_arch(self, arch: Arch, reps: int) -> list[float]: ...
 
 
@@ -114,22 +117,35 @@ class TorchDevice:
                   engine="x86" if self.int8 else "eager-fp32")
         return fp
 
-    def _time(self, module: Any, inputs: tuple, reps: int) -> list[float]:
+    def _time(self, fn: Callable[[], object], reps: int) -> list[float]:
         import torch
 
         torch.set_num_threads(self.spec.threads)
         with torch.inference_mode():
-            return time_calls(lambda: module(*inputs), reps=reps)
+            return time_calls(fn, reps=reps)
 
     def time_op(self, op: OpKey, reps: int) -> list[float]:
         from latency_models.torch_ops import op_runner
 
-        return self._time(*op_runner(op, self.int8), reps)
+        module, inputs = op_runner(op, self.int8)
+        return self._time(lambda: module(*inputs), reps)
 
-    def time_arch(self, arch: Arch, reps: int) -> list[float]:
+    def prepare_arch(self, arch: Arch) -> Callable[[], object]:
+        """A zero-argument call running the whole network once (built and quantized up front)."""
+        import torch
+
         from latency_models.torch_ops import network_runner
 
-        return self._time(*network_runner(arch, self.int8), reps)
+        module, inputs = network_runner(arch, self.int8)
+
+        def run() -> object:
+            torch.set_num_threads(self.spec.threads)
+            with torch.inference_mode():
+                return module(*inputs)
+        return run
+
+    def time_arch(self, arch: Arch, reps: int) -> list[float]:
+        return self._time(self.prepare_arch(arch), reps)
 
 
 def _kernels_module() -> Any:
@@ -157,7 +173,7 @@ class KernelDevice:
         k = _kernels_module()
         fp = _base_fingerprint(self.spec)
         fp.update(isa=self.spec.isa or k.active_isa(), library="nas.kernels",
-                  library_version=str(getattr(k, "__version__", fp["nas_version"])), build_hash=k.build_hash())
+                  library_version=str(getattr(k, "version", fp["nas_version"])), build_hash=k.build_hash())
         return fp
 
     def time_op(self, op: OpKey, reps: int) -> list[float]:
@@ -165,10 +181,13 @@ class KernelDevice:
 
         return time_kernel_op(op, self.spec, reps)
 
-    def time_arch(self, arch: Arch, reps: int) -> list[float]:
-        from latency_models.kernel_runner import time_kernel_network
+    def prepare_arch(self, arch: Arch) -> Callable[[], object]:
+        from latency_models.kernel_runner import prepare_kernel_network
 
-        return time_kernel_network(arch, self.spec, reps)
+        return prepare_kernel_network(arch, self.spec)
+
+    def time_arch(self, arch: Arch, reps: int) -> list[float]:
+        return time_calls(self.prepare_arch(arch), reps=reps, min_sample_s=0)
 
 
 def get_device(spec: DeviceSpec | str) -> Device:

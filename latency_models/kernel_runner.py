@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from latency_models.devices import DeviceSpec
 from latency_models.ops import OpKey
 from search_spaces import Arch
@@ -16,19 +18,20 @@ def time_kernel_op(op: OpKey, spec: DeviceSpec, reps: int) -> list[float]:
     return [s * 1e3 for s in secs]
 
 
-def time_kernel_network(arch: Arch, spec: DeviceSpec, reps: int) -> list[float]:
-    """Per-run times (ms) of the whole network on the kernel executor (random weights; calibrated on noise)."""
+def prepare_kernel_network(arch: Arch, spec: DeviceSpec) -> Callable[[], object]:
+    """A zero-argument call running the whole quantized network once on the kernel executor (random weights,
+    calibrated on noise; packed for the ISA up front)."""
     import numpy as np
     import torch
 
-    from latency_models.measure import time_calls
     from nas.kernels import quantize
     from search_spaces import build
 
     torch.manual_seed(0)
     model = build(arch).eval()
     calib = torch.randn(4, arch.in_channels, arch.resolution, arch.resolution)
-    net = quantize(model, arch, calib, bits=spec.bits, isa=spec.isa)
+    net = quantize(model, arch, calib, bits=spec.bits)
+    net.compile(spec.isa)
     x = np.random.default_rng(0).standard_normal((1, arch.in_channels, arch.resolution, arch.resolution),
                                                  dtype=np.float32)
-    return time_calls(lambda: net.run(x, threads=spec.threads), reps=reps, min_sample_s=0)
+    return lambda: net.run(x, threads=spec.threads, isa=spec.isa)

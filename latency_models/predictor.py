@@ -49,8 +49,6 @@ class OpModel:
 
     @classmethod
     def fit(cls, lookup: dict[OpKey, float]) -> OpModel:
-        from scipy.optimize import nnls
-
         by_type: dict[str, list[tuple[OpKey, float]]] = {}
         for k, ms in lookup.items():
             by_type.setdefault(k.op, []).append((k, ms))
@@ -60,7 +58,7 @@ class OpModel:
             y = np.array([ms for _, ms in rows])
             scale = np.maximum(x.max(axis=0), 1e-12)
             # minimise relative error: divide each row by its measured time
-            c, _ = nnls((x / scale) / y[:, None], np.ones(len(y)))
+            c = _nonneg_lstsq((x / scale) / y[:, None], np.ones(len(y)))
             coef[t] = c / scale
         model = cls(coef, {})
         fams: dict[tuple, list[tuple[np.ndarray, float]]] = {}
@@ -87,6 +85,20 @@ class OpModel:
         idx = np.argsort(d)[:k]
         w = 1.0 / (d[idx] + 0.05) ** 2
         return est * math.exp(float(np.dot(w, ratios[idx]) / w.sum()))
+
+
+def _nonneg_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Least squares with coefficients >= 0: refit without the negative ones until none is left."""
+    active = np.ones(a.shape[1], dtype=bool)
+    c = np.zeros(a.shape[1])
+    while active.any():
+        sol, *_ = np.linalg.lstsq(a[:, active], b, rcond=None)
+        if (sol >= 0).all():
+            c[active] = sol
+            break
+        idx = np.flatnonzero(active)
+        active[idx[np.argmin(sol)]] = False
+    return c
 
 
 def _position(op: OpKey) -> np.ndarray:

@@ -32,7 +32,7 @@ def measure_ops(spec: DeviceSpec, ops: Sequence[OpKey], reps: int) -> tuple[dict
         t = summarize(device.time_op(op, reps))
         rows.append({**op._asdict(), "bits": spec.bits, "macs": op.macs, "median_ms": t.median_ms,
                      "mad_ms": t.mad_ms, "min_ms": t.min_ms, "max_ms": t.max_ms, "n": t.n,
-                     "rejected": t.rejected})
+                     "rejected": t.rejected, "passes": 1})
     fp = device.fingerprint()
     try:
         import ray
@@ -50,7 +50,7 @@ def open_table(path: Path, spec: DeviceSpec, fingerprint: dict[str, Any] | None)
         return LatencyTable.empty(fingerprint or {})
     table = LatencyTable.load(path)
     if fingerprint is not None:
-        diffs = table.check_fingerprint(fingerprint, strict=False) if table.fingerprint else []
+        diffs = table.fingerprint_diffs(fingerprint) if table.fingerprint else []
         if diffs:
             raise LatencyTableError(f"{path} holds measurements of another device/build ({'; '.join(diffs)}); "
                                     "pass a different --out, or delete the file to start over")
@@ -58,13 +58,15 @@ def open_table(path: Path, spec: DeviceSpec, fingerprint: dict[str, Any] | None)
 
 
 def profile(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, reps: int = 30, chunk: int = 32,
-            max_ops: int | None = None, progress: bool = True,
+            max_ops: int | None = None, progress: bool = True, passes: int = 1,
             measure: Callable[[Sequence[OpKey]], tuple[dict[str, Any], list[dict[str, Any]]]] | None = None,
             log: Callable[[str], None] = print) -> LatencyTable:
     """Measure every op of `ops` not yet in the table at `out`, saving after each chunk of `chunk` ops.
 
     `measure` times a chunk (default: on this machine; `profile_ray` passes a remote one). `max_ops` stops
-    after that many new ops (time-boxed profiling; rerun to continue).
+    after that many new measurements (time-boxed profiling; rerun to continue). With `passes` > 1 every op is
+    measured again in later passes over the whole table and keeps its lowest median, which filters out
+    stretches when other processes slowed the machine.
     """
     out = Path(out)
     local = measure is None
@@ -72,14 +74,14 @@ def profile(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, reps
     table = open_table(out, spec, fingerprint)
     if local and not table.fingerprint:
         table.fingerprint = fingerprint or {}
-    done = table.keys()
-    todo = [o for o in ops if o not in done]
-    skipped = len(ops) - len(todo)
+    done = table.passes()
+    todo = [(p, o) for p in range(1, passes + 1) for o in ops if done.get(o, 0) < p]
+    finished = len(ops) * passes - len(todo)
     if max_ops is not None:
         todo = todo[:max_ops]
-    eta = estimate_seconds(todo, spec, reps)
-    log(f"profile {spec.table_id}: {len(ops)} distinct ops, {skipped} already measured, {len(todo)} to measure "
-        f"(estimated {eta / 60:.1f} min) -> {out}")
+    eta = estimate_seconds([o for _, o in todo], spec, reps)
+    log(f"profile {spec.table_id}: {len(ops)} distinct ops x {passes} pass(es), {finished} already measured, "
+        f"{len(todo)} to measure (estimated {eta / 60:.1f} min) -> {out}")
     if measure is None:
         def measure(chunk_ops: Sequence[OpKey]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             return measure_ops(spec, chunk_ops, reps)
@@ -87,11 +89,11 @@ def profile(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, reps
     if progress and todo:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(ops), initial=skipped, unit="op", desc=f"profile {spec.table_id}",
+        bar = tqdm(total=len(ops) * passes, initial=finished, unit="op", desc=f"profile {spec.table_id}",
                    file=sys.stderr, dynamic_ncols=True)
     try:
         for i in range(0, len(todo), chunk):
-            part = todo[i:i + chunk]
+            part = [o for _, o in todo[i:i + chunk]]
             fp, rows = measure(part)
             if not table.fingerprint:
                 table.fingerprint = fp
@@ -111,7 +113,7 @@ def profile(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, reps
 
 def profile_ray(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, address: str, resource: str,
                 reps: int = 30, chunk: int = 32, max_ops: int | None = None, progress: bool = True,
-                log: Callable[[str], None] = print) -> LatencyTable:
+                passes: int = 1, log: Callable[[str], None] = print) -> LatencyTable:
     """`profile`, with each chunk timed by a Ray task on the cluster node that holds custom resource
     `resource`; rows come back to the driver, which writes (and resumes) the table locally."""
     import ray
@@ -128,6 +130,6 @@ def profile_ray(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, 
         def measure(chunk_ops: Sequence[OpKey]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             return ray.get(task.remote(spec, list(chunk_ops), reps))
 
-        return profile(spec, ops, out, reps, chunk, max_ops, progress, measure, log)
+        return profile(spec, ops, out, reps, chunk, max_ops, progress, passes, measure, log)
     finally:
         ray.shutdown()

@@ -21,7 +21,7 @@ import pandas as pd
 from latency_models.ops import KEY_COLUMNS, OpKey
 
 FORMAT = "nas-latency-table/1"
-STAT_COLUMNS = ("median_ms", "mad_ms", "min_ms", "max_ms", "n", "rejected")
+STAT_COLUMNS = ("median_ms", "mad_ms", "min_ms", "max_ms", "n", "rejected", "passes")
 COLUMNS = KEY_COLUMNS + ("bits", "macs") + STAT_COLUMNS
 OP_TYPES = ("conv", "pw", "dw", "se", "pool", "linear")
 ACTS = ("none", "relu", "relu6", "hswish", "swish")
@@ -107,13 +107,30 @@ class LatencyTable:
         cols = [f[c].tolist() for c in KEY_COLUMNS]
         return {OpKey(*row): ms for *row, ms in zip(*cols, f["median_ms"].tolist(), strict=True)}
 
+    def passes(self) -> dict[OpKey, int]:
+        """OpKey -> number of measurement passes merged into its row."""
+        f = self.frame
+        cols = [f[c].tolist() for c in KEY_COLUMNS]
+        return {OpKey(*row): p for *row, p in zip(*cols, f["passes"].tolist(), strict=True)}
+
     def add(self, rows: list[dict[str, Any]]) -> None:
-        """Append measured rows (dicts with every column); a re-measured key replaces its old row."""
+        """Merge measured rows (dicts with every column) into the table.
+
+        A key measured again keeps the pass with the lower median (a later, quieter pass replaces one slowed by
+        other processes on the machine); `passes` counts the passes merged and `n` the samples.
+        """
         if not rows:
             return
         new = pd.DataFrame(rows, columns=list(COLUMNS)).astype({c: _dtype(c) for c in COLUMNS})
-        frame = pd.concat([self.frame, new], ignore_index=True) if len(self.frame) else new
-        self.frame = frame.drop_duplicates(list(KEY_COLUMNS), keep="last").reset_index(drop=True)
+        if not len(self.frame):
+            self.frame = new.drop_duplicates(list(KEY_COLUMNS), keep="last").reset_index(drop=True)
+            return
+        both = pd.concat([self.frame, new], ignore_index=True)
+        keys = list(KEY_COLUMNS)
+        totals = both.groupby(keys, sort=False)[["passes", "n"]].transform("sum")
+        both["passes"], both["n"] = totals["passes"], totals["n"]
+        order = both.sort_values("median_ms", kind="stable").drop_duplicates(keys, keep="first")
+        self.frame = both.loc[sorted(order.index)].reset_index(drop=True)
 
     # ---------------------------------------------------------------- files
     def save(self, path: str | os.PathLike | None = None) -> Path:
@@ -173,12 +190,16 @@ class LatencyTable:
                           FingerprintMismatch, stacklevel=2)
         return cls(frame, fingerprint, overhead, path)
 
-    def check_fingerprint(self, current: dict[str, Any], strict: bool = False) -> list[str]:
-        """Compare with the current machine/library; warn (or raise if `strict`) naming each difference."""
+    def fingerprint_diffs(self, current: dict[str, Any]) -> list[str]:
+        """The fingerprint fields that differ from `current` (CPU, ISA, threads, bits, library, build)."""
         from latency_models.devices import MATCH_FIELDS
 
-        diffs = [f"{k}: table {self.fingerprint.get(k)!r} vs here {current.get(k)!r}" for k in MATCH_FIELDS
-                 if k in current and str(self.fingerprint.get(k)) != str(current.get(k))]
+        return [f"{k}: table {self.fingerprint.get(k)!r} vs here {current.get(k)!r}" for k in MATCH_FIELDS
+                if k in current and str(self.fingerprint.get(k)) != str(current.get(k))]
+
+    def check_fingerprint(self, current: dict[str, Any], strict: bool = False) -> list[str]:
+        """Compare with the current machine/library; warn (or raise if `strict`) naming each difference."""
+        diffs = self.fingerprint_diffs(current)
         if diffs:
             msg = (f"latency table {self.path or ''} was measured elsewhere ({'; '.join(diffs)}); predictions may "
                    f"not hold here - re-profile with: {profile_command(current.get('table_id', 'kernels'))}")

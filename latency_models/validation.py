@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from latency_models.devices import Device
-from latency_models.measure import summarize
+from latency_models.measure import summarize, time_calls
 from latency_models.predictor import Overhead, Predictor
 from search_spaces import Arch, Budget, SearchSpace, count_macs, sample
 
@@ -48,22 +48,32 @@ def sample_archs(space: SearchSpace, n: int, seed: int, levels: int = 4, exclude
     return list(out.values())
 
 
-def measure_archs(device: Device, archs: list[Arch], reps: int = 20, progress: bool = True,
+def measure_archs(device: Device, archs: list[Arch], reps: int = 20, passes: int = 3, progress: bool = True,
                   desc: str = "measure") -> list[float]:
-    """End-to-end median latency (ms) of each architecture on `device`."""
+    """End-to-end latency (ms) of each architecture on `device`: the lowest of `passes` medians of `reps` runs,
+    the passes going round-robin over all architectures so that a burst of load on the machine hits one pass of
+    many networks rather than every pass of one."""
     it = archs
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(archs, desc=desc, unit="arch", file=sys.stderr, dynamic_ncols=True)
-    return [summarize(device.time_arch(a, reps)).median_ms for a in it]
+        it = tqdm(archs, desc=f"{desc}: build", unit="arch", file=sys.stderr, dynamic_ncols=True)
+    runners = [device.prepare_arch(a) for a in it]
+    best = [math.inf] * len(archs)
+    for p in range(passes):
+        it = range(len(archs))
+        if progress:
+            it = tqdm(it, desc=f"{desc}: pass {p + 1}/{passes}", unit="arch", file=sys.stderr, dynamic_ncols=True)
+        for i in it:
+            best[i] = min(best[i], summarize(time_calls(runners[i], reps=reps, min_sample_s=0)).median_ms)
+    return best
 
 
 def fit_overhead(predictor: Predictor, device: Device, space: SearchSpace, n: int = 60, reps: int = 20,
-                 progress: bool = True) -> tuple[Overhead, dict]:
+                 passes: int = 3, progress: bool = True) -> tuple[Overhead, dict]:
     """Measure `n` fitting architectures and fit the overhead; returns it and the fitting data."""
     archs = sample_archs(space, n, FIT_SEED)
-    measured = measure_archs(device, archs, reps, progress, desc="fit overhead")
+    measured = measure_archs(device, archs, reps, passes, progress, desc="fit overhead")
     sums, counts = zip(*(predictor.ops_ms(a) for a in archs), strict=True)
     overhead = Overhead.fit(list(sums), list(counts), measured)
     macs = [count_macs(a) for a in archs]
@@ -115,11 +125,11 @@ def score(pred: list[float], base: list[float], meas: list[float]) -> Report:
 
 
 def validate(predictor: Predictor, device: Device, space: SearchSpace, n: int, fit: dict, reps: int = 20,
-             progress: bool = True) -> tuple[Report, pd.DataFrame]:
+             passes: int = 3, progress: bool = True) -> tuple[Report, pd.DataFrame]:
     """Measure `n` validation architectures (disjoint from the fitting set) and score the predictor."""
     archs = sample_archs(space, n, 0, exclude=set(fit["archs"]))
     assert not {a.hash() for a in archs} & set(fit["archs"])
-    measured = measure_archs(device, archs, reps, progress, desc="validate")
+    measured = measure_archs(device, archs, reps, passes, progress, desc="validate")
     bl = fit["baseline"]
     rows = []
     for a, m in zip(archs, measured, strict=True):

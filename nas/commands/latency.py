@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         q = lsub.add_parser(name, help=helptext)
         common(q)
         q.add_argument("--space", default=ss.DEFAULT_SPACE, choices=sorted(ss.SPACES))
-        q.add_argument("--reps", type=int, default=20, help="timed runs per architecture")
+        q.add_argument("--reps", type=int, default=30, help="timed runs per architecture and pass")
+        q.add_argument("--passes", type=int, default=3,
+                       help="round-robin passes over the architectures; each keeps its lowest median")
         q.add_argument("--fit-samples", type=int, default=60, help="architectures for the overhead fit")
         q.add_argument("--no-progress", action="store_true")
         if name == "validate":
@@ -76,7 +78,7 @@ def _fit(args: argparse.Namespace, spec, table, device) -> dict:
 
     space = ss.get_space(args.space)
     t = time.time()
-    overhead, data = fit_overhead(Predictor(table), device, space, args.fit_samples, args.reps,
+    overhead, data = fit_overhead(Predictor(table), device, space, args.fit_samples, args.reps, args.passes,
                                   not args.no_progress)
     table.overhead = {**overhead.to_dict(), **data}
     table.save(table.path)
@@ -106,7 +108,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"using the overhead fitted on {len(fit['archs'])} architectures stored in the table")
     space = ss.get_space(args.space)
     t = time.time()
-    report, df = validate(Predictor(table), device, space, args.samples, fit, args.reps, not args.no_progress)
+    report, df = validate(Predictor(table), device, space, args.samples, fit, args.reps, args.passes,
+                          not args.no_progress)
     print(f"validated on {report.n} architectures of {space.name} (disjoint from the {len(fit['archs'])} used "
           f"to fit the overhead) on {spec.table_id} in {time.time() - t:.0f}s")
     for line in report.lines():

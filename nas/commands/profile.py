@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", default=None, help="skip ops that alone cost more than this, e.g. 100MFLOPs")
     p.add_argument("--out", default=None, help="table path (.csv or .parquet; default results/latency/<id>.csv)")
     p.add_argument("--reps", type=int, default=30, help="timed repetitions per op (after warm-up)")
+    p.add_argument("--passes", type=int, default=1,
+                   help="measure every op this many times over the table, keeping the lowest median (noisy hosts)")
     p.add_argument("--max-ops", type=int, default=None, help="stop after this many new ops (rerun to continue)")
     p.add_argument("--chunk", type=int, default=32, help="ops per save (and per Ray task)")
     p.add_argument("--dry-run", action="store_true", help="only count the ops and estimate the time")
@@ -64,11 +66,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
         ops = [o for o in ops if o.macs <= budget.value]
     out = args.out or default_table_path(spec.table_id)
     if args.dry_run:
-        eta = estimate_seconds(ops, spec, args.reps)
+        eta = estimate_seconds(ops, spec, args.reps) * args.passes
         print(f"{len(ops)} distinct ops in {', '.join(s.name for s in spaces)}; estimated {eta / 60:.1f} min on "
               f"{spec.table_id} -> {out}")
         return 0
-    kw = dict(reps=args.reps, chunk=args.chunk, max_ops=args.max_ops, progress=not args.no_progress)
+    if args.passes < 1:
+        raise ValueError(f"--passes: expected >= 1, got {args.passes}")
+    kw = dict(reps=args.reps, chunk=args.chunk, max_ops=args.max_ops, progress=not args.no_progress,
+              passes=args.passes)
     if args.resources and not args.address:
         raise ValueError("--resources needs --address (a Ray cluster)")
     if args.address:

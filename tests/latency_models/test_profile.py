@@ -1,0 +1,74 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+import search_spaces as ss
+from latency_models import DeviceSpec, LatencyTable, enumerate_ops, profile
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _ops(n: int):
+    ops = enumerate_ops([ss.get_space("small32")], [24])
+    return ops[:: max(1, len(ops) // n)][:n]
+
+
+def test_resume_skips_measured_ops(tmp_path) -> None:
+    ops = _ops(12)
+    out = tmp_path / "t.csv"
+    logs: list[str] = []
+    spec = DeviceSpec.make("torch-fp32")
+    first = profile(spec, ops, out, reps=5, chunk=2, max_ops=5, progress=False, log=logs.append)
+    assert len(first) == 5 and set(first.keys()) == set(ops[:5])
+    before = pd.read_csv(out)
+    second = profile(spec, ops, out, reps=5, chunk=4, progress=False, log=logs.append)
+    assert "5 already measured, 7 to measure" in logs[-1]
+    assert second.keys() == set(ops)
+    after = pd.read_csv(out)
+    pd.testing.assert_frame_equal(after.iloc[:5], before)  # measured rows are kept, not re-timed
+    third = profile(spec, ops, out, reps=5, progress=False, log=logs.append)
+    assert "12 already measured, 0 to measure" in logs[-1] and len(third) == 12
+
+
+def test_kill_during_profiling_keeps_saved_chunks(tmp_path) -> None:
+    """A profiler killed with SIGKILL mid-run leaves a valid table; rerunning measures only the rest."""
+    out = tmp_path / "k.csv"
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import search_spaces as ss; "
+            "from latency_models import DeviceSpec, enumerate_ops, profile; "
+            "ops = enumerate_ops([ss.get_space('small32')], [24]); "
+            f"profile(DeviceSpec.make('torch-fp32'), ops, {str(out)!r}, reps=5, chunk=3, progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if out.exists() and len(pd.read_csv(out)) >= 6:
+                break
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    table = LatencyTable.load(out)
+    n = len(table)
+    ops = enumerate_ops([ss.get_space("small32")], [24])
+    assert 6 <= n < len(ops) and n % 3 == 0  # whole chunks only
+    logs: list[str] = []
+    profile(DeviceSpec.make("torch-fp32"), ops[: n + 3], out, reps=5, progress=False, log=logs.append)
+    assert f"{n} already measured, 3 to measure" in logs[-1]
+
+
+def test_table_of_other_device_is_not_mixed(tmp_path, fp32_table: LatencyTable) -> None:
+    out = tmp_path / "x.csv"
+    LatencyTable(fp32_table.frame, {**fp32_table.fingerprint, "cpu_model": "Other CPU"}).save(out)
+    try:
+        profile(DeviceSpec.make("torch-fp32"), _ops(3), out, reps=3, progress=False, log=lambda s: None)
+    except ValueError as exc:
+        assert "another device" in str(exc) and str(out) in str(exc)
+    else:
+        raise AssertionError("profiling into a table of another CPU must fail")
