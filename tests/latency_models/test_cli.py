@@ -1,0 +1,55 @@
+import json
+
+import pandas as pd
+import pytest
+
+from latency_models import LatencyTable
+from nas.cli import main
+
+
+def test_predict_without_table_says_how_to_profile(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("NAS_RESULTS", str(tmp_path))
+    assert main(["latency", "predict", "--device", "kernels", "--bits", "4", "mbv2_100"]) == 2
+    err = capsys.readouterr().err
+    assert "no latency table at" in err and "nas profile --device kernels --bits 4" in err
+
+
+def test_profile_dry_run_counts_imagenet_spaces(capsys) -> None:
+    assert main(["profile", "--device", "torch-fp32", "--space", "mobilenetv2", "--space", "efficientnet",
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "3470 distinct ops in mobilenetv2, efficientnet" in out and "estimated" in out
+
+
+def test_profile_then_validate_small_subset(tmp_path, capsys) -> None:
+    table = tmp_path / "fp32.parquet"
+    args = ["profile", "--device", "torch-fp32", "--space", "mobilenetv3", "--resolution", "160", "--budget",
+            "0.2MFLOPs", "--reps", "3", "--out", str(table), "--no-progress"]
+    assert main(args) == 0
+    t = LatencyTable.load(table)
+    assert 0 < len(t) and (t.frame.macs <= 200_000).all() and t.fingerprint["device"] == "torch-fp32"
+    assert main(args) == 0 and "0 to measure" in capsys.readouterr().out  # resumed: nothing left
+
+    out = tmp_path / "val"
+    assert main(["latency", "validate", "--device", "torch-fp32", "--table", str(table), "--space", "small32",
+                 "--samples", "4", "--fit-samples", "4", "--reps", "3", "--passes", "1", "--out", str(out),
+                 "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "within +-10%" in text and "FLOPs baseline" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 4 and 0 <= summary["within_10"] <= 100
+    assert (out / "predicted_vs_measured.png").stat().st_size > 1000
+    fit = json.loads(table.with_suffix(".json").read_text())["overhead"]
+    validated = set(pd.read_csv(out / "validation.csv")["hash"])
+    assert len(fit["archs"]) == 4 and not validated & set(fit["archs"])  # no train/test leakage
+
+
+def test_bad_arguments_are_one_line_errors(capsys) -> None:
+    assert main(["profile", "--device", "torch-fp32", "--isa", "avx2", "--dry-run"]) == 2
+    assert "only the 'kernels' device takes a forced ISA" in capsys.readouterr().err
+    assert main(["profile", "--device", "kernels", "--space", "small32", "--resolution", "99", "--dry-run"]) == 2
+    assert "--resolution" in capsys.readouterr().err
+    assert main(["profile", "--device", "gpu9000", "--dry-run"]) == 2
+    assert "device: expected one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse rejects a bit width no device has
+        main(["profile", "--bits", "3", "--dry-run"])
