@@ -6,8 +6,7 @@ max-|w| per-channel scale commutes with that folding, so fake-quantizing the unf
 same grid. Gradients pass through rounding with the straight-through estimator (zero outside the clip range);
 with `lsq=True` the per-channel weight scales are learned (Esser et al., LSQ).
 
-`QuantSim(model, weight_bits)` wraps a copy of a model with observers at every tensor the executor stores in
-uint8 (network input, every op output, block outputs after the residual add, the pooled features).
+`QuantSim(model, bits)` runs a copy of a model with observers at every tensor the executor stores in uint8.
 """
 
 from __future__ import annotations
@@ -172,7 +171,11 @@ def gemm_layers(model: nn.Module) -> list[str]:
 
 
 class QuantSim(nn.Module):
-    """A fake-quantized copy of an `MBConvNet`: observers at the executor's uint8 tensors, quantized weights.
+    """A fake-quantized copy of an `MBConvNet`: every tensor the kernel executor stores as uint8 is observed and
+    (once calibrated) fake-quantized, with the executor's names (`nas.kernels.convert`): `input`, `stem`,
+    `stem.pre` (before a lookup-table activation), `blocks.i.expand`, `blocks.i.dw`, `blocks.i.se.pool`,
+    `blocks.i.se.fc1`, `blocks.i.se.fc2.pre`, `blocks.i.se`, `blocks.i.project` or `blocks.i.out` (after the
+    residual add), `head`, `pool`, `hidden`. The SE gate uses the executor's fixed grid (1/255).
 
     `bits` maps layer names to 4 or 8 (default 8; only `gemm_layers` may be 4).
     """
@@ -195,34 +198,60 @@ class QuantSim(nn.Module):
             parametrize.register_parametrization(m, "weight", WeightFakeQuant(m.weight, self.bits[n], lsq,
                                                                              weight_method))
         self.observers = nn.ModuleDict()
-        m = self.model
+        self.forward_names: list[str] = []
+        with torch.no_grad():  # discover the tensor names with one tiny pass
+            a = self.arch
+            self._discover = True
+            self.model.eval()
+            self(torch.zeros(1, a.in_channels, a.resolution, a.resolution))
+            self._discover = False
 
-        def post(name: str, module: nn.Module) -> None:
-            obs = self.observers[name.replace(".", "_")] = ActObserver(name)
-            module.register_forward_hook(lambda _m, _i, out: obs(out))
+    def fq(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        key = name.replace(".", "_")
+        if key not in self.observers:
+            if not getattr(self, "_discover", False):
+                raise KeyError(f"QuantSim: no observer for tensor {name!r}")
+            self.observers[key] = ActObserver(name)
+            return t
+        return self.observers[key](t)
 
-        def pre(name: str, module: nn.Module) -> None:
-            obs = self.observers[name.replace(".", "_")] = ActObserver(name)
-            module.register_forward_pre_hook(lambda _m, args: (obs(args[0]),))
-
-        pre("input", m.stem)
-        post("stem", m.stem)
-        for i, blk in enumerate(m.blocks):
-            if blk.expand is not None:
-                post(f"blocks.{i}.expand", blk.expand)
-            post(f"blocks.{i}.dw", blk.dw)
-            if blk.se is not None:
-                post(f"blocks.{i}.se", blk.se)
-            post(f"blocks.{i}", blk)
-        post("head", m.head)
-        if m.hidden is not None:
-            pre("pool", m.hidden)
-            post("hidden", m.hidden_act)
-        else:
-            pre("pool", m.classifier)
+    def _cba(self, m: nn.Module, x: torch.Tensor, name: str, act: str) -> torch.Tensor:
+        pre = m.bn(m.conv(x))
+        if act in ("hswish", "swish"):
+            pre = self.fq(name + ".pre", pre)
+        return self.fq(name, m.act(pre))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        m, a = self.model, self.arch
+        x = self.fq("input", x)
+        x = self._cba(m.stem, x, "stem", a.stem_act)
+        for i, (blk, block) in enumerate(zip(m.blocks, a.blocks(), strict=True)):
+            n = f"blocks.{i}"
+            inp = x
+            y = self._cba(blk.expand, x, n + ".expand", block.act) if blk.expand is not None else x
+            y = self._cba(blk.dw, y, n + ".dw", block.act)
+            if blk.se is not None:
+                s = self.fq(n + ".se.pool", y.mean((2, 3), keepdim=True))
+                s = self.fq(n + ".se.fc1", torch.relu(blk.se.reduce(s)))
+                s = self.fq(n + ".se.fc2.pre", blk.se.expand(s))
+                gate = nn.functional.hardsigmoid(s)
+                if self.observers and not getattr(self, "_discover", False) and self._act_on():
+                    gate = torch.fake_quantize_per_tensor_affine(gate, 1.0 / 255.0, 0, 0, 255)
+                y = self.fq(n + ".se", y * gate)
+            y = blk.project.bn(blk.project.conv(y))
+            x = self.fq(n + ".out", inp + y) if blk.use_residual else self.fq(n + ".project", y)
+        x = self._cba(m.head, x, "head", a.head_act)
+        x = self.fq("pool", x.mean((2, 3)))
+        if m.hidden is not None:
+            x = m.hidden(x)
+            if a.head_act in ("hswish", "swish"):
+                x = self.fq("hidden.pre", x)
+            x = self.fq("hidden", m.hidden_act(x))
+        return m.classifier(x)
+
+    def _act_on(self) -> bool:
+        return next(iter(self.observers.values())).enabled
+
 
     def train(self, mode: bool = True) -> QuantSim:
         """Train mode for gradients, but batch norms stay frozen (folded at conversion)."""
@@ -251,7 +280,7 @@ class QuantSim(nn.Module):
             o.hi.fill_(-math.inf)
             o.samples, o.keep_samples = [], method != "minmax"
         for x in batches:
-            self.model(x)
+            self(x)
         for o in self.observers.values():
             samples = np.concatenate(o.samples) if o.samples else np.zeros(0, np.float32)
             o.set_range(*choose_range(samples, float(o.lo), float(o.hi), method, percentile))
@@ -259,7 +288,7 @@ class QuantSim(nn.Module):
         self.set_mode(observe=False, act_quant=True)
 
     def ranges(self) -> dict[str, tuple[float, float]]:
-        """Activation ranges by tensor name (`input`, `stem`, `blocks.3.dw`, `blocks.3`, `head`, `pool`, ...)."""
+        """Activation ranges by tensor name (see the class docstring)."""
         return {o.name: (float(o.lo), float(o.hi)) for o in self.observers.values()}
 
     def fp_weights_scales(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
@@ -278,7 +307,4 @@ class QuantSim(nn.Module):
         m = copy.deepcopy(self.model)
         for mod in weight_layers(m).values():
             parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)
-        for h in list(m.modules()):
-            h._forward_hooks.clear()
-            h._forward_pre_hooks.clear()
         return m

@@ -1,0 +1,64 @@
+"""Short fine-tuning with distillation (used after a pruning step and for QAT) and small evaluation helpers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas.data import BatchLoader
+from nas.train import cosine_lr, kd_loss, make_optimizer, set_lr
+
+
+def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, teacher: nn.Module | None = None,
+             lr: float = 0.01, batch_size: int = 64, kd_weight: float = 1.0, seed: int = 0,
+             extra_params: list[nn.Parameter] | None = None, bn_frozen: bool = False) -> nn.Module:
+    """`steps` SGD steps (cosine learning rate) on cross-entropy plus distillation from `teacher` (if given).
+
+    `bn_frozen` keeps batch norms in eval mode (QAT: they are folded into the convolutions at conversion).
+    Returns `model` in eval mode.
+    """
+    if steps <= 0:
+        return model.eval()
+    if teacher is not None:
+        teacher.eval()
+    loader = BatchLoader(x, y, batch_size, seed=seed, drop_last=len(y) > batch_size)
+    opt = make_optimizer(model, lr, 0.9, 5e-5)
+    if extra_params:
+        opt.add_param_group({"params": extra_params, "weight_decay": 0.0})
+    step = 0
+    while step < steps:
+        for xb, yb in loader:
+            if step >= steps:
+                break
+            model.train()
+            if bn_frozen:
+                for m in model.modules():
+                    if isinstance(m, nn.BatchNorm2d):
+                        m.eval()
+            set_lr(opt, cosine_lr(lr, step, steps))
+            out = model(xb)
+            loss = F.cross_entropy(out, yb)
+            if teacher is not None and kd_weight:
+                with torch.no_grad():
+                    soft = teacher(xb)
+                loss = loss + kd_weight * kd_loss(out, soft)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    return model.eval()
+
+
+@torch.no_grad()
+def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> tuple[float,
+                                                                                                       float]:
+    """Mean cross-entropy and top-1 accuracy of `model` (eval mode) on `x`, `y`."""
+    model.eval()
+    loss = correct = 0.0
+    for i in range(0, len(x), batch_size):
+        out = model(x[i : i + batch_size])
+        yb = y[i : i + batch_size]
+        loss += float(F.cross_entropy(out, yb, reduction="sum"))
+        correct += float((out.argmax(1) == yb).sum())
+    return loss / max(len(x), 1), correct / max(len(x), 1)
