@@ -1,10 +1,10 @@
 """Quantization onto the kernel library: PTQ with calibration, QAT (STE / LSQ, distillation), one-call API.
 
->>> qnet, report = quantize_(model, QuantConfig(weight_bits=8, calibration="percentile"), calib=x_calib)
->>> qnet, report = quantize_(model, QuantConfig(weight_bits=4, qat_steps=300, lsq=True), calib=x, train=(x, y))
->>> logits = qnet.run(x_test.numpy())          # nas.kernels.QuantizedNetwork, integer kernels
+>>> qmodel, report = quantize_(model, QuantConfig(weight_bits=8, calibration="percentile"), calib=x_calib)
+>>> qmodel, report = quantize_(model, QuantConfig(weight_bits=4, qat_steps=300, lsq=True), calib=x, train=(x, y))
+>>> logits = qmodel(x_test)          # runs `qmodel.network`, the kernel library's QuantizedNetwork
 
-The result is the kernel library's `QuantizedNetwork` (per-channel symmetric int8 / int4 weights, per-tensor
+The network is the kernel library's `QuantizedNetwork` (per-channel symmetric int8 / int4 weights, per-tensor
 asymmetric uint8 activations, fixed-point requantization, batch norm folded), built by `convert` from a
 calibrated (or QAT-trained) `QuantSim` so that calibration choices and learned scales reach the executor.
 """
@@ -21,6 +21,7 @@ from torch import nn
 
 from nas.compress._train import finetune, loss_and_accuracy
 from nas.compress.fakequant import CALIBRATORS, QuantSim, gemm_layers, qmax_of
+from nas.export.model import QuantizedModel
 from nas.kernels import QuantizedLayer, QuantizedNetwork
 from nas.kernels.ops import ConvSpec, DepthwiseSpec, GemmSpec, PoolSpec, Requant, Residual, SESpec
 from nas.kernels.quant import (
@@ -115,8 +116,8 @@ def _requant(in_q: QParams, scale: np.ndarray, act: str, out_q: QParams, pre_q: 
     return Requant(m, s, out_q.zero_point, lo, hi)
 
 
-def convert(sim: QuantSim, group_size: int = 0) -> QuantizedNetwork:
-    """The kernel executor's network from a calibrated `QuantSim` (its ranges, per-layer bits and weight scales).
+def convert(sim: QuantSim, group_size: int = 0) -> QuantizedModel:
+    """A `QuantizedModel` on the kernel executor from a calibrated `QuantSim` (its ranges, per-layer bits, scales).
 
     Weight scales are the simulator's per-channel scales times |BN factor| (exact for the max-|w| scale, which
     commutes with folding; learned LSQ scales carry over the same way). int4 layers with `group_size` use the
@@ -125,10 +126,14 @@ def convert(sim: QuantSim, group_size: int = 0) -> QuantizedNetwork:
     m, a = sim.model, sim.arch
     ranges = sim.ranges()
     weights = sim.fp_weights_scales()
+    acts: dict[str, tuple[float, int]] = {}
+    wscales: dict[str, np.ndarray] = {}
 
     def q(name: str) -> QParams:
         lo, hi = ranges[name]
-        return QParams.from_range(lo, hi)
+        p = QParams.from_range(lo, hi)
+        acts[name] = (p.scale, p.zero_point)
+        return p
 
     def pre(name: str, act: str) -> QParams | None:
         return q(name + ".pre") if act in LUT_ACTIVATIONS else None
@@ -153,6 +158,7 @@ def convert(sim: QuantSim, group_size: int = 0) -> QuantizedNetwork:
     def gemm(layer: str, module: nn.Module | None, in_q: QParams, act: str, out_q: QParams,
              pre_q: QParams | None = None, extra: float = 1.0) -> GemmSpec:
         qw, b, scale, bits, subs = weight(layer, module)
+        wscales[_exec_name(layer)] = scale
         return GemmSpec(np.ascontiguousarray(qw.reshape(qw.shape[0], -1)), _bias(b, in_q, scale), in_q.zero_point,
                         _requant(in_q, scale, act, out_q, pre_q, extra), bits, subs,
                         group_size if subs is not None else 0)
@@ -160,6 +166,7 @@ def convert(sim: QuantSim, group_size: int = 0) -> QuantizedNetwork:
     layers: list[QuantizedLayer] = []
     x_q = q("input")
     qw, b, scale, _, _ = weight("stem.conv", m.stem)
+    wscales["stem"] = scale
     out_q = q("stem")
     layers.append(QuantizedLayer("stem", "conv", ConvSpec(
         np.ascontiguousarray(qw.transpose(0, 2, 3, 1)), m.stem.conv.stride[0], _bias(b, x_q, scale), x_q.zero_point,
@@ -175,6 +182,7 @@ def convert(sim: QuantSim, group_size: int = 0) -> QuantizedNetwork:
                                                                    out_q, pre(n + ".expand", block.act))))
             x_q = out_q
         qw, b, scale, _, _ = weight(n + ".dw.conv", blk.dw)
+        wscales[n + ".dw"] = scale
         out_q = q(n + ".dw")
         layers.append(QuantizedLayer(n + ".dw", "dw", DepthwiseSpec(
             np.ascontiguousarray(qw[:, 0]), block.stride, _bias(b, x_q, scale), x_q.zero_point,
@@ -215,6 +223,7 @@ def convert(sim: QuantSim, group_size: int = 0) -> QuantizedNetwork:
                                                               pre("hidden", a.head_act))))
         x_q = out_q
     qw, b, scale, bits, subs = weight("classifier", None)
+    wscales["classifier"] = scale
     spec = GemmSpec(np.ascontiguousarray(qw), _bias(b, x_q, scale), x_q.zero_point,
                     _requant(x_q, scale, "none", QParams(1.0, 0), None), bits, subs,
                     group_size if subs is not None else 0)
@@ -222,29 +231,34 @@ def convert(sim: QuantSim, group_size: int = 0) -> QuantizedNetwork:
     layers.append(QuantizedLayer("classifier", "linear", spec))
     from search_spaces import encode
 
-    return QuantizedNetwork(input_q=q("input"), layers=layers, logit_scale=(x_q.scale * scale).astype(np.float32),
-                            bits=min(sim.bits.values()), arch=encode(a))
+    net = QuantizedNetwork(input_q=q("input"), layers=layers, logit_scale=(x_q.scale * scale).astype(np.float32),
+                           bits=min(sim.bits.values()), arch=encode(a))
+    return QuantizedModel(net, a, acts, wscales, {"bits": dict(sim.bits), "group_size": group_size})
+
+
+def _exec_name(layer: str) -> str:
+    """Module name -> executor layer name (`blocks.1.expand.conv` -> `blocks.1.expand`, SE -> `.se.fc1/.fc2`)."""
+    return layer.removesuffix(".conv").replace(".se.reduce", ".se.fc1").replace(".se.expand", ".se.fc2")
 
 
 def _batches(x: torch.Tensor, size: int = 256) -> list[torch.Tensor]:
     return [x[i : i + size] for i in range(0, len(x), size)]
 
 
-def executor_accuracy(qnet: QuantizedNetwork, x: torch.Tensor, y: torch.Tensor, threads: int = 1,
-                      batch_size: int = 256) -> tuple[float, np.ndarray]:
-    """Top-1 accuracy of a `QuantizedNetwork` on the kernels, and its predicted labels."""
-    preds = np.concatenate([qnet.run(xb.numpy(), threads=threads).argmax(1) for xb in _batches(x, batch_size)])
+def executor_accuracy(qmodel: QuantizedModel, x: torch.Tensor, y: torch.Tensor) -> tuple[float, np.ndarray]:
+    """Top-1 accuracy of a `QuantizedModel` on the kernels, and its predicted labels."""
+    preds = qmodel.predict(x)
     return float((preds == y.numpy()).mean()), preds
 
 
 def quantize_(model: nn.Module | QuantSim, config: QuantConfig = QuantConfig(), calib: torch.Tensor | None = None,
               train: tuple[torch.Tensor, torch.Tensor] | None = None,
-              evaluate: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[QuantizedNetwork, QuantReport]:
+              evaluate: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[QuantizedModel, QuantReport]:
     """Quantize a float `MBConvNet` (or an already calibrated / QAT-trained `QuantSim`) onto the kernels.
 
     `calib`: float NCHW calibration images (a few hundred training images). `train`: (x, y) for QAT when
     `config.qat_steps > 0`. `evaluate`: optional (x, y) to report float, fake-quant and executor accuracy.
-    Returns a new `QuantizedNetwork` (the input model is not changed) and a `QuantReport`.
+    Returns a new `QuantizedModel` (the input model is not changed) and a `QuantReport`.
     """
     t0 = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -264,7 +278,7 @@ def quantize_(model: nn.Module | QuantSim, config: QuantConfig = QuantConfig(), 
         qat(sim, train[0], train[1], config.qat_steps, teacher, config.qat_lr, config.batch_size, config.seed)
         qat_log.append({"steps": config.qat_steps, "lsq": config.lsq, "distill": teacher is not None})
     qnet = convert(sim, config.group_size)
-    report = QuantReport(asdict(config), dict(sim.bits), qnet.weight_bytes(), sim.ranges(), qat=qat_log)
+    report = QuantReport(asdict(config), dict(sim.bits), qnet.weight_bytes, sim.ranges(), qat=qat_log)
     if evaluate is not None:
         x, y = evaluate
         if fp32 is not None:
