@@ -59,28 +59,76 @@ inline __m512i mulq_v(__m512i x, __m512i m, __m512i m_odd, __m512i lsh, __m512i 
 
 inline __mmask16 tail_mask(int n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
 
-// Requantize 16 int32 accumulators of channels c..c+15 and store (masked) to out.
-inline void epilogue(__m512i acc, const RqView& q, const VQ& v, int c, __mmask16 m, void* out,
-                     const uint8_t* res) {
-  acc = _mm512_add_epi32(acc, _mm512_loadu_si512(q.bias + c));
-  if (q.out_int32) {
+// Loop-invariant epilogue state, copied out of RqView into locals so that the uint8 output stores (which
+// may alias anything) do not force reloads inside the row loops.
+struct Epi {
+  __m512i zp, lo, hi, one;
+  bool any_lsh, residual, out_int32;
+  const int32_t* lut32;
+  __m512i rzp, rmult, rmult_odd, rlsh, rrsh, rmask, rhalf, res_sh, res_mk, res_half;
+  explicit Epi(const RqView& q) {
+    const VQ v(q);
+    zp = v.zp;
+    lo = v.lo;
+    hi = v.hi;
+    one = v.one;
+    any_lsh = q.any_lsh;
+    residual = q.residual;
+    out_int32 = q.out_int32;
+    lut32 = q.lut32;
+    rzp = v.rzp;
+    rmult = v.rmult;
+    rmult_odd = v.rmult_odd;
+    rlsh = v.rlsh;
+    rrsh = v.rrsh;
+    rmask = v.rmask;
+    rhalf = v.rhalf;
+    res_sh = _mm512_set1_epi32(kResidualBits);
+    res_mk = _mm512_set1_epi32((1 << kResidualBits) - 1);
+    res_half = _mm512_srli_epi32(res_mk, 1);
+  }
+};
+
+struct Chan {  // per-channel requantization vectors for channels c..c+15
+  __m512i bias, mult, mult_odd, lsh, rsh, rmask, rhalf;
+  Chan(const RqView& q, int c) {
+    bias = _mm512_loadu_si512(q.bias + c);
+    mult = _mm512_loadu_si512(q.mult + c);
+    mult_odd = _mm512_srli_epi64(mult, 32);
+    lsh = _mm512_loadu_si512(q.lsh + c);
+    rsh = _mm512_loadu_si512(q.rsh + c);
+    rmask = _mm512_loadu_si512(q.rmask + c);
+    rhalf = _mm512_loadu_si512(q.rhalf + c);
+  }
+};
+
+// Requantize 16 int32 accumulators and store (masked) to out.
+inline void epi_store(__m512i acc, const Epi& e, const Chan& ch, __mmask16 m, void* out, const uint8_t* res) {
+  acc = _mm512_add_epi32(acc, ch.bias);
+  if (e.out_int32) {
     _mm512_mask_storeu_epi32(out, m, acc);
     return;
   }
-  const __m512i mult = _mm512_loadu_si512(q.mult + c);
-  if (q.any_lsh) acc = _mm512_sllv_epi32(acc, _mm512_loadu_si512(q.lsh + c));
-  __m512i y = rdbp_v(srdhm_v(acc, mult, _mm512_srli_epi64(mult, 32)), _mm512_loadu_si512(q.rsh + c),
-                     _mm512_loadu_si512(q.rmask + c), _mm512_loadu_si512(q.rhalf + c), v.one);
-  if (q.residual) {
-    const __m512i r = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, res)), v.rzp);
-    y = _mm512_add_epi32(y, mulq_v(r, v.rmult, v.rmult_odd, v.rlsh, v.rrsh, v.rmask, v.rhalf, v.one));
-    const __m512i sh = _mm512_set1_epi32(kResidualBits);
-    const __m512i mk = _mm512_set1_epi32((1 << kResidualBits) - 1);
-    y = rdbp_v(y, sh, mk, _mm512_srli_epi32(mk, 1), v.one);
+  if (e.any_lsh) acc = _mm512_sllv_epi32(acc, ch.lsh);
+  __m512i y = rdbp_v(srdhm_v(acc, ch.mult, ch.mult_odd), ch.rsh, ch.rmask, ch.rhalf, e.one);
+  if (e.residual) {
+    const __m512i r = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, res)), e.rzp);
+    y = _mm512_add_epi32(y, mulq_v(r, e.rmult, e.rmult_odd, e.rlsh, e.rrsh, e.rmask, e.rhalf, e.one));
+    y = rdbp_v(y, e.res_sh, e.res_mk, e.res_half, e.one);
   }
-  y = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(y, v.zp), v.lo), v.hi);
-  if (q.lut32) y = _mm512_i32gather_epi32(y, q.lut32, 4);
-  _mm_mask_storeu_epi8(out, m, _mm512_cvtepi32_epi8(y));
+  y = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(y, e.zp), e.lo), e.hi);
+  if (e.lut32) y = _mm512_i32gather_epi32(y, e.lut32, 4);
+  const __m128i b = _mm512_cvtepi32_epi8(y);
+  if (m == 0xFFFF) {
+    _mm_storeu_si128(static_cast<__m128i*>(out), b);
+  } else {
+    _mm_mask_storeu_epi8(out, m, b);
+  }
+}
+
+inline void epilogue(__m512i acc, const RqView& q, const VQ&, int c, __mmask16 m, void* out, const uint8_t* res) {
+  const Epi e(q);
+  epi_store(acc, e, Chan(q, c), m, out, res);
 }
 
 inline int32_t load4(const uint8_t* p) {
@@ -174,15 +222,17 @@ void tile(const GemmArgs& a, const VQ& vq, int row0, int vec0) {
   } else {
     dot_steps<MR, NC, INT4>(xr, 0, k4, k, wp, pstride, acc, c4);
   }
-  const int esz = a.q.out_int32 ? 4 : 1;
-  for (int r = 0; r < MR; ++r) {
-    const int row = row0 + r;
-    if (row >= a.m) break;
-    for (int j = 0; j < NC; ++j) {
-      const int c = (vec0 + j) * 16;
-      const __mmask16 m = tail_mask(pw.n - c);
+  const Epi e(a.q);
+  const int esz = e.out_int32 ? 4 : 1;
+  for (int j = 0; j < NC; ++j) {
+    const int c = (vec0 + j) * 16;
+    const Chan ch(a.q, c);
+    const __mmask16 m = tail_mask(pw.n - c);
+    for (int r = 0; r < MR; ++r) {
+      const int row = row0 + r;
+      if (row >= a.m) break;
       uint8_t* o = static_cast<uint8_t*>(a.out) + (row * a.ldo + c) * esz;
-      epilogue(acc[r][j], a.q, vq, c, m, o, a.res ? a.res + row * a.ldr + c : nullptr);
+      epi_store(acc[r][j], e, ch, m, o, a.res ? a.res + row * a.ldr + c : nullptr);
     }
   }
 }
@@ -258,9 +308,13 @@ inline void dw_interior(const DwArgs& a, const VQ& vq, int b, int oy, int ox, in
       }
     }
   }
-  for (int p = 0; p < PX; ++p) {
-    uint8_t* o = a.out + ((static_cast<int64_t>(b) * a.ho + oy) * a.wo + ox + p) * a.c + c0;
-    for (int v = 0; v < NV; ++v) epilogue(acc[p][v], a.q, vq, c0 + 16 * v, 0xFFFF, o + 16 * v, nullptr);
+  const Epi e(a.q);
+  for (int v = 0; v < NV; ++v) {
+    const Chan ch(a.q, c0 + 16 * v);
+    for (int p = 0; p < PX; ++p) {
+      uint8_t* o = a.out + ((static_cast<int64_t>(b) * a.ho + oy) * a.wo + ox + p) * a.c + c0 + 16 * v;
+      epi_store(acc[p][v], e, ch, 0xFFFF, o, nullptr);
+    }
   }
 }
 
