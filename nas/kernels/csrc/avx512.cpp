@@ -318,27 +318,52 @@ inline void dw_interior(const DwArgs& a, const VQ& vq, int b, int oy, int ox, in
   }
 }
 
-// Any pixel (border or channel tail): one 16-channel vector, masked loads, padded taps use in_zp.
-inline void dw_generic(const DwArgs& a, const VQ& vq, int b, int oy, int ox, int c0) {
+// Any pixel (border and/or channel tail): NV channel vectors from c0, the last one masked by `last`;
+// padded taps use in_zp (they cancel against the -in_zp * sum(w) start value).
+template <int NV>
+inline void dw_pixel(const DwArgs& a, const Epi& e, int b, int oy, int ox, int c0, __mmask16 last) {
   const int pad = a.k / 2;
-  const __mmask16 m = tail_mask(a.c - c0);
   const __m512i zpv = _mm512_set1_epi32(a.in_zp);
-  __m512i acc = _mm512_loadu_si512(a.neg_wzp + c0);
+  __m512i acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = _mm512_loadu_si512(a.neg_wzp + c0 + 16 * v);
   for (int ky = 0; ky < a.k; ++ky) {
     const int iy = oy * a.stride - pad + ky;
     const bool row_ok = iy >= 0 && iy < a.h;
     for (int kx = 0; kx < a.k; ++kx) {
       const int ix = ox * a.stride - pad + kx;
-      __m512i xv = zpv;
+      const int32_t* wp = a.wt + (ky * a.k + kx) * a.cpad + c0;
       if (row_ok && ix >= 0 && ix < a.w) {
         const uint8_t* p = a.x + ((static_cast<int64_t>(b) * a.h + iy) * a.w + ix) * a.c + c0;
-        xv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, p));
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+          const __m128i raw = v + 1 < NV ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * v))
+                                         : _mm_maskz_loadu_epi8(last, p + 16 * v);
+          acc[v] = _mm512_dpwssd_epi32(acc[v], _mm512_cvtepu8_epi32(raw), _mm512_loadu_si512(wp + 16 * v));
+        }
+      } else {
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[v] = _mm512_dpwssd_epi32(acc[v], zpv, _mm512_loadu_si512(wp + 16 * v));
       }
-      acc = _mm512_dpwssd_epi32(acc, xv, _mm512_loadu_si512(a.wt + (ky * a.k + kx) * a.cpad + c0));
     }
   }
   uint8_t* o = a.out + ((static_cast<int64_t>(b) * a.ho + oy) * a.wo + ox) * a.c + c0;
-  epilogue(acc, a.q, vq, c0, m, o, nullptr);
+  for (int v = 0; v < NV; ++v) epi_store(acc[v], e, Chan(a.q, c0 + 16 * v), v + 1 < NV ? 0xFFFF : last, o + 16 * v,
+                                         nullptr);
+}
+
+// Channels [c_begin, C) of one pixel through dw_pixel, up to 4 vectors at a time.
+inline void dw_pixel_all(const DwArgs& a, const Epi& e, int b, int oy, int ox, int c_begin) {
+  for (int c = c_begin; c < a.c; c += 64) {
+    const int n = a.c - c < 64 ? a.c - c : 64;
+    const int nv = (n + 15) / 16;
+    const __mmask16 last = tail_mask(n - 16 * (nv - 1));
+    switch (nv) {
+      case 1: dw_pixel<1>(a, e, b, oy, ox, c, last); break;
+      case 2: dw_pixel<2>(a, e, b, oy, ox, c, last); break;
+      case 3: dw_pixel<3>(a, e, b, oy, ox, c, last); break;
+      default: dw_pixel<4>(a, e, b, oy, ox, c, last); break;
+    }
+  }
 }
 
 template <int PX>
@@ -358,6 +383,7 @@ inline void dw_channels(const DwArgs& a, const VQ& vq, int b, int oy, int ox, in
 void depthwise(const DwArgs& a, int threads) {
   const int pad = a.k / 2;
   const VQ vq(a.q);
+  const Epi e(a.q);
   const int cfull = a.c / 16 * 16;
   // interior output columns: the whole window lies inside the input
   const int ox_lo = (pad + a.stride - 1) / a.stride;
@@ -373,14 +399,14 @@ void depthwise(const DwArgs& a, int threads) {
         const bool inside = row_inside && ox >= ox_lo && ox < ox_hi;
         if (inside && ox + 1 < ox_hi) {
           dw_channels<2>(a, vq, b, oy, ox, cfull);
-          for (int c = cfull; c < a.c; c += 16) {
-            dw_generic(a, vq, b, oy, ox, c);
-            dw_generic(a, vq, b, oy, ox + 1, c);
+          if (cfull < a.c) {
+            dw_pixel_all(a, e, b, oy, ox, cfull);
+            dw_pixel_all(a, e, b, oy, ox + 1, cfull);
           }
           ox += 2;
         } else {
           if (inside) dw_channels<1>(a, vq, b, oy, ox, cfull);
-          for (int c = inside ? cfull : 0; c < a.c; c += 16) dw_generic(a, vq, b, oy, ox, c);
+          dw_pixel_all(a, e, b, oy, ox, inside ? cfull : 0);
           ox += 1;
         }
       }
