@@ -61,6 +61,7 @@ def main() -> None:
     p.add_argument("--res-scale", type=float, default=0.5)
     p.add_argument("--supernet-epochs", default="2,1,1,2", help="epochs of phases largest,kernel,depth,width")
     p.add_argument("--standalone-epochs", type=int, default=4)
+    p.add_argument("--standalone-lr", type=float, default=0.2)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
@@ -103,7 +104,8 @@ def main() -> None:
         super_acc.append(evaluator(a))
         eval_times.append(time.perf_counter() - t)
 
-    train_recipe = TrainRecipe(epochs=args.standalone_epochs, batch_size=args.batch_size, seed=args.seed,
+    train_recipe = TrainRecipe(epochs=args.standalone_epochs, lr=args.standalone_lr, batch_size=args.batch_size,
+                               seed=args.seed,
                                threads=args.threads)
     rows = done.get("rows", {})
     for i, (a, native) in enumerate(zip(archs, archs_native, strict=True)):
