@@ -10,7 +10,15 @@ from search_spaces.cost import Cost, Layer, count, count_macs, layers
 from search_spaces.encoding import decode, encode
 from search_spaces.model import MBConvNet, build
 from search_spaces.presets import PRESETS, preset, scale
-from search_spaces.spaces import DEFAULT_SPACE, SPACES, CompoundScaling, SearchSpace, StageSpace, get_space
+from search_spaces.spaces import (
+    DEFAULT_SPACE,
+    SPACES,
+    CompoundScaling,
+    SearchSpace,
+    StageSpace,
+    get_space,
+    trim_to_budget,
+)
 
 
 def parse_arch(text: str) -> Arch:
@@ -34,5 +42,5 @@ __all__ = [
     "Arch", "ArchError", "Block", "Budget", "BudgetError", "CompoundScaling", "Cost", "DEFAULT_SPACE", "Layer",
     "MBConvNet", "PRESETS", "SPACES", "SearchSpace", "StageSpace", "build", "check_reachable", "cost_fn", "count",
     "count_macs", "decode", "encode", "get_space", "layers", "make_divisible", "parse_arch", "parse_budget",
-    "preset", "sample", "scale",
+    "preset", "sample", "scale", "trim_to_budget",
 ]

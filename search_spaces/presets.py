@@ -73,3 +73,30 @@ def scale(arch: Arch, width: float = 1.0, depth: float = 1.0, resolution: int | 
         stages=tuple(stages),
         head_channels=w(arch.head_channels) if scale_head else arch.head_channels,
     )
+
+
+def small_input(arch: Arch, resolution: int = 32, in_channels: int = 1, num_classes: int = 10) -> Arch:
+    """A reference network adapted to 24-32 px data the usual way (as `small32`): stem stride 1 and the first
+    stride-2 stage at stride 1, so the feature maps stay as large as on ImageNet relative to the input."""
+    stages = list(arch.stages)
+    for i, stage in enumerate(stages):
+        if stage[0].stride == 2:
+            stages[i] = (replace(stage[0], stride=1),) + stage[1:]
+            break
+    return replace(arch, resolution=resolution, in_channels=in_channels, num_classes=num_classes, stem_stride=1,
+                   stages=tuple(stages))
+
+
+def fit_width(arch: Arch, max_macs: float, lo: float = 0.05, hi: float = 4.0) -> tuple[Arch, float]:
+    """The widest width-scaled copy of `arch` within `max_macs` (bisection on the width multiplier)."""
+    from search_spaces.cost import count_macs
+
+    if count_macs(scale(arch, width=lo)) > max_macs:
+        raise ValueError(f"max_macs: even width {lo} of this network costs more than {max_macs:g} MACs")
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if count_macs(scale(arch, width=mid)) <= max_macs:
+            lo = mid
+        else:
+            hi = mid
+    return scale(arch, width=lo), lo

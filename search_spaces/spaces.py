@@ -226,3 +226,34 @@ def get_space(name: str, phi: float = 0.0) -> SearchSpace:
         raise ValueError(f"space: expected one of {sorted(SPACES)}, got {name!r}")
     space = SPACES[name]
     return space.scaled(phi) if phi else space
+
+
+def trim_to_budget(space: SearchSpace, max_macs: float, slack: float = 1.25) -> SearchSpace:
+    """The sub-space whose largest network costs at most `slack * max_macs`.
+
+    Drops the top choice of one dimension at a time (the resolution, or one stage's depth, width, expansion,
+    kernel or SE), always the drop that cheapens the largest network most, so the space keeps as many choices as
+    the budget allows. A supernet trained on it spends no time on networks far beyond the budget; the few
+    members still over it are repaired by the search.
+    """
+    from search_spaces.cost import count_macs
+
+    if slack < 1:
+        raise ValueError(f"slack: expected >= 1, got {slack}")
+    if count_macs(space.smallest()) > max_macs:
+        raise ValueError(f"max_macs: the smallest network of {space.name!r} costs "
+                         f"{count_macs(space.smallest()) / 1e6:.2f}M MACs > {max_macs / 1e6:.2f}M")
+    while count_macs(space.largest()) > slack * max_macs:
+        candidates = []
+        if len(space.resolutions) > 1:
+            candidates.append(replace(space, resolutions=space.resolutions[:-1]))
+        for i, st in enumerate(space.stages):
+            for attr in ("depths", "widths", "expands", "kernels", "se"):
+                choices = tuple(sorted(getattr(st, attr)))
+                if len(choices) > 1:
+                    new = replace(st, **{attr: choices[:-1]})
+                    candidates.append(replace(space, stages=space.stages[:i] + (new,) + space.stages[i + 1:]))
+        if not candidates:
+            break
+        space = min(candidates, key=lambda s: count_macs(s.largest()))
+    return space

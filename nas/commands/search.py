@@ -8,20 +8,46 @@ import search_spaces as ss
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("search", help="search the most accurate architecture that fits a budget")
-    p.add_argument("--budget", required=True, help="e.g. 100MFLOPs, 0.1GFLOPs, 2.5Mparams")
+    from nas.search.runner import SAMPLERS
+
+    p = sub.add_parser("search", help="search the most accurate architecture that fits a budget",
+                       description="Search the most accurate architecture of a space that fits a budget, scored by "
+                                   "supernet accuracy and predicted latency on a device; then finalize it.")
+    p.add_argument("--budget", required=True, help="hard budget: e.g. 100MFLOPs (1 FLOP = 1 MAC), 2.5Mparams, 3ms")
+    p.add_argument("--latency", default=None, help="latency target on --device, e.g. 3ms (hard limit)")
+    p.add_argument("--device", default="kernels",
+                   help="latency device: 'kernels' (our int8 library, profiled first if no table), 'torch-fp32', "
+                        "'torch-int8', or a name profiled with `nas profile --device NAME`")
+    p.add_argument("--table", default=None, help="latency table path (default: results/latency/<device>.csv)")
     p.add_argument("--space", default=ss.DEFAULT_SPACE, choices=sorted(ss.SPACES))
-    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--phi", type=float, default=0.0, help="compound-scaling coefficient of the space")
+    p.add_argument("--data", default="digits", help="'digits' (built in) or a dataset path (IDX, CIFAR, npz, folder)")
+    p.add_argument("--trials", type=int, default=None, help="number of evaluated architectures (default 60; 12 quick)")
+    p.add_argument("--sampler", default="tpe", choices=SAMPLERS)
+    p.add_argument("--objective", default="pareto", choices=("pareto", "mnasnet"),
+                   help="pareto: maximize accuracy, minimize latency; mnasnet: acc*(lat/target)^-0.07")
+    p.add_argument("--backend", default="optuna", choices=("optuna", "ray"))
+    p.add_argument("--address", default=None, help="Ray cluster address to join (default: embedded local Ray)")
+    p.add_argument("--workers", type=int, default=2, help="concurrent Ray trials")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite in results/<run>/)")
+    p.add_argument("--study", default=None, help="study / run name (default: derived from the settings)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
+    p.add_argument("--finalize", action=argparse.BooleanOptionalAction, default=True,
+                   help="train, quantize and export the chosen architecture (default on)")
+    p.add_argument("--quick", action="store_true", help="a sub-minute demo: tiny supernet recipe and few trials")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="results", help="folder for run outputs")
     p.set_defaults(func=cmd_search)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    space = ss.get_space(args.space)
-    budget = ss.parse_budget(args.budget)
-    archs = ss.sample(space, budget, n=args.trials, seed=args.seed)
-    print(f"{len(archs)} architectures of space {space.name!r} under {budget}:")
-    for arch in archs:
-        c = ss.count(arch)
-        print(f"{c.mmacs:8.2f} MMACs {c.mparams:7.3f} Mparams  {arch}")
+    from nas.search.main import SearchRequest, search
+
+    request = SearchRequest(
+        budget=args.budget, latency=args.latency, device=args.device, table=args.table, space=args.space,
+        phi=args.phi, data=args.data, trials=args.trials, sampler=args.sampler, objective=args.objective,
+        backend=args.backend, address=args.address, workers=args.workers, storage=args.storage, study=args.study,
+        resume=args.resume, finalize=args.finalize, quick=args.quick, seed=args.seed, out=args.out,
+    )
+    search(request)
     return 0

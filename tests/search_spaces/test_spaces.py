@@ -82,3 +82,18 @@ def test_scale_presets_by_width():
     assert [s[0].stride for s in deeper.stages] == [s[0].stride for s in v2.stages]
     with pytest.raises(ValueError, match="width"):
         ss.scale(v2, width=0)
+
+
+def test_trim_to_budget_keeps_choices_and_fits():
+    space = ss.get_space("small32")
+    trimmed = ss.trim_to_budget(space, 100e6)
+    assert ss.count_macs(trimmed.largest()) <= 1.25 * 100e6
+    assert trimmed.smallest() == space.smallest()
+    for st, full in zip(trimmed.stages, space.stages, strict=True):
+        for attr in ("depths", "widths", "expands", "kernels", "se"):
+            assert set(getattr(st, attr)) <= set(getattr(full, attr)) and getattr(st, attr)
+    for arch in ss.sample(trimmed, n=20, seed=0):
+        assert space.contains(arch)
+    assert ss.trim_to_budget(space, 1e12) == space  # a loose budget trims nothing
+    with pytest.raises(ValueError, match="smallest"):
+        ss.trim_to_budget(space, 1e6)

@@ -1,0 +1,199 @@
+"""`search(request)`: the whole `nas search` job, from data and budget to a chosen, finalized network."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import search_spaces as ss
+from nas.search import report
+from nas.search.runner import Limits, SearchSettings, completed, run_optuna, run_ray
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """Everything `nas search` was asked for (the CLI's flags, as a value)."""
+
+    budget: str = "100MFLOPs"
+    latency: str | None = None
+    device: str = "kernels"
+    table: str | None = None
+    space: str = ss.DEFAULT_SPACE
+    phi: float = 0.0
+    data: str = "digits"
+    trials: int | None = None
+    sampler: str = "tpe"
+    objective: str = "pareto"
+    backend: str = "optuna"
+    address: str | None = None
+    workers: int = 2
+    storage: str | None = None
+    study: str | None = None
+    resume: bool = False
+    finalize: bool = True
+    quick: bool = False
+    seed: int = 0
+    out: str = "results"
+
+    @property
+    def n_trials(self) -> int:
+        return self.trials if self.trials is not None else (12 if self.quick else 60)
+
+    def run_name(self) -> str:
+        """Default study name: readable and specific to the settings that change the result."""
+        if self.study:
+            return self.study
+        data = Path(self.data).name if self.data != "digits" else "digits"
+        parts = [self.space, data, self.budget.replace(" ", "")]
+        if self.latency:
+            parts.append(f"lat{self.latency}")
+        parts += [self.sampler, f"s{self.seed}"]
+        if self.quick:
+            parts.append("quick")
+        return "-".join(parts)
+
+
+def _limits(request: SearchRequest) -> tuple[Limits, float | None]:
+    budgets = [ss.parse_budget(request.budget)]
+    if request.latency:
+        lat = ss.parse_budget(request.latency)
+        if lat.kind != "latency_ms":
+            raise ValueError(f"latency: expected a time such as '3ms', got {request.latency!r}")
+        budgets.append(lat)
+    values: dict[str, float] = {}
+    for b in budgets:
+        values[b.kind] = min(values.get(b.kind, float("inf")), b.value)
+    target = values.get("latency_ms")
+    if request.objective == "mnasnet":
+        # MnasNet's soft reward replaces the hard latency limit
+        values.pop("latency_ms", None)
+    return Limits(macs=values.get("macs"), params=values.get("params"), latency_ms=values.get("latency_ms")), target
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import optuna
+    import torch
+
+    import nas
+
+    return {"nas": nas.__version__, "python": sys.version.split()[0], "torch": torch.__version__,
+            "optuna": optuna.__version__, "numpy": numpy.__version__, "platform": platform.platform()}
+
+
+def search(request: SearchRequest, log: Any = print) -> dict[str, Any]:
+    """Run the search the request describes; returns the summary written to `results/<run>/summary.json`."""
+    from nas.search.evaluate import build_evaluator, load_latency
+
+    t_start = time.perf_counter()
+    limits, target_ms = _limits(request)
+    run_dir = Path(request.out) / request.run_name()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    storage = request.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+
+    evaluator, space = build_evaluator(request, limits.macs, log)
+    predictor = load_latency(request, space, log)
+    latency_ms = predictor.predict_ms
+    if limits.macs:
+        ss.check_reachable(space, ss.Budget("macs", limits.macs), ss.count_macs)
+    if limits.params:
+        ss.check_reachable(space, ss.Budget("params", limits.params), lambda a: ss.count(a).params)
+    if limits.latency_ms:
+        ss.check_reachable(space, ss.Budget("latency_ms", limits.latency_ms), latency_ms)
+
+    settings = SearchSettings(space=space, limits=limits, trials=request.n_trials, sampler=request.sampler,
+                              objective=request.objective, target_ms=target_ms, study_name=request.run_name(),
+                              storage=storage, seed=request.seed)
+    evaluator.latency_ms = latency_ms
+    log(f"search {settings.study_name}: {request.n_trials} trials, sampler {request.sampler}, backend "
+        f"{request.backend}, limits {_describe(limits)}, study in {storage}")
+    t_search = time.perf_counter()
+    if request.backend == "ray":
+        study = run_ray(settings, evaluator, latency_ms, resume=request.resume, address=request.address,
+                        workers=request.workers, storage_path=str((run_dir / "ray").resolve()))
+    else:
+        from tqdm import tqdm
+
+        bar = tqdm(total=request.n_trials, desc="search", unit="trial")
+
+        def progress(study: Any) -> None:
+            bar.n = completed(study)
+            best = max((t.values[0] for t in study.best_trials), default=float("nan"))
+            bar.set_postfix_str(f"best acc {best:.4f}")
+            bar.refresh()
+
+        try:
+            if request.resume:
+                from nas.search.runner import open_study
+
+                bar.n = completed(open_study(settings, resume=True))
+            study = run_optuna(settings, evaluator, latency_ms, resume=request.resume, progress=progress)
+        finally:
+            bar.close()
+    search_seconds = time.perf_counter() - t_search
+
+    df = report.trials_frame(study, settings, latency_ms)
+    report.write_atomic(run_dir / "trials.csv", lambda tmp: df.to_csv(tmp, index=False))
+    front = df[df["pareto"]].sort_values("latency_ms").copy()
+    best = report.choose(df)
+    best_arch = ss.decode(best["arch"])
+    report.write_atomic(run_dir / "best.json", lambda tmp: Path(tmp).write_text(best_arch.to_json(indent=2)))
+    report.write_atomic(run_dir / "best.txt", lambda tmp: Path(tmp).write_text(str(best_arch) + "\n"))
+
+    from nas.search.evaluate import measure_ms
+
+    front["measured_ms"] = [measure_ms(ss.decode(a), request) for a in front["arch"]]
+    report.write_atomic(run_dir / "pareto.csv", lambda tmp: front.to_csv(tmp, index=False))
+    report.plot_pareto(df, run_dir / "pareto.png", f"{settings.study_name}: accuracy vs latency "
+                       f"({request.device})", measured=front)
+
+    summary: dict[str, Any] = {
+        "run": settings.study_name, "command": " ".join(sys.argv), "request": asdict(request),
+        "versions": _versions(), "limits": asdict(limits), "trials": int(len(df)),
+        "search_seconds": round(search_seconds, 1),
+        "best": {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items()},
+        "pareto_size": int(len(front)),
+    }
+    if request.finalize:
+        from nas.search.evaluate import finalize_best
+
+        summary["finalized"] = finalize_best(best_arch, evaluator, request, run_dir, log)
+    summary["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    report.write_atomic(run_dir / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    _print_summary(front, summary, run_dir, log)
+    return summary
+
+
+def _describe(limits: Limits) -> str:
+    parts = []
+    if limits.macs:
+        parts.append(f"{limits.macs / 1e6:g}M MACs")
+    if limits.params:
+        parts.append(f"{limits.params / 1e6:g}M params")
+    if limits.latency_ms:
+        parts.append(f"{limits.latency_ms:g} ms")
+    return ", ".join(parts) or "none"
+
+
+def _print_summary(front: Any, summary: dict[str, Any], run_dir: Path, log: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Pareto front of {summary['run']} ({summary['trials']} trials)")
+    for col in ("trial", "val acc", "pred ms", "meas ms", "MMACs", "Mparams", "arch"):
+        table.add_column(col)
+    for _, r in front.iterrows():
+        table.add_row(str(r["trial"]), f"{r['val_acc']:.4f}", f"{r['latency_ms']:.3f}", f"{r['measured_ms']:.3f}",
+                      f"{r['macs'] / 1e6:.1f}", f"{r['params'] / 1e6:.3f}", r["arch_hash"])
+    Console(file=sys.stdout).print(table)
+    best = summary["best"]
+    log(f"chosen: {best['arch']}\n  val acc {best['val_acc']:.4f}, predicted {best['latency_ms']:.3f} ms, "
+        f"{best['macs'] / 1e6:.1f}M MACs, {best['params'] / 1e6:.3f}M params")
+    if "finalized" in summary:
+        log(f"finalized: {json.dumps(summary['finalized'])}")
+    log(f"outputs in {run_dir}/: trials.csv pareto.csv pareto.png best.json best.txt summary.json")

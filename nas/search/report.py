@@ -1,0 +1,90 @@
+"""Search outputs: trials.csv, pareto.csv, pareto.png and the printed summary."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+import search_spaces as ss
+from nas.search.pareto import pareto_mask
+from nas.search.runner import MNASNET_W, SearchSettings, arch_for
+
+
+def write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def trials_frame(study: optuna.Study, s: SearchSettings,
+                 latency_ms: Callable[[ss.Arch], float] | None) -> pd.DataFrame:
+    """One row per completed trial. The architecture is re-derived from the parameters (the repair is
+    deterministic), so trials run by Ray workers, whose user attributes Optuna never saw, report the same."""
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        arch = arch_for(s, t.params, latency_ms)
+        cost = ss.count(arch)
+        if s.objective == "pareto":
+            acc, lat = t.values
+        else:
+            lat = t.user_attrs.get("latency_ms") or (latency_ms(arch) if latency_ms else float("nan"))
+            acc = t.values[0] / (lat / s.target_ms) ** MNASNET_W
+        rows.append({
+            "trial": t.number, "val_acc": acc, "latency_ms": lat, "macs": cost.macs, "params": cost.params,
+            "resolution": arch.resolution, "depth": len(arch.blocks()), "arch_hash": arch.hash(), "arch": str(arch),
+            "seconds": t.user_attrs.get("seconds", (t.duration.total_seconds() if t.duration else float("nan"))),
+        })
+    df = pd.DataFrame(rows)
+    if len(df):
+        df["pareto"] = pareto_mask(df["val_acc"].tolist(), df["latency_ms"].tolist())
+    return df
+
+
+def choose(df: pd.DataFrame) -> pd.Series:
+    """The chosen network: the most accurate trial; ties go to the faster one."""
+    if df.empty:
+        raise ValueError("search: no completed trials to choose from")
+    return df.sort_values(["val_acc", "latency_ms"], ascending=[False, True]).iloc[0]
+
+
+def plot_pareto(df: pd.DataFrame, path: Path, title: str, baselines: pd.DataFrame | None = None,
+                measured: pd.DataFrame | None = None) -> None:
+    """Accuracy vs latency: every trial, the Pareto front, optional measured latencies and baselines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(df["latency_ms"], df["val_acc"] * 100, s=14, alpha=0.4, label="trials (predicted latency)")
+    front = df[df["pareto"]].sort_values("latency_ms")
+    ax.plot(front["latency_ms"], front["val_acc"] * 100, "o-", color="C1", label="Pareto front (predicted)")
+    if measured is not None and len(measured):
+        ax.scatter(measured["measured_ms"], measured["val_acc"] * 100, marker="x", color="C3",
+                   label="Pareto front (measured on kernels)")
+    if baselines is not None and len(baselines):
+        for _, row in baselines.iterrows():
+            ax.scatter([row["latency_ms"]], [row["val_acc"] * 100], marker="*", s=120)
+            ax.annotate(row["name"], (row["latency_ms"], row["val_acc"] * 100), fontsize=8,
+                        xytext=(4, -10), textcoords="offset points")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
