@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Modules under nas.commands that each define `register(subparsers)`; add one line per command group.
-COMMAND_MODULES = ["space", "search", "profile", "latency", "train"]
+COMMAND_MODULES = ["space", "search", "profile", "latency", "finalize", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:

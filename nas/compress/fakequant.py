@@ -51,13 +51,17 @@ def choose_range(samples: np.ndarray, lo: float, hi: float, method: str, percent
     if method == "percentile":
         return (float(np.percentile(samples, 100 - percentile)) if lo < 0 else lo,
                 float(np.percentile(samples, percentile)))
-    if method == "mse":
-        best, arg = math.inf, (lo, hi)
-        for a in np.linspace(0.2, 1.0, 41):
-            err = _qdq_error(samples, lo * a, hi * a)
-            if err < best:
-                best, arg = err, (lo * a, hi * a)
-        return float(arg[0]), float(arg[1])
+    if method == "mse":  # coordinate search: the upper clip, then the lower one
+        if samples.size > 100_000:
+            samples = samples[np.random.default_rng(0).choice(samples.size, 100_000, replace=False)]
+        grid = np.geomspace(1e-3, 1.0, 64)
+        best_lo, best_hi = lo, hi
+        for _ in range(2):
+            if hi > 0:
+                best_hi = min((_qdq_error(samples, best_lo, hi * a), hi * a) for a in grid)[1]
+            if lo < 0:
+                best_lo = min((_qdq_error(samples, lo * a, best_hi), lo * a) for a in grid)[1]
+        return float(best_lo), float(best_hi)
     raise ValueError(f"calibration: expected one of {CALIBRATORS}, got {method!r}")
 
 

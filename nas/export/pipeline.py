@@ -1,0 +1,266 @@
+"""`finalize`: what the search calls on its chosen architecture: prune -> quantize -> evaluate -> export.
+
+>>> report = finalize(model_fp32, arch, splits, FinalizeConfig(prune_ratio=0.7, w4_qat_steps=300), "results/r/final")
+>>> import nas; qmodel = nas.load(report.checkpoint)
+
+Output directory:
+    fp32/            model_fp32.safetensors + arch.json (the float model after pruning and fine-tuning)
+    int8/            the int8 checkpoint (`nas.load`), with model.onnx (QDQ)
+    w4a8/            the W4A8 checkpoint after QAT (when `w4_qat_steps` > 0)
+    finalize.json    the `FinalizeReport`
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import search_spaces as ss
+from nas.compress.netadapt import NetAdaptConfig, cost_function, netadapt
+from nas.compress.quantize import QuantConfig, quantize_
+from nas.data import Splits, TensorSplits
+from nas.export.checkpoint import save
+from nas.export.model import QuantizedModel
+from nas.export.onnx_qdq import run_onnx, to_onnx
+
+
+@dataclass(frozen=True)
+class FinalizeConfig:
+    """Steps of `finalize`. Pruning runs when `prune_target` (in the cost's unit: ms, or MACs) or `prune_ratio`
+    (fraction of the starting cost to keep) is set; W4A8 QAT when `w4_qat_steps` > 0."""
+
+    prune_target: float | None = None
+    prune_ratio: float | None = None
+    prune_metric: str = "latency"  # latency (kernels table; MACs fallback) | macs
+    device: str = "kernels"
+    netadapt: NetAdaptConfig = NetAdaptConfig()
+    int8: QuantConfig = QuantConfig()
+    w4_qat_steps: int = 0
+    w4: QuantConfig = QuantConfig(weight_bits=4, lsq=True)
+    calib_size: int = 512
+    onnx: bool = True
+    bench_reps: int = 50
+    threads: int = 1
+    dataset: str = ""
+    seed: int = 0
+
+
+@dataclass
+class FinalizeReport:
+    arch: str
+    start_arch: str
+    dataset: str
+    macs: dict[str, int]
+    params: dict[str, int]
+    accuracy: dict[str, float]
+    latency_ms: dict[str, float | None]
+    latency_unit_note: str
+    bytes: dict[str, int]
+    checkpoint: str
+    checkpoints: dict[str, str]
+    onnx_agreement: float | None = None
+    netadapt: dict | None = None
+    quant: dict[str, dict] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def save_fp32(model: nn.Module, arch: ss.Arch, directory: str | os.PathLike) -> str:
+    """The float-model format: `<dir>/model_fp32.safetensors` (state dict) + `<dir>/arch.json`."""
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    tmp = d / f".model_fp32.safetensors.tmp-{os.getpid()}"
+    save_file(state, str(tmp))
+    os.replace(tmp, d / "model_fp32.safetensors")
+    (d / "arch.json").write_text(arch.to_json(indent=1) + "\n")
+    return str(d)
+
+
+def load_fp32(path: str | os.PathLike, arch: ss.Arch | None = None) -> tuple[nn.Module, ss.Arch]:
+    """A float model from `model_fp32.safetensors` (+ `arch.json` beside it), a `.pt` state dict, or a search run
+    directory holding `best.json` (with its `arch`) and a trained model file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if p.is_dir():
+        if arch is None:
+            for name in ("arch.json", "best.json"):
+                if (p / name).is_file():
+                    arch = _arch_from_file(p / name)
+                    break
+        for name in ("model_fp32.safetensors", "model.safetensors", "model_fp32.pt", "model.pt"):
+            if (p / name).is_file():
+                p = p / name
+                break
+        else:
+            raise FileNotFoundError(f"{path}: no model_fp32.safetensors (or model.pt) in the directory")
+    elif arch is None and (p.parent / "arch.json").is_file():
+        arch = _arch_from_file(p.parent / "arch.json")
+    if arch is None:
+        raise ValueError(f"{path}: no architecture found (arch.json / best.json); pass --arch")
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such model file")
+    try:
+        state = load_file(str(p)) if p.suffix == ".safetensors" else torch.load(p, map_location="cpu",
+                                                                               weights_only=True)
+    except (SafetensorError, RuntimeError, OSError, ValueError) as exc:
+        raise ValueError(f"{p}: unreadable model file ({exc})") from exc
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    model = ss.build(arch)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{p}: weights do not match the architecture {arch} ({str(exc).splitlines()[0]})") from exc
+    return model.eval(), arch
+
+
+def _arch_from_file(path: Path) -> ss.Arch:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if isinstance(data, dict) and "arch" in data:
+        data = data["arch"]
+    if isinstance(data, str):
+        return ss.parse_arch(data)
+    try:
+        return ss.Arch.from_dict(data)
+    except ss.ArchError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def measure_fp32_ms(model: nn.Module, arch: ss.Arch, reps: int = 30, threads: int = 1) -> float:
+    """Median batch-1 latency (ms) of the float PyTorch model (eager, `threads` threads)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    x = torch.randn(1, arch.in_channels, arch.resolution, arch.resolution)
+    times = []
+    with torch.inference_mode():
+        model.eval()
+        for i in range(reps + 3):
+            t = time.perf_counter()
+            model(x)
+            if i >= 3:
+                times.append((time.perf_counter() - t) * 1e3)
+    torch.set_num_threads(prev)
+    return float(np.median(times))
+
+
+def _predicted(arch: ss.Arch, table: str) -> float | None:
+    try:
+        import latency_models
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return float(latency_models.load_predictor(table).predict_ms(arch))
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def finalize(model: nn.Module, arch: ss.Arch, splits: Splits | TensorSplits, config: FinalizeConfig = FinalizeConfig(),
+             out_dir: str | os.PathLike = "final") -> FinalizeReport:
+    """Prune (optional) -> int8 PTQ (+ optional W4A8 QAT) -> evaluate on val/test -> export checkpoints to `out_dir`.
+
+    `model` is the trained float `MBConvNet` of `arch`; it is not modified. Accuracies are top-1 on the val and
+    test splits; the int8 checkpoint (`report.checkpoint`) is the deliverable, loadable with `nas.load`.
+    """
+    t0 = time.perf_counter()
+    torch.manual_seed(config.seed)
+    data = splits if isinstance(splits, TensorSplits) else TensorSplits(splits)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    r = arch.resolution
+    x, y = data.tensors("train", r)
+    xv, yv = data.tensors("val", r)
+    xs, ys = data.tensors("test", r)
+    g = torch.Generator().manual_seed(config.seed)
+    calib = x[torch.randperm(len(x), generator=g)[: config.calib_size]]
+    model = copy.deepcopy(model).eval()
+    start_arch = arch
+    acc: dict[str, float] = {}
+    from nas.compress._train import loss_and_accuracy
+
+    acc["fp32_val"], acc["fp32_test"] = loss_and_accuracy(model, xv, yv)[1], loss_and_accuracy(model, xs, ys)[1]
+    lat: dict[str, float | None] = {"fp32_measured": measure_fp32_ms(model, arch, threads=config.threads),
+                                    "int8_predicted": _predicted(arch, config.device)}
+    na_report = None
+    if config.prune_target is not None or config.prune_ratio is not None:
+        na_cfg = replace(config.netadapt, target=config.prune_target,
+                         target_ratio=config.prune_ratio or config.netadapt.target_ratio,
+                         metric=config.prune_metric, device=config.device, seed=config.seed)
+        cost, unit = cost_function(na_cfg.metric, na_cfg.device)
+        model, arch, rep = netadapt(model, arch, x, y, na_cfg, cost, unit)
+        na_report = rep.to_dict()
+        acc["pruned_val"], acc["pruned_test"] = loss_and_accuracy(model, xv, yv)[1], loss_and_accuracy(model, xs,
+                                                                                                      ys)[1]
+        lat["pruned_fp32_measured"] = measure_fp32_ms(model, arch, threads=config.threads)
+        lat["pruned_int8_predicted"] = _predicted(arch, config.device)
+    save_fp32(model, arch, out / "fp32")
+    checkpoints: dict[str, str] = {}
+    quant: dict[str, dict] = {}
+    sizes: dict[str, int] = {}
+    variants = [("int8", config.int8, False)]
+    if config.w4_qat_steps > 0:
+        variants.append(("w4a8", replace(config.w4, qat_steps=config.w4_qat_steps), True))
+    onnx_agree = None
+    for name, qcfg, train in variants:
+        qmodel, qrep = quantize_(model, qcfg, calib=calib, train=(x, y) if train else None, evaluate=(xv, yv))
+        qmodel.threads = config.threads
+        acc[f"{name}_val"] = float(qrep.quant_acc)
+        acc[f"{name}_test"] = qmodel.accuracy(xs, ys)
+        bench = qmodel.bench(reps=config.bench_reps, threads=config.threads)
+        lat[f"{name}_measured"] = bench["median_ms"]
+        if name == "w4a8":
+            lat["w4a8_predicted"] = _predicted(arch, f"{config.device}-int4")
+        quant[name] = {k: v for k, v in qrep.to_dict().items() if k != "ranges"}
+        meta = {"dataset": config.dataset, "accuracy": {"fp32_val": acc.get("pruned_val", acc["fp32_val"]),
+                                                        "fp32_test": acc.get("pruned_test", acc["fp32_test"]),
+                                                        "quant_val": acc[f"{name}_val"],
+                                                        "quant_test": acc[f"{name}_test"]},
+                "latency_ms": {"predicted": lat.get("pruned_int8_predicted", lat["int8_predicted"])
+                               if name == "int8" else lat.get("w4a8_predicted"), "measured": bench},
+                "quant_config": asdict(qcfg)}
+        path = save(qmodel, out / name, **meta)
+        checkpoints[name] = path
+        sizes[f"{name}_file"] = qmodel.metadata["file_bytes"]
+        sizes[f"{name}_weights"] = qmodel.weight_bytes
+        if name == "int8" and config.onnx:
+            onnx_path = to_onnx(qmodel, str(Path(path) / "model.onnx"))
+            o = run_onnx(onnx_path, xs.numpy()).argmax(1)
+            onnx_agree = float((o == qmodel.predict(xs)).mean())
+    cost = ss.count(arch)
+    report = FinalizeReport(
+        arch=str(arch), start_arch=str(start_arch), dataset=config.dataset,
+        macs={"start": ss.count(start_arch).macs, "final": cost.macs},
+        params={"start": ss.count(start_arch).params, "final": cost.params}, accuracy=acc, latency_ms=lat,
+        latency_unit_note="batch 1; measured = median on this machine; predicted = latency table of "
+                          f"{config.device!r} (None without a table)",
+        bytes={**sizes, "fp32_params_x4": 4 * cost.params}, checkpoint=checkpoints["int8"], checkpoints=checkpoints,
+        onnx_agreement=onnx_agree, netadapt=na_report, quant=quant, seconds=time.perf_counter() - t0)
+    (out / "finalize.json").write_text(json.dumps(report.to_dict(), indent=1, default=_default) + "\n")
+    return report
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, (np.generic,)):
+        return o.item()
+    if isinstance(o, QuantizedModel):
+        return str(o.arch)
+    return str(o)

@@ -1,0 +1,130 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import search_spaces as ss
+from nas.compress.fakequant import QuantSim, _qdq_error, choose_range, gemm_layers, weight_scales
+from nas.compress.mixed import mixed_precision, sensitivities
+from nas.compress.quantize import QuantConfig, qat, quantize_
+
+ARCH = ss.decode("r16_i1_n10:stem_c16_s1_hs:ds_k3_c16_re6:ir_k3_e3_c24_se0.25_hs,ir_k5_e6_c24_re6:"
+                 "ir_k3_s2_e4_c32_se0.25_sw:head_c64_re6:fc_c32_hs")
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    m = ss.build(ARCH).eval()
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.5, 0.5)
+        elif isinstance(mod, nn.Linear):
+            nn.init.normal_(mod.weight, 0, 0.3)
+    return m
+
+
+X = torch.randn(256, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+def test_calibrators_clip_outliers():
+    rng = np.random.default_rng(0)
+    v = np.concatenate([rng.normal(0, 1, 100_000), [60.0]]).astype(np.float32)
+    lo, hi = float(v.min()), float(v.max())
+    assert choose_range(v, lo, hi, "minmax") == (lo, hi)
+    plo, phi = choose_range(v, lo, hi, "percentile", 99.9)
+    mlo, mhi = choose_range(v, lo, hi, "mse")
+    assert 2.5 < phi < 4 and -4 < plo < -2.5
+    assert mhi <= hi and mlo >= lo
+    t = rng.laplace(0, 1, 100_000).astype(np.float32)  # long tails: clipping pays off under MSE
+    tlo, thi = choose_range(t, float(t.min()), float(t.max()), "mse")
+    assert thi < 0.9 * float(t.max())
+    assert _qdq_error(t, tlo, thi) < 0.9 * _qdq_error(t, float(t.min()), float(t.max()))
+
+
+def test_weight_scales_minmax_and_mse():
+    w = torch.distributions.Laplace(0.0, 1.0).sample((8, 256))
+    s = weight_scales(w, 4, "minmax")
+    torch.testing.assert_close(s, w.abs().amax(1) / 7)
+    m = weight_scales(w, 4, "mse")
+
+    def err(scale: torch.Tensor) -> torch.Tensor:
+        return ((torch.clamp(torch.round(w / scale[:, None]), -7, 7) * scale[:, None] - w) ** 2).mean(1)
+
+    assert torch.all(m < s) and torch.all(err(m) < err(s))
+
+
+@pytest.mark.parametrize("cfg", [QuantConfig(), QuantConfig(calibration="percentile"),
+                                 QuantConfig(calibration="mse", weight_calibration="mse"),
+                                 QuantConfig(weight_bits=4)])
+def test_executor_follows_the_fake_quant_model(cfg):
+    model = _model()
+    qmodel, rep = quantize_(model, cfg, calib=X[:128], evaluate=(X, torch.zeros(len(X), dtype=torch.long)))
+    sim = QuantSim(model, cfg.bits_for(model), weight_method=cfg.weight_calibration)
+    sim.calibrate([X[:128]], cfg.calibration, cfg.percentile)
+    with torch.no_grad():
+        ref, fsim = model(X).numpy(), sim(X).numpy()
+    got = qmodel(X)
+    # the integer network computes what the simulator models: same predictions, small logit error
+    assert rep.agreement >= 0.97
+    assert np.abs(got - fsim).max() < 0.1 * np.abs(ref).max()
+    assert np.array_equal(got[:16], qmodel.network.run_reference(X[:16].numpy()))  # kernels bit-exact
+    bits = {layer.name: getattr(layer.spec, "bits", 8) for layer in qmodel.network.layers}
+    assert bits["blocks.1.expand"] == cfg.weight_bits and bits["stem"] == 8 and bits["blocks.1.dw"] == 8
+
+
+def test_int4_weights_stored_in_half_the_bytes():
+    model = _model()
+    q8, _ = quantize_(model, QuantConfig(), calib=X[:64])
+    q4, _ = quantize_(model, QuantConfig(weight_bits=4), calib=X[:64])
+    sizes = [dict(model.named_modules())[n].weight.numel() for n in gemm_layers(model)]
+    assert q8.weight_bytes - q4.weight_bytes == sum(n - n // 2 for n in sizes)
+
+
+def test_qat_with_lsq_recovers_w4_predictions():
+    model = _model()
+    x = X[:192]
+    with torch.no_grad():
+        y = model(x).argmax(1)  # the float model's predictions are the targets (and it is the teacher)
+    sim = QuantSim(model, QuantConfig(weight_bits=4).bits_for(model), lsq=True)
+    sim.calibrate([x[:128]])
+    lsq = [p for n, p in sim.named_parameters() if n.endswith("scale")]
+    assert lsq and all(p.ndim == 1 for p in lsq)
+    before = [p.detach().clone() for p in lsq]
+
+    def agreement() -> float:
+        with torch.no_grad():
+            return float((sim(x).argmax(1) == y).float().mean())
+
+    a0 = agreement()
+    assert a0 < 0.97  # int4 weights visibly change this network
+    qat(sim, x, y, steps=15, teacher=model, lr=0.01, batch_size=64)
+    assert agreement() > a0
+    assert any(not torch.equal(a, b) for a, b in zip(before, lsq, strict=True))  # scales were learned
+    qmodel, rep = quantize_(sim, QuantConfig(weight_bits=4), evaluate=(x, y))
+    assert rep.agreement >= 0.95 and rep.quant_acc > a0 - 0.02
+
+
+def test_quantize_requires_data():
+    with pytest.raises(ValueError, match="calib"):
+        quantize_(_model(), QuantConfig())
+    with pytest.raises(ValueError, match="QAT"):
+        quantize_(_model(), QuantConfig(qat_steps=5), calib=X[:32])
+    with pytest.raises(ValueError, match="int4"):
+        QuantSim(_model(), {"blocks.1.dw.conv": 4})
+
+
+def test_mixed_precision_meets_budget_greedily():
+    model = _model()
+    sens = sensitivities(model, X[:128], X[128:])
+    assert set(sens) == set(gemm_layers(model)) and all(v >= 0 for v in sens.values())
+    bits, rep = mixed_precision(model, ARCH, X[:128], X[128:], budget_ratio=1.0)
+    assert set(bits.values()) == {8} and rep.met  # the all-int8 network already meets the budget
+    bits, rep = mixed_precision(model, ARCH, X[:128], X[128:], budget_ms=rep.int8_ms - 1e-6)
+    assert rep.met and rep.predicted_ms < rep.int8_ms and 4 in bits.values()
+    bits, rep = mixed_precision(model, ARCH, X[:128], X[128:], budget_ms=0.0)
+    assert not rep.met
+    q, _ = quantize_(model, QuantConfig(layer_bits=bits), calib=X[:64])
+    assert {getattr(lyr.spec, "bits", 8) for lyr in q.network.layers} == {4, 8}
