@@ -1,4 +1,8 @@
-// A small persistent thread pool; workers spin briefly, then sleep on a condition variable.
+// A small persistent thread pool with dynamic chunk scheduling.
+//
+// The caller thread takes part and keeps taking chunks until none is left, so a job never waits for a
+// worker that the OS has not scheduled yet (important on loaded machines); it only waits for chunks that
+// a worker has already started. Outputs never depend on which thread runs which chunk.
 #include "common.h"
 
 namespace nask {
@@ -10,82 +14,81 @@ inline void cpu_relax() {
 #endif
 }
 
+struct Job {
+  void (*fn)(void*, int, int) = nullptr;
+  void* ctx = nullptr;
+  int tasks = 0, chunk = 1;
+  std::atomic<int> next{0};
+};
+
 class ThreadPool {
  public:
-  ~ThreadPool() {
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      stop_ = true;
-      gen_.fetch_add(1);
-    }
-    cv_.notify_all();
-    for (auto& t : threads_) t.join();
-  }
-
-  void run(int nt, const std::function<void(int)>& fn) {
+  void run(int nt, void (*fn)(void*, int, int), void* ctx, int tasks) {
     std::lock_guard<std::mutex> guard(run_mu_);
     while (static_cast<int>(threads_.size()) < nt - 1) {
-      const int id = static_cast<int>(threads_.size());
       const uint64_t seen = gen_.load();
-      threads_.emplace_back([this, id, seen] { worker(id, seen); });
+      threads_.emplace_back([this, seen] { worker(seen); });
     }
+    wanted_.store(nt - 1);
+    job_.fn = fn;
+    job_.ctx = ctx;
+    job_.tasks = tasks;
+    job_.chunk = std::max(1, tasks / (nt * 4));
+    job_.next.store(0);
+    closed_.store(false);
     {
       std::lock_guard<std::mutex> l(mu_);
-      fn_ = &fn;
-      active_ = nt;
-      pending_.store(static_cast<int>(threads_.size()));
       gen_.fetch_add(1);
     }
     cv_.notify_all();
-    fn(0);
+    drain();
+    closed_.store(true);
     int spins = 0;
-    while (pending_.load(std::memory_order_acquire) != 0) {
-      if (++spins < 100000) {
-        cpu_relax();
-      } else {
-        std::this_thread::yield();
-      }
+    while (inside_.load() != 0) {
+      if (++spins < 20000) cpu_relax();
+      else std::this_thread::yield();
     }
   }
 
  private:
-  void worker(int id, uint64_t seen) {
+  void drain() {
+    for (;;) {
+      const int b = job_.next.fetch_add(job_.chunk);
+      if (b >= job_.tasks) return;
+      job_.fn(job_.ctx, b, std::min(job_.tasks, b + job_.chunk));
+    }
+  }
+
+  void worker(uint64_t seen) {
     for (;;) {
       int spins = 0;
-      while (gen_.load(std::memory_order_acquire) == seen && spins < 200000) {
+      while (gen_.load(std::memory_order_acquire) == seen && spins < 20000) {
         cpu_relax();
         ++spins;
       }
-      if (gen_.load(std::memory_order_acquire) == seen) {
+      if (gen_.load() == seen) {
         std::unique_lock<std::mutex> l(mu_);
         cv_.wait(l, [&] { return gen_.load() != seen; });
       }
-      const std::function<void(int)>* fn;
-      int active;
-      {
-        std::lock_guard<std::mutex> l(mu_);
-        if (stop_) return;
-        seen = gen_.load();
-        fn = fn_;
-        active = active_;
-      }
-      if (id + 1 < active) (*fn)(id + 1);
-      pending_.fetch_sub(1, std::memory_order_acq_rel);
+      seen = gen_.load();
+      if (wanted_.fetch_sub(1) <= 0) continue;  // more workers than this job asked for
+      inside_.fetch_add(1);
+      if (!closed_.load()) drain();
+      inside_.fetch_sub(1);
     }
   }
 
   std::vector<std::thread> threads_;
   std::mutex mu_, run_mu_;
   std::condition_variable cv_;
-  const std::function<void(int)>* fn_ = nullptr;
-  int active_ = 0;
-  bool stop_ = false;
+  Job job_;
   std::atomic<uint64_t> gen_{0};
-  std::atomic<int> pending_{0};
+  std::atomic<int> inside_{0}, wanted_{0};
+  std::atomic<bool> closed_{true};
 };
 
 ThreadPool& pool() {
-  static ThreadPool* p = new ThreadPool();  // leaked on purpose: no join at interpreter exit
+  static ThreadPool* p = new ThreadPool();  // never destroyed: workers may outlive static destruction
   return *p;
 }
 
@@ -98,11 +101,7 @@ void parallel_for_raw(int threads, int tasks, void (*fn)(void*, int, int), void*
     fn(ctx, 0, tasks);
     return;
   }
-  pool().run(nt, [&](int t) {
-    const int b = static_cast<int>(static_cast<int64_t>(tasks) * t / nt);
-    const int e = static_cast<int>(static_cast<int64_t>(tasks) * (t + 1) / nt);
-    if (b < e) fn(ctx, b, e);
-  });
+  pool().run(nt, fn, ctx, tasks);
 }
 
 }  // namespace nask
