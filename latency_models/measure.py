@@ -13,6 +13,7 @@ class Timing:
     """Summary of repeated runs of one op or network, in milliseconds."""
 
     median_ms: float
+    p10_ms: float  # 10th percentile: the speed of the machine when other processes leave it alone
     mad_ms: float  # median absolute deviation of the kept samples
     min_ms: float
     max_ms: float
@@ -26,8 +27,8 @@ class Timing:
 
 
 def summarize(samples_ms: list[float], k: float = 3.0) -> Timing:
-    """Median and MAD after dropping samples more than `k` scaled MADs from the median (slow ones, mostly:
-    another process taking the core)."""
+    """Median, 10th percentile and MAD after dropping samples more than `k` scaled MADs from the median (slow
+    ones, mostly: another process taking the core)."""
     if not samples_ms:
         raise ValueError("summarize: no samples")
     med = statistics.median(samples_ms)
@@ -36,7 +37,8 @@ def summarize(samples_ms: list[float], k: float = 3.0) -> Timing:
     kept = [s for s in samples_ms if abs(s - med) <= tol] or samples_ms
     med = statistics.median(kept)
     mad = statistics.median(abs(s - med) for s in kept)
-    return Timing(med, mad, min(kept), max(kept), len(kept), len(samples_ms) - len(kept))
+    p10 = statistics.quantiles(kept, n=10, method="inclusive")[0] if len(kept) > 1 else kept[0]
+    return Timing(med, p10, mad, min(kept), max(kept), len(kept), len(samples_ms) - len(kept))
 
 
 def time_calls(fn: Callable[[], object], reps: int = 30, warmup: int = 5, min_sample_s: float = 2e-4,

@@ -30,7 +30,7 @@ def measure_ops(spec: DeviceSpec, ops: Sequence[OpKey], reps: int) -> tuple[dict
     rows = []
     for op in ops:
         t = summarize(device.time_op(op, reps))
-        rows.append({**op._asdict(), "bits": spec.bits, "macs": op.macs, "median_ms": t.median_ms,
+        rows.append({**op._asdict(), "bits": spec.bits, "macs": op.macs, "median_ms": t.median_ms, "p10_ms": t.p10_ms,
                      "mad_ms": t.mad_ms, "min_ms": t.min_ms, "max_ms": t.max_ms, "n": t.n,
                      "rejected": t.rejected, "passes": 1})
     fp = device.fingerprint()

@@ -21,7 +21,8 @@ import pandas as pd
 from latency_models.ops import KEY_COLUMNS, OpKey
 
 FORMAT = "nas-latency-table/1"
-STAT_COLUMNS = ("median_ms", "mad_ms", "min_ms", "max_ms", "n", "rejected", "passes")
+STAT_COLUMNS = ("median_ms", "p10_ms", "mad_ms", "min_ms", "max_ms", "n", "rejected", "passes")
+STATS = ("median_ms", "p10_ms", "min_ms")  # what a predictor may sum
 COLUMNS = KEY_COLUMNS + ("bits", "macs") + STAT_COLUMNS
 OP_TYPES = ("conv", "pw", "dw", "se", "pool", "linear")
 ACTS = ("none", "relu", "relu6", "hswish", "swish")
@@ -101,11 +102,13 @@ class LatencyTable:
     def keys(self) -> set[OpKey]:
         return set(self.lookup())
 
-    def lookup(self) -> dict[OpKey, float]:
-        """OpKey -> median ms."""
+    def lookup(self, stat: str = "median_ms") -> dict[OpKey, float]:
+        """OpKey -> latency in ms (`stat`: median_ms, p10_ms or min_ms)."""
+        if stat not in STATS:
+            raise ValueError(f"stat: expected one of {STATS}, got {stat!r}")
         f = self.frame
         cols = [f[c].tolist() for c in KEY_COLUMNS]
-        return {OpKey(*row): ms for *row, ms in zip(*cols, f["median_ms"].tolist(), strict=True)}
+        return {OpKey(*row): ms for *row, ms in zip(*cols, f[stat].tolist(), strict=True)}
 
     def passes(self) -> dict[OpKey, int]:
         """OpKey -> number of measurement passes merged into its row."""
@@ -116,21 +119,17 @@ class LatencyTable:
     def add(self, rows: list[dict[str, Any]]) -> None:
         """Merge measured rows (dicts with every column) into the table.
 
-        A key measured again keeps the pass with the lower median (a later, quieter pass replaces one slowed by
-        other processes on the machine); `passes` counts the passes merged and `n` the samples.
+        A key measured again keeps, per statistic, the lowest value over its passes (a later, quieter pass
+        replaces one slowed by other processes on the machine); `passes` counts the passes, `n` the samples.
         """
         if not rows:
             return
         new = pd.DataFrame(rows, columns=list(COLUMNS)).astype({c: _dtype(c) for c in COLUMNS})
-        if not len(self.frame):
-            self.frame = new.drop_duplicates(list(KEY_COLUMNS), keep="last").reset_index(drop=True)
-            return
-        both = pd.concat([self.frame, new], ignore_index=True)
-        keys = list(KEY_COLUMNS)
-        totals = both.groupby(keys, sort=False)[["passes", "n"]].transform("sum")
-        both["passes"], both["n"] = totals["passes"], totals["n"]
-        order = both.sort_values("median_ms", kind="stable").drop_duplicates(keys, keep="first")
-        self.frame = both.loc[sorted(order.index)].reset_index(drop=True)
+        both = pd.concat([self.frame, new], ignore_index=True) if len(self.frame) else new
+        how = {c: "min" for c in ("bits", "macs", "median_ms", "p10_ms", "mad_ms", "min_ms")}
+        how.update(max_ms="max", n="sum", rejected="sum", passes="sum")
+        merged = both.groupby(list(KEY_COLUMNS), sort=False, dropna=False).agg(how).reset_index()
+        self.frame = merged[list(COLUMNS)].astype({c: _dtype(c) for c in COLUMNS})
 
     # ---------------------------------------------------------------- files
     def save(self, path: str | os.PathLike | None = None) -> Path:
@@ -214,7 +213,7 @@ def _dtype(col: str) -> str:
         return "object"
     if col == "residual":
         return "bool"
-    if col in ("median_ms", "mad_ms", "min_ms", "max_ms"):
+    if col in ("median_ms", "p10_ms", "mad_ms", "min_ms", "max_ms"):
         return "float64"
     return "int64"
 
@@ -240,7 +239,7 @@ def _validate(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
             if dt == "int64":
                 bad |= vals.fillna(0) % 1 != 0
             bad |= vals.fillna(0) < 0
-            if c == "median_ms":
+            if c in STATS:
                 bad |= vals.fillna(0) <= 0
         if bad.any():
             i = int(bad.to_numpy().nonzero()[0][0])

@@ -49,8 +49,9 @@ def sample_archs(space: SearchSpace, n: int, seed: int, levels: int = 4, exclude
 
 
 def measure_archs(device: Device, archs: list[Arch], reps: int = 20, passes: int = 3, progress: bool = True,
-                  desc: str = "measure") -> list[float]:
-    """End-to-end latency (ms) of each architecture on `device`: the lowest of `passes` medians of `reps` runs,
+                  desc: str = "measure", stat: str = "p10_ms") -> list[float]:
+    """End-to-end latency (ms) of each architecture on `device`: the lowest over `passes` of the statistic
+    `stat` (median_ms, p10_ms or min_ms, as the predictor sums) of `reps` runs,
     the passes going round-robin over all architectures so that a burst of load on the machine hits one pass of
     many networks rather than every pass of one."""
     it = archs
@@ -65,7 +66,8 @@ def measure_archs(device: Device, archs: list[Arch], reps: int = 20, passes: int
         if progress:
             it = tqdm(it, desc=f"{desc}: pass {p + 1}/{passes}", unit="arch", file=sys.stderr, dynamic_ncols=True)
         for i in it:
-            best[i] = min(best[i], summarize(time_calls(runners[i], reps=reps, min_sample_s=0)).median_ms)
+            t = summarize(time_calls(runners[i], reps=reps, min_sample_s=0))
+            best[i] = min(best[i], getattr(t, stat))
     return best
 
 
@@ -73,12 +75,14 @@ def fit_overhead(predictor: Predictor, device: Device, space: SearchSpace, n: in
                  passes: int = 3, progress: bool = True) -> tuple[Overhead, dict]:
     """Measure `n` fitting architectures and fit the overhead; returns it and the fitting data."""
     archs = sample_archs(space, n, FIT_SEED)
-    measured = measure_archs(device, archs, reps, passes, progress, desc="fit overhead")
+    measured = measure_archs(device, archs, reps, passes, progress, desc="fit overhead", stat=predictor.stat)
     sums, counts = zip(*(predictor.ops_ms(a) for a in archs), strict=True)
-    overhead = Overhead.fit(list(sums), list(counts), measured)
+    overhead = Overhead.fit(list(sums), list(counts), [a.resolution ** 2 * a.in_channels for a in archs],
+                            measured)
     macs = [count_macs(a) for a in archs]
     base = np.polyfit(macs, measured, 1, w=1 / np.asarray(measured))
-    data = {"space": space.name, "archs": [a.hash() for a in archs], "measured_ms": measured,
+    data = {"space": space.name, "stat": predictor.stat, "archs": [a.hash() for a in archs],
+            "measured_ms": measured,
             "baseline": {"ms_per_mmac": float(base[0]) * 1e6, "const_ms": float(base[1])}}
     return overhead, data
 
@@ -129,7 +133,7 @@ def validate(predictor: Predictor, device: Device, space: SearchSpace, n: int, f
     """Measure `n` validation architectures (disjoint from the fitting set) and score the predictor."""
     archs = sample_archs(space, n, 0, exclude=set(fit["archs"]))
     assert not {a.hash() for a in archs} & set(fit["archs"])
-    measured = measure_archs(device, archs, reps, passes, progress, desc="validate")
+    measured = measure_archs(device, archs, reps, passes, progress, desc="validate", stat=predictor.stat)
     bl = fit["baseline"]
     rows = []
     for a, m in zip(archs, measured, strict=True):

@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--passes", type=int, default=3,
                        help="round-robin passes over the architectures; each keeps its lowest median")
         q.add_argument("--fit-samples", type=int, default=60, help="architectures for the overhead fit")
+        q.add_argument("--stat", default=None, choices=("median_ms", "p10_ms", "min_ms"),
+                       help="statistic of op and network times to predict (default p10_ms: stable under load)")
         q.add_argument("--no-progress", action="store_true")
         if name == "validate":
             q.add_argument("--samples", type=int, default=100, help="validation architectures")
@@ -78,12 +80,13 @@ def _fit(args: argparse.Namespace, spec, table, device) -> dict:
 
     space = ss.get_space(args.space)
     t = time.time()
-    overhead, data = fit_overhead(Predictor(table), device, space, args.fit_samples, args.reps, args.passes,
-                                  not args.no_progress)
+    overhead, data = fit_overhead(Predictor(table, stat=args.stat), device, space, args.fit_samples, args.reps,
+                                  args.passes, not args.no_progress)
     table.overhead = {**overhead.to_dict(), **data}
     table.save(table.path)
     print(f"overhead fitted on {overhead.fitted_on} architectures of {space.name} in {time.time() - t:.0f}s: "
-          f"{overhead.scale:.4f} x sum(ops) + {overhead.per_op * 1000:.2f} us/op + {overhead.const * 1000:.1f} us "
+          f"{overhead.scale:.4f} x sum(ops) + {overhead.per_op * 1000:.2f} us/op + "
+          f"{overhead.per_input * 1e6:.3f} ns/input element + {overhead.const * 1000:.1f} us "
           f"-> {table.path.with_suffix('.json')}")
     return table.overhead
 
@@ -102,22 +105,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise ValueError(f"--samples: expected at least 2, got {args.samples}")
     spec, table, device = _load(args)
     fit = table.overhead
-    if args.refit or not fit or fit.get("space") != args.space or "archs" not in fit:
+    stale = (not fit or fit.get("space") != args.space or "archs" not in fit
+             or (args.stat is not None and fit.get("stat") != args.stat))
+    if args.refit or stale:
         fit = _fit(args, spec, table, device)
     else:
         print(f"using the overhead fitted on {len(fit['archs'])} architectures stored in the table")
     space = ss.get_space(args.space)
     t = time.time()
-    report, df = validate(Predictor(table), device, space, args.samples, fit, args.reps, args.passes,
-                          not args.no_progress)
+    pred = Predictor(table)
+    report, df = validate(pred, device, space, args.samples, fit, args.reps, args.passes, not args.no_progress)
     print(f"validated on {report.n} architectures of {space.name} (disjoint from the {len(fit['archs'])} used "
-          f"to fit the overhead) on {spec.table_id} in {time.time() - t:.0f}s")
+          f"to fit the overhead) on {spec.table_id} in {time.time() - t:.0f}s; statistic {pred.stat} of "
+          f"{args.reps} runs, lowest of {args.passes} round-robin passes")
     for line in report.lines():
         print(line)
     outdir = Path(args.out) if args.out else Path(table.path).parent / f"validate-{spec.table_id}"
     title = f"{spec.table_id} on {table.fingerprint.get('cpu_model', '?')} ({report.n} archs of {space.name})"
     png = plot(df, report, title, outdir / "predicted_vs_measured.png")
-    save_report(report, df, outdir, {"device": spec.table_id, "space": space.name,
+    save_report(report, df, outdir, {"device": spec.table_id, "space": space.name, "stat": pred.stat,
+                                     "reps": args.reps, "passes": args.passes, "fit_archs": len(fit["archs"]),
                                      "fingerprint": table.fingerprint})
     print(f"plot: {png}")
     return 0
@@ -133,5 +140,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"median relative spread (MAD/median): {(f.mad_ms / f.median_ms).median() * 100:.2f}%")
     print("overhead: " + ("not fitted" if not table.overhead else
                           f"{table.overhead['scale']:.4f} x sum + {table.overhead['per_op'] * 1000:.2f} us/op + "
+                          f"{table.overhead.get('per_input', 0) * 1e6:.3f} ns/input element + "
                           f"{table.overhead['const'] * 1000:.1f} us (fitted on {table.overhead['fitted_on']})"))
     return 0
