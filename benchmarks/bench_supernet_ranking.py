@@ -60,8 +60,9 @@ def main() -> None:
     p.add_argument("--macs", default="20,100", help="MAC range in millions at the space's resolutions")
     p.add_argument("--res-scale", type=float, default=0.5)
     p.add_argument("--supernet-epochs", default="2,1,1,2", help="epochs of phases largest,kernel,depth,width")
-    p.add_argument("--standalone-epochs", type=int, default=4)
-    p.add_argument("--standalone-lr", type=float, default=0.2)
+    p.add_argument("--standalone-epochs", type=int, default=3)
+    p.add_argument("--standalone-lr", type=float, default=0.05)
+    p.add_argument("--random-subnets", type=int, default=2, help="sandwich rule: random sub-networks per step")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
@@ -88,7 +89,8 @@ def main() -> None:
     print(f"{dataset!r}; train {len(splits.train)} val {len(splits.val)}; space {space.name} at {space.resolutions}")
 
     recipe = SupernetRecipe(epochs=tuple(int(e) for e in args.supernet_epochs.split(",")),
-                            batch_size=args.batch_size, random_subnets=1, threads=args.threads)
+                            batch_size=args.batch_size, random_subnets=args.random_subnets,
+                            threads=args.threads)
     t0 = time.perf_counter()
     run = train_supernet(space, data, recipe, seed=args.seed)
     supernet_s = time.perf_counter() - t0

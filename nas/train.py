@@ -24,7 +24,7 @@ class TrainRecipe:
     """How to train one architecture: SGD with Nesterov momentum, cosine learning rate, optional distillation."""
 
     epochs: int = 10
-    lr: float = 0.1
+    lr: float = 0.05
     batch_size: int = 64
     momentum: float = 0.9
     weight_decay: float = 5e-5

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("arch", help="compact string, JSON, path to a .json file, or a preset name")
     q.add_argument("--data", default="digits")
     q.add_argument("--epochs", type=int, default=10)
-    q.add_argument("--lr", type=float, default=0.1)
+    q.add_argument("--lr", type=float, default=0.05)
     q.add_argument("--batch-size", type=int, default=64)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--supernet", default=None, help="supernet directory: fine-tune from its weights")

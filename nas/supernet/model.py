@@ -104,38 +104,17 @@ class ElasticSE(nn.Module):
         return x * F.hardsigmoid(s)
 
 
-class ElasticMBConv(nn.Module):
-    """An MBConv block at its largest size whose forward runs any `Block` of its stage on any input width."""
+class DepthwiseProject(nn.Module):
+    """The depthwise -> [SE] -> project part of an MBConv block, over `channels` (expanded) channels at most."""
 
-    def __init__(self, max_in: int, stage: ss.StageSpace, first: bool, se_base: ss.Arch):
+    def __init__(self, channels: int, squeeze: int, stage: ss.StageSpace, stride: int):
         super().__init__()
-        self.stride = stage.stride if first else 1
-        self.se_base = se_base
-        expanded = [ss.make_divisible(max_in * e, 8) for e in stage.expands if e != 1]
-        self.max_mid = max(expanded + ([max_in] if 1 in stage.expands else []))
-        self.expand = ElasticPointwise(max_in, self.max_mid) if expanded else None
-        self.dw = ElasticDepthwise(self.max_mid, stage.kernels, self.stride)
-        ratios = [s for s in stage.se if s > 0]
-        squeeze = max((se_channels(se_base, max_in, self.max_mid, s) for s in ratios), default=0)
-        self.se = ElasticSE(self.max_mid, squeeze) if ratios else None
-        self.project = ElasticPointwise(self.max_mid, max(stage.widths))
-        self.act = make_act(stage.act)
+        self.dw = ElasticDepthwise(channels, stage.kernels, stride)
+        self.se = ElasticSE(channels, squeeze) if squeeze else None
+        self.project = ElasticPointwise(channels, max(stage.widths))
 
-    def forward(self, x: torch.Tensor, block: ss.Block) -> torch.Tensor:
-        cin = x.shape[1]
-        mid = block.mid(cin)
-        y = self.act(self.expand(x, mid)) if block.expand != 1 else x
-        y = self.act(self.dw(y, block.kernel))
-        if block.se:
-            y = self.se(y, se_channels(self.se_base, cin, mid, block.se))
-        y = self.project(y, block.out_channels)
-        return x + y if self.stride == 1 and cin == block.out_channels else y
-
-    def permute_mid(self, order: torch.Tensor) -> None:
-        """Reorder the expanded channels (a function-preserving permutation for the largest sub-network)."""
-        if self.expand is not None:
-            self.expand.conv.weight.data.copy_(self.expand.conv.weight.data[order])
-            _permute_bn(self.expand.bn, order)
+    def permute(self, order: torch.Tensor) -> None:
+        """Reorder the channels it reads (function-preserving when all of them are used)."""
         self.dw.conv.weight.data.copy_(self.dw.conv.weight.data[order])
         _permute_bn(self.dw.bn, order)
         if self.se is not None:
@@ -144,14 +123,66 @@ class ElasticMBConv(nn.Module):
             self.se.expand.bias.data.copy_(self.se.expand.bias.data[order])
         self.project.conv.weight.data.copy_(self.project.conv.weight.data[:, order])
 
+
+class ElasticMBConv(nn.Module):
+    """An MBConv block at its largest size whose forward runs any `Block` of its stage on any input width.
+
+    Expansion ratios > 1 share one expand conv and one depthwise/SE/project path (first channels of the
+    expanded tensor). Expansion 1 has no expand conv, so its depthwise conv reads the block input itself; it
+    gets its own depthwise/SE/project path (`plain`) instead of reusing the most important expanded channels
+    as input channels, which would make the two kinds of block fight over the same weights.
+    """
+
+    def __init__(self, max_in: int, stage: ss.StageSpace, first: bool, se_base: ss.Arch):
+        super().__init__()
+        self.stride = stage.stride if first else 1
+        self.se_base = se_base
+        expanded = [ss.make_divisible(max_in * e, 8) for e in stage.expands if e != 1]
+        ratios = [s for s in stage.se if s > 0]
+
+        def squeeze(channels: int) -> int:
+            return max((se_channels(se_base, max_in, channels, s) for s in ratios), default=0)
+
+        self.max_mid = max(expanded) if expanded else max_in
+        self.expand = ElasticPointwise(max_in, self.max_mid) if expanded else None
+        self.main = DepthwiseProject(self.max_mid, squeeze(self.max_mid), stage, self.stride)
+        plain = expanded and 1 in stage.expands
+        self.plain = DepthwiseProject(max_in, squeeze(max_in), stage, self.stride) if plain else None
+        self.act = make_act(stage.act)
+
+    def path(self, block: ss.Block) -> DepthwiseProject:
+        """The depthwise/SE/project weights `block` uses."""
+        return self.plain if block.expand == 1 and self.plain is not None else self.main
+
+    def forward(self, x: torch.Tensor, block: ss.Block) -> torch.Tensor:
+        cin = x.shape[1]
+        mid = block.mid(cin)
+        ops = self.path(block)
+        y = self.act(self.expand(x, mid)) if block.expand != 1 else x
+        y = self.act(ops.dw(y, block.kernel))
+        if block.se:
+            y = ops.se(y, se_channels(self.se_base, cin, mid, block.se))
+        y = ops.project(y, block.out_channels)
+        return x + y if self.stride == 1 and cin == block.out_channels else y
+
+    def permute_mid(self, order: torch.Tensor) -> None:
+        """Reorder the expanded channels (a function-preserving permutation for the largest sub-network)."""
+        if self.expand is not None:
+            self.expand.conv.weight.data.copy_(self.expand.conv.weight.data[order])
+            _permute_bn(self.expand.bn, order)
+        self.main.permute(order)
+
     def permute_input(self, order: torch.Tensor) -> None:
         """Reorder the input channels (done when the previous block's output channels are reordered)."""
         if self.expand is not None:
             self.expand.conv.weight.data.copy_(self.expand.conv.weight.data[:, order])
-        else:  # no expansion conv: the depthwise channels are the input channels
-            full = torch.arange(self.max_mid)
-            full[: len(order)] = order
-            self.permute_mid(full)
+        plain = self.main if self.expand is None else self.plain
+        if plain is not None:  # depthwise convs reading the block input directly
+            plain.permute(order)
+
+    def outputs(self) -> list[ElasticPointwise]:
+        """The projections writing this block's output channels."""
+        return [self.main.project] + ([self.plain.project] if self.plain is not None else [])
 
 
 def outside_reasons(space: ss.SearchSpace, arch: ss.Arch) -> list[str]:
@@ -246,16 +277,17 @@ class Supernet(nn.Module):
                 if dst.expand is not None:
                     dst.expand.conv.weight.copy_(src.expand.conv.weight[:mid, :c])
                     _copy_bn(dst.expand.bn, src.expand.bn, slice(mid))
-                dst.dw.conv.weight.copy_(src.dw.kernel_weight(b.kernel, mid))
-                _copy_bn(dst.dw.bn, src.dw.bn, slice(mid))
+                ops = src.path(b)
+                dst.dw.conv.weight.copy_(ops.dw.kernel_weight(b.kernel, mid))
+                _copy_bn(dst.dw.bn, ops.dw.bn, slice(mid))
                 if dst.se is not None:
                     sq = dst.se.reduce.out_channels
-                    dst.se.reduce.weight.copy_(src.se.reduce.weight[:sq, :mid])
-                    dst.se.reduce.bias.copy_(src.se.reduce.bias[:sq])
-                    dst.se.expand.weight.copy_(src.se.expand.weight[:mid, :sq])
-                    dst.se.expand.bias.copy_(src.se.expand.bias[:mid])
-                dst.project.conv.weight.copy_(src.project.conv.weight[: b.out_channels, :mid])
-                _copy_bn(dst.project.bn, src.project.bn, slice(b.out_channels))
+                    dst.se.reduce.weight.copy_(ops.se.reduce.weight[:sq, :mid])
+                    dst.se.reduce.bias.copy_(ops.se.reduce.bias[:sq])
+                    dst.se.expand.weight.copy_(ops.se.expand.weight[:mid, :sq])
+                    dst.se.expand.bias.copy_(ops.se.expand.bias[:mid])
+                dst.project.conv.weight.copy_(ops.project.conv.weight[: b.out_channels, :mid])
+                _copy_bn(dst.project.bn, ops.project.bn, slice(b.out_channels))
                 c = b.out_channels
         model.head.conv.weight.copy_(self.head.conv.weight[:, :c])
         _copy_bn(model.head.bn, self.head.bn, slice(None))
@@ -269,21 +301,23 @@ class Supernet(nn.Module):
         """Reorder channels by importance (L1 norm) so that narrower sub-networks keep the most important ones.
 
         Expanded channels are ranked by the L1 norm of the projection weights reading them; a stage's output
-        channels (shared by its residual stream) by the summed L1 norm of the projections writing them. Both are
+        channels (shared by its residual stream) by the summed L1 norm of the expanded paths' projections writing
+        them (the no-expansion paths train only from this phase on). Both are
         permutations, so the largest sub-network computes exactly the same function afterwards.
         """
         for modules in self.stages:
             for m in modules:
                 if m.expand is not None:
-                    m.permute_mid(torch.argsort(m.project.conv.weight.abs().sum((0, 2, 3)), descending=True))
+                    imp = m.main.project.conv.weight.abs().sum((0, 2, 3))
+                    m.permute_mid(torch.argsort(imp, descending=True))
         for i, (st, modules) in enumerate(zip(self.space.stages, self.stages, strict=True)):
             if len(st.widths) == 1:
                 continue
-            importance = sum(m.project.conv.weight.abs().sum((1, 2, 3)) for m in modules)
+            importance = sum(m.main.project.conv.weight.abs().sum((1, 2, 3)) for m in modules)
             order = torch.argsort(importance, descending=True)
-            for m in modules:
-                m.project.conv.weight.data.copy_(m.project.conv.weight.data[order])
-                _permute_bn(m.project.bn, order)
+            for p in (p for m in modules for p in m.outputs()):
+                p.conv.weight.data.copy_(p.conv.weight.data[order])
+                _permute_bn(p.bn, order)
             for m in list(modules)[1:]:
                 m.permute_input(order)
             if i + 1 < len(self.stages):

@@ -31,6 +31,7 @@ from nas.supernet.model import Supernet
 from nas.train import as_tensor_splits, cosine_lr, kd_loss, make_optimizer, set_lr
 
 PHASES = ("largest", "kernel", "depth", "width")
+FORMAT = 2  # bump when the supernet's parameters change, so old caches are not loaded into a new layout
 DEFAULT_ROOT = Path("results/supernets")
 
 
@@ -87,7 +88,8 @@ def dataset_fingerprint(splits: Splits) -> dict:
 
 def cache_key(space: ss.SearchSpace, dataset: dict, recipe: SupernetRecipe, seed: int) -> str:
     """A 16-hex-digit hash of (space, dataset fingerprint, recipe, seed)."""
-    blob = json.dumps({"space": asdict(space), "dataset": dataset, "recipe": asdict(recipe), "seed": seed},
+    blob = json.dumps({"space": asdict(space), "dataset": dataset, "recipe": asdict(recipe), "seed": seed,
+                       "format": FORMAT},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -142,10 +142,14 @@ def test_smallest_and_largest_shapes_and_slices() -> None:
     small = space.smallest()
     sm = net.extract(small)
     # depth: the first blocks of each stage; width/expand: the first channels of the shared tensors
-    src = net.stages[3][2]  # stage 3, third block (smallest depth is 3)
+    src = net.stages[3][2]  # stage 3, third block (smallest depth is 3); expansion 1 uses the `plain` path
     dst = sm.blocks[1 + 1 + 2 + 2]
-    assert torch.equal(dst.dw.conv.weight, src.dw.conv.weight[: dst.dw.conv.out_channels, :, 2:5, 2:5])
-    assert torch.equal(dst.project.conv.weight, src.project.conv.weight[:48, :48])
+    assert torch.equal(dst.dw.conv.weight, src.plain.dw.conv.weight[:48, :, 2:5, 2:5])
+    assert torch.equal(dst.project.conv.weight, src.plain.project.conv.weight[:48, :48])
+    e3 = net.extract(dataclasses.replace(small, stages=small.stages[:3] + (
+        tuple(dataclasses.replace(b, expand=3.0) for b in small.stages[3]),) + small.stages[4:]))
+    assert torch.equal(e3.blocks[6].expand.conv.weight, src.expand.conv.weight[:144, :48])
+    assert torch.equal(e3.blocks[6].project.conv.weight, src.main.project.conv.weight[:48, :144])
     big = net.extract(space.largest())
     assert torch.equal(big.blocks[1 + 3 + 4].expand.conv.weight, net.stages[3][0].expand.conv.weight)
 
@@ -160,9 +164,9 @@ def test_sort_channels_keeps_largest_function_and_orders_importance() -> None:
     net.sort_channels()
     torch.testing.assert_close(net(x), before, rtol=1e-5, atol=1e-5)
     block = net.stages[1][0]
-    imp = block.project.conv.weight.abs().sum((0, 2, 3))
+    imp = block.main.project.conv.weight.abs().sum((0, 2, 3))
     assert torch.all(imp[:-1] >= imp[1:])
-    stream = sum(m.project.conv.weight.abs().sum((1, 2, 3)) for m in net.stages[2])
+    stream = sum(m.main.project.conv.weight.abs().sum((1, 2, 3)) for m in net.stages[2])
     assert torch.all(stream[:-1] >= stream[1:])
     mid = TINY.random_arch(random.Random(0))
     net.set_active(mid)
