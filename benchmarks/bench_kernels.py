@@ -106,12 +106,9 @@ def torch_conv_time(layer, threads: int, reps: int) -> float:
     return statistics.median(ts)
 
 
-def bench_ops(arch, peak: float, bw: float, reps: int) -> None:
-    print("\n## Per op: distinct conv shapes of MobileNetV2-1.0@224 (batch 1, median us)\n")
-    print("| layer | op | in | cin->cout | k/s | MMAC | ours 1t | ours 2t | ours W4A8 1t | torch fp32 1t "
-          "| ours 1t vs limit |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    tot = {"ours1": 0.0, "ours2": 0.0, "torch": 0.0}
+def bench_ops(arch, peak: float, bw: float, reps: int) -> float:
+    """Per-op table; returns the VNNI peak used (max of the start and end measurements: load only lowers it)."""
+    rows, tot = [], {"ours1": 0.0, "ours2": 0.0, "torch": 0.0}
     for layer in distinct_conv_layers(arch):
         t1 = statistics.median(time_layer(layer, threads=1, reps=reps))
         t2 = statistics.median(time_layer(layer, threads=2, reps=reps))
@@ -120,6 +117,14 @@ def bench_ops(arch, peak: float, bw: float, reps: int) -> None:
         tot["ours1"] += t1
         tot["ours2"] += t2
         tot["torch"] += tt
+        rows.append((layer, t1, t2, t4, tt))
+    peak = max(peak, vnni_peak())
+    print("\n## Per op: distinct conv shapes of MobileNetV2-1.0@224 (batch 1, median us)\n")
+    print(f"Limits: VNNI peak {peak / 1e9:.0f} GMAC/s (1 thread), memory bandwidth {bw / 1e9:.1f} GB/s.\n")
+    print("| layer | op | in | cin->cout | k/s | MMAC | ours 1t | ours 2t | ours W4A8 1t | torch fp32 1t "
+          "| ours 1t GMAC/s | ours 1t vs limit |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for layer, t1, t2, t4, tt in rows:
         if layer.op == "dw":
             nbytes = (layer.in_hw**2 + layer.out_hw**2) * layer.in_channels + layer.kernel**2 * layer.in_channels
             limit = f"{nbytes / t1 / bw * 100:.0f}% of mem BW"
@@ -128,9 +133,10 @@ def bench_ops(arch, peak: float, bw: float, reps: int) -> None:
         w4 = f"{t4 * 1e6:.1f}" if t4 is not None else "-"
         print(f"| {layer.name} | {layer.op}{'+res' if layer.residual else ''} | {layer.in_hw} | "
               f"{layer.in_channels}->{layer.out_channels} | {layer.kernel}/{layer.stride} | {layer.macs / 1e6:.2f} | "
-              f"{t1 * 1e6:.1f} | {t2 * 1e6:.1f} | {w4} | {tt * 1e6:.1f} | {limit} |")
+              f"{t1 * 1e6:.1f} | {t2 * 1e6:.1f} | {w4} | {tt * 1e6:.1f} | {layer.macs / t1 / 1e9:.0f} | {limit} |")
     print(f"\nSum over the distinct shapes: ours {tot['ours1'] * 1e3:.2f} ms (1t), {tot['ours2'] * 1e3:.2f} ms (2t); "
           f"torch fp32 {tot['torch'] * 1e3:.2f} ms (1t)")
+    return peak
 
 
 # ------------------------------------------------------------------ end to end
@@ -262,11 +268,12 @@ def main() -> None:
     print(f"- load average at start: {os.getloadavg()[0]:.2f}; torch {torch.__version__}")
 
     mbv2 = preset("mobilenetv2")
-    bench_ops(mbv2, peak, bw, reps)
+    peak = bench_ops(mbv2, peak, bw, reps)
     bench_e2e("MobileNetV2-1.0@224", mbv2, [1, 2], rounds, per_round)
     small, width = fit_width(mbv2, 100e6)
     bench_e2e(f"MobileNetV2-{width:.2f}@224", small, [1, 2], rounds, per_round)
-    print(f"\n- load average at end: {os.getloadavg()[0]:.2f}")
+    print(f"\n- VNNI peak re-measured at end: {max(peak, vnni_peak()) / 1e9:.0f} GMAC/s; "
+          f"load average at end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
