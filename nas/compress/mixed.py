@@ -96,9 +96,10 @@ def sensitivities(model: nn.Module, calib: torch.Tensor, x: torch.Tensor, calibr
 
 
 def mixed_precision(model: nn.Module, arch: ss.Arch, calib: torch.Tensor, x: torch.Tensor,
-                    budget_ms: float | None = None, budget_ratio: float = 0.9, device: str = "kernels",
-                    calibration: str = "minmax") -> tuple[dict[str, int], MixedReport]:
-    """Per-layer weight bits meeting `budget_ms` (default: `budget_ratio` x the all-int8 latency).
+                    budget_ms: float | None = None, budget_ratio: float = 0.9, budget_savings: float | None = None,
+                    device: str = "kernels", calibration: str = "minmax") -> tuple[dict[str, int], MixedReport]:
+    """Per-layer weight bits meeting `budget_ms` (default: `budget_ratio` x the all-int8 latency, or with
+    `budget_savings` that fraction of the most int4 can save).
 
     `x`: held-out float images to measure sensitivity on. Returns `layer_bits` for `QuantConfig(layer_bits=...)`
     and a report. If even all-int4 misses the budget, every eligible layer is int4 and `met` is False.
@@ -107,6 +108,8 @@ def mixed_precision(model: nn.Module, arch: ss.Arch, calib: torch.Tensor, x: tor
     lat4, src4 = layer_latency_ms(arch, 4, device)
     int8_ms, int4_total = sum(lat8.values()), sum(lat4.values())
     budget = budget_ms if budget_ms is not None else budget_ratio * int8_ms
+    if budget_ms is None and budget_savings is not None:
+        budget = int8_ms - budget_savings * (int8_ms - int4_total)
     sens = sensitivities(model, calib, x, calibration)
     exec_name = {n: n.removesuffix(".conv") for n in sens}
     gain = {n: lat8[exec_name[n]] - lat4[exec_name[n]] for n in sens}

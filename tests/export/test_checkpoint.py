@@ -1,0 +1,130 @@
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import search_spaces as ss
+from nas.compress.quantize import QuantConfig, quantize_
+from nas.export import FORMAT_VERSION, CheckpointError, load, run_onnx, save, to_onnx
+from nas.export.checkpoint import pack_int4, unpack_int4
+
+ARCH = ss.decode("r16_i1_n10:stem_c16_s1_hs:ds_k3_c16_re6:ir_k3_e3_c24_se0.25_hs,ir_k5_e6_c24_re6:"
+                 "ir_k3_s2_e4_c32_se0.25_sw:head_c64_re6:fc_c32_hs")
+X = torch.randn(200, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    m = ss.build(ARCH).eval()
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_var.uniform_(0.5, 2)
+            mod.bias.data.uniform_(-0.5, 0.5)
+        elif isinstance(mod, nn.Linear):
+            nn.init.normal_(mod.weight, 0, 0.3)
+    return {name: quantize_(m, cfg, calib=X[:128])[0] for name, cfg in
+            [("int8", QuantConfig()), ("w4", QuantConfig(weight_bits=4)),
+             ("w4g", QuantConfig(weight_bits=4, group_size=8))]}
+
+
+def test_int4_packing_roundtrip():
+    q = np.arange(-8, 8, dtype=np.int8).repeat(3)[:47].reshape(47)  # odd length
+    packed = pack_int4(q)
+    assert packed.dtype == np.uint8 and packed.size == 24
+    assert np.array_equal(unpack_int4(packed, q.shape), q)
+
+
+@pytest.mark.parametrize("name", ["int8", "w4", "w4g"])
+def test_save_load_bit_identical(models, name, tmp_path):
+    q = models[name]
+    path = save(q, tmp_path / "ck", dataset="random")
+    back = load(path)
+    assert np.array_equal(back(X), q(X))
+    assert back.arch == ARCH and back.metadata["dataset"] == "random"
+    meta = json.loads((tmp_path / "ck" / "metadata.json").read_text())
+    assert meta["format_version"] == FORMAT_VERSION and meta["params"] == ss.count(ARCH).params
+    assert set(meta["files"]) == {"arch.json", "network.json", "weights.safetensors"}
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temporary directory left behind
+
+
+def test_int4_checkpoint_is_smaller(models, tmp_path):
+    s8 = os.path.getsize(save(models["int8"], tmp_path / "a") + "/weights.safetensors")
+    s4 = os.path.getsize(save(models["w4"], tmp_path / "b") + "/weights.safetensors")
+    saved = models["int8"].weight_bytes - models["w4"].weight_bytes
+    assert s8 - s4 == pytest.approx(saved, rel=0.05)
+
+
+def test_corrupt_truncated_and_incompatible_checkpoints(models, tmp_path):
+    path = tmp_path / "ck"
+    save(models["int8"], path)
+    w = path / "weights.safetensors"
+    data = w.read_bytes()
+    w.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="weights.safetensors"):
+        load(path)
+    with pytest.raises(CheckpointError, match="weights.safetensors.*unreadable"):
+        load(path, verify=False)
+    save(models["int8"], path)
+    (path / "network.json").write_text("{\"layers\": [")
+    with pytest.raises(CheckpointError, match="network.json"):
+        load(path)
+    with pytest.raises(CheckpointError, match="network.json.*corrupt or truncated"):
+        load(path, verify=False)
+    save(models["int8"], path)
+    meta = json.loads((path / "metadata.json").read_text())
+    meta["format_version"] = "2.0"
+    (path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="incompatible"):
+        load(path)
+    save(models["int8"], path)
+    os.remove(path / "arch.json")
+    with pytest.raises(CheckpointError, match="arch.json.*missing"):
+        load(path)
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="directory"):
+        load(path / "metadata.json")
+
+
+def test_failed_write_keeps_the_old_checkpoint(models, tmp_path, monkeypatch):
+    path = tmp_path / "ck"
+    save(models["int8"], path)
+    before = load(path)(X[:8])
+    import safetensors.numpy
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save(models["w4"], path)
+    assert np.array_equal(load(path)(X[:8]), before)
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
+@pytest.mark.parametrize("name", ["int8", "w4g"])
+def test_onnx_qdq_agrees_with_the_kernels(models, name, tmp_path):
+    q = models[name]
+    path = to_onnx(q, str(tmp_path / "m.onnx"))
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(path).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm"} <= ops
+    got, want = run_onnx(path, X.numpy()), q(X)
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.99
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
+def test_nas_load_is_lazy(models, tmp_path):
+    import subprocess
+
+    path = save(models["int8"], tmp_path / "ck")
+    code = ("import sys, nas; assert 'torch' not in sys.modules; m = nas.load(sys.argv[1]); "
+            "import numpy as np; print(m.predict(np.zeros((2, 1, 16, 16), np.float32)).shape)")
+    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "(2,)"
