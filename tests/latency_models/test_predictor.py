@@ -10,10 +10,12 @@ from latency_models import LatencyTable, OpKey, Overhead, Predictor, arch_ops
 
 
 def test_prediction_is_table_sum_plus_overhead(fp32_table: LatencyTable, archs: list[ss.Arch]) -> None:
-    lookup = fp32_table.lookup()
     overhead = Overhead(scale=0.9, per_op=0.002, per_input=1e-6, const=0.05)
     pred = Predictor(fp32_table, overhead)
     raw = Predictor(fp32_table, Overhead())
+    assert pred.stat == raw.stat == "p10_ms"
+    lookup = fp32_table.lookup(pred.stat)
+    assert Predictor(fp32_table, Overhead(), stat="median_ms").predict_ms(archs[0]) > raw.predict_ms(archs[0])
     for a in archs:
         ops = arch_ops(a)
         total = sum(lookup[o] for o in ops)

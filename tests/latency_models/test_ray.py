@@ -68,11 +68,15 @@ def cluster():
         assert node is not None, "the Ray worker node with device_x never joined"
         yield address, node
     finally:
-        for p in reversed(procs):
+        for p in procs:  # graceful: each `ray start --block` stops its own raylet/GCS on SIGTERM
             try:
-                os.killpg(p.pid, signal.SIGTERM)  # graceful: ray start stops its raylet/GCS (~10-20 s)
-                p.wait(30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(8)
+            except subprocess.TimeoutExpired:
                 try:
                     os.killpg(p.pid, signal.SIGKILL)
                 except ProcessLookupError:
