@@ -12,7 +12,7 @@ from typing import Any
 
 import search_spaces as ss
 from nas.search import report
-from nas.search.runner import Limits, SearchSettings, completed, run_optuna, run_ray
+from nas.search.runner import Limits, SearchSettings, check_study, completed, run_optuna, run_ray
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ def search(request: SearchRequest, log: Any = print) -> dict[str, Any]:
     run_dir = Path(request.out) / request.run_name()
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = request.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    check_study(storage, request.run_name(), request.resume)
 
     evaluator, space = build_evaluator(request, limits.macs, log)
     predictor = load_latency(request, space, log)

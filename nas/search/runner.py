@@ -93,15 +93,20 @@ def directions(s: SearchSettings) -> list[str]:
     return ["maximize", "minimize"] if s.objective == "pareto" else ["maximize"]
 
 
+def check_study(storage_url: str, name: str, resume: bool) -> None:
+    """Refuse to overwrite an existing study without `resume`, or to resume one that does not exist."""
+    names = [st.study_name for st in optuna.get_all_study_summaries(make_storage(storage_url))]
+    if name in names and not resume:
+        raise ValueError(f"study: {name!r} already exists in {storage_url}; pass --resume to continue it "
+                         "or --study NAME for a new one")
+    if name not in names and resume:
+        raise ValueError(f"study: nothing to resume, no study {name!r} in {storage_url}")
+
+
 def open_study(s: SearchSettings, resume: bool) -> optuna.Study:
     """Create the study, or load it with `resume`; trials left RUNNING by a killed process are marked FAIL."""
+    check_study(s.storage, s.study_name, resume)
     storage = make_storage(s.storage)
-    names = [st.study_name for st in optuna.get_all_study_summaries(storage)]
-    if s.study_name in names and not resume:
-        raise ValueError(f"study: {s.study_name!r} already exists in {s.storage}; pass --resume to continue it "
-                         "or --study NAME for a new one")
-    if s.study_name not in names and resume:
-        raise ValueError(f"study: nothing to resume, no study {s.study_name!r} in {s.storage}")
     study = optuna.create_study(storage=storage, study_name=s.study_name, sampler=make_sampler(s),
                                 directions=directions(s), load_if_exists=True)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

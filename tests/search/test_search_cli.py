@@ -1,0 +1,101 @@
+"""`nas search` end to end on real data: quick supernet, real latency table, persistent study, kill and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+import search_spaces as ss
+
+BUDGET = "15MFLOPs"
+ARGS = ["--budget", BUDGET, "--quick", "--device", "torch-fp32", "--no-finalize"]
+
+
+def nas(*args: str, out: Path, env_extra: dict | None = None, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "nas.cli", "search", *args, "--out", str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 900) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One quick search (8 trials); later tests reuse its supernet cache and latency table."""
+    out = tmp_path_factory.mktemp("search")
+    log = finish(nas(*ARGS, "--trials", "8", "--study", "first", out=out))
+    return out, log
+
+
+def test_search_writes_its_outputs(run):
+    out, log = run
+    d = out / "first"
+    for name in ("trials.csv", "pareto.csv", "pareto.png", "best.json", "best.txt", "summary.json"):
+        assert (d / name).exists(), name
+    trials = pd.read_csv(d / "trials.csv")
+    assert len(trials) == 8
+    assert (trials["macs"] <= 15e6).all()  # the budget is hard: every evaluated network fits
+    assert trials["val_acc"].between(0, 1).all() and (trials["latency_ms"] > 0).all()
+    best = ss.Arch.from_json((d / "best.json").read_text())
+    assert ss.count_macs(best) <= 15e6
+    assert (d / "best.txt").read_text().strip() == str(best)
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["trials"] == 8 and summary["versions"]["torch"].startswith("2.13")
+    pareto = pd.read_csv(d / "pareto.csv")
+    assert len(pareto) >= 1 and (pareto["measured_ms"] > 0).all()
+    assert "Pareto front" in log and "chosen:" in log
+
+
+def test_existing_study_needs_resume(run):
+    out, _ = run
+    proc = nas(*ARGS, "--trials", "8", "--study", "first", out=out)
+    text, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and "--resume" in text
+
+
+def test_kill_and_resume_loses_and_repeats_nothing(run):
+    out, _ = run
+    storage = f"sqlite:///{out / 'killed' / 'study.db'}"
+    proc = nas(*ARGS, "--trials", "10", "--study", "killed", out=out, start_new_session=True)
+    deadline = time.time() + 600
+    before = []
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            study = optuna.load_study(study_name="killed", storage=storage)
+            before = study.get_trials(states=(TrialState.COMPLETE,))
+        except Exception:  # the study is not created yet
+            continue
+        if len(before) >= 3:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    study = optuna.load_study(study_name="killed", storage=storage)
+    before = {t.number: (t.params, t.values) for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert 3 <= len(before) < 10
+    finish(nas(*ARGS, "--trials", "10", "--study", "killed", "--resume", out=out))
+    study = optuna.load_study(study_name="killed", storage=storage)
+    after = {t.number: (t.params, t.values) for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert len(after) == 10  # exactly the asked-for number: nothing repeated
+    for number, record in before.items():  # nothing lost or re-evaluated
+        assert after[number] == record
+    assert len(pd.read_csv(out / "killed" / "trials.csv")) == 10
+
+
+def test_unreachable_budget_is_reported_before_any_work(tmp_path):
+    proc = nas("--budget", "1MFLOPs", "--quick", out=tmp_path)
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "smallest architecture costs" in text
+    assert not (tmp_path / "supernets").exists()
