@@ -9,6 +9,7 @@ predicted latency meets the budget.
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -35,10 +36,12 @@ def _predictor(table_id: str) -> object | None:  # a latency_models.Predictor
         return None
 
 
+@functools.lru_cache(maxsize=64)
 def layer_latency_ms(arch: ss.Arch, bits: int, device: str = "kernels", reps: int = 20) -> tuple[dict[str, float],
                                                                                                   str]:
     """Latency (ms) of every layer of `arch` at `bits` weights (pointwise / linear; others stay int8), and its
-    source: the latency table of `device` (`kernels` or `kernels-int4`), else measured on the kernels here."""
+    source: the latency table of `device` (`kernels` or `kernels-int4`), else measured on the kernels here
+    (cached per process)."""
     from latency_models import OpKey
 
     predictor = _predictor(device if bits == 8 else f"{device}-int4")
@@ -97,12 +100,14 @@ def sensitivities(model: nn.Module, calib: torch.Tensor, x: torch.Tensor, calibr
 
 def mixed_precision(model: nn.Module, arch: ss.Arch, calib: torch.Tensor, x: torch.Tensor,
                     budget_ms: float | None = None, budget_ratio: float = 0.9, budget_savings: float | None = None,
-                    device: str = "kernels", calibration: str = "minmax") -> tuple[dict[str, int], MixedReport]:
+                    device: str = "kernels", calibration: str = "minmax", sensitivity: dict[str, float] | None = None
+                    ) -> tuple[dict[str, int], MixedReport]:
     """Per-layer weight bits meeting `budget_ms` (default: `budget_ratio` x the all-int8 latency, or with
     `budget_savings` that fraction of the most int4 can save).
 
     `x`: held-out float images to measure sensitivity on. Returns `layer_bits` for `QuantConfig(layer_bits=...)`
     and a report. If even all-int4 misses the budget, every eligible layer is int4 and `met` is False.
+    `sensitivity` reuses a `sensitivities` result.
     """
     lat8, src8 = layer_latency_ms(arch, 8, device)
     lat4, src4 = layer_latency_ms(arch, 4, device)
@@ -110,7 +115,7 @@ def mixed_precision(model: nn.Module, arch: ss.Arch, calib: torch.Tensor, x: tor
     budget = budget_ms if budget_ms is not None else budget_ratio * int8_ms
     if budget_ms is None and budget_savings is not None:
         budget = int8_ms - budget_savings * (int8_ms - int4_total)
-    sens = sensitivities(model, calib, x, calibration)
+    sens = sensitivity if sensitivity is not None else sensitivities(model, calib, x, calibration)
     exec_name = {n: n.removesuffix(".conv") for n in sens}
     gain = {n: lat8[exec_name[n]] - lat4[exec_name[n]] for n in sens}
     order = sorted((n for n in sens if gain[n] > 0), key=lambda n: gain[n] / (sens[n] + 1e-6), reverse=True)
