@@ -10,6 +10,7 @@ Per-layer fusion (one kernel call per ``search_spaces.layers`` entry, so per-lay
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from nas.kernels import _C, reference
 from nas.kernels.isa import resolve_isa
-from nas.kernels.ops import CompiledOp, GemmSpec, Spec, compile_op
+from nas.kernels.ops import CompiledOp, GemmSpec, Spec, compile_op, out_shape
 from nas.kernels.quant import QParams, quantize_input
 
 
@@ -40,6 +41,8 @@ class QuantizedNetwork:
     bits: int = 8
     arch: str = ""  # architecture string (search_spaces.encode) for reference
     _compiled: dict[str, list[CompiledOp]] = field(default_factory=dict, repr=False, compare=False)
+    _buffers: dict[tuple, list[np.ndarray]] = field(default_factory=dict, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def compile(self, isa: str | None = None) -> list[CompiledOp]:
         """Pack every layer for ``isa`` once (cached)."""
@@ -72,8 +75,18 @@ class QuantizedNetwork:
     def run(self, x: np.ndarray, threads: int = 1, isa: str | None = None) -> np.ndarray:
         """Float32 logits [N, num_classes] computed on the kernels."""
         ops = self.compile(isa)
-        return self._forward(self.quantize_input(x, fast=True),
-                             lambda i, t, r: ops[i].run(t, residual=r, threads=threads))
+        xq = self.quantize_input(x, fast=True)
+        with self._lock:  # intermediate buffers are reused across calls (no page faults per run)
+            key = (ops[0].isa, xq.shape)
+            if key not in self._buffers:
+                shapes, shape = [], xq.shape
+                for layer in self.layers:
+                    shape = out_shape(layer.spec, shape)
+                    shapes.append(shape)
+                dtypes = [np.int32 if getattr(lay.spec, "out_int32", False) else np.uint8 for lay in self.layers]
+                self._buffers[key] = [np.empty(s, dtype=d) for s, d in zip(shapes, dtypes, strict=True)]
+            bufs = self._buffers[key]
+            return self._forward(xq, lambda i, t, r: ops[i].run(t, residual=r, out=bufs[i], threads=threads))
 
     def run_reference(self, x: np.ndarray) -> np.ndarray:
         """Same network through the pure-NumPy reference (bit-exact target for :meth:`run`)."""
