@@ -14,7 +14,7 @@ from latency_models.ops import OpKey
 from latency_models.table import LatencyTable, LatencyTableError
 
 # rough per-op set-up cost (s) and throughput (MAC/s) used only for the up-front time estimate
-_SETUP_S = {"kernels": 0.01, "torch-fp32": 0.005, "torch-int8": 0.04}
+_SETUP_S = {"kernels": 0.002, "torch-fp32": 0.005, "torch-int8": 0.04}
 _RATE = {"kernels": 3e10, "torch-fp32": 3e10, "torch-int8": 1.5e10}
 
 
