@@ -218,6 +218,10 @@ def _dtype(col: str) -> str:
     return "int64"
 
 
+def _where(path: Path, i: int) -> str:
+    return f"{path}: row {i}" + (f" (line {i + 2})" if path.suffix != ".parquet" else "")
+
+
 def _validate(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
@@ -243,18 +247,17 @@ def _validate(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
                 bad |= vals.fillna(0) <= 0
         if bad.any():
             i = int(bad.to_numpy().nonzero()[0][0])
-            raise LatencyTableError(f"{path}: row {i} (line {i + 2}): column {c!r} has invalid value "
-                                    f"{frame[c].iloc[i]!r}")
+            raise LatencyTableError(f"{_where(path, i)}: column {c!r} has invalid value {frame[c].iloc[i]!r}")
         out[c] = vals.astype(dt)
     frame = pd.DataFrame(out)
     for c, allowed in (("op", OP_TYPES), ("act", ACTS)):
         bad = ~frame[c].isin(allowed)
         if bad.any():
             i = int(bad.to_numpy().nonzero()[0][0])
-            raise LatencyTableError(f"{path}: row {i} (line {i + 2}): column {c!r} has invalid value "
-                                    f"{frame[c].iloc[i]!r} (expected one of {list(allowed)})")
+            raise LatencyTableError(f"{_where(path, i)}: column {c!r} has invalid value {frame[c].iloc[i]!r} "
+                                    f"(expected one of {list(allowed)})")
     dup = frame.duplicated(list(KEY_COLUMNS))
     if dup.any():
         i = int(dup.to_numpy().nonzero()[0][0])
-        raise LatencyTableError(f"{path}: row {i} (line {i + 2}): duplicate op configuration")
+        raise LatencyTableError(f"{_where(path, i)}: duplicate op configuration")
     return frame

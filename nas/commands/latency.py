@@ -68,7 +68,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.breakdown:
             for op, ms, measured in pred.breakdown(arch):
                 print(f"  {op.describe():<58}{ms * 1000:>10.1f} us  {'table' if measured else 'interpolated'}")
-        print(f"{pred.predict_ms(arch):.4f} ms  {arch}")
+        interpolated = sum(not measured for _, _, measured in pred.breakdown(arch))
+        note = f"  ({interpolated} of {len(ss.layers(arch))} ops interpolated)" if interpolated else ""
+        print(f"{pred.predict_ms(arch):.4f} ms  {arch}{note}")
     if table.overhead is None:
         print("(no fitted overhead: raw sum of ops; run `nas latency fit` for end-to-end predictions)")
     return 0

@@ -9,7 +9,7 @@ from nas.cli import main
 
 def test_predict_without_table_says_how_to_profile(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("NAS_RESULTS", str(tmp_path))
-    assert main(["latency", "predict", "--device", "kernels", "--bits", "4", "mbv2_100"]) == 2
+    assert main(["latency", "predict", "--device", "kernels", "--bits", "4", "mobilenetv2"]) == 2
     err = capsys.readouterr().err
     assert "no latency table at" in err and "nas profile --device kernels --bits 4" in err
 
