@@ -1,9 +1,11 @@
 """`Predictor`: an architecture's latency = sum of its ops from the table + a fitted per-network overhead.
 
 Ops missing from the table (a pruned channel count, an unseen resolution) are interpolated: a per-op-type
-non-negative least-squares model on MACs, bytes moved and channels (fitted for relative error), anchored on the
-nearest measured op of the same shape family so that it is exact at table entries. Block results are cached by
-(input width, input size, block), so a search evaluating many architectures mostly does dict look-ups.
+non-negative least-squares model on MACs, bytes moved and channels (fitted for relative error), corrected by the
+measured/model ratio of the nearest measured ops of the same family (op, kernel, stride, activation, residual).
+The ops are the fused ops the kernel executor runs (activation in the conv, residual add in the project conv, SE
+as one op), one per `search_spaces.Layer`. Block results are cached by (input width, input size, block), so a
+search evaluating many architectures mostly does dict look-ups.
 """
 
 from __future__ import annotations
