@@ -180,6 +180,25 @@ class ElasticMBConv(nn.Module):
         if plain is not None:  # depthwise convs reading the block input directly
             plain.permute(order)
 
+    @torch.no_grad()
+    def init_plain(self) -> None:
+        """Start the no-expansion path from the first channels of the (trained, sorted) expanded path."""
+        if self.plain is None:
+            return
+        src, dst, c = self.main, self.plain, self.plain.dw.conv.out_channels
+        dst.dw.conv.weight.copy_(src.dw.conv.weight[:c])
+        _copy_bn(dst.dw.bn, src.dw.bn, slice(c))
+        for k, t in dst.dw.transforms.items():
+            t.copy_(src.dw.transforms[k])
+        if dst.se is not None:
+            sq = dst.se.reduce.out_channels
+            dst.se.reduce.weight.copy_(src.se.reduce.weight[:sq, :c])
+            dst.se.reduce.bias.copy_(src.se.reduce.bias[:sq])
+            dst.se.expand.weight.copy_(src.se.expand.weight[:c, :sq])
+            dst.se.expand.bias.copy_(src.se.expand.bias[:c])
+        dst.project.conv.weight.copy_(src.project.conv.weight[:, :c])
+        _copy_bn(dst.project.bn, src.project.bn, slice(None))
+
     def outputs(self) -> list[ElasticPointwise]:
         """The projections writing this block's output channels."""
         return [self.main.project] + ([self.plain.project] if self.plain is not None else [])
@@ -324,6 +343,12 @@ class Supernet(nn.Module):
                 self.stages[i + 1][0].permute_input(order)
             else:
                 self.head.conv.weight.data.copy_(self.head.conv.weight.data[:, order])
+
+    def init_plain_paths(self) -> None:
+        """Warm-start every no-expansion path from its block's expanded path (call after `sort_channels`)."""
+        for modules in self.stages:
+            for m in modules:
+                m.init_plain()
 
 
 def _init(net: nn.Module) -> None:

@@ -1,11 +1,12 @@
 """Progressive shrinking with in-place distillation, cached and resumable per (space, dataset, recipe, seed).
 
 Phases (Once-for-All): the largest network, then elastic kernel (+ SE), elastic depth, elastic expansion and
-width (channels sorted by importance first). Resolution is elastic in every shrinking phase. Each step follows
-the sandwich rule: the largest sub-network learns from the labels, the smallest and `random_subnets` random
-ones from the labels plus the largest one's (detached) predictions. A checkpoint is written atomically after
-every epoch to `results/supernets/<key>/checkpoint.pt`; calling `train_supernet` again resumes after the last
-finished epoch, or just loads the result when all epochs are done.
+width (channels sorted by importance first, no-expansion paths warm-started from the expanded ones).
+Resolution is elastic in every shrinking phase. Each step follows the sandwich rule: the largest sub-network
+learns from the labels, the smallest and `random_subnets` random ones from the labels plus the largest one's
+(detached) predictions. A checkpoint is written atomically after every epoch to
+`results/supernets/<key>/checkpoint.pt`; calling `train_supernet` again resumes after the last finished
+epoch, or just loads the result when all epochs are done.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from nas.supernet.model import Supernet
 from nas.train import as_tensor_splits, cosine_lr, kd_loss, make_optimizer, set_lr
 
 PHASES = ("largest", "kernel", "depth", "width")
-FORMAT = 2  # bump when the supernet's parameters change, so old caches are not loaded into a new layout
+FORMAT = 3  # bump when the supernet's parameters change, so old caches are not loaded into a new layout
 DEFAULT_ROOT = Path("results/supernets")
 
 
@@ -168,6 +169,7 @@ def train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe:
         pspace = phase_space(space, phase)
         if k == 0 and phase == "width":
             net.sort_channels()
+            net.init_plain_paths()
         peak = recipe.lr if phase == "largest" else recipe.lr_shrink
         if opt is None or k == 0:
             opt = make_optimizer(net, peak, recipe.momentum, recipe.weight_decay)
@@ -178,12 +180,15 @@ def train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe:
         net.eval()
         record["val_acc_largest"] = evaluator(pspace.largest())
         record["val_acc_smallest"] = evaluator(pspace.smallest())
+        probe = random.Random(f"probe/{seed}")  # the same two random sub-networks of the phase every epoch
+        record["val_acc_random"] = sum(evaluator(pspace.random_arch(probe)) for _ in range(2)) / 2
         history.append(record)
         _save_atomic({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                       "history": history, "space": space, "key": key}, ckpt_file)
         if progress:
             tqdm.write(f"supernet epoch {epoch + 1}/{len(schedule)} [{phase}] loss {record['loss']:.3f} "
                        f"val largest {record['val_acc_largest']:.3f} smallest {record['val_acc_smallest']:.3f} "
+                       f"random {record['val_acc_random']:.3f} "
                        f"({record['wall_s']:.0f}s)")
         if callback is not None:
             callback(record)

@@ -173,6 +173,12 @@ def test_sort_channels_keeps_largest_function_and_orders_importance() -> None:
     torch.testing.assert_close(net.extract(mid)(x[:, :, : mid.resolution, : mid.resolution]),
                                net(x[:, :, : mid.resolution, : mid.resolution]), rtol=1e-5, atol=1e-5)
     assert arch == net.space.largest()
+    net.init_plain_paths()
+    block = net.stages[1][1]  # 16 -> 16 channels; expansion 1 reads the first 16 sorted expanded channels' weights
+    plain = dataclasses.replace(TINY.largest().stages[1][1], expand=1.0)
+    assert block.path(plain) is block.plain
+    assert torch.equal(block.plain.dw.conv.weight, block.main.dw.conv.weight[:16])
+    assert torch.equal(block.plain.project.conv.weight, block.main.project.conv.weight[:, :16])
 
 
 def test_arch_outside_space_is_rejected_with_reasons() -> None:
