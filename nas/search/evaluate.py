@@ -27,17 +27,31 @@ class Evaluator:
         return {"val_acc": float(acc), "latency_ms": float(lat)}
 
 
+QUICK_TRAIN_IMAGES = 512
+
+
 def supernet_recipe(quick: bool) -> Any:
+    """Progressive shrinking epochs (largest, kernel, depth, width): a demo for --quick, a few minutes otherwise."""
     from nas.supernet import SupernetRecipe
 
-    # quick: a sub-minute demo; default: a few minutes on 2 cores for the built-in data
-    return SupernetRecipe(epochs=(1, 1, 0, 1), batch_size=128) if quick else SupernetRecipe()
+    if quick:
+        return SupernetRecipe(epochs=(1, 0, 0, 1), batch_size=128, random_subnets=1)
+    return SupernetRecipe(epochs=(4, 1, 1, 4), batch_size=64, random_subnets=1)
 
 
 def load_splits(request: Any) -> Any:
+    """Seeded train/val/test splits as cached tensors; --quick trains on a seeded subset of 512 images."""
+    from dataclasses import replace
+
+    import numpy as np
+
     from nas.data import TensorSplits, load_dataset, split
 
-    return TensorSplits(split(load_dataset(request.data), seed=request.seed))
+    splits = split(load_dataset(request.data), seed=request.seed)
+    if request.quick and len(splits.train) > QUICK_TRAIN_IMAGES:
+        keep = np.random.default_rng(request.seed).permutation(len(splits.train))[:QUICK_TRAIN_IMAGES]
+        splits = replace(splits, train=splits.train.subset(np.sort(keep)))
+    return TensorSplits(splits)
 
 
 def build_evaluator(request: Any, max_macs: float | None,
@@ -65,16 +79,29 @@ def build_evaluator(request: Any, max_macs: float | None,
 
 
 def load_latency(request: Any, space: ss.SearchSpace, log: Callable[[str], None]) -> Any:
-    """The latency predictor of the request's device; profiles this space's ops first when there is no table."""
+    """The latency predictor of the request's device.
+
+    Without a table at the default path, this space's ops are profiled first and the per-network overhead is
+    fitted on a few measured networks, so a fresh machine needs no set-up.
+    """
     import latency_models as lm
+    from latency_models.validation import fit_overhead
 
     path = Path(request.table) if request.table else lm.default_table_path(request.device, root=request.out)
+    if request.table and not path.exists():
+        raise FileNotFoundError(f"table: {path} does not exist")
+    spec = lm.DeviceSpec.make(request.device)
     if not path.exists():
-        if request.table:
-            raise FileNotFoundError(f"table: {path} does not exist")
         log(f"no latency table for {request.device} at {path}: profiling the ops of space {space.name} first")
-        spec = lm.DeviceSpec.make(request.device)
         lm.profile(spec, lm.enumerate_ops([space]), path, reps=10 if request.quick else 30)
+    table = lm.LatencyTable.load(path, request.device)
+    if table.overhead is None and not request.table:
+        n = 8 if request.quick else 30
+        log(f"fitting the per-network latency overhead on {n} measured networks")
+        overhead, data = fit_overhead(lm.Predictor(table), lm.get_device(spec), space, n=n, reps=10,
+                                      passes=1 if request.quick else 2, progress=False)
+        table.overhead = {**overhead.to_dict(), **data}
+        table.save(table.path)
     return lm.load_predictor(request.device, str(path))
 
 
@@ -95,7 +122,7 @@ def finalize_best(arch: ss.Arch, evaluator: Evaluator, request: Any, run_dir: Pa
     data = evaluator.subnet.data
     init = evaluator.subnet.model(arch)
     teacher = supernet.extract(supernet.space.largest())
-    recipe = TrainRecipe(epochs=2 if request.quick else 10, lr=0.01, seed=request.seed)
+    recipe = TrainRecipe(epochs=1 if request.quick else 6, lr=0.01, seed=request.seed)
     log(f"finalize: fine-tuning {arch.hash()} for {recipe.epochs} epochs with distillation from the largest "
         "sub-network")
     model, metrics = train_standalone(arch, data, recipe, init=init, teacher=teacher)

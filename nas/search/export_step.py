@@ -9,14 +9,15 @@ from typing import Any
 
 def compress_and_export(model: Any, arch: Any, data: Any, request: Any, run_dir: Path,
                         log: Callable[[str], None]) -> dict[str, Any]:
-    """Prune toward 85% of the chosen network's latency, int8 PTQ, W4A8 QAT (skipped in --quick), export."""
+    """Prune toward 85% of the chosen network's latency, int8 PTQ, W4A8 QAT, export (--quick: int8 PTQ only)."""
     from nas.export.pipeline import FinalizeConfig, finalize
 
     device = request.device if request.device.startswith("kernels") else "kernels"
-    config = FinalizeConfig(prune_ratio=0.85, device=device, w4_qat_steps=0 if request.quick else 200,
+    config = FinalizeConfig(prune_ratio=None if request.quick else 0.85, device=device,
+                            w4_qat_steps=0 if request.quick else 200,
                             dataset=request.data, seed=request.seed, onnx=True)
-    log(f"finalize: pruning to 85% of the latency on {device}, int8 PTQ"
-        + ("" if request.quick else ", W4A8 QAT") + f", export to {run_dir / 'final'}")
+    steps = "int8 PTQ" if request.quick else f"pruning to 85% of the latency on {device}, int8 PTQ, W4A8 QAT"
+    log(f"finalize: {steps}, export to {run_dir / 'final'}")
     report = finalize(model, arch, data, config, run_dir / "final")
     d = report.to_dict()
     return {"checkpoint": d["checkpoint"], "arch": d["arch"], "accuracy": d["accuracy"],
