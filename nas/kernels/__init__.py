@@ -6,6 +6,7 @@ Public API::
     compile_op(spec, isa=None).run(x, residual=None, threads=1)      # specs: GemmSpec, ConvSpec, ...
     pointwise_conv / depthwise_conv / conv2d / global_avg_pool / squeeze_excite / linear (functional)
     quantize(model, arch, calib, bits=8) -> QuantizedNetwork; QuantizedNetwork.run(x, threads=1)
+    save_network(net, path) / load_network(path)                       # safetensors, int4 packed
     time_layer(layer, bits=8, isa=None, threads=1, batch=1, reps=50) -> list[float] seconds
 """
 
@@ -32,6 +33,7 @@ from nas.kernels.ops import (
     compile_op,
 )
 from nas.kernels.quant import QParams
+from nas.kernels.serialize import load_network, save_network
 from nas.kernels.timing import time_layer
 
 version = "0.1.0"
@@ -103,8 +105,10 @@ __all__ = [
     "depthwise_conv",
     "global_avg_pool",
     "linear",
+    "load_network",
     "pointwise_conv",
     "quantize",
+    "save_network",
     "set_isa",
     "squeeze_excite",
     "time_layer",
