@@ -32,8 +32,15 @@ from nas.compress.netadapt import NetAdaptConfig  # noqa: E402
 from nas.compress.quantize import QuantConfig, quantize_  # noqa: E402
 from nas.data import TensorSplits, load_dataset, split  # noqa: E402
 from nas.export import load, run_onnx  # noqa: E402
-from nas.export.pipeline import FinalizeConfig, _predicted, finalize, measure_fp32_ms  # noqa: E402
-from nas.train import TrainRecipe, train_standalone  # noqa: E402
+from nas.export.pipeline import (  # noqa: E402
+    FinalizeConfig,
+    FinalizeReport,
+    _predicted,
+    finalize,
+    load_fp32,
+    measure_fp32_ms,
+)
+from nas.train import TrainRecipe, evaluate, train_standalone  # noqa: E402
 
 
 def main() -> int:
@@ -45,6 +52,10 @@ def main() -> int:
     ap.add_argument("--qat-steps", type=int, default=120)
     ap.add_argument("--prune-ratio", type=float, default=0.6, help="NetAdapt latency target / starting latency")
     ap.add_argument("--finetune-steps", type=int, default=30)
+    ap.add_argument("--step-ratio", type=float, default=0.05, help="NetAdapt cost removed per iteration")
+    ap.add_argument("--fp32", default=None, help="skip training: load model_fp32.safetensors from this directory "
+                                                 "(e.g. <out>/unpruned/fp32 of an earlier run)")
+    ap.add_argument("--prune-only", action="store_true", help="with --fp32: only the NetAdapt section")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results/bench_finalize")
     args = ap.parse_args()
@@ -66,15 +77,28 @@ def main() -> int:
     print(f"arch {arch}\n     {ss.count(arch).macs:,} MACs, {ss.count(arch).params:,} params", flush=True)
 
     t = time.perf_counter()
-    model, m = train_standalone(arch, data, TrainRecipe(epochs=args.epochs, lr=0.05, seed=args.seed))
-    res["train"] = {"epochs": args.epochs, "seconds": time.perf_counter() - t, "fp32_val": m["val_acc"],
-                    "fp32_test": m["test_acc"]}
+    if args.fp32:
+        model, arch = load_fp32(args.fp32)
+        m = {"val_acc": evaluate(model, data, "val"), "test_acc": evaluate(model, data, "test")}
+        res["arch"] = str(arch)
+    else:
+        model, m = train_standalone(arch, data, TrainRecipe(epochs=args.epochs, lr=0.05, seed=args.seed))
+    res["train"] = {"epochs": 0 if args.fp32 else args.epochs, "loaded_from": args.fp32,
+                    "seconds": time.perf_counter() - t, "fp32_val": m["val_acc"], "fp32_test": m["test_acc"]}
     print(f"fp32 val {m['val_acc']:.4f} test {m['test_acc']:.4f} ({res['train']['seconds']:.0f}s)", flush=True)
     r = arch.resolution
     x, y = data.tensors("train", r)
     xv, yv = data.tensors("val", r)
     xs, ys = data.tensors("test", r)
     calib = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:512]]
+
+    fcfg = FinalizeConfig(int8=QuantConfig(calibration="percentile"), w4_qat_steps=args.qat_steps,
+                          w4=QuantConfig(weight_bits=4, lsq=True, calibration="percentile", qat_lr=0.005),
+                          dataset=f"{args.data}@split{args.seed}", seed=args.seed)
+    if args.prune_only:
+        prune_section(res, model, arch, data, fcfg, args, out)
+        (out / "bench.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+        return 0
 
     # 1. PTQ calibrators (int8) and W4A8 PTQ, on the unpruned network
     ptq = {}
@@ -90,9 +114,6 @@ def main() -> int:
 
     # 2. finalize() without pruning: int8 PTQ + W4A8 QAT (LSQ, distillation), export, ONNX
     t = time.perf_counter()
-    fcfg = FinalizeConfig(int8=QuantConfig(calibration="percentile"), w4_qat_steps=args.qat_steps,
-                          w4=QuantConfig(weight_bits=4, lsq=True, calibration="percentile", qat_lr=0.005),
-                          dataset=f"{args.data}@split{args.seed}", seed=args.seed)
     rep_a = finalize(model, arch, data, fcfg, out / "unpruned")
     res["finalize_unpruned"] = rep_a.to_dict()
     print(f"finalize (no pruning) {time.perf_counter() - t:.0f}s: {rep_a.accuracy}", flush=True)
@@ -129,13 +150,7 @@ def main() -> int:
     print(f"mixed precision: {sum(b == 4 for b in bits.values())}/{len(bits)} layers int4, predicted "
           f"{mrep.predicted_ms:.4f} ms (int8 {mrep.int8_ms:.4f}), test {res['mixed']['test']:.4f}", flush=True)
 
-    # 5. NetAdapt pruning toward a latency target, then int8
-    t = time.perf_counter()
-    pcfg = replace(fcfg, prune_ratio=args.prune_ratio, w4_qat_steps=0,
-                   netadapt=NetAdaptConfig(finetune_steps=args.finetune_steps, step_ratio=0.1, lr=0.01))
-    rep_b = finalize(model, arch, data, pcfg, out / "pruned")
-    res["finalize_pruned"] = rep_b.to_dict()
-    print(f"finalize (pruned) {time.perf_counter() - t:.0f}s: {rep_b.accuracy}\n  {rep_b.arch}", flush=True)
+    rep_b = prune_section(res, model, arch, data, fcfg, args, out)
     res["latency"] = {
         "fp32_torch_measured_ms": measure_fp32_ms(model, arch),
         "int8_predicted_ms": _predicted(arch, "kernels"),
@@ -151,6 +166,22 @@ def main() -> int:
     (out / "bench.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     print_markdown(res)
     return 0
+
+
+def prune_section(res: dict, model: torch.nn.Module, arch: ss.Arch, data: TensorSplits, fcfg: FinalizeConfig,
+                  args: argparse.Namespace, out: Path) -> FinalizeReport:
+    """5. NetAdapt pruning toward a latency target (kernels latency table), then int8 PTQ and export."""
+    t = time.perf_counter()
+    pcfg = replace(fcfg, prune_ratio=args.prune_ratio, w4_qat_steps=0,
+                   netadapt=NetAdaptConfig(finetune_steps=args.finetune_steps, step_ratio=args.step_ratio, lr=0.01))
+    rep_b = finalize(model, arch, data, pcfg, out / "pruned")
+    res["finalize_pruned"] = rep_b.to_dict()
+    print(f"finalize (pruned) {time.perf_counter() - t:.0f}s: {rep_b.accuracy}\n  {rep_b.arch}", flush=True)
+    print(f"latency {rep_b.latency_ms}", flush=True)
+    for step in rep_b.netadapt["steps"]:
+        print(f"  step {step['iteration']}: {step['group']} {step['was']}->{step['kept']}, {step['cost']:.4f}, "
+              f"holdout {step['holdout_acc']:.3f}", flush=True)
+    return rep_b
 
 
 def print_markdown(res: dict) -> None:

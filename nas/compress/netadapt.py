@@ -62,6 +62,7 @@ class NetAdaptConfig:
     batch_size: int = 64
     holdout: int = 400  # training images held out to score proposals
     divisor: int = 1
+    min_keep: float = 0.25  # no group is pruned below this fraction of its starting width
     max_iters: int = 30
     seed: int = 0
 
@@ -100,9 +101,9 @@ def smallest_cost(arch: ss.Arch, cost: Callable[[ss.Arch], float], divisor: int 
 
 
 def _proposal(arch: ss.Arch, group: str, size: int, cost: Callable[[ss.Arch], float], goal: float,
-              divisor: int) -> tuple[int, ss.Arch, float] | None:
-    """The widest kept width of `group` (a multiple of `divisor`, or 1) whose arch costs <= `goal`, by bisection
-    (cost grows with width); None if even the narrowest misses."""
+              divisor: int, floor: int = 1) -> tuple[int, ss.Arch, float] | None:
+    """The widest kept width of `group` (a multiple of `divisor`, at least `floor`) whose arch costs <= `goal`, by
+    bisection (cost grows with width); None if even the narrowest misses."""
 
     def at(keep: int) -> tuple[ss.Arch, float] | None:
         for k in (keep, keep - 1, keep + 1):  # step around a width that would create a residual connection
@@ -114,7 +115,9 @@ def _proposal(arch: ss.Arch, group: str, size: int, cost: Callable[[ss.Arch], fl
                 return a, cost(a)
         return None
 
-    widths = sorted({max(1, k) for k in range(divisor, size, divisor)} | {1})
+    widths = sorted({k for k in range(divisor, size, divisor) if k >= floor} | ({floor} if floor < size else set()))
+    if not widths:
+        return None
     lo, hi, found = 0, len(widths) - 1, None
     while lo <= hi:
         mid = (lo + hi) // 2
@@ -165,6 +168,7 @@ def netadapt(model: nn.Module, arch: ss.Arch, x: torch.Tensor, y: torch.Tensor,
     report = NetAdaptReport(unit, start, target, start, str(arch), str(arch))
     model = copy.deepcopy(model).eval()
     current = start
+    initial = _sizes(arch)
     for it in range(config.max_iters):
         if current <= target:
             break
@@ -174,7 +178,8 @@ def netadapt(model: nn.Module, arch: ss.Arch, x: torch.Tensor, y: torch.Tensor,
         base_loss, _ = loss_and_accuracy(model, xh, yh)
         best = None
         for name, size in _sizes(arch).items():
-            prop = _proposal(arch, name, size, cost, goal, config.divisor)
+            floor = max(1, math.ceil(config.min_keep * initial.get(name, size)))
+            prop = _proposal(arch, name, size, cost, goal, config.divisor, floor)
             if prop is None:
                 continue
             keep, new_arch, c = prop
