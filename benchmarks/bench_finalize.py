@@ -50,7 +50,7 @@ def main() -> int:
     ap.add_argument("--width", type=float, default=0.5, help="width multiplier applied to the sampled arch")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--qat-steps", type=int, default=120)
-    ap.add_argument("--prune-ratio", type=float, default=0.6, help="NetAdapt latency target / starting latency")
+    ap.add_argument("--prune-ratio", type=float, default=0.8, help="NetAdapt latency target / starting latency")
     ap.add_argument("--finetune-steps", type=int, default=30)
     ap.add_argument("--step-ratio", type=float, default=0.05, help="NetAdapt cost removed per iteration")
     ap.add_argument("--fp32", default=None, help="skip training: load model_fp32.safetensors from this directory "
