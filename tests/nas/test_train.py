@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -59,7 +61,7 @@ def test_fine_tune_from_supernet_with_distillation(digits: TensorSplits) -> None
     for a, b in zip(same.state_dict().values(), inherited.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # init weights are really loaded
     assert m0["init"] == "inherited" and m0["history"] == []
-    tuned, m = train_standalone(sub, digits, RECIPE, init=inherited, teacher=teacher)
+    tuned, m = train_standalone(sub, digits, dataclasses.replace(RECIPE, epochs=5), init=inherited, teacher=teacher)
     assert m["distilled"] and m["val_acc"] > 0.6
     with pytest.raises(RuntimeError):
         train_standalone(SPACE.largest(), digits, zero, init=inherited)  # shapes do not match
