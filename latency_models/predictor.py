@@ -124,7 +124,10 @@ class Overhead:
     fitted_on: int = 0  # number of architectures the fit used
 
     def apply(self, ops_ms: float, n_ops: int, input_elems: int) -> float:
-        return self.scale * ops_ms + self.per_op * n_ops + self.per_input * input_elems + self.const
+        linear = self.scale * ops_ms + self.per_op * n_ops + self.per_input * input_elems + self.const
+        # A fit on few, noisy networks can extrapolate below zero for networks smaller than any it saw; a
+        # network never runs faster than half the sum of its separately timed ops.
+        return max(linear, 0.5 * ops_ms)
 
     def to_dict(self) -> dict[str, Any]:
         return {"scale": self.scale, "per_op": self.per_op, "per_input": self.per_input, "const": self.const,

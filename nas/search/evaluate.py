@@ -35,7 +35,7 @@ def supernet_recipe(quick: bool) -> Any:
     from nas.supernet import SupernetRecipe
 
     if quick:
-        return SupernetRecipe(epochs=(1, 0, 0, 1), batch_size=128, random_subnets=1)
+        return SupernetRecipe(epochs=(1, 0, 0, 1), batch_size=32, random_subnets=1)
     return SupernetRecipe(epochs=(4, 1, 1, 4), batch_size=64, random_subnets=1)
 
 
@@ -96,7 +96,7 @@ def load_latency(request: Any, space: ss.SearchSpace, log: Callable[[str], None]
         lm.profile(spec, lm.enumerate_ops([space]), path, reps=10 if request.quick else 30)
     table = lm.LatencyTable.load(path, request.device)
     if table.overhead is None and not request.table:
-        n = 8 if request.quick else 30
+        n = 16 if request.quick else 30
         log(f"fitting the per-network latency overhead on {n} measured networks")
         overhead, data = fit_overhead(lm.Predictor(table), lm.get_device(spec), space, n=n, reps=10,
                                       passes=1 if request.quick else 2, progress=False)

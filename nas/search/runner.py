@@ -67,7 +67,7 @@ class SearchSettings:
             raise ValueError(f"trials: expected a positive count, got {self.trials}")
 
 
-def make_storage(url: str) -> optuna.storages.BaseStorage | str:
+def make_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna storage from a URL: `sqlite:///...`, any SQLAlchemy URL, or a `.journal` / `.log` file path."""
     if url.endswith((".journal", ".log")) and "://" not in url:
         Path(url).parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +75,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage | str:
         return optuna.storages.JournalStorage(backend)
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    return url
+    return optuna.storages.RDBStorage(url)
 
 
 def make_sampler(s: SearchSettings) -> optuna.samplers.BaseSampler:
@@ -163,6 +163,29 @@ def run_optuna(s: SearchSettings, evaluate: Callable[[ss.Arch], dict[str, float]
     return study
 
 
+@dataclass(frozen=True)
+class _DefineByRun:
+    """Ray's OptunaSearch pickles its search space with the experiment state, so no closures here."""
+
+    space: ss.SearchSpace
+
+    def __call__(self, trial: optuna.Trial) -> None:
+        suggest_params(trial, self.space)
+
+
+def _ray_trial(config: dict[str, Any], evaluate: Any, latency_ms: Any, settings: SearchSettings,
+               threads: int) -> None:
+    """One Ray Tune trial: the same repair -> evaluate as in-process, reported to Tune."""
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(threads)
+    m = run_trial(settings, config, evaluate, latency_ms)
+    if settings.objective == "mnasnet":
+        m["reward"] = objective_values(settings, m)[0]
+    tune.report(m)
+
+
 def run_ray(s: SearchSettings, evaluate: Callable[[ss.Arch], dict[str, float]],
             latency_ms: Callable[[ss.Arch], float] | None, resume: bool = False, address: str | None = None,
             workers: int = 2, cpus_per_trial: float = 1.0, storage_path: str | None = None) -> optuna.Study:
@@ -183,24 +206,13 @@ def run_ray(s: SearchSettings, evaluate: Callable[[ss.Arch], dict[str, float]],
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  **({} if address else {"num_cpus": max(workers * cpus_per_trial, 1)}))
 
-    def define_by_run(trial: optuna.Trial) -> None:
-        suggest_params(trial, s.space)
-
-    search = OptunaSearch(space=define_by_run, metric=["val_acc", "latency_ms"] if s.objective == "pareto"
+    search = OptunaSearch(space=_DefineByRun(s.space), metric=["val_acc", "latency_ms"] if s.objective == "pareto"
                           else "reward", mode=["max", "min"] if s.objective == "pareto" else "max",
                           sampler=make_sampler(s), study_name=s.study_name, storage=make_storage(s.storage))
 
-    def trainable(config: dict[str, Any], evaluate: Any, latency_ms: Any, settings: SearchSettings) -> None:
-        import torch
-
-        torch.set_num_threads(max(1, int(cpus_per_trial)))
-        m = run_trial(settings, config, evaluate, latency_ms)
-        if settings.objective == "mnasnet":
-            m["reward"] = objective_values(settings, m)[0]
-        tune.report(m)
-
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trainable, evaluate=evaluate, latency_ms=latency_ms, settings=s),
+        tune.with_resources(tune.with_parameters(_ray_trial, evaluate=evaluate, latency_ms=latency_ms, settings=s,
+                                                 threads=max(1, int(cpus_per_trial))),
                             {"cpu": cpus_per_trial}),
         tune_config=tune.TuneConfig(search_alg=search, num_samples=remaining, max_concurrent_trials=workers),
         run_config=tune.RunConfig(storage_path=storage_path, name=s.study_name, verbose=0),

