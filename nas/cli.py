@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# Busy-waiting OpenMP threads make torch 4-10x slower when another process shares the cores (measured on the
+# 2-core machines); must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Modules under nas.commands that each define `register(subparsers)`; add one line per command group.
 COMMAND_MODULES = ["space", "search", "profile", "latency", "finalize", "train"]
