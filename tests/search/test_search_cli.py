@@ -99,3 +99,17 @@ def test_unreachable_budget_is_reported_before_any_work(tmp_path):
     text, _ = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "smallest architecture costs" in text
     assert not (tmp_path / "supernets").exists()
+
+
+def test_ray_backend_on_a_two_node_cluster(run, ray_cluster):
+    """Trials spread by Ray Tune over a real head + worker cluster, into the same kind of persistent study."""
+    out, _ = run
+    address, _node = ray_cluster
+    log = finish(nas(*ARGS, "--trials", "4", "--study", "ray", "--backend", "ray", "--address", address,
+                     "--workers", "2", out=out))
+    storage = f"sqlite:///{out / 'ray' / 'study.db'}"
+    study = optuna.load_study(study_name="ray", storage=storage)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    trials = pd.read_csv(out / "ray" / "trials.csv")
+    assert len(trials) == 4 and (trials["macs"] <= 15e6).all() and trials["val_acc"].between(0, 1).all()
+    assert "Pareto front" in log
