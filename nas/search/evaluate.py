@@ -36,7 +36,7 @@ def supernet_recipe(quick: bool) -> Any:
 
     if quick:
         return SupernetRecipe(epochs=(1, 0, 0, 1), batch_size=32, random_subnets=1)
-    return SupernetRecipe(epochs=(4, 1, 1, 4), batch_size=64, random_subnets=1)
+    return SupernetRecipe(epochs=(2, 1, 1, 2), batch_size=64, random_subnets=1)
 
 
 def load_splits(request: Any) -> Any:
@@ -122,7 +122,7 @@ def finalize_best(arch: ss.Arch, evaluator: Evaluator, request: Any, run_dir: Pa
     data = evaluator.subnet.data
     init = evaluator.subnet.model(arch)
     teacher = supernet.extract(supernet.space.largest())
-    recipe = TrainRecipe(epochs=1 if request.quick else 6, lr=0.01, seed=request.seed)
+    recipe = TrainRecipe(epochs=2 if request.quick else 10, lr=0.05, seed=request.seed)
     log(f"finalize: fine-tuning {arch.hash()} for {recipe.epochs} epochs with distillation from the largest "
         "sub-network")
     model, metrics = train_standalone(arch, data, recipe, init=init, teacher=teacher)
