@@ -8,7 +8,7 @@ from search_spaces.arch import Arch, ArchError, Block, make_divisible
 from search_spaces.budget import Budget, BudgetError, check_reachable, cost_fn, parse_budget, sample
 from search_spaces.cost import Cost, Layer, count, count_macs, layers
 from search_spaces.encoding import decode, encode
-from search_spaces.model import MBConvNet, build
+from search_spaces.model import MBConvNet, build, init_weights
 from search_spaces.presets import PRESETS, preset, scale
 from search_spaces.spaces import (
     DEFAULT_SPACE,
@@ -41,6 +41,6 @@ def parse_arch(text: str) -> Arch:
 __all__ = [
     "Arch", "ArchError", "Block", "Budget", "BudgetError", "CompoundScaling", "Cost", "DEFAULT_SPACE", "Layer",
     "MBConvNet", "PRESETS", "SPACES", "SearchSpace", "StageSpace", "build", "check_reachable", "cost_fn", "count",
-    "count_macs", "decode", "encode", "get_space", "layers", "make_divisible", "parse_arch", "parse_budget",
-    "preset", "sample", "scale", "trim_to_budget",
+    "count_macs", "decode", "encode", "get_space", "init_weights", "layers", "make_divisible", "parse_arch",
+    "parse_budget", "preset", "sample", "scale", "trim_to_budget",
 ]

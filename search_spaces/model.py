@@ -99,10 +99,9 @@ class MBConvNet(nn.Module):
         return self.classifier(self.dropout(x))
 
 
-def build(arch: Arch, dropout: float = 0.0) -> MBConvNet:
-    """A freshly initialised PyTorch model of `arch` (Kaiming init for convs, as the MobileNet references)."""
-    model = MBConvNet(arch, dropout)
-    for m in model.modules():
+def init_weights(module: nn.Module) -> None:
+    """The MobileNet reference initialisation: Kaiming (fan-out) convs, unit BN, small normal linear layers."""
+    for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out")
             if m.bias is not None:
@@ -113,4 +112,10 @@ def build(arch: Arch, dropout: float = 0.0) -> MBConvNet:
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
             nn.init.zeros_(m.bias)
+
+
+def build(arch: Arch, dropout: float = 0.0) -> MBConvNet:
+    """A freshly initialised PyTorch model of `arch` (`init_weights`)."""
+    model = MBConvNet(arch, dropout)
+    init_weights(model)
     return model
