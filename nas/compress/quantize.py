@@ -23,16 +23,14 @@ from nas.compress._train import finetune, loss_and_accuracy
 from nas.compress.fakequant import CALIBRATORS, QuantSim, gemm_layers, qmax_of
 from nas.export.model import QuantizedModel
 from nas.kernels import QuantizedLayer, QuantizedNetwork
-from nas.kernels.ops import ConvSpec, DepthwiseSpec, GemmSpec, PoolSpec, Requant, Residual, SESpec
+from nas.kernels.convert import bias_int32, requant_params
+from nas.kernels.ops import ConvSpec, DepthwiseSpec, GemmSpec, PoolSpec, Residual, SESpec
 from nas.kernels.quant import (
     GATE_SCALE,
     LUT_ACTIVATIONS,
     RESIDUAL_BITS,
     QParams,
-    act_bounds,
-    make_lut,
     quantize_multiplier,
-    quantize_multipliers,
     quantize_weights,
 )
 
@@ -100,22 +98,6 @@ def _wq(w: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
     return np.clip(np.round(w2 / scale[:, None]), -q, q).astype(np.int8).reshape(w.shape)
 
 
-def _bias(b: np.ndarray | None, in_q: QParams, scale: np.ndarray) -> np.ndarray:
-    if b is None:
-        return np.zeros(len(scale), dtype=np.int32)
-    return np.clip(np.round(b / (in_q.scale * scale)), -(2**28), 2**28).astype(np.int32)
-
-
-def _requant(in_q: QParams, scale: np.ndarray, act: str, out_q: QParams, pre_q: QParams | None,
-             extra: float = 1.0) -> Requant:
-    if act in LUT_ACTIVATIONS:
-        m, s = quantize_multipliers(in_q.scale * scale / pre_q.scale)
-        return Requant(m, s, pre_q.zero_point, 0, 255, make_lut(act, pre_q, out_q))
-    m, s = quantize_multipliers(in_q.scale * scale / out_q.scale * extra)
-    lo, hi = act_bounds(act, out_q)
-    return Requant(m, s, out_q.zero_point, lo, hi)
-
-
 def convert(sim: QuantSim, group_size: int = 0) -> QuantizedModel:
     """A `QuantizedModel` on the kernel executor from a calibrated `QuantSim` (its ranges, per-layer bits, scales).
 
@@ -159,8 +141,8 @@ def convert(sim: QuantSim, group_size: int = 0) -> QuantizedModel:
              pre_q: QParams | None = None, extra: float = 1.0) -> GemmSpec:
         qw, b, scale, bits, subs = weight(layer, module)
         wscales[_exec_name(layer)] = scale
-        return GemmSpec(np.ascontiguousarray(qw.reshape(qw.shape[0], -1)), _bias(b, in_q, scale), in_q.zero_point,
-                        _requant(in_q, scale, act, out_q, pre_q, extra), bits, subs,
+        return GemmSpec(np.ascontiguousarray(qw.reshape(qw.shape[0], -1)), bias_int32(b, in_q, scale), in_q.zero_point,
+                        requant_params(in_q, scale, act, out_q, pre_q, extra), bits, subs,
                         group_size if subs is not None else 0)
 
     layers: list[QuantizedLayer] = []
@@ -169,8 +151,8 @@ def convert(sim: QuantSim, group_size: int = 0) -> QuantizedModel:
     wscales["stem"] = scale
     out_q = q("stem")
     layers.append(QuantizedLayer("stem", "conv", ConvSpec(
-        np.ascontiguousarray(qw.transpose(0, 2, 3, 1)), m.stem.conv.stride[0], _bias(b, x_q, scale), x_q.zero_point,
-        _requant(x_q, scale, a.stem_act, out_q, pre("stem", a.stem_act)))))
+        np.ascontiguousarray(qw.transpose(0, 2, 3, 1)), m.stem.conv.stride[0], bias_int32(b, x_q, scale),
+        x_q.zero_point, requant_params(x_q, scale, a.stem_act, out_q, pre("stem", a.stem_act)))))
     x_q = out_q
     hw = (a.resolution - 1) // a.stem_stride + 1
     for i, (blk, block) in enumerate(zip(m.blocks, a.blocks(), strict=True)):
@@ -185,8 +167,8 @@ def convert(sim: QuantSim, group_size: int = 0) -> QuantizedModel:
         wscales[n + ".dw"] = scale
         out_q = q(n + ".dw")
         layers.append(QuantizedLayer(n + ".dw", "dw", DepthwiseSpec(
-            np.ascontiguousarray(qw[:, 0]), block.stride, _bias(b, x_q, scale), x_q.zero_point,
-            _requant(x_q, scale, block.act, out_q, pre(n + ".dw", block.act)))))
+            np.ascontiguousarray(qw[:, 0]), block.stride, bias_int32(b, x_q, scale), x_q.zero_point,
+            requant_params(x_q, scale, block.act, out_q, pre(n + ".dw", block.act)))))
         x_q = out_q
         hw = (hw - 1) // block.stride + 1
         if blk.se is not None:
@@ -224,8 +206,8 @@ def convert(sim: QuantSim, group_size: int = 0) -> QuantizedModel:
         x_q = out_q
     qw, b, scale, bits, subs = weight("classifier", None)
     wscales["classifier"] = scale
-    spec = GemmSpec(np.ascontiguousarray(qw), _bias(b, x_q, scale), x_q.zero_point,
-                    _requant(x_q, scale, "none", QParams(1.0, 0), None), bits, subs,
+    spec = GemmSpec(np.ascontiguousarray(qw), bias_int32(b, x_q, scale), x_q.zero_point,
+                    requant_params(x_q, scale, "none", QParams(1.0, 0), None), bits, subs,
                     group_size if subs is not None else 0)
     spec.out_int32 = True
     layers.append(QuantizedLayer("classifier", "linear", spec))

@@ -84,8 +84,9 @@ def _fold(m) -> tuple[np.ndarray, np.ndarray]:
     return w * g.reshape(-1, *([1] * (w.ndim - 1))), b
 
 
-def _requant(in_q: QParams, w_scale: np.ndarray, act: str, out_q: QParams, pre_q: QParams | None,
-             extra: float = 1.0) -> Requant:
+def requant_params(in_q: QParams, w_scale: np.ndarray, act: str, out_q: QParams, pre_q: QParams | None,
+                   extra: float = 1.0) -> Requant:
+    """Per-channel fixed-point requantization onto `out_q` (or onto `pre_q` + a LUT for nonlinear activations)."""
     if act in LUT_ACTIVATIONS:
         m, s = quantize_multipliers(in_q.scale * w_scale / pre_q.scale)
         return Requant(m, s, pre_q.zero_point, 0, 255, make_lut(act, pre_q, out_q))
@@ -94,7 +95,8 @@ def _requant(in_q: QParams, w_scale: np.ndarray, act: str, out_q: QParams, pre_q
     return Requant(m, s, out_q.zero_point, lo, hi)
 
 
-def _bias(b: np.ndarray | None, in_q: QParams, w_scale: np.ndarray) -> np.ndarray:
+def bias_int32(b: np.ndarray | None, in_q: QParams, w_scale: np.ndarray) -> np.ndarray:
+    """A float bias as int32 at the accumulator scale `in_q.scale * w_scale`."""
     if b is None:
         return np.zeros(len(w_scale), dtype=np.int32)
     return np.clip(np.round(b / (in_q.scale * w_scale)), -(2**28), 2**28).astype(np.int32)
@@ -105,8 +107,8 @@ def _gemm(w: np.ndarray, b: np.ndarray | None, in_q: QParams, act: str, out_q: Q
     w2 = w.reshape(w.shape[0], -1)
     q, scale, subs = quantize_weights(w2, bits, group_size if bits == 4 else 0)
     # with group sub-scales the accumulator already carries the integer factor sub[c, g]; scale is per channel
-    return GemmSpec(q, _bias(b, in_q, scale), in_q.zero_point, _requant(in_q, scale, act, out_q, pre_q), bits,
-                    subs, group_size if subs is not None else 0)
+    return GemmSpec(q, bias_int32(b, in_q, scale), in_q.zero_point, requant_params(in_q, scale, act, out_q, pre_q),
+                    bits, subs, group_size if subs is not None else 0)
 
 
 def quantize(model, arch, calib, bits: int = 8, group_size: int = 0) -> QuantizedNetwork:
@@ -136,8 +138,8 @@ def quantize(model, arch, calib, bits: int = 8, group_size: int = 0) -> Quantize
     q, scale, _ = quantize_weights(w)
     out_q = r.q("stem")
     layers.append(QuantizedLayer("stem", "conv", ConvSpec(
-        np.ascontiguousarray(q.transpose(0, 2, 3, 1)), model.stem.conv.stride[0], _bias(b, x_q, scale),
-        x_q.zero_point, _requant(x_q, scale, arch.stem_act, out_q, pre("stem", arch.stem_act)))))
+        np.ascontiguousarray(q.transpose(0, 2, 3, 1)), model.stem.conv.stride[0], bias_int32(b, x_q, scale),
+        x_q.zero_point, requant_params(x_q, scale, arch.stem_act, out_q, pre("stem", arch.stem_act)))))
     x_q = out_q
     hw = (arch.resolution - 1) // arch.stem_stride + 1  # spatial side of the current tensor
     for i, (blk, block) in enumerate(zip(model.blocks, arch.blocks(), strict=True)):
@@ -153,8 +155,8 @@ def quantize(model, arch, calib, bits: int = 8, group_size: int = 0) -> Quantize
         q, scale, _ = quantize_weights(w)
         out_q = r.q(n + ".dw")
         layers.append(QuantizedLayer(n + ".dw", "dw", DepthwiseSpec(
-            np.ascontiguousarray(q[:, 0]), block.stride, _bias(b, x_q, scale), x_q.zero_point,
-            _requant(x_q, scale, block.act, out_q, pre(n + ".dw", block.act)))))
+            np.ascontiguousarray(q[:, 0]), block.stride, bias_int32(b, x_q, scale), x_q.zero_point,
+            requant_params(x_q, scale, block.act, out_q, pre(n + ".dw", block.act)))))
         x_q = out_q
         hw = (hw - 1) // block.stride + 1
         if blk.se is not None:
@@ -174,7 +176,7 @@ def quantize(model, arch, calib, bits: int = 8, group_size: int = 0) -> Quantize
         if blk.use_residual:
             out_q = r.q(n + ".out")
             spec = _gemm(w, b, x_q, "none", out_q, **pw_bits)
-            spec.requant = _requant(x_q, _scale_of(w, bits, group_size), "none", out_q, None, 2.0**RESIDUAL_BITS)
+            spec.requant = requant_params(x_q, _scale_of(w, bits, group_size), "none", out_q, None, 2.0**RESIDUAL_BITS)
             rm, rs = quantize_multiplier(in_q.scale / out_q.scale * 2.0**RESIDUAL_BITS)
             spec.residual = Residual(in_q.zero_point, rm, rs)
         else:
