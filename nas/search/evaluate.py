@@ -137,7 +137,8 @@ def finalize_best(arch: ss.Arch, evaluator: Evaluator, request: Any, run_dir: Pa
     supernet = evaluator.subnet.supernet
     data = evaluator.subnet.data
     init = evaluator.subnet.model(arch)
-    teacher = supernet.extract(supernet.space.largest())
+    # the shared batch-norm statistics of a supernet fit no single sub-network: recalibrate the teacher too
+    teacher = evaluator.subnet.model(supernet.space.largest())
     recipe = TrainRecipe(epochs=2 if request.quick else 10, lr=0.05, seed=request.seed)
     log(f"finalize: fine-tuning {arch.hash()} for {recipe.epochs} epochs with distillation from the largest "
         "sub-network")
