@@ -129,10 +129,6 @@ def search(request: SearchRequest, log: Any = print) -> dict[str, Any]:
             bar.refresh()
 
         try:
-            if request.resume:
-                from nas.search.runner import open_study
-
-                bar.n = completed(open_study(settings, resume=True))
             study = run_optuna(settings, evaluator, latency_ms, resume=request.resume, progress=progress)
         finally:
             bar.close()

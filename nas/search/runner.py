@@ -148,6 +148,8 @@ def run_optuna(s: SearchSettings, evaluate: Callable[[ss.Arch], dict[str, float]
                progress: Callable[[optuna.Study], None] | None = None) -> optuna.Study:
     """Run the remaining trials in this process, one at a time (ask -> repair -> evaluate -> tell)."""
     study = open_study(s, resume)
+    if progress:  # a resumed study starts with its completed trials on the bar
+        progress(study)
     while completed(study) < s.trials:
         trial = study.ask()
         try:
