@@ -86,7 +86,8 @@ def _fold(m) -> tuple[np.ndarray, np.ndarray]:
 
 def requant_params(in_q: QParams, w_scale: np.ndarray, act: str, out_q: QParams, pre_q: QParams | None,
                    extra: float = 1.0) -> Requant:
-    """Per-channel fixed-point requantization onto `out_q` (or onto `pre_q` + a LUT for nonlinear activations)."""
+    """Per-channel requantization (multiplier/shift pairs, applied as float32 scales) onto `out_q` (or onto
+    `pre_q` + a LUT for nonlinear activations)."""
     if act in LUT_ACTIVATIONS:
         m, s = quantize_multipliers(in_q.scale * w_scale / pre_q.scale)
         return Requant(m, s, pre_q.zero_point, 0, 255, make_lut(act, pre_q, out_q))

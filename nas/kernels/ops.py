@@ -16,8 +16,9 @@ from nas.kernels.isa import resolve_isa
 
 @dataclass
 class Requant:
-    """Per-output-channel requantization: ``y = clamp(out_zp + MulQ(acc + bias, M[c], shift[c]), lo, hi)``,
-    then ``lut[y]`` when a table is given."""
+    """Per-output-channel requantization: ``y = clamp(out_zp + rne(float32(acc + bias) * scale[c]), lo, hi)``
+    with ``scale[c] = float32(M[c] * 2^(shift[c] - 31))`` (IEEE float32, round half to even), then ``lut[y]``
+    when a table is given."""
 
     multiplier: np.ndarray  # int32 [C]
     shift: np.ndarray  # int32 [C], > 0 = left shift
@@ -29,8 +30,9 @@ class Requant:
 
 @dataclass
 class Residual:
-    """Fused residual add: ``v = MulQ(acc, M[c], s[c]) + MulQ(r - zp, multiplier, shift)``,
-    ``y = out_zp + RDBP(v, RESIDUAL_BITS)`` (the main multiplier carries the extra 2^RESIDUAL_BITS)."""
+    """Fused residual add: ``v = float32(acc) * scale[c] + float32(r - zp) * scale_r`` (float32),
+    ``y = clamp(out_zp + rne(v))``. Both multipliers carry an extra 2^RESIDUAL_BITS, which the kernels divide out
+    of the float32 scales exactly (``scale = float32(M * 2^(shift - RESIDUAL_BITS - 31))``)."""
 
     zp: int
     multiplier: int
@@ -76,7 +78,7 @@ class DepthwiseSpec:
 
 @dataclass
 class PoolSpec:
-    """Global average pool over ``hw`` positions: ``y = clamp(out_zp + MulQ(sum(x) - hw * in_zp, M, s))``."""
+    """Global average pool over ``hw`` positions: ``y = clamp(out_zp + rne(float32(sum(x) - hw * in_zp) * scale))``."""
 
     hw: int
     in_zp: int
@@ -88,7 +90,7 @@ class PoolSpec:
 @dataclass
 class SESpec:
     """Squeeze-excite: pool -> fc1 (ReLU) -> fc2 (hard-sigmoid LUT, gate grid 1/255) ->
-    ``y = clamp(out_zp + MulQ((x - in_zp) * gate, M, s))``."""
+    ``y = clamp(out_zp + rne(float32((x - in_zp) * gate) * scale))``."""
 
     pool: PoolSpec
     fc1: GemmSpec

@@ -4,8 +4,9 @@ Scheme (see README.md in this folder):
 - activations: per-tensor asymmetric uint8, ``real = scale * (q - zero_point)``;
 - weights: symmetric int8 in [-127, 127] (or int4 in [-7, 7]) per output channel;
 - bias: int32 at scale ``in_scale * w_scale[c]``;
-- requantization: gemmlowp/TFLite fixed point, ``MulQ(x, M, s) = RDBP(SRDHM(x << max(s, 0), M), max(-s, 0))``
-  with ``M`` in [2^30, 2^31) and ``real_multiplier = M * 2^(s - 31)``;
+- requantization: the real multiplier is stored as a TFLite-style pair (``M`` in [2^30, 2^31), shift ``s``,
+  ``real = M * 2^(s - 31)``); the kernels apply it in IEEE float32: ``rne(float32(acc) * float32(M * 2^(s - 31)))``
+  (round half to even, as ONNX Runtime / MLAS requantization);
 - nonlinear activations (hswish, swish, hard-sigmoid) through a 256-entry uint8 -> uint8 lookup table applied
   after requantizing to a pre-activation scale.
 """

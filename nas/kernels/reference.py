@@ -1,4 +1,8 @@
-"""Pure-NumPy reference of the kernels' integer arithmetic (bit-exact target for every ISA path)."""
+"""Pure-NumPy reference of the kernels' arithmetic (bit-exact target for every ISA path).
+
+Integer accumulation (int32, exact); requantization in IEEE float32: ``v = float32(acc) * float32(scale)``,
+``y = rne(clamp(v, lo - zp, hi - zp)) + zp`` with round half to even (see README.md).
+"""
 
 from __future__ import annotations
 
@@ -8,43 +12,37 @@ from nas.kernels.ops import ConvSpec, DepthwiseSpec, GemmSpec, PoolSpec, Requant
 from nas.kernels.quant import RESIDUAL_BITS
 
 
-def srdhm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """gemmlowp SaturatingRoundingDoublingHighMul for ``b`` >= 0 (b never equals INT32_MIN here).
-
-    gemmlowp's ``(ab + nudge) / 2^31`` with truncating division equals ``floor((ab + 2^30) / 2^31)``.
-    """
-    ab = np.asarray(a, dtype=np.int64) * np.asarray(b, dtype=np.int64)
-    return ((ab + (1 << 30)) >> 31).astype(np.int64)
-
-
-def rdbp(x: np.ndarray, e: np.ndarray) -> np.ndarray:
-    """gemmlowp RoundingDivideByPOT (round half away from zero)."""
-    x = np.asarray(x, dtype=np.int64)
-    e = np.asarray(e, dtype=np.int64)
-    mask = (np.int64(1) << e) - 1
-    rem = x & mask
-    thr = (mask >> 1) + (x < 0)
-    return (x >> e) + (rem > thr)
+def scale32(m, shift) -> np.ndarray:
+    """Float32 scale of a fixed-point multiplier: ``float32(M * 2^(shift - 31))`` (exact in float64, one rounding
+    to nearest even)."""
+    m = np.asarray(m, dtype=np.float64)
+    return np.ldexp(m, np.asarray(shift, dtype=np.int64) - 31).astype(np.float32)
 
 
 def _wrap32(x: np.ndarray) -> np.ndarray:
     return ((np.asarray(x, dtype=np.int64) + (1 << 31)) % (1 << 32)) - (1 << 31)
 
 
-def mulq(x: np.ndarray, m: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """TFLite MultiplyByQuantizedMultiplier: ``RDBP(SRDHM(x << max(s, 0), M), max(-s, 0))`` (int32 wrap)."""
-    shift = np.asarray(shift, dtype=np.int64)
-    left = np.maximum(shift, 0)
-    right = np.maximum(-shift, 0)
-    return rdbp(srdhm(_wrap32(np.asarray(x, dtype=np.int64) << left), m), right)
+def mulf(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``float32(x) * scale`` in IEEE float32 (x wrapped to int32 first, as the kernels' int32 accumulators)."""
+    return _wrap32(x).astype(np.float32) * np.asarray(scale, dtype=np.float32)
+
+
+def round_clamp(v: np.ndarray, zp: int, lo: int, hi: int) -> np.ndarray:
+    """``rne(min(max(v, lo - zp), hi - zp)) + zp`` (round half to even), int64."""
+    v = np.minimum(np.maximum(v, np.float32(lo - zp)), np.float32(hi - zp))
+    return np.rint(v).astype(np.int64) + zp
 
 
 def _requant(acc: np.ndarray, rq: Requant, res: np.ndarray | None = None, residual=None) -> np.ndarray:
     """acc already includes the bias; channels on the last axis."""
-    v = mulq(acc, rq.multiplier.astype(np.int64), rq.shift.astype(np.int64))
-    if residual is not None:
-        v = rdbp(v + mulq(res.astype(np.int64) - residual.zp, residual.multiplier, residual.shift), RESIDUAL_BITS)
-    v = np.clip(v + rq.out_zp, rq.act_min, rq.act_max)
+    shift = rq.shift.astype(np.int64)
+    if residual is None:
+        v = mulf(acc, scale32(rq.multiplier, shift))
+    else:  # both multipliers carry 2^RESIDUAL_BITS; the scales divide it out exactly
+        v = mulf(acc, scale32(rq.multiplier, shift - RESIDUAL_BITS))
+        v = v + mulf(res.astype(np.int64) - residual.zp, scale32(residual.multiplier, residual.shift - RESIDUAL_BITS))
+    v = round_clamp(v, rq.out_zp, rq.act_min, rq.act_max)
     if rq.lut is not None:
         v = np.asarray(rq.lut, dtype=np.uint8)[v]
     return v.astype(np.uint8)
@@ -108,14 +106,14 @@ def pool(x: np.ndarray, spec: PoolSpec) -> np.ndarray:
     """Global average pool, NHWC uint8 -> [N, C] uint8."""
     n, h, w, c = x.shape
     s = x.reshape(n, h * w, c).astype(np.int64).sum(axis=1) - spec.hw * spec.in_zp
-    return np.clip(mulq(s, spec.multiplier, spec.shift) + spec.out_zp, 0, 255).astype(np.uint8)
+    return round_clamp(mulf(s, scale32(spec.multiplier, spec.shift)), spec.out_zp, 0, 255).astype(np.uint8)
 
 
 def squeeze_excite(x: np.ndarray, spec: SESpec) -> np.ndarray:
     """Squeeze-and-excitation on NHWC uint8."""
     gate = gemm(gemm(pool(x, spec.pool), spec.fc1), spec.fc2).astype(np.int64)  # [N, C]
     prod = (x.astype(np.int64) - spec.in_zp) * gate[:, None, None, :]
-    return np.clip(mulq(prod, spec.multiplier, spec.shift) + spec.out_zp, 0, 255).astype(np.uint8)
+    return round_clamp(mulf(prod, scale32(spec.multiplier, spec.shift)), spec.out_zp, 0, 255).astype(np.uint8)
 
 
 def run(spec: Spec, x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
@@ -133,4 +131,4 @@ def run(spec: Spec, x: np.ndarray, residual: np.ndarray | None = None) -> np.nda
     raise TypeError(f"spec: unknown op spec {type(spec).__name__}")
 
 
-__all__ = ["conv", "depthwise", "gemm", "mulq", "out_shape", "pool", "rdbp", "run", "squeeze_excite", "srdhm"]
+__all__ = ["conv", "depthwise", "gemm", "mulf", "out_shape", "pool", "round_clamp", "run", "scale32", "squeeze_excite"]

@@ -6,7 +6,7 @@ import pytest
 from nas.kernels import random_specs as R
 from nas.kernels import reference as ref
 from nas.kernels.isa import available_isas
-from nas.kernels.ops import compile_op
+from nas.kernels.ops import GemmSpec, Requant, compile_op
 
 ISAS = available_isas()
 ACTS = ["none", "relu", "relu6", "hswish", "swish"]
@@ -102,21 +102,34 @@ def test_threads_do_not_change_output(isa):
             np.testing.assert_array_equal(op.run(x, threads=t), one)
 
 
-def test_mulq_matches_literal_gemmlowp():
+def test_scale32_is_one_rounding_of_the_fixed_point_multiplier():
     rng = np.random.default_rng(16)
-    a = rng.integers(-(2**31), 2**31, size=20000, dtype=np.int64)
-    b = rng.integers(0, 2**31, size=20000, dtype=np.int64)
-    ab = a * b
-    nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
-    num = ab + nudge
-    literal = np.where(num >= 0, num // (1 << 31), -((-num) // (1 << 31)))  # truncating division
-    np.testing.assert_array_equal(ref.srdhm(a, b), literal)
-    e = rng.integers(0, 31, size=20000)
-    x = rng.integers(-(2**31), 2**31, size=20000, dtype=np.int64)
-    want = np.round(x / 2.0**e)  # half away from zero except ties to even; check ties separately
-    ties = (np.abs(x) % (1 << e)) * 2 == (1 << e)
-    want = np.where(ties, np.sign(x) * np.ceil(np.abs(x) / 2.0**e), want)
-    np.testing.assert_array_equal(ref.rdbp(x, e), want.astype(np.int64))
+    m = rng.integers(1 << 30, 1 << 31, size=5000)
+    s = rng.integers(-31, 31, size=5000)
+    want = np.array([np.float32(float(mi) * 2.0 ** (int(si) - 31)) for mi, si in zip(m, s, strict=True)])
+    np.testing.assert_array_equal(ref.scale32(m, s), want)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_requant_ties_to_even_large_accumulators_and_clamps(isa):
+    """acc * 0.5 and acc * 0.25 hit exact ties (round half to even); |acc + bias| > 2^24 exercises the int32 ->
+    float32 rounding; relu6-style bounds clamp."""
+    rng = np.random.default_rng(18)
+    n, k = 40, 4
+    w = np.zeros((n, k), np.int8)
+    w[:, 0] = 1  # acc = x[0] - in_zp
+    for mult, shift, bias_mag in [(1 << 30, 0, 300), (1 << 30, -1, 600), (1 << 30, -24, 2**28), (1 << 30, -23, 0)]:
+        m = np.full(n, mult, np.int32)
+        sh = np.full(n, shift, np.int32)
+        bias = rng.integers(-bias_mag, bias_mag + 1, size=n, dtype=np.int32)
+        for lo, hi in [(0, 255), (37, 200)]:
+            spec = GemmSpec(w, bias, 128, Requant(m, sh, 131, lo, hi))
+            x = _x(rng, (3, 7, k))
+            want = _check(spec, x, isa)
+            acc = x[..., :1].astype(np.int64) - 128 + bias.astype(np.int64)
+            v = acc.astype(np.float32) * np.float32(mult * 2.0 ** (shift - 31))
+            expect = np.clip(np.round(v.astype(np.float64)) + 131, lo, hi)  # np.round: half to even
+            np.testing.assert_array_equal(want, expect.astype(np.uint8))
 
 
 def test_input_quantization_matches_numpy():

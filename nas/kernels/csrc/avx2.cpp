@@ -11,26 +11,6 @@ namespace nask {
 namespace avx2 {
 namespace {
 
-inline __m256i srdhm_v(__m256i a, __m256i b, __m256i b_odd) {
-  const __m256i nudge = _mm256_set1_epi64x(1ll << 30);
-  __m256i ev = _mm256_add_epi64(_mm256_mul_epi32(a, b), nudge);
-  __m256i od = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(a, 32), b_odd), nudge);
-  ev = _mm256_srli_epi64(ev, 31);
-  od = _mm256_slli_epi64(od, 1);
-  return _mm256_blend_epi32(ev, od, 0xAA);
-}
-
-inline __m256i rdbp_v(__m256i x, __m256i rsh, __m256i rmask, __m256i rhalf) {
-  const __m256i rem = _mm256_and_si256(x, rmask);
-  const __m256i thr = _mm256_sub_epi32(rhalf, _mm256_cmpgt_epi32(_mm256_setzero_si256(), x));
-  const __m256i r = _mm256_srav_epi32(x, rsh);
-  return _mm256_sub_epi32(r, _mm256_cmpgt_epi32(rem, thr));
-}
-
-inline __m256i mulq_v(__m256i x, __m256i m, __m256i lsh, __m256i rsh, __m256i rmask, __m256i rhalf) {
-  return rdbp_v(srdhm_v(_mm256_sllv_epi32(x, lsh), m, _mm256_srli_epi64(m, 32)), rsh, rmask, rhalf);
-}
-
 inline __m256i bcast(int32_t v) { return _mm256_set1_epi32(v); }
 
 inline void store8(uint8_t* out, __m256i y, int n) {
@@ -52,7 +32,12 @@ inline __m256i load8_u8(const uint8_t* p, int n) {
   return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(tmp)));
 }
 
-// Requantize 8 accumulators for channels c..c+7 (n valid) and store.
+// rne(clamp(v, flo, fhi)) as int32 (MXCSR default rounding: nearest even).
+inline __m256i round_clamp(__m256 v, float flo, float fhi) {
+  return _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(flo)), _mm256_set1_ps(fhi)));
+}
+
+// Requantize 8 accumulators (bias not yet added) for channels c..c+7 (n valid) and store.
 inline void epilogue(__m256i acc, const RqView& q, int c, int n, void* out, const uint8_t* res) {
   acc = _mm256_add_epi32(acc, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.bias + c)));
   if (q.out_int32) {
@@ -61,19 +46,20 @@ inline void epilogue(__m256i acc, const RqView& q, int c, int n, void* out, cons
     std::memcpy(out, tmp, static_cast<size_t>(n < 8 ? n : 8) * 4);
     return;
   }
-  auto ld = [c](const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + c)); };
-  __m256i y = mulq_v(acc, ld(q.mult), ld(q.lsh), ld(q.rsh), ld(q.rmask), ld(q.rhalf));
+  __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_loadu_ps(q.scale + c));
   if (q.residual) {
     const __m256i r = _mm256_sub_epi32(load8_u8(res, n), bcast(q.res_zp));
-    const int32_t rm = static_cast<int32_t>((1ll << q.res_rsh) - 1);
-    y = _mm256_add_epi32(y, mulq_v(r, bcast(q.res_mult), bcast(q.res_lsh), bcast(q.res_rsh), bcast(rm),
-                                   bcast(rm >> 1)));
-    const int32_t mk = (1 << kResidualBits) - 1;
-    y = rdbp_v(y, bcast(kResidualBits), bcast(mk), bcast(mk >> 1));
+    v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_cvtepi32_ps(r), _mm256_set1_ps(q.res_scale)));
   }
-  y = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(y, bcast(q.zp)), bcast(q.lo)), bcast(q.hi));
+  __m256i y = _mm256_add_epi32(round_clamp(v, q.flo, q.fhi), bcast(q.zp));
   if (q.lut32) y = _mm256_i32gather_epi32(q.lut32, y, 4);
   store8(static_cast<uint8_t*>(out), y, n);
+}
+
+// rne(clamp(float32(v) * scale, -zp, 255 - zp)) + zp
+inline __m256i scale_round(__m256i v, float scale, int32_t zp) {
+  const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(scale));
+  return _mm256_add_epi32(round_clamp(f, static_cast<float>(-zp), static_cast<float>(255 - zp)), bcast(zp));
 }
 
 template <bool INT4>
@@ -245,7 +231,6 @@ void depthwise(const DwArgs& a, int threads) {
 
 void pool(const PoolArgs& a, int threads) {
   const int ncb = (a.c + 7) / 8;
-  const int32_t rm = static_cast<int32_t>((1ll << a.rsh) - 1);
   par(threads, a.batch * ncb, [&](int t0, int t1) {
     for (int t = t0; t < t1; ++t) {
       const int b = t / ncb, c = (t % ncb) * 8;
@@ -254,18 +239,14 @@ void pool(const PoolArgs& a, int threads) {
       __m256i s = _mm256_setzero_si256();
       for (int p = 0; p < a.hw; ++p) s = _mm256_add_epi32(s, load8_u8(x + static_cast<int64_t>(p) * a.c, n));
       s = _mm256_sub_epi32(s, bcast(a.hw * a.in_zp));
-      __m256i y = mulq_v(s, bcast(a.mult), bcast(a.lsh), bcast(a.rsh), bcast(rm), bcast(rm >> 1));
-      y = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(y, bcast(a.out_zp)), bcast(0)), bcast(255));
-      store8(a.out + b * a.c + c, y, n);
+      store8(a.out + b * a.c + c, scale_round(s, a.scale, a.out_zp), n);
     }
   });
 }
 
 void channel_scale(const ScaleArgs& a, int threads) {
-  const int32_t rm = static_cast<int32_t>((1ll << a.rsh) - 1);
   par(threads, a.batch * a.hw, [&](int p0, int p1) {
-    const __m256i mult = bcast(a.mult), lsh = bcast(a.lsh), rsh = bcast(a.rsh);
-    const __m256i rmask = bcast(rm), rhalf = bcast(rm >> 1), zpv = bcast(a.in_zp), ozp = bcast(a.out_zp);
+    const __m256i zpv = bcast(a.in_zp);
     for (int p = p0; p < p1; ++p) {
       const int b = p / a.hw;
       const uint8_t* x = a.x + static_cast<int64_t>(p) * a.c;
@@ -275,9 +256,7 @@ void channel_scale(const ScaleArgs& a, int threads) {
         const int n = a.c - c < 8 ? a.c - c : 8;
         const __m256i xv = _mm256_sub_epi32(load8_u8(x + c, n), zpv);
         const __m256i gv = load8_u8(g + c, n);
-        __m256i y = mulq_v(_mm256_madd_epi16(xv, gv), mult, lsh, rsh, rmask, rhalf);
-        y = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(y, ozp), bcast(0)), bcast(255));
-        store8(o + c, y, n);
+        store8(o + c, scale_round(_mm256_madd_epi16(xv, gv), a.scale, a.out_zp), n);
       }
     }
   });

@@ -5,12 +5,13 @@
 //   weights:     symmetric int8 (or int4 in [-7, 7]) per output channel, optional uint8
 //                per-group sub-scales for int4 (integer, multiplied into the group partial sums)
 //   bias:        int32 at scale in_scale * w_scale[c]
-//   requant:     y = clamp(zp + MulQ(acc + bias', M[c], shift[c]), lo, hi) [-> lut[y]]
-//                MulQ(x, M, s) = RDBP(SRDHM(x << max(s, 0), M), max(-s, 0))  (gemmlowp / TFLite)
+//   requant:     y = clamp(zp + rne(float32(acc + bias') * scale[c]), lo, hi) [-> lut[y]]
+//                scale[c] = float32(M[c] * 2^(shift[c] - 31)); IEEE float32 multiply, round half to even
 //   bias' = bias - in_zp * sum_k w[c, k] (zero-point correction folded at pack time).
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -28,31 +29,15 @@ namespace nask {
 
 enum class Isa : int { reference = 0, avx2 = 1, avx512vnni = 2 };
 
-constexpr int kResidualBits = 8;  // extra fraction bits used when a residual is added
+constexpr int kResidualBits = 8;  // the residual-path multipliers carry 2^kResidualBits (divided out exactly)
 
-// gemmlowp SaturatingRoundingDoublingHighMul.
-inline int32_t srdhm(int32_t a, int32_t b) {
-  if (a == INT32_MIN && b == INT32_MIN) return INT32_MAX;
-  const int64_t ab = static_cast<int64_t>(a) * static_cast<int64_t>(b);
-  const int64_t nudge = ab >= 0 ? (1ll << 30) : (1 - (1ll << 30));
-  return static_cast<int32_t>((ab + nudge) / (1ll << 31));
+// Float32 scale of a fixed-point multiplier: float32(M * 2^(shift - 31)) (exact in double, one RNE rounding).
+inline float scale_of(int32_t m, int32_t shift) {
+  return static_cast<float>(std::ldexp(static_cast<double>(m), shift - 31));
 }
 
-// gemmlowp RoundingDivideByPOT (round half away from zero).
-inline int32_t rdbp(int32_t x, int e) {
-  const int32_t mask = static_cast<int32_t>((1ll << e) - 1);
-  const int32_t rem = x & mask;
-  const int32_t thr = (mask >> 1) + (x < 0 ? 1 : 0);
-  return (x >> e) + (rem > thr ? 1 : 0);
-}
-
-inline int32_t shl_wrap(int32_t x, int l) {
-  return static_cast<int32_t>(static_cast<uint32_t>(x) << l);
-}
-
-inline int32_t mulq(int32_t x, int32_t m, int lsh, int rsh) {
-  return rdbp(srdhm(shl_wrap(x, lsh), m), rsh);
-}
+// Round half to even of a float already clamped to a small range (current rounding mode = nearest-even).
+inline int32_t rne(float v) { return static_cast<int32_t>(std::nearbyint(v)); }
 
 // Aligned, zero-initialised byte buffer.
 struct AlignedBuf {
@@ -69,55 +54,54 @@ struct AlignedBuf {
 };
 
 // Requantization parameters for one op (per output channel). Owned by the op object; kernels see RqView.
+//   v = float32(acc + bias[c]) * scale[c]                    (IEEE float32, round to nearest even)
+//   v = v + float32(r - res_zp) * res_scale                  (residual only)
+//   y = rne(min(max(v, flo), fhi)) + zp,  flo = lo - zp, fhi = hi - zp   [-> lut[y]]
 struct RqView {
-  const int32_t *bias, *mult, *lsh, *rsh, *rmask, *rhalf;  // padded to a multiple of 64 channels
-  const int32_t* lut32;                                     // 256 entries or nullptr
-  bool any_lsh;                                             // some channel has a left shift
+  const int32_t* bias;   // padded to a multiple of 64 channels
+  const float* scale;    // padded to a multiple of 64 channels (0 in the padding)
+  const int32_t* lut32;  // 256 entries or nullptr
   int32_t zp, lo, hi;
+  float flo, fhi;
   bool residual;
-  int32_t res_zp, res_mult, res_lsh, res_rsh;
+  int32_t res_zp;
+  float res_scale;
   bool out_int32;
 };
 
-// Scalar form of the epilogue; vector paths must produce the same value.
+// Scalar form of the epilogue (acc without bias); vector paths must produce the same value.
 inline int32_t rq_apply(const RqView& q, int c, int32_t acc, int32_t res) {
-  int32_t v = mulq(acc + q.bias[c], q.mult[c], q.lsh[c], q.rsh[c]);
-  if (q.residual) v = rdbp(v + mulq(res - q.res_zp, q.res_mult, q.res_lsh, q.res_rsh), kResidualBits);
-  v += q.zp;
-  v = v < q.lo ? q.lo : (v > q.hi ? q.hi : v);
-  return q.lut32 ? q.lut32[v] : v;
+  const int32_t a = static_cast<int32_t>(static_cast<uint32_t>(acc) + static_cast<uint32_t>(q.bias[c]));
+  float v = static_cast<float>(a) * q.scale[c];
+  if (q.residual) {
+    const float r = static_cast<float>(res - q.res_zp) * q.res_scale;
+    v = v + r;
+  }
+  v = v < q.flo ? q.flo : (v > q.fhi ? q.fhi : v);
+  const int32_t y = rne(v) + q.zp;
+  return q.lut32 ? q.lut32[y] : y;
 }
 
 struct Requant {
   int n = 0;
-  std::vector<int32_t> bias, mult, lsh, rsh, rmask, rhalf, lut32;
+  std::vector<int32_t> bias, lut32;
+  std::vector<float> scale;
   int32_t zp = 0, lo = 0, hi = 255;
   bool residual = false;
-  int32_t res_zp = 0, res_mult = 0, res_lsh = 0, res_rsh = 0;
+  int32_t res_zp = 0;
+  float res_scale = 0.0f;
   bool out_int32 = false;
 
   void resize(int channels) {
     n = channels;
     const size_t np = static_cast<size_t>((channels + 63) / 64 * 64);
     bias.assign(np, 0);
-    mult.assign(np, 1 << 30);
-    lsh.assign(np, 0);
-    rsh.assign(np, 0);
-    rmask.assign(np, 0);
-    rhalf.assign(np, 0);
-  }
-  void set_channel(int c, int32_t m, int32_t shift) {
-    mult[c] = m;
-    lsh[c] = shift > 0 ? shift : 0;
-    rsh[c] = shift > 0 ? 0 : -shift;
-    rmask[c] = static_cast<int32_t>((1ll << rsh[c]) - 1);
-    rhalf[c] = rmask[c] >> 1;
+    scale.assign(np, 0.0f);
   }
   RqView view() const {
-    return RqView{bias.data(), mult.data(), lsh.data(), rsh.data(), rmask.data(), rhalf.data(),
-                  lut32.empty() ? nullptr : lut32.data(),
-                  std::any_of(lsh.begin(), lsh.end(), [](int32_t v) { return v != 0; }), zp, lo, hi, residual, res_zp, res_mult,
-                  res_lsh, res_rsh, out_int32};
+    return RqView{bias.data(), scale.data(), lut32.empty() ? nullptr : lut32.data(), zp, lo, hi,
+                  static_cast<float>(lo - zp), static_cast<float>(hi - zp), residual, res_zp, res_scale,
+                  out_int32};
   }
 };
 
@@ -146,23 +130,28 @@ struct DwArgs {
   int batch = 0, h = 0, w = 0, c = 0, k = 0, stride = 1, ho = 0, wo = 0;
   int32_t in_zp = 0;
   const uint8_t* x = nullptr;
-  const int32_t* wt = nullptr;      // [k*k][cpad] int32, value w & 0xffff (pairs for vpmaddwd)
-  const int32_t* neg_wzp = nullptr;  // [cpad] -in_zp * sum_taps w (zero-point correction, VNNI path)
+  const int32_t* wt = nullptr;    // [k*k][cpad] int32, value w & 0xffff (pairs for vpmaddwd)
+  // AVX512-VNNI layout (see avx512.cpp), per block of 64 channels in the interleaved channel order:
+  const int8_t* dw_w = nullptr;      // [C/64][k (kx)][ceil(k/4) (row group)][4 (zmm)][64 bytes]
+  const int32_t* dw_init = nullptr;  // [C/64 * 64] bias - in_zp * sum_taps w
+  const float* dw_scale = nullptr;   // [C/64 * 64] requantization scales
   int cpad = 0;
   RqView q{};
   uint8_t* out = nullptr;
 };
 
-struct PoolArgs {
+struct PoolArgs {  // out[n, c] = rne(clamp(float32(sum_p x - hw * in_zp) * scale, -zp, 255 - zp)) + zp
   int batch = 0, hw = 0, c = 0;
-  int32_t in_zp = 0, mult = 0, lsh = 0, rsh = 0, out_zp = 0;
+  int32_t in_zp = 0, out_zp = 0;
+  float scale = 0.0f;
   const uint8_t* x = nullptr;
   uint8_t* out = nullptr;
 };
 
-struct ScaleArgs {  // out[n, p, c] = clamp(zp + MulQ((x - xzp) * g[n, c], M, s))
+struct ScaleArgs {  // out[n, p, c] = rne(clamp(float32((x - in_zp) * g[n, c]) * scale, -zp, 255 - zp)) + zp
   int batch = 0, hw = 0, c = 0;
-  int32_t in_zp = 0, mult = 0, lsh = 0, rsh = 0, out_zp = 0;
+  int32_t in_zp = 0, out_zp = 0;
+  float scale = 0.0f;
   const uint8_t* x = nullptr;
   const uint8_t* gate = nullptr;
   uint8_t* out = nullptr;

@@ -107,7 +107,7 @@ void fill_requant(Requant& q, int n, const py::object& mult_o, const py::object&
   for (int c = 0; c < n; ++c) {
     check_range(m[c], 0, INT32_MAX, "multiplier");
     check_range(s[c], -31, 30, "shift");
-    q.set_channel(c, m[c], s[c]);
+    q.scale[c] = scale_of(m[c], s[c]);
   }
   q.zp = out_zp;
   q.lo = act_min;
@@ -244,9 +244,9 @@ class Gemm {
       check_range(std::get<2>(t), -31, 30, "residual shift");
       q_.residual = true;
       q_.res_zp = std::get<0>(t);
-      q_.res_mult = std::get<1>(t);
-      q_.res_lsh = std::get<2>(t) > 0 ? std::get<2>(t) : 0;
-      q_.res_rsh = std::get<2>(t) > 0 ? 0 : -std::get<2>(t);
+      // both multipliers carry 2^kResidualBits; dividing the float32 scales by it is exact
+      q_.res_scale = std::ldexp(scale_of(std::get<1>(t), std::get<2>(t)), -kResidualBits);
+      for (int j = 0; j < n; ++j) q_.scale[j] = std::ldexp(q_.scale[j], -kResidualBits);
     }
     pack(pw_, wp, subs);
     view_ = q_.view();
@@ -334,7 +334,8 @@ class Conv {
     py::gil_scoped_release nogil;
     const int kk = k_ * k_ * cin_, pad = k_ / 2;
     const int m = b * ho * wo;
-    std::vector<uint8_t> col(static_cast<size_t>(m) * kk);
+    thread_local std::vector<uint8_t> col;  // reused across calls (no page faults per run)
+    if (col.size() < static_cast<size_t>(m) * kk) col.resize(static_cast<size_t>(m) * kk);
     uint8_t* cp = col.data();
     const int k = k_, s = stride_, cin = cin_, zp = in_zp_;
     auto im2col = [&](int r0, int r1) {
@@ -401,12 +402,7 @@ class Depthwise {
         if (v == -128) throw py::value_error("weight: values must lie in [-127, 127]");
         wt_[static_cast<size_t>(t) * cpad_ + c] = static_cast<int32_t>(static_cast<uint16_t>(static_cast<int16_t>(v)));
       }
-    neg_wzp_.assign(static_cast<size_t>(cpad_), 0);
-    for (int c = 0; c < c_; ++c) {
-      int32_t sum = 0;
-      for (int t = 0; t < k_ * k_; ++t) sum += wp[c * k_ * k_ + t];
-      neg_wzp_[c] = -in_zp_ * sum;
-    }
+    if (isa_ == Isa::avx512vnni) pack_vnni(wp);
     view_ = q_.view();
   }
 
@@ -428,7 +424,9 @@ class Depthwise {
     a.in_zp = in_zp_;
     a.x = static_cast<const uint8_t*>(x.data());
     a.wt = wt_.data();
-    a.neg_wzp = neg_wzp_.data();
+    a.dw_w = vw_.as<int8_t>();
+    a.dw_init = vinit_.as<int32_t>();
+    a.dw_scale = vscale_.as<float>();
     a.cpad = cpad_;
     a.q = view_;
     a.out = static_cast<uint8_t*>(out.mutable_data());
@@ -441,20 +439,50 @@ class Depthwise {
   }
 
  private:
+  // AVX512-VNNI layout (avx512.cpp): per 64-channel block, zmm j holds channel 16L + 4j + i in dword 4L + i.
+  void pack_vnni(const int8_t* wp) {
+    const int nblk = (c_ + 63) / 64, ng = (k_ + 3) / 4;
+    vw_.resize(static_cast<size_t>(nblk) * k_ * ng * 256);
+    vinit_.resize(static_cast<size_t>(nblk) * 64 * 4);
+    vscale_.resize(static_cast<size_t>(nblk) * 64 * 4);
+    int8_t* dw = vw_.as<int8_t>();
+    int32_t* init = vinit_.as<int32_t>();
+    float* scale = vscale_.as<float>();
+    for (int blk = 0; blk < nblk; ++blk)
+      for (int j = 0; j < 4; ++j)
+        for (int d = 0; d < 16; ++d) {
+          const int c = blk * 64 + 16 * (d / 4) + 4 * j + d % 4;  // channel of dword d of zmm j
+          const int slot = blk * 64 + 16 * j + d;
+          if (c >= c_) continue;
+          int32_t sum = 0;
+          for (int t = 0; t < k_ * k_; ++t) sum += wp[c * k_ * k_ + t];
+          init[slot] = q_.bias[c] - in_zp_ * sum;
+          scale[slot] = q_.scale[c];
+          for (int kx = 0; kx < k_; ++kx)
+            for (int g = 0; g < ng; ++g)
+              for (int t = 0; t < 4; ++t) {
+                const int ky = 4 * g + t;
+                dw[((((static_cast<size_t>(blk) * k_ + kx) * ng + g) * 4 + j) * 16 + d) * 4 + t] =
+                    ky < k_ ? wp[(c * k_ + ky) * k_ + kx] : 0;
+              }
+        }
+  }
+
   Isa isa_ = Isa::reference;
   int c_ = 0, k_ = 0, stride_ = 1, in_zp_ = 0, cpad_ = 0;
   Requant q_;
   RqView view_{};
-  std::vector<int32_t> wt_, neg_wzp_;
+  std::vector<int32_t> wt_;
+  AlignedBuf vw_, vinit_, vscale_;
 };
 
-void split_shift(int32_t shift, int32_t& lsh, int32_t& rsh) {
+float checked_scale(int32_t multiplier, int32_t shift) {
+  check_range(multiplier, 0, INT32_MAX, "multiplier");
   check_range(shift, -31, 30, "shift");
-  lsh = shift > 0 ? shift : 0;
-  rsh = shift > 0 ? 0 : -shift;
+  return scale_of(multiplier, shift);
 }
 
-// Global average pool: out[b, c] = clamp(out_zp + MulQ(sum_p x[b, p, c] - hw * in_zp, M, s)).
+// Global average pool: out[b, c] = rne(clamp(float32(sum_p x[b, p, c] - hw * in_zp) * scale)) + out_zp.
 class Pool {
  public:
   Pool(int hw, int in_zp, int32_t multiplier, int32_t shift, int out_zp, const std::string& isa) {
@@ -462,12 +490,10 @@ class Pool {
     check_range(hw, 1, 1 << 22, "hw");
     check_range(in_zp, 0, 255, "in_zp");
     check_range(out_zp, 0, 255, "out_zp");
-    check_range(multiplier, 0, INT32_MAX, "multiplier");
     a_.hw = hw;
     a_.in_zp = in_zp;
     a_.out_zp = out_zp;
-    a_.mult = multiplier;
-    split_shift(shift, a_.lsh, a_.rsh);
+    a_.scale = checked_scale(multiplier, shift);
   }
   int hw() const { return a_.hw; }
 
@@ -519,11 +545,9 @@ class SqueezeExcite {
       throw py::value_error("fc1/fc2: must be built for the same isa as the SE op");
     check_range(in_zp, 0, 255, "in_zp");
     check_range(out_zp, 0, 255, "out_zp");
-    check_range(multiplier, 0, INT32_MAX, "multiplier");
     s_.in_zp = in_zp;
     s_.out_zp = out_zp;
-    s_.mult = multiplier;
-    split_shift(shift, s_.lsh, s_.rsh);
+    s_.scale = checked_scale(multiplier, shift);
   }
 
   void run(const py::object& x_o, const py::object& out_o, int threads) const {

@@ -3,6 +3,17 @@
 
 namespace nask {
 namespace ref {
+namespace {
+
+// rne(clamp(float32(v) * scale, -zp, 255 - zp)) + zp
+inline int32_t scale_round(int32_t v, float scale, int32_t zp) {
+  float f = static_cast<float>(v) * scale;
+  const float lo = static_cast<float>(-zp), hi = static_cast<float>(255 - zp);
+  f = f < lo ? lo : (f > hi ? hi : f);
+  return rne(f) + zp;
+}
+
+}  // namespace
 
 void gemm(const GemmArgs& a, int threads) {
   const PackedWeights& pw = *a.w;
@@ -70,8 +81,7 @@ void pool(const PoolArgs& a, int threads) {
       for (int c = 0; c < a.c; ++c) {
         int32_t s = 0;
         for (int p = 0; p < a.hw; ++p) s += a.x[(static_cast<int64_t>(b) * a.hw + p) * a.c + c];
-        int32_t v = mulq(s - a.hw * a.in_zp, a.mult, a.lsh, a.rsh) + a.out_zp;
-        a.out[b * a.c + c] = static_cast<uint8_t>(std::min(255, std::max(0, v)));
+        a.out[b * a.c + c] = static_cast<uint8_t>(scale_round(s - a.hw * a.in_zp, a.scale, a.out_zp));
       }
     }
   });
@@ -85,8 +95,7 @@ void channel_scale(const ScaleArgs& a, int threads) {
       uint8_t* o = a.out + static_cast<int64_t>(p) * a.c;
       const uint8_t* g = a.gate + static_cast<int64_t>(b) * a.c;
       for (int c = 0; c < a.c; ++c) {
-        int32_t v = mulq((x[c] - a.in_zp) * static_cast<int32_t>(g[c]), a.mult, a.lsh, a.rsh) + a.out_zp;
-        o[c] = static_cast<uint8_t>(std::min(255, std::max(0, v)));
+        o[c] = static_cast<uint8_t>(scale_round((x[c] - a.in_zp) * static_cast<int32_t>(g[c]), a.scale, a.out_zp));
       }
     }
   });
