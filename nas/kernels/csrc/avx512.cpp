@@ -362,6 +362,36 @@ void channel_scale(const ScaleArgs& a, int threads) {
   });
 }
 
+int64_t quantize_rgb(const float* x, int64_t hw, float scale, float zp, uint8_t* out) {
+  __m128i mk[3][3];  // mk[o][ch]: bytes of output block o taken from channel ch (pixel index or -128 = zero)
+  for (int o = 0; o < 3; ++o)
+    for (int ch = 0; ch < 3; ++ch) {
+      alignas(16) int8_t m[16];
+      for (int i = 0; i < 16; ++i) m[i] = (16 * o + i) % 3 == ch ? static_cast<int8_t>((16 * o + i) / 3) : -128;
+      mk[o][ch] = _mm_load_si128(reinterpret_cast<const __m128i*>(m));
+    }
+  const __m512 vs = _mm512_set1_ps(scale), vz = _mm512_set1_ps(zp);
+  const __m512 lo = _mm512_set1_ps(-1e6f), hi = _mm512_set1_ps(1e6f), zero = _mm512_setzero_ps(),
+               top = _mm512_set1_ps(255.0f);
+  int64_t p = 0;
+  for (; p + 16 <= hw; p += 16) {
+    __m128i q[3];
+    for (int ch = 0; ch < 3; ++ch) {
+      __m512 v = _mm512_div_round_ps(_mm512_loadu_ps(x + ch * hw + p), vs, kRne);
+      v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+      v = _mm512_add_round_ps(_mm512_roundscale_ps(v, kRne), vz, kRne);
+      v = _mm512_min_ps(_mm512_max_ps(v, zero), top);
+      q[ch] = _mm512_cvtepi32_epi8(_mm512_cvtt_roundps_epi32(v, _MM_FROUND_NO_EXC));
+    }
+    for (int o = 0; o < 3; ++o) {
+      const __m128i r = _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(q[0], mk[o][0]), _mm_shuffle_epi8(q[1], mk[o][1])),
+                                     _mm_shuffle_epi8(q[2], mk[o][2]));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 3 * p + 16 * o), r);
+    }
+  }
+  return p;
+}
+
 int64_t vnni_loop(int64_t iters) {
   __m512i acc[12];
   for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_epi32(i);

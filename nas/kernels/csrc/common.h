@@ -180,8 +180,20 @@ NASK_DECLARE_ISA(ref)
 NASK_DECLARE_ISA(avx2)
 NASK_DECLARE_ISA(avx512)
 
+// Input quantization, float32 NCHW -> uint8 NHWC: clamp(rne(clamp(x / scale, -1e6, 1e6)) + zp, 0, 255)
+// (identical to quant.quantize_input). Scalar form for one value:
+inline uint8_t quantize_value(float x, float scale, float zp) {
+  float v = x / scale;
+  v = v < -1e6f ? -1e6f : (v > 1e6f ? 1e6f : v);
+  v = std::nearbyint(v) + zp;
+  v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
+  return static_cast<uint8_t>(static_cast<int32_t>(v));
+}
+
 namespace avx512 {
 int64_t vnni_loop(int64_t iters);  // 12 independent vpdpbusd chains x iters; returns a checksum
+// Planes of batch item b: pixels [p0, p1) of hw, C = 3, p0 a multiple of 16; returns the first pixel not done.
+int64_t quantize_rgb(const float* x, int64_t hw, float scale, float zp, uint8_t* out);
 }
 
 }  // namespace nask

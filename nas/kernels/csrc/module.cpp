@@ -17,6 +17,8 @@ namespace py = pybind11;
 namespace nask {
 namespace {
 
+using Task = std::function<void(int)>;  // one bound kernel call: threads -> void
+
 // ---------------------------------------------------------------- validation helpers
 std::string shape_str(const py::array& a) {
   std::string s = "(";
@@ -274,8 +276,8 @@ class Gemm {
     run_gemm(pw_, a, threads);
   }
 
-  void run(const py::object& x_o, const py::object& out_o, const py::object& res_o, int threads) const {
-    check_threads(threads);
+  // Validates the arrays and returns the kernel call on their raw pointers (run without the GIL).
+  Task bind(const py::object& x_o, const py::object& out_o, const py::object& res_o) const {
     py::array x = need<uint8_t>(x_o, "x", {-1, pw_.k});
     const int m = static_cast<int>(x.shape(0));
     if (m < 1) throw py::value_error("x: needs at least one row");
@@ -292,8 +294,14 @@ class Gemm {
     }
     const uint8_t* xp = static_cast<const uint8_t*>(x.data());
     void* op = out.mutable_data();
+    return [this, xp, m, op, res](int threads) { run_raw(xp, m, op, res, threads); };
+  }
+
+  void run(const py::object& x_o, const py::object& out_o, const py::object& res_o, int threads) const {
+    check_threads(threads);
+    const Task t = bind(x_o, out_o, res_o);
     py::gil_scoped_release nogil;
-    run_raw(xp, m, op, res, threads);
+    t(threads);
   }
 
  private:
@@ -321,8 +329,7 @@ class Conv {
                                    0, isa, false, py::none());
   }
 
-  void run(const py::object& x_o, const py::object& out_o, int threads) const {
-    check_threads(threads);
+  Task bind(const py::object& x_o, const py::object& out_o) const {
     py::array x = need<uint8_t>(x_o, "x", {-1, -1, -1, cin_});
     const int b = static_cast<int>(x.shape(0)), h = static_cast<int>(x.shape(1)), w = static_cast<int>(x.shape(2));
     if (b < 1 || h < 1 || w < 1) throw py::value_error("x: empty shape " + shape_str(x));
@@ -331,7 +338,17 @@ class Conv {
     need_writeable(out, "out");
     const uint8_t* xp = static_cast<const uint8_t*>(x.data());
     uint8_t* op = static_cast<uint8_t*>(out.mutable_data());
+    return [this, xp, op, b, h, w, ho, wo](int threads) { run_raw(xp, op, b, h, w, ho, wo, threads); };
+  }
+
+  void run(const py::object& x_o, const py::object& out_o, int threads) const {
+    check_threads(threads);
+    const Task t = bind(x_o, out_o);
     py::gil_scoped_release nogil;
+    t(threads);
+  }
+
+  void run_raw(const uint8_t* xp, uint8_t* op, int b, int h, int w, int ho, int wo, int threads) const {
     const int kk = k_ * k_ * cin_, pad = k_ / 2;
     const int m = b * ho * wo;
     thread_local std::vector<uint8_t> col;  // reused across calls (no page faults per run)
@@ -406,8 +423,7 @@ class Depthwise {
     view_ = q_.view();
   }
 
-  void run(const py::object& x_o, const py::object& out_o, int threads) const {
-    check_threads(threads);
+  Task bind(const py::object& x_o, const py::object& out_o) const {
     py::array x = need<uint8_t>(x_o, "x", {-1, -1, -1, c_});
     DwArgs a;
     a.batch = static_cast<int>(x.shape(0));
@@ -430,12 +446,21 @@ class Depthwise {
     a.cpad = cpad_;
     a.q = view_;
     a.out = static_cast<uint8_t*>(out.mutable_data());
+    const Isa isa = isa_;
+    return [a, isa](int threads) {
+      switch (isa) {
+        case Isa::reference: ref::depthwise(a, threads); break;
+        case Isa::avx2: avx2::depthwise(a, threads); break;
+        case Isa::avx512vnni: avx512::depthwise(a, threads); break;
+      }
+    };
+  }
+
+  void run(const py::object& x_o, const py::object& out_o, int threads) const {
+    check_threads(threads);
+    const Task t = bind(x_o, out_o);
     py::gil_scoped_release nogil;
-    switch (isa_) {
-      case Isa::reference: ref::depthwise(a, threads); break;
-      case Isa::avx2: avx2::depthwise(a, threads); break;
-      case Isa::avx512vnni: avx512::depthwise(a, threads); break;
-    }
+    t(threads);
   }
 
  private:
@@ -510,8 +535,7 @@ class Pool {
     }
   }
 
-  void run(const py::object& x_o, const py::object& out_o, int threads) const {
-    check_threads(threads);
+  Task bind(const py::object& x_o, const py::object& out_o) const {
     py::array x = need<uint8_t>(x_o, "x", {-1, -1, -1, -1});
     const int b = static_cast<int>(x.shape(0)), c = static_cast<int>(x.shape(3));
     if (x.shape(1) * x.shape(2) != a_.hw)
@@ -521,8 +545,14 @@ class Pool {
     need_writeable(out, "out");
     const uint8_t* xp = static_cast<const uint8_t*>(x.data());
     uint8_t* op = static_cast<uint8_t*>(out.mutable_data());
+    return [this, xp, b, c, op](int threads) { run_raw(xp, b, c, op, threads); };
+  }
+
+  void run(const py::object& x_o, const py::object& out_o, int threads) const {
+    check_threads(threads);
+    const Task t = bind(x_o, out_o);
     py::gil_scoped_release nogil;
-    run_raw(xp, b, c, op, threads);
+    t(threads);
   }
 
  private:
@@ -550,8 +580,7 @@ class SqueezeExcite {
     s_.scale = checked_scale(multiplier, shift);
   }
 
-  void run(const py::object& x_o, const py::object& out_o, int threads) const {
-    check_threads(threads);
+  Task bind(const py::object& x_o, const py::object& out_o) const {
     const int c = fc1_->k();
     py::array x = need<uint8_t>(x_o, "x", {-1, -1, -1, c});
     const int b = static_cast<int>(x.shape(0)), hw = static_cast<int>(x.shape(1) * x.shape(2));
@@ -562,7 +591,17 @@ class SqueezeExcite {
     need_writeable(out, "out");
     const uint8_t* xp = static_cast<const uint8_t*>(x.data());
     uint8_t* op = static_cast<uint8_t*>(out.mutable_data());
+    return [this, xp, op, b, hw, c](int threads) { run_raw(xp, op, b, hw, c, threads); };
+  }
+
+  void run(const py::object& x_o, const py::object& out_o, int threads) const {
+    check_threads(threads);
+    const Task t = bind(x_o, out_o);
     py::gil_scoped_release nogil;
+    t(threads);
+  }
+
+  void run_raw(const uint8_t* xp, uint8_t* op, int b, int hw, int c, int threads) const {
     std::vector<uint8_t> pooled(static_cast<size_t>(b) * c), hid(static_cast<size_t>(b) * fc1_->n()),
         gate(static_cast<size_t>(b) * c);
     pool_->run_raw(xp, b, c, pooled.data(), threads);
@@ -589,6 +628,40 @@ class SqueezeExcite {
   ScaleArgs s_;
 };
 
+// A fixed sequence of op calls on fixed arrays (a whole network): validated once, run in one call without the GIL.
+class Plan {
+ public:
+  Plan(const py::list& ops, const py::list& xs, const py::list& outs, const py::list& residuals) {
+    const size_t n = ops.size();
+    if (xs.size() != n || outs.size() != n || residuals.size() != n)
+      throw py::value_error("Plan: ops, xs, outs and residuals must have the same length");
+    for (size_t i = 0; i < n; ++i) {
+      const py::object op = ops[i];
+      if (py::isinstance<Gemm>(op)) tasks_.push_back(op.cast<const Gemm&>().bind(xs[i], outs[i], residuals[i]));
+      else if (py::isinstance<Conv>(op)) tasks_.push_back(op.cast<const Conv&>().bind(xs[i], outs[i]));
+      else if (py::isinstance<Depthwise>(op)) tasks_.push_back(op.cast<const Depthwise&>().bind(xs[i], outs[i]));
+      else if (py::isinstance<Pool>(op)) tasks_.push_back(op.cast<const Pool&>().bind(xs[i], outs[i]));
+      else if (py::isinstance<SqueezeExcite>(op)) tasks_.push_back(op.cast<const SqueezeExcite&>().bind(xs[i], outs[i]));
+      else throw py::type_error("Plan: ops[" + std::to_string(i) + "] is not a kernel op");
+      if (!residuals[i].is_none() && !py::isinstance<Gemm>(op))
+        throw py::value_error("Plan: residuals[" + std::to_string(i) + "]: only GEMMs take a residual");
+    }
+    keep_ = py::make_tuple(ops, xs, outs, residuals);  // the raw pointers stay valid while the plan lives
+  }
+
+  void run(int threads) const {
+    check_threads(threads);
+    py::gil_scoped_release nogil;
+    for (const Task& t : tasks_) t(threads);
+  }
+
+  size_t size() const { return tasks_.size(); }
+
+ private:
+  std::vector<Task> tasks_;
+  py::tuple keep_;
+};
+
 // float32 NCHW -> uint8 NHWC: clamp(round_half_even(x / scale) + zp, 0, 255), same as quant.quantize_input.
 void quantize_nchw(const py::object& x_o, float scale, int zp, const py::object& out_o) {
   py::array x = need<float>(x_o, "x", {-1, -1, -1, -1});
@@ -601,24 +674,27 @@ void quantize_nchw(const py::object& x_o, float scale, int zp, const py::object&
   const float* xp = static_cast<const float*>(x.data());
   uint8_t* op = static_cast<uint8_t*>(out.mutable_data());
   py::gil_scoped_release nogil;
-  const float magic = 12582912.0f;  // 1.5 * 2^23: (v + magic) - magic rounds half to even for |v| < 2^22
   const float fzp = static_cast<float>(zp);
   const size_t hw = static_cast<size_t>(h) * w;
+  const bool fast = c == 3 && isa_supported(Isa::avx512vnni);
   std::vector<uint8_t> tmp(hw);
   uint8_t* t = tmp.data();
-  for (int b = 0; b < n; ++b)
-    for (int ch = 0; ch < c; ++ch) {
-      const float* src = xp + (static_cast<size_t>(b) * c + ch) * hw;
-      for (size_t p = 0; p < hw; ++p) {  // vectorisable: divps, min/max, magic rounding
-        float v = src[p] / scale;
-        v = v < -1e6f ? -1e6f : (v > 1e6f ? 1e6f : v);
-        v = (v + magic) - magic + fzp;
-        v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
-        t[p] = static_cast<uint8_t>(static_cast<int32_t>(v));
-      }
-      uint8_t* dst = op + static_cast<size_t>(b) * hw * c + ch;
-      for (size_t p = 0; p < hw; ++p) dst[p * c] = t[p];
+  for (int b = 0; b < n; ++b) {
+    const float* xb = xp + static_cast<size_t>(b) * c * hw;
+    uint8_t* ob = op + static_cast<size_t>(b) * hw * c;
+    size_t p0 = 0;
+    if (fast) {
+      p0 = static_cast<size_t>(avx512::quantize_rgb(xb, static_cast<int64_t>(hw), scale, fzp, ob));
+      for (size_t p = p0; p < hw; ++p)
+        for (int ch = 0; ch < 3; ++ch) ob[p * 3 + ch] = quantize_value(xb[ch * hw + p], scale, fzp);
+      continue;
     }
+    for (int ch = 0; ch < c; ++ch) {
+      const float* src = xb + static_cast<size_t>(ch) * hw;
+      for (size_t p = 0; p < hw; ++p) t[p] = quantize_value(src[p], scale, fzp);
+      for (size_t p = 0; p < hw; ++p) ob[p * c + ch] = t[p];
+    }
+  }
 }
 
 double vnni_peak(int64_t iters) {
@@ -672,6 +748,11 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init<int, int, int32_t, int32_t, int, const std::string&>(), py::arg("hw"), py::arg("in_zp"),
            py::arg("multiplier"), py::arg("shift"), py::arg("out_zp"), py::arg("isa"))
       .def("run", &Pool::run, py::arg("x"), py::arg("out"), py::arg("threads"));
+  py::class_<Plan>(m, "Plan")
+      .def(py::init<const py::list&, const py::list&, const py::list&, const py::list&>(), py::arg("ops"),
+           py::arg("xs"), py::arg("outs"), py::arg("residuals"))
+      .def("run", &Plan::run, py::arg("threads"))
+      .def("__len__", &Plan::size);
   py::class_<SqueezeExcite>(m, "SqueezeExcite")
       .def(py::init<std::shared_ptr<Pool>, std::shared_ptr<Gemm>, std::shared_ptr<Gemm>, int, int32_t, int32_t, int,
                     const std::string&>(),
