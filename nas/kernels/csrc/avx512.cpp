@@ -109,9 +109,10 @@ inline __m512i load_w(const uint8_t* p, const Int4Consts& c4) {
 }
 
 // acc[r][j] += sum over k-steps [s0, s1) of x[r, 4s:4s+4] . w[j-th 16-channel vector, step s]
+// (x of row r at step s is xr[r] + 4 * (s - xs0))
 template <int MR, int NC, bool INT4>
 inline void dot_steps(const uint8_t* const* xr, int s0, int s1, int k, const uint8_t* wp, int64_t pstride,
-                      __m512i (&acc)[MR][NC], const Int4Consts& c4) {
+                      __m512i (&acc)[MR][NC], const Int4Consts& c4, int xs0 = 0) {
   constexpr int WB = INT4 ? 32 : 64;
   const int sfull = s1 < k / 4 ? s1 : k / 4;
   for (int s = s0; s < sfull; ++s) {
@@ -120,7 +121,7 @@ inline void dot_steps(const uint8_t* const* xr, int s0, int s1, int k, const uin
     for (int j = 0; j < NC; ++j) w[j] = load_w<INT4>(wp + j * pstride + s * WB, c4);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      const __m512i b = _mm512_set1_epi32(load4(xr[r] + 4 * s));
+      const __m512i b = _mm512_set1_epi32(load4(xr[r] + 4 * (s - xs0)));
 #pragma GCC unroll 4
       for (int j = 0; j < NC; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], b, w[j]);
     }
@@ -130,13 +131,13 @@ inline void dot_steps(const uint8_t* const* xr, int s0, int s1, int k, const uin
     __m512i w[NC];
     for (int j = 0; j < NC; ++j) w[j] = load_w<INT4>(wp + j * pstride + s * WB, c4);
     for (int r = 0; r < MR; ++r) {
-      const __m512i b = _mm512_set1_epi32(load_partial(xr[r] + 4 * s, k - 4 * s));
+      const __m512i b = _mm512_set1_epi32(load_partial(xr[r] + 4 * (s - xs0), k - 4 * s));
       for (int j = 0; j < NC; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], b, w[j]);
     }
   }
 }
 
-template <int MR, int NC, bool INT4, bool GROUPED>
+template <int MR, int NC, bool INT4, bool GROUPED, bool CONV = false>
 void tile(const GemmArgs& a, int row0, int vec0) {
   const PackedWeights& pw = *a.w;
   const int k = pw.k, k4 = (k + 3) / 4;
@@ -145,7 +146,13 @@ void tile(const GemmArgs& a, int row0, int vec0) {
   const uint8_t* xr[MR];
   for (int r = 0; r < MR; ++r) {
     const int row = row0 + r < a.m ? row0 + r : a.m - 1;  // clamp: extra rows computed, not stored
-    xr[r] = a.x + row * a.ldx;
+    if (CONV) {
+      const ConvGeom& g = *a.conv;
+      const int ox = row % g.wo, t = row / g.wo, oy = t % g.ho, b = t / g.ho;
+      xr[r] = g.pad + ((static_cast<int64_t>(b) * g.hp + oy * g.stride) * g.wp + ox * g.stride) * g.cin;
+    } else {
+      xr[r] = a.x + row * a.ldx;
+    }
   }
   const Int4Consts c4;
   __m512i acc[MR][NC];
@@ -167,6 +174,14 @@ void tile(const GemmArgs& a, int row0, int vec0) {
         for (int r = 0; r < MR; ++r) acc[r][j] = _mm512_add_epi32(acc[r][j], _mm512_mullo_epi32(part[r][j], sub));
       }
     }
+  } else if (CONV) {
+    const ConvGeom& g = *a.conv;
+    const int spk = g.seg4 / 4;
+    const int64_t rstride = static_cast<int64_t>(g.wp) * g.cin;
+    for (int ky = 0; ky < g.k; ++ky) {
+      dot_steps<MR, NC, INT4>(xr, ky * spk, (ky + 1) * spk, k, wp, pstride, acc, c4, ky * spk);
+      for (int r = 0; r < MR; ++r) xr[r] += rstride;
+    }
   } else {
     dot_steps<MR, NC, INT4>(xr, 0, k4, k, wp, pstride, acc, c4);
   }
@@ -185,7 +200,7 @@ void tile(const GemmArgs& a, int row0, int vec0) {
   }
 }
 
-template <int MR, bool INT4, bool GROUPED>
+template <int MR, bool INT4, bool GROUPED, bool CONV = false>
 void gemm_impl(const GemmArgs& a, int threads) {
   constexpr int NCMAX = GROUPED ? 2 : 4;
   constexpr int MB = 8;  // row tiles per cache block
@@ -202,10 +217,10 @@ void gemm_impl(const GemmArgs& a, int threads) {
       for (int mt = mb * MB; mt < mt1; ++mt) {
         const int row0 = mt * MR;
         switch (nc) {
-          case 1: tile<MR, 1, INT4, GROUPED>(a, row0, vec0); break;
-          case 2: tile<MR, 2, INT4, GROUPED>(a, row0, vec0); break;
-          case 3: if constexpr (NCMAX >= 3) tile<MR, 3, INT4, GROUPED>(a, row0, vec0); break;
-          default: if constexpr (NCMAX >= 4) tile<MR, 4, INT4, GROUPED>(a, row0, vec0); break;
+          case 1: tile<MR, 1, INT4, GROUPED, CONV>(a, row0, vec0); break;
+          case 2: tile<MR, 2, INT4, GROUPED, CONV>(a, row0, vec0); break;
+          case 3: if constexpr (NCMAX >= 3) tile<MR, 3, INT4, GROUPED, CONV>(a, row0, vec0); break;
+          default: if constexpr (NCMAX >= 4) tile<MR, 4, INT4, GROUPED, CONV>(a, row0, vec0); break;
         }
       }
     }
@@ -216,7 +231,9 @@ void gemm_impl(const GemmArgs& a, int threads) {
 
 void gemm(const GemmArgs& a, int threads) {
   const bool int4 = a.w->bits == 4;
-  if (a.w->grouped) {
+  if (a.conv) {
+    gemm_impl<6, false, false, true>(a, threads);
+  } else if (a.w->grouped) {
     if (int4) gemm_impl<4, true, true>(a, threads);
     else gemm_impl<4, false, true>(a, threads);
   } else {

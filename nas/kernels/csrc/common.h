@@ -114,8 +114,17 @@ struct PackedWeights {
   AlignedBuf subs;  // int32 group sub-scales in the isa's layout (grouped only)
 };
 
+// Direct kxk convolution as a GEMM without im2col (AVX-512 path): GEMM row m = output pixel (b, oy, ox) reads,
+// for each kernel row ky, seg4 bytes at pad + ((b * hp + oy * stride + ky) * wp + ox * stride) * cin of a
+// zero-point padded input copy; the weights are packed as [N][k * seg4] with zeros past the k * cin real bytes.
+struct ConvGeom {
+  const uint8_t* pad = nullptr;
+  int ho = 0, wo = 0, hp = 0, wp = 0, cin = 0, stride = 1, k = 1, seg4 = 4;
+};
+
 struct GemmArgs {
   int m = 0;
+  const ConvGeom* conv = nullptr;  // set: rows are conv output pixels (x/ldx unused)
   const uint8_t* x = nullptr;
   int64_t ldx = 0;
   const PackedWeights* w = nullptr;

@@ -261,6 +261,18 @@ class Gemm {
   std::string isa() const { return isa_name(pw_.isa); }
   size_t packed_bytes() const { return pw_.w.size; }
 
+  // Direct convolution rows (ConvGeom, AVX-512 only; weights packed as [N][k * seg4]).
+  void run_conv(const ConvGeom& g, int m, void* out, int threads) const {
+    GemmArgs a;
+    a.m = m;
+    a.conv = &g;
+    a.w = &pw_;
+    a.q = view_;
+    a.out = out;
+    a.ldo = pw_.n;
+    avx512::gemm(a, threads);
+  }
+
   // Raw entry (no checks, GIL must already be released by the caller if desired).
   void run_raw(const uint8_t* x, int m, void* out, const uint8_t* res, int threads) const {
     GemmArgs a;
@@ -324,7 +336,20 @@ class Conv {
     if (stride != 1 && stride != 2) throw py::value_error("stride: expected 1 or 2, got " + std::to_string(stride));
     stride_ = stride;
     in_zp_ = in_zp;
+    direct_ = parse_isa(isa) == Isa::avx512vnni;
     py::array w2 = w.attr("reshape")(cout_, k_ * k_ * cin_);
+    if (direct_) {  // [Cout][k][seg4]: each kernel row padded with zeros to a multiple of 4 bytes
+      seg4_ = (k_ * cin_ + 3) / 4 * 4;
+      py::array_t<int8_t> wd({cout_, k_ * seg4_});
+      int8_t* d = wd.mutable_data();
+      const int8_t* src = static_cast<const int8_t*>(w2.data());
+      std::memset(d, 0, static_cast<size_t>(cout_) * k_ * seg4_);
+      for (int n = 0; n < cout_; ++n)
+        for (int ky = 0; ky < k_; ++ky)
+          std::memcpy(d + (static_cast<size_t>(n) * k_ + ky) * seg4_, src + (static_cast<size_t>(n) * k_ + ky) * k_ * cin_,
+                      static_cast<size_t>(k_) * cin_);
+      w2 = wd;
+    }
     gemm_ = std::make_unique<Gemm>(w2, bias, in_zp, multiplier, shift, out_zp, act_min, act_max, lut, 8, py::none(),
                                    0, isa, false, py::none());
   }
@@ -349,6 +374,10 @@ class Conv {
   }
 
   void run_raw(const uint8_t* xp, uint8_t* op, int b, int h, int w, int ho, int wo, int threads) const {
+    if (direct_) {
+      run_direct(xp, op, b, h, w, ho, wo, threads);
+      return;
+    }
     const int kk = k_ * k_ * cin_, pad = k_ / 2;
     const int m = b * ho * wo;
     thread_local std::vector<uint8_t> col;  // reused across calls (no page faults per run)
@@ -386,9 +415,47 @@ class Conv {
     gemm_->run_raw(cp, m, op, nullptr, threads);
   }
 
+  // Zero-point padded copy of the input, then the GEMM reads the kernel rows in place (ConvGeom).
+  void run_direct(const uint8_t* xp, uint8_t* op, int b, int h, int w, int ho, int wo, int threads) const {
+    const int p = k_ / 2, hp = h + 2 * p, wp = w + 2 * p;
+    const size_t row = static_cast<size_t>(wp) * cin_, inner = static_cast<size_t>(w) * cin_;
+    const size_t side = static_cast<size_t>(p) * cin_;
+    thread_local std::vector<uint8_t> padded;  // reused across calls (no page faults per run)
+    const size_t need_bytes = static_cast<size_t>(b) * hp * row + 64;  // + slack: rows are read in seg4 bytes
+    if (padded.size() < need_bytes) padded.resize(need_bytes);
+    uint8_t* pb = padded.data();
+    const int zp = in_zp_;
+    par(threads, b * hp, [&](int r0, int r1) {
+      for (int r = r0; r < r1; ++r) {
+        const int bi = r / hp, y = r % hp - p;
+        uint8_t* d = pb + static_cast<size_t>(r) * row;
+        if (y < 0 || y >= h) {
+          std::memset(d, zp, row);
+        } else {
+          std::memset(d, zp, side);
+          std::memcpy(d + side, xp + (static_cast<size_t>(bi) * h + y) * inner, inner);
+          std::memset(d + side + inner, zp, side);
+        }
+      }
+    });
+    std::memset(pb + static_cast<size_t>(b) * hp * row, zp, 64);
+    ConvGeom g;
+    g.pad = pb;
+    g.ho = ho;
+    g.wo = wo;
+    g.hp = hp;
+    g.wp = wp;
+    g.cin = cin_;
+    g.stride = stride_;
+    g.k = k_;
+    g.seg4 = seg4_;
+    gemm_->run_conv(g, b * ho * wo, op, threads);
+  }
+
  private:
   std::unique_ptr<Gemm> gemm_;
-  int cout_ = 0, k_ = 0, cin_ = 0, stride_ = 1, in_zp_ = 0;
+  int cout_ = 0, k_ = 0, cin_ = 0, stride_ = 1, in_zp_ = 0, seg4_ = 0;
+  bool direct_ = false;
 };
 
 class Depthwise {
