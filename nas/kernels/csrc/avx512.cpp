@@ -129,9 +129,12 @@ inline void dot_steps(const uint8_t* const* xr, int s0, int s1, int k, const uin
   if (sfull < s1) {  // last, partial k-step (K % 4 != 0); packed weights are zero there
     const int s = sfull;
     __m512i w[NC];
+#pragma GCC unroll 4
     for (int j = 0; j < NC; ++j) w[j] = load_w<INT4>(wp + j * pstride + s * WB, c4);
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const __m512i b = _mm512_set1_epi32(load_partial(xr[r] + 4 * (s - xs0), k - 4 * s));
+#pragma GCC unroll 4
       for (int j = 0; j < NC; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], b, w[j]);
     }
   }
@@ -155,9 +158,13 @@ void tile(const GemmArgs& a, int row0, int vec0) {
     }
   }
   const Int4Consts c4;
+  // every loop over acc is fully unrolled (constant trip counts): a runtime index would force the
+  // accumulators into memory (GCC then keeps stack copies of them inside the k loop)
   __m512i acc[MR][NC];
+#pragma GCC unroll 4
   for (int j = 0; j < NC; ++j) {
     const __m512i b = _mm512_loadu_si512(a.q.bias + (vec0 + j) * 16);
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) acc[r][j] = b;
   }
   if (GROUPED) {
@@ -165,12 +172,16 @@ void tile(const GemmArgs& a, int row0, int vec0) {
     const int32_t* subs = reinterpret_cast<const int32_t*>(pw.subs.ptr);
     for (int g = 0; g < pw.ngroups; ++g) {
       __m512i part[MR][NC];
+#pragma GCC unroll 8
       for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
         for (int j = 0; j < NC; ++j) part[r][j] = _mm512_setzero_si512();
       const int s1 = (g + 1) * gs < k4 ? (g + 1) * gs : k4;
       dot_steps<MR, NC, INT4>(xr, g * gs, s1, k, wp, pstride, part, c4);
+#pragma GCC unroll 4
       for (int j = 0; j < NC; ++j) {
         const __m512i sub = _mm512_loadu_si512(subs + (static_cast<int64_t>(vec0 + j) * pw.ngroups + g) * 16);
+#pragma GCC unroll 8
         for (int r = 0; r < MR; ++r) acc[r][j] = _mm512_add_epi32(acc[r][j], _mm512_mullo_epi32(part[r][j], sub));
       }
     }
@@ -180,6 +191,7 @@ void tile(const GemmArgs& a, int row0, int vec0) {
     const int64_t rstride = static_cast<int64_t>(g.wp) * g.cin;
     for (int ky = 0; ky < g.k; ++ky) {
       dot_steps<MR, NC, INT4>(xr, ky * spk, (ky + 1) * spk, k, wp, pstride, acc, c4, ky * spk);
+#pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) xr[r] += rstride;
     }
   } else {
@@ -187,15 +199,18 @@ void tile(const GemmArgs& a, int row0, int vec0) {
   }
   const Epi e(a.q);
   const int esz = e.out_int32 ? 4 : 1;
+#pragma GCC unroll 4
   for (int j = 0; j < NC; ++j) {
     const int c = (vec0 + j) * 16;
     const float* sc = a.q.scale + c;
     const __mmask16 m = tail_mask(pw.n - c);
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const int row = row0 + r;
-      if (row >= a.m) break;
-      uint8_t* o = static_cast<uint8_t*>(a.out) + (row * a.ldo + c) * esz;
-      epi_store(acc[r][j], e, sc, m, o, a.res ? a.res + row * a.ldr + c : nullptr);
+      if (row < a.m) {
+        uint8_t* o = static_cast<uint8_t*>(a.out) + (row * a.ldo + c) * esz;
+        epi_store(acc[r][j], e, sc, m, o, a.res ? a.res + row * a.ldr + c : nullptr);
+      }
     }
   }
 }
