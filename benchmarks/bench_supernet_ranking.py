@@ -57,13 +57,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="digits", help="dataset name or path (e.g. a Fashion-MNIST IDX folder)")
     p.add_argument("--archs", type=int, default=20)
-    p.add_argument("--macs", default="20,100", help="MAC range in millions at the space's resolutions")
+    p.add_argument("--macs", default="16,80", help="MAC range in millions at the space's resolutions")
+    p.add_argument("--budget", type=float, default=100,
+                   help="trim the space to this many million MACs first, as `nas search --budget` does")
     p.add_argument("--res-scale", type=float, default=0.5)
     p.add_argument("--supernet-epochs", default="2,1,1,2", help="epochs of phases largest,kernel,depth,width")
     p.add_argument("--standalone-epochs", type=int, default=3)
     p.add_argument("--standalone-lr", type=float, default=0.05)
-    p.add_argument("--random-subnets", type=int, default=2, help="sandwich rule: random sub-networks per step")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--standalone-seeds", type=int, default=2,
+                   help="train every architecture with this many seeds; the ranking target is their mean, and "
+                        "the rank agreement between two seeds is the noise ceiling of any proxy")
+    p.add_argument("--random-subnets", type=int, default=1, help="sandwich rule: random sub-networks per step")
+    p.add_argument("--supernet-batch-size", type=int, default=64, help="(defaults: the recipe `nas search` uses)")
+    p.add_argument("--batch-size", type=int, default=32, help="stand-alone training batch size")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -72,8 +78,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
 
-    base = ss.get_space(ss.DEFAULT_SPACE)
     lo, hi = (float(v) * 1e6 for v in args.macs.split(","))
+    # the space `nas search --budget` trains its supernet on
+    base = ss.trim_to_budget(ss.get_space(ss.DEFAULT_SPACE), args.budget * 1e6)
     archs_native = spread_archs(base, args.archs, lo, hi, args.seed)
     space = replace(base, resolutions=tuple(int(round(r * args.res_scale)) for r in base.resolutions))
     archs = [scaled(a, args.res_scale) for a in archs_native]
@@ -83,13 +90,14 @@ def main() -> None:
     archs = [a.replace(in_channels=dataset.in_channels, num_classes=dataset.num_classes) for a in archs]
     data = TensorSplits(splits)
     name = Path(args.data).name if args.data != "digits" else "digits"
-    out = Path(args.out or f"results/bench_supernet/{name}.json")
+    # stand-alone results are cached per (data, epochs) and reused across supernet recipes
+    out = Path(args.out or f"results/bench_supernet/{name}_standalone{args.standalone_epochs}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     done = json.loads(out.read_text()) if out.exists() else {}
     print(f"{dataset!r}; train {len(splits.train)} val {len(splits.val)}; space {space.name} at {space.resolutions}")
 
     recipe = SupernetRecipe(epochs=tuple(int(e) for e in args.supernet_epochs.split(",")),
-                            batch_size=args.batch_size, random_subnets=args.random_subnets,
+                            batch_size=args.supernet_batch_size, random_subnets=args.random_subnets,
                             threads=args.threads)
     t0 = time.perf_counter()
     run = train_supernet(space, data, recipe, seed=args.seed)
@@ -106,32 +114,43 @@ def main() -> None:
         super_acc.append(evaluator(a))
         eval_times.append(time.perf_counter() - t)
 
-    train_recipe = TrainRecipe(epochs=args.standalone_epochs, lr=args.standalone_lr, batch_size=args.batch_size,
-                               seed=args.seed,
-                               threads=args.threads)
+    seeds = [args.seed + k for k in range(args.standalone_seeds)]
+    recipes = [TrainRecipe(epochs=args.standalone_epochs, lr=args.standalone_lr, batch_size=args.batch_size,
+                           seed=s, threads=args.threads) for s in seeds]
+    train_recipe = recipes[0]
     rows = done.get("rows", {})
     for i, (a, native) in enumerate(zip(archs, archs_native, strict=True)):
-        key = a.hash()
-        if key not in rows:
-            _, m = train_standalone(a, data, train_recipe)
-            rows[key] = {"arch": str(a), "macs": m["macs"], "macs_native": ss.count_macs(native),
-                         "params": m["params"], "standalone_val": m["val_acc"], "standalone_test": m["test_acc"],
-                         "standalone_s": m["wall_s"]}
-        rows[key].update(supernet_val=super_acc[i], eval_s=eval_times[i])
-        r = rows[key]
+        r = rows.setdefault(a.hash(), {"arch": str(a), "macs": ss.count_macs(a), "macs_native": ss.count_macs(native),
+                                       "params": ss.count(a).params, "runs": {}})
+        for sa_recipe in recipes:  # one entry per seed, saved as soon as it is trained (the benchmark resumes)
+            if str(sa_recipe.seed) not in r["runs"]:
+                _, m = train_standalone(a, data, sa_recipe)
+                r["runs"][str(sa_recipe.seed)] = {"val": m["val_acc"], "test": m["test_acc"], "s": m["wall_s"]}
+                out.write_text(json.dumps({"rows": rows}, indent=1))
+        runs = [r["runs"][str(s)] for s in seeds]
+        r.update(standalone_val=sum(u["val"] for u in runs) / len(runs),
+                 standalone_test=sum(u["test"] for u in runs) / len(runs), standalone_s=sum(u["s"] for u in runs),
+                 supernet_val=super_acc[i], eval_s=eval_times[i])
         print(f"[{i + 1:2d}/{len(archs)}] {r['macs_native'] / 1e6:6.1f}M MACs ({r['macs'] / 1e6:5.1f}M run) "
-              f"supernet {r['supernet_val']:.3f} standalone {r['standalone_val']:.3f} ({r['standalone_s']:.0f}s)",
-              flush=True)
+              f"supernet {r['supernet_val']:.3f} standalone {r['standalone_val']:.3f} "
+              f"(seeds {' '.join(format(u['val'], '.3f') for u in runs)}; {r['standalone_s']:.0f}s)", flush=True)
         out.write_text(json.dumps({"rows": rows}, indent=1))
 
     sa = [rows[a.hash()]["standalone_val"] for a in archs]
     tau = stats.kendalltau(super_acc, sa)
     rho = stats.spearmanr(super_acc, sa)
+    if len(seeds) > 1:  # how well one stand-alone run ranks like another: the ceiling for any proxy
+        per_seed = [[rows[a.hash()]["runs"][str(s)]["val"] for a in archs] for s in seeds[:2]]
+        ceiling = stats.kendalltau(*per_seed).statistic
+        tau_single = stats.kendalltau(super_acc, per_seed[0]).statistic
+    else:
+        ceiling = tau_single = None
     macs = [rows[a.hash()]["macs"] for a in archs]
     summary = {
         "data": args.data, "dataset": repr(dataset), "space": space.name, "resolutions": space.resolutions,
         "n_archs": len(archs), "kendall_tau": tau.statistic, "kendall_p": tau.pvalue,
         "spearman_rho": rho.statistic, "spearman_p": rho.pvalue,
+        "kendall_tau_seed0": tau_single, "kendall_tau_seed0_vs_seed1": ceiling, "standalone_seeds": seeds,
         "tau_macs_vs_standalone": stats.kendalltau(macs, sa).statistic,
         "tau_macs_vs_supernet": stats.kendalltau(macs, super_acc).statistic,
         "supernet_train_s": supernet_train_s, "supernet_dir": str(run.path), "supernet_history": run.history,
@@ -141,6 +160,7 @@ def main() -> None:
         "threads": args.threads, "wall_s": time.perf_counter() - t_all,
     }
     out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1, default=str))
+    out.with_name(f"{out.stem}_supernet{run.key}.json").write_text(json.dumps(summary, indent=1, default=str))
     print(json.dumps({k: v for k, v in summary.items() if k != "supernet_history"}, indent=1, default=str))
 
 

