@@ -6,7 +6,7 @@ import pytest
 from nas.kernels import random_specs as R
 from nas.kernels import reference as ref
 from nas.kernels.isa import available_isas
-from nas.kernels.ops import GemmSpec, Requant, compile_op
+from nas.kernels.ops import DepthwiseSpec, GemmSpec, Requant, compile_op
 
 ISAS = available_isas()
 ACTS = ["none", "relu", "relu6", "hswish", "swish"]
@@ -115,10 +115,12 @@ def test_requant_ties_to_even_large_accumulators_and_clamps(isa):
     """acc * 0.5 and acc * 0.25 hit exact ties (round half to even); |acc + bias| > 2^24 exercises the int32 ->
     float32 rounding; relu6-style bounds clamp."""
     rng = np.random.default_rng(18)
-    n, k = 40, 4
+    n, k = 72, 4  # 64 + 8 channels: the AVX-512 64-channel and 16-channel epilogues
     w = np.zeros((n, k), np.int8)
     w[:, 0] = 1  # acc = x[0] - in_zp
-    for mult, shift, bias_mag in [(1 << 30, 0, 300), (1 << 30, -1, 600), (1 << 30, -24, 2**28), (1 << 30, -23, 0)]:
+    cases = [(1 << 30, 0, 300), (1 << 30, -1, 600), (1 << 30, -24, 2**28), (1 << 30, -23, 0),
+             (1 << 30, 30, 300)]  # the last: |v| up to 2^37, past int32 (clamped before the conversion)
+    for mult, shift, bias_mag in cases:
         m = np.full(n, mult, np.int32)
         sh = np.full(n, shift, np.int32)
         bias = rng.integers(-bias_mag, bias_mag + 1, size=n, dtype=np.int32)
@@ -130,6 +132,13 @@ def test_requant_ties_to_even_large_accumulators_and_clamps(isa):
             v = acc.astype(np.float32) * np.float32(mult * 2.0 ** (shift - 31))
             expect = np.clip(np.round(v.astype(np.float64)) + 131, lo, hi)  # np.round: half to even
             np.testing.assert_array_equal(want, expect.astype(np.uint8))
+    for shift in (-8, 30):  # depthwise, with and without the no-overflow shortcut
+        c = 72
+        wd = rng.integers(-127, 128, size=(c, 3, 3), dtype=np.int8)
+        rq = Requant(np.full(c, 1 << 30, np.int32), np.full(c, shift, np.int32), 100, 20, 230)
+        spec = DepthwiseSpec(wd, 1, rng.integers(-5000, 5000, size=c, dtype=np.int32), 77, rq)
+        want = _check(spec, _x(rng, (1, 6, 5, c)), isa)
+        assert np.unique(want).size > (2 if shift < 0 else 1)
 
 
 def test_input_quantization_matches_numpy():

@@ -23,10 +23,14 @@ inline __mmask16 tail_mask(int n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask
 // may alias anything) do not force reloads inside the row loops.
 struct Epi {
   __m512 flo, fhi, rscale;
-  __m512i zp, rzp;
-  bool residual, out_int32;
+  __m512i zp, rzp, zp16, lo8, hi8;
+  bool residual, out_int32, no_overflow;
   const int32_t* lut32;
   explicit Epi(const RqView& q) {
+    zp16 = _mm512_set1_epi16(static_cast<int16_t>(q.zp));
+    lo8 = _mm512_set1_epi8(static_cast<char>(q.lo));
+    hi8 = _mm512_set1_epi8(static_cast<char>(q.hi));
+    no_overflow = q.no_overflow;
     flo = _mm512_set1_ps(q.flo);
     fhi = _mm512_set1_ps(q.fhi);
     rscale = _mm512_set1_ps(q.res_scale);
@@ -67,6 +71,31 @@ inline void epi_store(__m512i acc, const Epi& e, const float* scale, __mmask16 m
   } else {
     _mm_mask_storeu_epi8(out, m, b);
   }
+}
+
+// 64 outputs (4 accumulators of 16 natural-order channels, bias included) -> 64 bytes, for ops with
+// no_overflow and no LUT: rne(v) as int32, vpackssdw / saturating + zp / vpackuswb / byte clamp to [lo, hi]
+// (same bits as clamping v first, see RqView::no_overflow), then vpermd undoes the packs' lane interleave.
+// res: 64 residual bytes (or nullptr); m: valid-byte mask (all ones unless the channel tail).
+inline void epi_store64(const __m512i (&acc)[4], const Epi& e, const float* scale, __mmask64 m, uint8_t* out,
+                        const uint8_t* res) {
+  __m512i t[4];
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    __m512 v = mulf(acc[j], _mm512_loadu_ps(scale + 16 * j));
+    if (res) {
+      const __m512i r = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(static_cast<__mmask16>(m >> (16 * j)), res + 16 * j));
+      v = _mm512_add_round_ps(v, mulf(_mm512_sub_epi32(r, e.rzp), e.rscale), kRne);
+    }
+    t[j] = _mm512_cvt_roundps_epi32(v, kRne);
+  }
+  const __m512i p01 = _mm512_adds_epi16(_mm512_packs_epi32(t[0], t[1]), e.zp16);
+  const __m512i p23 = _mm512_adds_epi16(_mm512_packs_epi32(t[2], t[3]), e.zp16);
+  __m512i y = _mm512_min_epu8(_mm512_max_epu8(_mm512_packus_epi16(p01, p23), e.lo8), e.hi8);
+  // dword 4L + q of y holds channels 16q + 4L .. 16q + 4L + 3
+  y = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), y);
+  if (m == ~__mmask64(0)) _mm512_storeu_si512(out, y);
+  else _mm512_mask_storeu_epi8(out, m, y);
 }
 
 // rne(clamp(float32(v) * scale, -zp, 255 - zp)) + zp
@@ -198,6 +227,20 @@ void tile(const GemmArgs& a, int row0, int vec0) {
     dot_steps<MR, NC, INT4>(xr, 0, k4, k, wp, pstride, acc, c4);
   }
   const Epi e(a.q);
+  if constexpr (NC == 4) {
+    if (!e.out_int32 && !e.lut32 && e.no_overflow) {
+      const int c = vec0 * 16, nv = pw.n - c;
+      const __mmask64 m = nv >= 64 ? ~__mmask64(0) : ((__mmask64(1) << nv) - 1);
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        const int row = row0 + r;
+        if (row < a.m)
+          epi_store64(acc[r], e, a.q.scale + c, m, static_cast<uint8_t*>(a.out) + row * a.ldo + c,
+                      a.res ? a.res + row * a.ldr + c : nullptr);
+      }
+      return;
+    }
+  }
   const int esz = e.out_int32 ? 4 : 1;
 #pragma GCC unroll 4
   for (int j = 0; j < NC; ++j) {
@@ -268,11 +311,67 @@ namespace {
 // start value bias - in_zp * sum(w); taps beyond k (to fill a group of 4) have zero weights.
 constexpr int kDwStrip = 32;  // output columns per strip
 
+
+// P adjacent output pixels x 64 channels from the interleaved strip buffer; requantize and store.
+template <int K, int S, int P>
+inline void dw_out(const DwArgs& a, const Epi& e, const __m512i (&w)[K][(K + 3) / 4][4], const uint8_t* buf, int ix0,
+                   int b, int oy, int ox, int c0, int nch, __mmask64 cm, const int32_t* init, const float* scale) {
+  constexpr int NG = (K + 3) / 4, PAD = K / 2;
+  __m512i acc[P][4];
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    const __m512i v = _mm512_loadu_si512(init + 16 * j);
+#pragma GCC unroll 2
+    for (int p = 0; p < P; ++p) acc[p][j] = v;
+  }
+  const uint8_t* base = buf + (ox * S - PAD - ix0) * NG * 256;
+#pragma GCC unroll 7
+  for (int kx = 0; kx < K; ++kx)
+#pragma GCC unroll 2
+    for (int g = 0; g < NG; ++g)
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j)
+#pragma GCC unroll 2
+        for (int p = 0; p < P; ++p)
+          acc[p][j] = _mm512_dpbusd_epi32(acc[p][j], _mm512_load_si512(base + ((p * S + kx) * NG + g) * 256 + j * 64),
+                                          w[kx][g][j]);
+#pragma GCC unroll 2
+  for (int p = 0; p < P; ++p) {
+    __m512i y[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      const __m512 v = mulf(acc[p][j], _mm512_loadu_ps(scale + 16 * j));
+      if (e.no_overflow && !e.lut32) {
+        y[j] = _mm512_cvt_roundps_epi32(v, kRne);
+      } else {
+        y[j] = round_clamp(v, e.flo, e.fhi);
+        if (e.lut32) y[j] = _mm512_i32gather_epi32(_mm512_add_epi32(y[j], e.zp), e.lut32, 4);
+      }
+    }
+    __m512i p01 = _mm512_packs_epi32(y[0], y[1]), p23 = _mm512_packs_epi32(y[2], y[3]);
+    if (!e.lut32) {  // saturating: exact within range, and out-of-range values stay out of [lo, hi]
+      p01 = _mm512_adds_epi16(p01, e.zp16);
+      p23 = _mm512_adds_epi16(p23, e.zp16);
+    }
+    uint8_t* o = a.out + ((static_cast<int64_t>(b) * a.ho + oy) * a.wo + ox + p) * a.c + c0;
+    __m512i y8 = _mm512_packus_epi16(p01, p23);
+    if (e.no_overflow && !e.lut32) y8 = _mm512_min_epu8(_mm512_max_epu8(y8, e.lo8), e.hi8);
+    if (nch == 64) {  // masked 64-byte stores are slow on some cores: only for channel tails
+      _mm512_storeu_si512(o, y8);
+    } else if (nch == 32) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_castsi512_si256(y8));
+    } else {
+      _mm512_mask_storeu_epi8(o, cm, y8);
+    }
+  }
+}
+
 template <int K, int S>
 void dw_row(const DwArgs& a, int b, int oy, int blk, uint8_t* buf) {
   constexpr int NG = (K + 3) / 4, PAD = K / 2;
   const int c0 = blk * 64;
-  const __mmask64 cm = a.c - c0 >= 64 ? ~__mmask64(0) : ((__mmask64(1) << (a.c - c0)) - 1);
+  const int nch = a.c - c0 >= 64 ? 64 : a.c - c0;
+  const __mmask64 cm = nch == 64 ? ~__mmask64(0) : ((__mmask64(1) << nch) - 1);
   const __m512i zpv = _mm512_set1_epi8(static_cast<char>(a.in_zp));
   const uint8_t* rows[NG * 4];
   for (int t = 0; t < NG * 4; ++t) {
@@ -283,7 +382,6 @@ void dw_row(const DwArgs& a, int b, int oy, int blk, uint8_t* buf) {
   const int32_t* init = a.dw_init + blk * 64;
   const float* scale = a.dw_scale + blk * 64;
   const Epi e(a.q);
-  const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(a.q.zp));
   __m512i w[K][NG][4];
   for (int kx = 0; kx < K; ++kx)
     for (int g = 0; g < NG; ++g)
@@ -308,30 +406,9 @@ void dw_row(const DwArgs& a, int b, int oy, int blk, uint8_t* buf) {
         _mm512_store_si512(col + g * 256 + 192, _mm512_unpackhi_epi16(ab_hi, cd_hi));
       }
     }
-    for (int ox = ox0; ox < ox1; ++ox) {
-      __m512i acc[4];
-      for (int j = 0; j < 4; ++j) acc[j] = _mm512_loadu_si512(init + 16 * j);
-      const uint8_t* base = buf + (ox * S - PAD - ix0) * NG * 256;
-#pragma GCC unroll 7
-      for (int kx = 0; kx < K; ++kx)
-#pragma GCC unroll 2
-        for (int g = 0; g < NG; ++g)
-#pragma GCC unroll 4
-          for (int j = 0; j < 4; ++j)
-            acc[j] = _mm512_dpbusd_epi32(acc[j], _mm512_load_si512(base + (kx * NG + g) * 256 + j * 64), w[kx][g][j]);
-      __m512i y[4];
-      for (int j = 0; j < 4; ++j) {
-        y[j] = round_clamp(mulf(acc[j], _mm512_loadu_ps(scale + 16 * j)), e.flo, e.fhi);
-        if (e.lut32) y[j] = _mm512_i32gather_epi32(_mm512_add_epi32(y[j], e.zp), e.lut32, 4);
-      }
-      __m512i p01 = _mm512_packs_epi32(y[0], y[1]), p23 = _mm512_packs_epi32(y[2], y[3]);
-      if (!e.lut32) {
-        p01 = _mm512_add_epi16(p01, zp16);
-        p23 = _mm512_add_epi16(p23, zp16);
-      }
-      uint8_t* o = a.out + ((static_cast<int64_t>(b) * a.ho + oy) * a.wo + ox) * a.c + c0;
-      _mm512_mask_storeu_epi8(o, cm, _mm512_packus_epi16(p01, p23));
-    }
+    int ox = ox0;
+    for (; ox + 2 <= ox1; ox += 2) dw_out<K, S, 2>(a, e, w, buf, ix0, b, oy, ox, c0, nch, cm, init, scale);
+    if (ox < ox1) dw_out<K, S, 1>(a, e, w, buf, ix0, b, oy, ox, c0, nch, cm, init, scale);
   }
 }
 
@@ -425,17 +502,18 @@ int64_t quantize_rgb(const float* x, int64_t hw, float scale, float zp, uint8_t*
 }
 
 int64_t vnni_loop(int64_t iters) {
-  __m512i acc[12];
-  for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_epi32(i);
+  // kVnniChains independent chains, all in registers (fully unrolled loops; see tile()).
+  __m512i acc[kVnniChains];
+#pragma GCC unroll 32
+  for (int i = 0; i < kVnniChains; ++i) acc[i] = _mm512_set1_epi32(i);
   const __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(2);
   for (int64_t it = 0; it < iters; ++it) {
-#pragma GCC unroll 12
-    for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
-    __asm__ volatile("" : "+v"(acc[0]), "+v"(acc[1]), "+v"(acc[2]), "+v"(acc[3]), "+v"(acc[4]), "+v"(acc[5]),
-                     "+v"(acc[6]), "+v"(acc[7]), "+v"(acc[8]), "+v"(acc[9]), "+v"(acc[10]), "+v"(acc[11]));
+#pragma GCC unroll 32
+    for (int i = 0; i < kVnniChains; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
   }
   __m512i s = acc[0];
-  for (int i = 1; i < 12; ++i) s = _mm512_add_epi32(s, acc[i]);
+#pragma GCC unroll 32
+  for (int i = 1; i < kVnniChains; ++i) s = _mm512_add_epi32(s, acc[i]);
   return _mm512_reduce_add_epi32(s);
 }
 

@@ -67,6 +67,9 @@ struct RqView {
   int32_t res_zp;
   float res_scale;
   bool out_int32;
+  // |v| < 2^30 for every possible accumulator (checked at pack time): rne(v) cannot overflow int32, so vector
+  // paths may clamp after the conversion (saturating packs + byte min/max), which gives the same bits.
+  bool no_overflow;
 };
 
 // Scalar form of the epilogue (acc without bias); vector paths must produce the same value.
@@ -91,6 +94,7 @@ struct Requant {
   int32_t res_zp = 0;
   float res_scale = 0.0f;
   bool out_int32 = false;
+  bool no_overflow = false;
 
   void resize(int channels) {
     n = channels;
@@ -98,10 +102,18 @@ struct Requant {
     bias.assign(np, 0);
     scale.assign(np, 0.0f);
   }
+  // Sets no_overflow from per-channel bounds on |acc + bias| (the residual term adds at most 255 * res_scale).
+  void check_overflow(const std::vector<int64_t>& acc_bound) {
+    no_overflow = true;
+    for (int c = 0; c < n; ++c) {
+      const double v = static_cast<double>(acc_bound[c]) * scale[c] + (residual ? 255.0 * res_scale : 0.0);
+      if (!(v < 1073741824.0 * 0.99)) no_overflow = false;
+    }
+  }
   RqView view() const {
     return RqView{bias.data(), scale.data(), lut32.empty() ? nullptr : lut32.data(), zp, lo, hi,
                   static_cast<float>(lo - zp), static_cast<float>(hi - zp), residual, res_zp, res_scale,
-                  out_int32};
+                  out_int32, no_overflow};
   }
 };
 
@@ -200,7 +212,8 @@ inline uint8_t quantize_value(float x, float scale, float zp) {
 }
 
 namespace avx512 {
-int64_t vnni_loop(int64_t iters);  // 12 independent vpdpbusd chains x iters; returns a checksum
+constexpr int kVnniChains = 16;
+int64_t vnni_loop(int64_t iters);  // kVnniChains independent vpdpbusd chains x iters; returns a checksum
 // Planes of batch item b: pixels [p0, p1) of hw, C = 3, p0 a multiple of 16; returns the first pixel not done.
 int64_t quantize_rgb(const float* x, int64_t hw, float scale, float zp, uint8_t* out);
 }

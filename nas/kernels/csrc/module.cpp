@@ -228,15 +228,19 @@ class Gemm {
     fill_requant(q_, n, multiplier, shift, out_zp, act_min, act_max, lut);
     q_.out_int32 = out_int32;
     const int32_t* bp = static_cast<const int32_t*>(b.data());
+    std::vector<int64_t> bound(n);
     for (int j = 0; j < n; ++j) {
-      int64_t wsum = 0;
+      int64_t wsum = 0, wabs = 0;
       for (int i = 0; i < k; ++i) {
         const int64_t sub = subs ? subs[j * pw_.ngroups + i / group_size] : 1;
-        wsum += static_cast<int64_t>(wp[static_cast<int64_t>(j) * k + i]) * sub;
+        const int64_t v = static_cast<int64_t>(wp[static_cast<int64_t>(j) * k + i]) * sub;
+        wsum += v;
+        wabs += v < 0 ? -v : v;
       }
       const int64_t be = static_cast<int64_t>(bp[j]) - static_cast<int64_t>(in_zp) * wsum;
       if (be < INT32_MIN / 2 || be > INT32_MAX / 2) throw py::value_error("bias: out of int32 range after zero-point folding");
       q_.bias[j] = static_cast<int32_t>(be);
+      bound[j] = 255 * wabs + (be < 0 ? -be : be);
     }
     if (!residual.is_none()) {
       if (out_int32) throw py::value_error("residual: not supported with out_int32");
@@ -250,6 +254,7 @@ class Gemm {
       q_.res_scale = std::ldexp(scale_of(std::get<1>(t), std::get<2>(t)), -kResidualBits);
       for (int j = 0; j < n; ++j) q_.scale[j] = std::ldexp(q_.scale[j], -kResidualBits);
     }
+    q_.check_overflow(bound);
     pack(pw_, wp, subs);
     view_ = q_.view();
   }
@@ -486,6 +491,13 @@ class Depthwise {
         if (v == -128) throw py::value_error("weight: values must lie in [-127, 127]");
         wt_[static_cast<size_t>(t) * cpad_ + c] = static_cast<int32_t>(static_cast<uint16_t>(static_cast<int16_t>(v)));
       }
+    std::vector<int64_t> bound(c_);
+    for (int c = 0; c < c_; ++c) {
+      int64_t wabs = 0;
+      for (int t = 0; t < k_ * k_; ++t) wabs += std::abs(static_cast<int>(wp[c * k_ * k_ + t]));
+      bound[c] = 255 * wabs + std::abs(static_cast<int64_t>(bp[c]));
+    }
+    q_.check_overflow(bound);
     if (isa_ == Isa::avx512vnni) pack_vnni(wp);
     view_ = q_.view();
   }
@@ -771,7 +783,7 @@ double vnni_peak(int64_t iters) {
   volatile int64_t sink = avx512::vnni_loop(iters);
   (void)sink;
   const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return static_cast<double>(iters) * 12 * 64 / dt;
+  return static_cast<double>(iters) * avx512::kVnniChains * 64 / dt;
 }
 
 }  // namespace
@@ -787,7 +799,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("quantize_nchw", &quantize_nchw, py::arg("x"), py::arg("scale"), py::arg("zero_point"), py::arg("out"),
         "float32 NCHW -> uint8 NHWC on an affine grid (round half to even).");
   m.def("vnni_peak", &vnni_peak, py::arg("iters"),
-        "Multiply-accumulates per second of a 12-chain vpdpbusd zmm loop on one thread.");
+        "Multiply-accumulates per second of a 16-chain vpdpbusd zmm loop (registers only) on one thread.");
   py::class_<Gemm, std::shared_ptr<Gemm>>(m, "Gemm")
       .def(py::init<const py::object&, const py::object&, int, const py::object&, const py::object&, int, int, int,
                     const py::object&, int, const py::object&, int, const std::string&, bool, const py::object&>(),
