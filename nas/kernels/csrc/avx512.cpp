@@ -98,6 +98,28 @@ inline void epi_store64(const __m512i (&acc)[4], const Epi& e, const float* scal
   else _mm512_mask_storeu_epi8(out, m, y);
 }
 
+// Same for 32 outputs (2 accumulators); m: valid-byte mask.
+inline void epi_store32(const __m512i (&acc)[2], const Epi& e, const float* scale, __mmask32 m, uint8_t* out,
+                        const uint8_t* res) {
+  __m512i t[2];
+#pragma GCC unroll 2
+  for (int j = 0; j < 2; ++j) {
+    __m512 v = mulf(acc[j], _mm512_loadu_ps(scale + 16 * j));
+    if (res) {
+      const __m512i r = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(static_cast<__mmask16>(m >> (16 * j)), res + 16 * j));
+      v = _mm512_add_round_ps(v, mulf(_mm512_sub_epi32(r, e.rzp), e.rscale), kRne);
+    }
+    t[j] = _mm512_cvt_roundps_epi32(v, kRne);
+  }
+  const __m512i p = _mm512_adds_epi16(_mm512_packs_epi32(t[0], t[1]), e.zp16);
+  __m512i y = _mm512_min_epu8(_mm512_max_epu8(_mm512_packus_epi16(p, p), e.lo8), e.hi8);
+  // dword 4L holds channels 4L..4L+3, dword 4L + 1 channels 16 + 4L..16 + 4L + 3
+  y = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0), y);
+  const __m256i y32 = _mm512_castsi512_si256(y);
+  if (m == ~__mmask32(0)) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), y32);
+  else _mm256_mask_storeu_epi8(out, m, y32);
+}
+
 // rne(clamp(float32(v) * scale, -zp, 255 - zp)) + zp
 inline __m512i scale_round(__m512i v, float scale, int32_t zp) {
   const __m512 f = mulf(v, _mm512_set1_ps(scale));
@@ -176,13 +198,24 @@ void tile(const GemmArgs& a, int row0, int vec0) {
   const int64_t pstride = static_cast<int64_t>(k4) * (INT4 ? 32 : 64);
   const uint8_t* wp = pw.w.ptr + vec0 * pstride;
   const uint8_t* xr[MR];
-  for (int r = 0; r < MR; ++r) {
-    const int row = row0 + r < a.m ? row0 + r : a.m - 1;  // clamp: extra rows computed, not stored
-    if (CONV) {
-      const ConvGeom& g = *a.conv;
-      const int ox = row % g.wo, t = row / g.wo, oy = t % g.ho, b = t / g.ho;
+  if (CONV) {  // output pixel (b, oy, ox) of row0, then step along the rows; extra rows repeat the last one
+    const ConvGeom& g = *a.conv;
+    int ox = row0 % g.wo, oy = (row0 / g.wo) % g.ho, b = row0 / g.wo / g.ho;
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
       xr[r] = g.pad + ((static_cast<int64_t>(b) * g.hp + oy * g.stride) * g.wp + ox * g.stride) * g.cin;
-    } else {
+      if (row0 + r + 1 < a.m && ++ox == g.wo) {
+        ox = 0;
+        if (++oy == g.ho) {
+          oy = 0;
+          ++b;
+        }
+      }
+    }
+  } else {
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const int row = row0 + r < a.m ? row0 + r : a.m - 1;  // clamp: extra rows computed, not stored
       xr[r] = a.x + row * a.ldx;
     }
   }
@@ -227,16 +260,20 @@ void tile(const GemmArgs& a, int row0, int vec0) {
     dot_steps<MR, NC, INT4>(xr, 0, k4, k, wp, pstride, acc, c4);
   }
   const Epi e(a.q);
-  if constexpr (NC == 4) {
+  if constexpr (NC == 4 || NC == 2) {
     if (!e.out_int32 && !e.lut32 && e.no_overflow) {
       const int c = vec0 * 16, nv = pw.n - c;
-      const __mmask64 m = nv >= 64 ? ~__mmask64(0) : ((__mmask64(1) << nv) - 1);
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {
         const int row = row0 + r;
-        if (row < a.m)
-          epi_store64(acc[r], e, a.q.scale + c, m, static_cast<uint8_t*>(a.out) + row * a.ldo + c,
-                      a.res ? a.res + row * a.ldr + c : nullptr);
+        if (row >= a.m) continue;
+        uint8_t* o = static_cast<uint8_t*>(a.out) + row * a.ldo + c;
+        const uint8_t* res = a.res ? a.res + row * a.ldr + c : nullptr;
+        if constexpr (NC == 4) {
+          epi_store64(acc[r], e, a.q.scale + c, nv >= 64 ? ~__mmask64(0) : ((__mmask64(1) << nv) - 1), o, res);
+        } else {
+          epi_store32(acc[r], e, a.q.scale + c, nv >= 32 ? ~__mmask32(0) : ((__mmask32(1) << nv) - 1), o, res);
+        }
       }
       return;
     }
