@@ -115,21 +115,28 @@ void tile(const GemmArgs& a, const uint16_t* xs, int k2p, int row0, int vec0) {
   const int k2 = k2p / 2;
   const int64_t pstride = static_cast<int64_t>(k2) * (INT4 ? 8 : 16);
   const uint8_t* wp = pw.w.ptr + vec0 * pstride;
+  // all loops over acc fully unrolled: a runtime index would force the accumulators to the stack
   __m256i acc[MR][NC];
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
     for (int j = 0; j < NC; ++j) acc[r][j] = _mm256_setzero_si256();
   if (GROUPED) {
     const int gs = pw.group / 2;
     const int32_t* subs = reinterpret_cast<const int32_t*>(pw.subs.ptr);
     for (int g = 0; g < pw.ngroups; ++g) {
       __m256i part[MR][NC];
+#pragma GCC unroll 8
       for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
         for (int j = 0; j < NC; ++j) part[r][j] = _mm256_setzero_si256();
       const int s1 = (g + 1) * gs < k2 ? (g + 1) * gs : k2;
       dot_steps<MR, NC, INT4>(xs, k2p, g * gs, s1, wp, pstride, part);
+#pragma GCC unroll 4
       for (int j = 0; j < NC; ++j) {
         const __m256i sub = _mm256_loadu_si256(
             reinterpret_cast<const __m256i*>(subs + (static_cast<int64_t>(vec0 + j) * pw.ngroups + g) * 8));
+#pragma GCC unroll 8
         for (int r = 0; r < MR; ++r) acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_mullo_epi32(part[r][j], sub));
       }
     }
@@ -137,9 +144,11 @@ void tile(const GemmArgs& a, const uint16_t* xs, int k2p, int row0, int vec0) {
     dot_steps<MR, NC, INT4>(xs, k2p, 0, k2, wp, pstride, acc);
   }
   const int esz = a.q.out_int32 ? 4 : 1;
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
     const int row = row0 + r;
-    if (row >= a.m) break;
+    if (row >= a.m) continue;
+#pragma GCC unroll 4
     for (int j = 0; j < NC; ++j) {
       const int c = (vec0 + j) * 8;
       const int n = pw.n - c < 8 ? pw.n - c : 8;
