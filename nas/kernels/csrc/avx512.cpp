@@ -170,7 +170,7 @@ inline void dot_steps(const uint8_t* const* xr, int s0, int s1, int k, const uin
     __m512i w[NC];
 #pragma GCC unroll 4
     for (int j = 0; j < NC; ++j) w[j] = load_w<INT4>(wp + j * pstride + s * WB, c4);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const __m512i b = _mm512_set1_epi32(load4(xr[r] + 4 * (s - xs0)));
 #pragma GCC unroll 4
@@ -182,7 +182,7 @@ inline void dot_steps(const uint8_t* const* xr, int s0, int s1, int k, const uin
     __m512i w[NC];
 #pragma GCC unroll 4
     for (int j = 0; j < NC; ++j) w[j] = load_w<INT4>(wp + j * pstride + s * WB, c4);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const __m512i b = _mm512_set1_epi32(load_partial(xr[r] + 4 * (s - xs0), k - 4 * s));
 #pragma GCC unroll 4
@@ -201,7 +201,7 @@ void tile(const GemmArgs& a, int row0, int vec0) {
   if (CONV) {  // output pixel (b, oy, ox) of row0, then step along the rows; extra rows repeat the last one
     const ConvGeom& g = *a.conv;
     int ox = row0 % g.wo, oy = (row0 / g.wo) % g.ho, b = row0 / g.wo / g.ho;
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       xr[r] = g.pad + ((static_cast<int64_t>(b) * g.hp + oy * g.stride) * g.wp + ox * g.stride) * g.cin;
       if (row0 + r + 1 < a.m && ++ox == g.wo) {
@@ -213,7 +213,7 @@ void tile(const GemmArgs& a, int row0, int vec0) {
       }
     }
   } else {
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const int row = row0 + r < a.m ? row0 + r : a.m - 1;  // clamp: extra rows computed, not stored
       xr[r] = a.x + row * a.ldx;
@@ -226,7 +226,7 @@ void tile(const GemmArgs& a, int row0, int vec0) {
 #pragma GCC unroll 4
   for (int j = 0; j < NC; ++j) {
     const __m512i b = _mm512_loadu_si512(a.q.bias + (vec0 + j) * 16);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) acc[r][j] = b;
   }
   if (GROUPED) {
@@ -234,7 +234,7 @@ void tile(const GemmArgs& a, int row0, int vec0) {
     const int32_t* subs = reinterpret_cast<const int32_t*>(pw.subs.ptr);
     for (int g = 0; g < pw.ngroups; ++g) {
       __m512i part[MR][NC];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
       for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
         for (int j = 0; j < NC; ++j) part[r][j] = _mm512_setzero_si512();
@@ -243,7 +243,7 @@ void tile(const GemmArgs& a, int row0, int vec0) {
 #pragma GCC unroll 4
       for (int j = 0; j < NC; ++j) {
         const __m512i sub = _mm512_loadu_si512(subs + (static_cast<int64_t>(vec0 + j) * pw.ngroups + g) * 16);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int r = 0; r < MR; ++r) acc[r][j] = _mm512_add_epi32(acc[r][j], _mm512_mullo_epi32(part[r][j], sub));
       }
     }
@@ -253,7 +253,7 @@ void tile(const GemmArgs& a, int row0, int vec0) {
     const int64_t rstride = static_cast<int64_t>(g.wp) * g.cin;
     for (int ky = 0; ky < g.k; ++ky) {
       dot_steps<MR, NC, INT4>(xr, ky * spk, (ky + 1) * spk, k, wp, pstride, acc, c4, ky * spk);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) xr[r] += rstride;
     }
   } else {
@@ -263,7 +263,7 @@ void tile(const GemmArgs& a, int row0, int vec0) {
   if constexpr (NC == 4 || NC == 2) {
     if (!e.out_int32 && !e.lut32 && e.no_overflow) {
       const int c = vec0 * 16, nv = pw.n - c;
-#pragma GCC unroll 8
+#pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) {
         const int row = row0 + r;
         if (row >= a.m) continue;
@@ -284,7 +284,7 @@ void tile(const GemmArgs& a, int row0, int vec0) {
     const int c = (vec0 + j) * 16;
     const float* sc = a.q.scale + c;
     const __mmask16 m = tail_mask(pw.n - c);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const int row = row0 + r;
       if (row < a.m) {
@@ -295,9 +295,8 @@ void tile(const GemmArgs& a, int row0, int vec0) {
   }
 }
 
-template <int MR, bool INT4, bool GROUPED, bool CONV = false>
+template <int MR, int NCMAX, bool INT4, bool GROUPED, bool CONV = false>
 void gemm_impl(const GemmArgs& a, int threads) {
-  constexpr int NCMAX = GROUPED ? 2 : 4;
   constexpr int MB = 8;  // row tiles per cache block
   const int nvec = (a.w->n + 15) / 16;
   const int ncg = (nvec + NCMAX - 1) / NCMAX;
@@ -325,15 +324,25 @@ void gemm_impl(const GemmArgs& a, int threads) {
 }  // namespace
 
 void gemm(const GemmArgs& a, int threads) {
+  // Register tiles: MR rows x NC 16-channel vectors (<= 24 accumulators). Few output channels get more rows,
+  // so there are still enough independent vpdpbusd chains to cover its latency.
   const bool int4 = a.w->bits == 4;
+  const int nvec = (a.w->n + 15) / 16;
   if (a.conv) {
-    gemm_impl<6, false, false, true>(a, threads);
+    if (nvec <= 2) gemm_impl<10, 2, false, false, true>(a, threads);
+    else gemm_impl<6, 4, false, false, true>(a, threads);
   } else if (a.w->grouped) {
-    if (int4) gemm_impl<4, true, true>(a, threads);
-    else gemm_impl<4, false, true>(a, threads);
+    if (int4) gemm_impl<4, 2, true, true>(a, threads);
+    else gemm_impl<4, 2, false, true>(a, threads);
+  } else if (nvec == 1) {
+    if (int4) gemm_impl<16, 1, true, false>(a, threads);
+    else gemm_impl<16, 1, false, false>(a, threads);
+  } else if (nvec == 2) {
+    if (int4) gemm_impl<10, 2, true, false>(a, threads);
+    else gemm_impl<10, 2, false, false>(a, threads);
   } else {
-    if (int4) gemm_impl<5, true, false>(a, threads);
-    else gemm_impl<6, false, false>(a, threads);
+    if (int4) gemm_impl<5, 4, true, false>(a, threads);
+    else gemm_impl<6, 4, false, false>(a, threads);
   }
 }
 
@@ -358,21 +367,21 @@ inline void dw_out(const DwArgs& a, const Epi& e, const __m512i (&w)[K][(K + 3) 
 #pragma GCC unroll 4
   for (int j = 0; j < 4; ++j) {
     const __m512i v = _mm512_loadu_si512(init + 16 * j);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int p = 0; p < P; ++p) acc[p][j] = v;
   }
   const uint8_t* base = buf + (ox * S - PAD - ix0) * NG * 256;
 #pragma GCC unroll 7
   for (int kx = 0; kx < K; ++kx)
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int g = 0; g < NG; ++g)
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j)
-#pragma GCC unroll 2
+#pragma GCC unroll 4
         for (int p = 0; p < P; ++p)
           acc[p][j] = _mm512_dpbusd_epi32(acc[p][j], _mm512_load_si512(base + ((p * S + kx) * NG + g) * 256 + j * 64),
                                           w[kx][g][j]);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
   for (int p = 0; p < P; ++p) {
     __m512i y[4];
 #pragma GCC unroll 4
@@ -444,6 +453,7 @@ void dw_row(const DwArgs& a, int b, int oy, int blk, uint8_t* buf) {
       }
     }
     int ox = ox0;
+    for (; ox + 4 <= ox1; ox += 4) dw_out<K, S, 4>(a, e, w, buf, ix0, b, oy, ox, c0, nch, cm, init, scale);
     for (; ox + 2 <= ox1; ox += 2) dw_out<K, S, 2>(a, e, w, buf, ix0, b, oy, ox, c0, nch, cm, init, scale);
     if (ox < ox1) dw_out<K, S, 1>(a, e, w, buf, ix0, b, oy, ox, c0, nch, cm, init, scale);
   }
