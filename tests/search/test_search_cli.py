@@ -113,3 +113,19 @@ def test_ray_backend_on_a_two_node_cluster(run, ray_cluster):
     trials = pd.read_csv(out / "ray" / "trials.csv")
     assert len(trials) == 4 and (trials["macs"] <= 15e6).all() and trials["val_acc"].between(0, 1).all()
     assert "Pareto front" in log
+
+
+def test_stale_default_table_is_kept_aside_and_profiled_again(run):
+    """A default table from another kernel build (or machine) is not trusted: renamed, then profiled anew."""
+    out, _ = run
+    sidecar = out / "latency" / "torch-fp32.json"
+    meta = json.loads(sidecar.read_text())
+    meta["fingerprint"]["build_hash"] = "another-build"
+    sidecar.write_text(json.dumps(meta))
+    log = finish(nas(*ARGS, "--trials", "2", "--study", "stale", out=out))
+    assert "profiling again" in log
+    kept = sorted((out / "latency").glob("torch-fp32-stale-*"))
+    assert {p.suffix for p in kept} == {".csv", ".json"}
+    assert json.loads(kept[-1].with_suffix(".json").read_text())["fingerprint"]["build_hash"] == "another-build"
+    fresh = json.loads(sidecar.read_text())["fingerprint"]["build_hash"]
+    assert fresh != "another-build"
