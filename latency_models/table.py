@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from latency_models.ops import KEY_COLUMNS, OpKey
+from nas.io import write_atomic
 
 FORMAT = "nas-latency-table/1"
 STAT_COLUMNS = ("median_ms", "p10_ms", "mad_ms", "min_ms", "max_ms", "n", "rejected", "passes")
@@ -67,20 +67,6 @@ def profile_command(device: str) -> str:
     if spec.isa:
         cmd += f" --isa {spec.isa}"
     return cmd
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @dataclass
@@ -149,10 +135,10 @@ class LatencyTable:
         else:
             def write(tmp: str) -> None:
                 frame.to_csv(tmp, index=False, float_format="%.6g")
-        _atomic_write(path, write)
+        write_atomic(path, write)
         side = {"format": FORMAT, "table": path.name, "rows": len(frame), "fingerprint": self.fingerprint,
                 "overhead": self.overhead}
-        _atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(json.dumps(side, indent=2) + "\n"))
+        write_atomic(sidecar_path(path), lambda tmp: Path(tmp).write_text(json.dumps(side, indent=2) + "\n"))
         self.path = path
         return path
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import search_spaces as ss
+from nas.io import write_atomic
 from nas.search import report
 from nas.search.runner import Limits, SearchSettings, check_study, completed, run_optuna, run_ray
 
@@ -135,17 +136,17 @@ def search(request: SearchRequest, log: Any = print) -> dict[str, Any]:
     search_seconds = time.perf_counter() - t_search
 
     df = report.trials_frame(study, settings, latency_ms)
-    report.write_atomic(run_dir / "trials.csv", lambda tmp: df.to_csv(tmp, index=False))
+    write_atomic(run_dir / "trials.csv", lambda tmp: df.to_csv(tmp, index=False))
     front = df[df["pareto"]].sort_values("latency_ms").copy()
     best = report.choose(df)
     best_arch = ss.decode(best["arch"])
-    report.write_atomic(run_dir / "best.json", lambda tmp: Path(tmp).write_text(best_arch.to_json(indent=2)))
-    report.write_atomic(run_dir / "best.txt", lambda tmp: Path(tmp).write_text(str(best_arch) + "\n"))
+    write_atomic(run_dir / "best.json", lambda tmp: Path(tmp).write_text(best_arch.to_json(indent=2)))
+    write_atomic(run_dir / "best.txt", lambda tmp: Path(tmp).write_text(str(best_arch) + "\n"))
 
     from nas.search.evaluate import measure_ms
 
     front["measured_ms"] = [measure_ms(ss.decode(a), request) for a in front["arch"]]
-    report.write_atomic(run_dir / "pareto.csv", lambda tmp: front.to_csv(tmp, index=False))
+    write_atomic(run_dir / "pareto.csv", lambda tmp: front.to_csv(tmp, index=False))
     report.plot_pareto(df, run_dir / "pareto.png", f"{settings.study_name}: accuracy vs latency "
                        f"({request.device})", measured=front)
 
@@ -161,7 +162,7 @@ def search(request: SearchRequest, log: Any = print) -> dict[str, Any]:
 
         summary["finalized"] = finalize_best(best_arch, evaluator, request, run_dir, log)
     summary["total_seconds"] = round(time.perf_counter() - t_start, 1)
-    report.write_atomic(run_dir / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    write_atomic(run_dir / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     _print_summary(front, summary, run_dir, log)
     return summary
 

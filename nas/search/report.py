@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,21 +10,9 @@ import pandas as pd
 from optuna.trial import TrialState
 
 import search_spaces as ss
+from nas.io import write_atomic
 from nas.search.pareto import pareto_mask
 from nas.search.runner import MNASNET_W, SearchSettings, arch_for
-
-
-def write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def trials_frame(study: optuna.Study, s: SearchSettings,

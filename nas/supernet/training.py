@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 import search_spaces as ss
 from nas.data import BatchLoader, Splits, TensorSplits
+from nas.io import write_atomic
 from nas.supernet.evaluate import SubnetEvaluator
 from nas.supernet.model import Supernet
 from nas.train import as_tensor_splits, cosine_lr, kd_loss, make_optimizer, set_lr
@@ -93,12 +94,6 @@ def cache_key(space: ss.SearchSpace, dataset: dict, recipe: SupernetRecipe, seed
                        "format": FORMAT},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _schedule(recipe: SupernetRecipe) -> list[tuple[str, int, int]]:
@@ -184,8 +179,9 @@ def train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe:
         probe = random.Random(f"probe/{seed}")  # the same two random sub-networks of the phase every epoch
         record["val_acc_random"] = sum(evaluator(pspace.random_arch(probe)) for _ in range(2)) / 2
         history.append(record)
-        _save_atomic({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                      "history": history, "space": space, "key": key}, ckpt_file)
+        ckpt = {"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1, "history": history,
+                "space": space, "key": key}
+        write_atomic(ckpt_file, lambda tmp, ckpt=ckpt: torch.save(ckpt, tmp))
         if progress:
             tqdm.write(f"supernet epoch {epoch + 1}/{len(schedule)} [{phase}] loss {record['loss']:.3f} "
                        f"val largest {record['val_acc_largest']:.3f} smallest {record['val_acc_smallest']:.3f} "
