@@ -77,10 +77,11 @@ inline void epi_store(__m512i acc, const Epi& e, const float* scale, __mmask16 m
 // no_overflow and no LUT: rne(v) as int32, vpackssdw / saturating + zp / vpackuswb / byte clamp to [lo, hi]
 // (same bits as clamping v first, see RqView::no_overflow), then vpermd undoes the packs' lane interleave.
 // res: 64 residual bytes (or nullptr); m: valid-byte mask (all ones unless the channel tail).
-inline void epi_store64(const __m512i (&acc)[4], const Epi& e, const float* scale, __mmask64 m, uint8_t* out,
-                        const uint8_t* res) {
+inline void epi_store64(__m512i a0, __m512i a1, __m512i a2, __m512i a3, const Epi& e, const float* scale,
+                        __mmask64 m, uint8_t* out, const uint8_t* res) {
+  const __m512i acc[4] = {a0, a1, a2, a3};
   __m512i t[4];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int j = 0; j < 4; ++j) {
     __m512 v = mulf(acc[j], _mm512_loadu_ps(scale + 16 * j));
     if (res) {
@@ -99,8 +100,9 @@ inline void epi_store64(const __m512i (&acc)[4], const Epi& e, const float* scal
 }
 
 // Same for 32 outputs (2 accumulators); m: valid-byte mask.
-inline void epi_store32(const __m512i (&acc)[2], const Epi& e, const float* scale, __mmask32 m, uint8_t* out,
+inline void epi_store32(__m512i a0, __m512i a1, const Epi& e, const float* scale, __mmask32 m, uint8_t* out,
                         const uint8_t* res) {
+  const __m512i acc[2] = {a0, a1};
   __m512i t[2];
 #pragma GCC unroll 2
   for (int j = 0; j < 2; ++j) {
@@ -168,24 +170,24 @@ inline void dot_steps(const uint8_t* const* xr, int s0, int s1, int k, const uin
   const int sfull = s1 < k / 4 ? s1 : k / 4;
   for (int s = s0; s < sfull; ++s) {
     __m512i w[NC];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int j = 0; j < NC; ++j) w[j] = load_w<INT4>(wp + j * pstride + s * WB, c4);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const __m512i b = _mm512_set1_epi32(load4(xr[r] + 4 * (s - xs0)));
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int j = 0; j < NC; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], b, w[j]);
     }
   }
   if (sfull < s1) {  // last, partial k-step (K % 4 != 0); packed weights are zero there
     const int s = sfull;
     __m512i w[NC];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int j = 0; j < NC; ++j) w[j] = load_w<INT4>(wp + j * pstride + s * WB, c4);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const __m512i b = _mm512_set1_epi32(load_partial(xr[r] + 4 * (s - xs0), k - 4 * s));
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int j = 0; j < NC; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], b, w[j]);
     }
   }
@@ -223,7 +225,7 @@ void tile(const GemmArgs& a, int row0, int vec0) {
   // every loop over acc is fully unrolled (constant trip counts): a runtime index would force the
   // accumulators into memory (GCC then keeps stack copies of them inside the k loop)
   __m512i acc[MR][NC];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int j = 0; j < NC; ++j) {
     const __m512i b = _mm512_loadu_si512(a.q.bias + (vec0 + j) * 16);
 #pragma GCC unroll 16
@@ -236,11 +238,11 @@ void tile(const GemmArgs& a, int row0, int vec0) {
       __m512i part[MR][NC];
 #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int j = 0; j < NC; ++j) part[r][j] = _mm512_setzero_si512();
       const int s1 = (g + 1) * gs < k4 ? (g + 1) * gs : k4;
       dot_steps<MR, NC, INT4>(xr, g * gs, s1, k, wp, pstride, part, c4);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int j = 0; j < NC; ++j) {
         const __m512i sub = _mm512_loadu_si512(subs + (static_cast<int64_t>(vec0 + j) * pw.ngroups + g) * 16);
 #pragma GCC unroll 16
@@ -260,26 +262,32 @@ void tile(const GemmArgs& a, int row0, int vec0) {
     dot_steps<MR, NC, INT4>(xr, 0, k4, k, wp, pstride, acc, c4);
   }
   const Epi e(a.q);
-  if constexpr (NC == 4 || NC == 2) {
+  if constexpr (NC != 1 && NC != 3) {  // packed epilogues: 64 channels (+ 32)
     if (!e.out_int32 && !e.lut32 && e.no_overflow) {
-      const int c = vec0 * 16, nv = pw.n - c;
 #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) {
         const int row = row0 + r;
         if (row >= a.m) continue;
-        uint8_t* o = static_cast<uint8_t*>(a.out) + row * a.ldo + c;
-        const uint8_t* res = a.res ? a.res + row * a.ldr + c : nullptr;
-        if constexpr (NC == 4) {
-          epi_store64(acc[r], e, a.q.scale + c, nv >= 64 ? ~__mmask64(0) : ((__mmask64(1) << nv) - 1), o, res);
-        } else {
-          epi_store32(acc[r], e, a.q.scale + c, nv >= 32 ? ~__mmask32(0) : ((__mmask32(1) << nv) - 1), o, res);
+        int c = vec0 * 16;
+        uint8_t* o = static_cast<uint8_t*>(a.out) + row * a.ldo;
+        const uint8_t* res = a.res ? a.res + row * a.ldr : nullptr;
+        if constexpr (NC >= 4) {
+          const int nv = pw.n - c;
+          epi_store64(acc[r][0], acc[r][1], acc[r][2], acc[r][3], e, a.q.scale + c,
+                      nv >= 64 ? ~__mmask64(0) : ((__mmask64(1) << nv) - 1), o + c, res ? res + c : nullptr);
+          c += 64;
+        }
+        if constexpr (NC % 4 == 2) {
+          const int nv = pw.n - c;
+          epi_store32(acc[r][NC - 2], acc[r][NC - 1], e, a.q.scale + c,
+                      nv >= 32 ? ~__mmask32(0) : ((__mmask32(1) << nv) - 1), o + c, res ? res + c : nullptr);
         }
       }
       return;
     }
   }
   const int esz = e.out_int32 ? 4 : 1;
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int j = 0; j < NC; ++j) {
     const int c = (vec0 + j) * 16;
     const float* sc = a.q.scale + c;
@@ -314,7 +322,8 @@ void gemm_impl(const GemmArgs& a, int threads) {
           case 1: tile<MR, 1, INT4, GROUPED, CONV>(a, row0, vec0); break;
           case 2: tile<MR, 2, INT4, GROUPED, CONV>(a, row0, vec0); break;
           case 3: if constexpr (NCMAX >= 3) tile<MR, 3, INT4, GROUPED, CONV>(a, row0, vec0); break;
-          default: if constexpr (NCMAX >= 4) tile<MR, 4, INT4, GROUPED, CONV>(a, row0, vec0); break;
+          case 4: if constexpr (NCMAX >= 4) tile<MR, 4, INT4, GROUPED, CONV>(a, row0, vec0); break;
+          default: if constexpr (NCMAX >= 6) tile<MR, 6, INT4, GROUPED, CONV>(a, row0, vec0); break;
         }
       }
     }
@@ -340,6 +349,9 @@ void gemm(const GemmArgs& a, int threads) {
   } else if (nvec == 2) {
     if (int4) gemm_impl<10, 2, true, false>(a, threads);
     else gemm_impl<10, 2, false, false>(a, threads);
+  } else if (nvec % 4 == 2) {  // 6-vector groups (96, 160 output channels), 4 rows
+    if (int4) gemm_impl<3, 6, true, false>(a, threads);
+    else gemm_impl<4, 6, false, false>(a, threads);
   } else {
     if (int4) gemm_impl<5, 4, true, false>(a, threads);
     else gemm_impl<6, 4, false, false>(a, threads);
@@ -364,27 +376,27 @@ inline void dw_out(const DwArgs& a, const Epi& e, const __m512i (&w)[K][(K + 3) 
                    int b, int oy, int ox, int c0, int nch, __mmask64 cm, const int32_t* init, const float* scale) {
   constexpr int NG = (K + 3) / 4, PAD = K / 2;
   __m512i acc[P][4];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int j = 0; j < 4; ++j) {
     const __m512i v = _mm512_loadu_si512(init + 16 * j);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int p = 0; p < P; ++p) acc[p][j] = v;
   }
   const uint8_t* base = buf + (ox * S - PAD - ix0) * NG * 256;
 #pragma GCC unroll 7
   for (int kx = 0; kx < K; ++kx)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int g = 0; g < NG; ++g)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int j = 0; j < 4; ++j)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int p = 0; p < P; ++p)
           acc[p][j] = _mm512_dpbusd_epi32(acc[p][j], _mm512_load_si512(base + ((p * S + kx) * NG + g) * 256 + j * 64),
                                           w[kx][g][j]);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int p = 0; p < P; ++p) {
     __m512i y[4];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int j = 0; j < 4; ++j) {
       const __m512 v = mulf(acc[p][j], _mm512_loadu_ps(scale + 16 * j));
       if (e.no_overflow && !e.lut32) {
