@@ -193,12 +193,13 @@ inline void dot_steps(const uint8_t* const* xr, int s0, int s1, int k, const uin
   }
 }
 
+// panel: int8 weights of vectors vec0.. already unpacked ([NC][k4][64], int4 ops), or nullptr.
 template <int MR, int NC, bool INT4, bool GROUPED, bool CONV = false>
-void tile(const GemmArgs& a, int row0, int vec0) {
+void tile(const GemmArgs& a, int row0, int vec0, const uint8_t* panel = nullptr) {
   const PackedWeights& pw = *a.w;
   const int k = pw.k, k4 = (k + 3) / 4;
   const int64_t pstride = static_cast<int64_t>(k4) * (INT4 ? 32 : 64);
-  const uint8_t* wp = pw.w.ptr + vec0 * pstride;
+  const uint8_t* wp = panel ? panel : pw.w.ptr + vec0 * pstride;
   const uint8_t* xr[MR];
   if (CONV) {  // output pixel (b, oy, ox) of row0, then step along the rows; extra rows repeat the last one
     const ConvGeom& g = *a.conv;
@@ -303,30 +304,44 @@ void tile(const GemmArgs& a, int row0, int vec0) {
   }
 }
 
-template <int MR, int NCMAX, bool INT4, bool GROUPED, bool CONV = false>
+// UNPACK (int4 weights, int8 tiles): each task unpacks its NCMAX-vector weight panel to int8 once and runs
+// the int8 tiles on it for all its row tiles; tasks go column group major so consecutive tasks share it.
+template <int MR, int NCMAX, bool INT4, bool GROUPED, bool CONV = false, bool UNPACK = false>
 void gemm_impl(const GemmArgs& a, int threads) {
   constexpr int MB = 8;  // row tiles per cache block
   const int nvec = (a.w->n + 15) / 16;
   const int ncg = (nvec + NCMAX - 1) / NCMAX;
   const int mtiles = (a.m + MR - 1) / MR;
   const int nmb = (mtiles + MB - 1) / MB;
+  const int k4 = (a.w->k + 3) / 4;
   par(threads, nmb * ncg, [&](int t0, int t1) {
+    uint8_t* panel = nullptr;
+    int panel_cg = -1;
+    if (UNPACK) panel = static_cast<uint8_t*>(std::aligned_alloc(64, static_cast<size_t>(NCMAX) * k4 * 64));
     for (int t = t0; t < t1; ++t) {
-      const int mb = t / ncg, cg = t % ncg;
+      const int mb = UNPACK ? t % nmb : t / ncg, cg = UNPACK ? t / nmb : t % ncg;
       const int vec0 = cg * NCMAX;
       const int nc = nvec - vec0 < NCMAX ? nvec - vec0 : NCMAX;
+      if (UNPACK && cg != panel_cg) {
+        const Int4Consts c4;
+        const uint8_t* src = a.w->w.ptr + static_cast<int64_t>(vec0) * k4 * 32;
+        for (int64_t i = 0; i < static_cast<int64_t>(nc) * k4; ++i)
+          _mm512_store_si512(panel + i * 64, load_w<true>(src + i * 32, c4));
+        panel_cg = cg;
+      }
       const int mt1 = (mb + 1) * MB < mtiles ? (mb + 1) * MB : mtiles;
       for (int mt = mb * MB; mt < mt1; ++mt) {
         const int row0 = mt * MR;
         switch (nc) {
-          case 1: tile<MR, 1, INT4, GROUPED, CONV>(a, row0, vec0); break;
-          case 2: tile<MR, 2, INT4, GROUPED, CONV>(a, row0, vec0); break;
-          case 3: if constexpr (NCMAX >= 3) tile<MR, 3, INT4, GROUPED, CONV>(a, row0, vec0); break;
-          case 4: if constexpr (NCMAX >= 4) tile<MR, 4, INT4, GROUPED, CONV>(a, row0, vec0); break;
-          default: if constexpr (NCMAX >= 6) tile<MR, 6, INT4, GROUPED, CONV>(a, row0, vec0); break;
+          case 1: tile<MR, 1, INT4, GROUPED, CONV>(a, row0, vec0, panel); break;
+          case 2: tile<MR, 2, INT4, GROUPED, CONV>(a, row0, vec0, panel); break;
+          case 3: if constexpr (NCMAX >= 3) tile<MR, 3, INT4, GROUPED, CONV>(a, row0, vec0, panel); break;
+          case 4: if constexpr (NCMAX >= 4) tile<MR, 4, INT4, GROUPED, CONV>(a, row0, vec0, panel); break;
+          default: if constexpr (NCMAX >= 6) tile<MR, 6, INT4, GROUPED, CONV>(a, row0, vec0, panel); break;
         }
       }
     }
+    std::free(panel);
   });
 }
 
@@ -343,17 +358,19 @@ void gemm(const GemmArgs& a, int threads) {
   } else if (a.w->grouped) {
     if (int4) gemm_impl<4, 2, true, true>(a, threads);
     else gemm_impl<4, 2, false, true>(a, threads);
+  } else if (int4 && a.m < 24) {  // few rows (linear layers): unpack int4 in registers, no panel
+    gemm_impl<5, 4, true, false>(a, threads);
   } else if (nvec == 1) {
-    if (int4) gemm_impl<16, 1, true, false>(a, threads);
+    if (int4) gemm_impl<16, 1, false, false, false, true>(a, threads);
     else gemm_impl<16, 1, false, false>(a, threads);
   } else if (nvec == 2) {
-    if (int4) gemm_impl<10, 2, true, false>(a, threads);
+    if (int4) gemm_impl<10, 2, false, false, false, true>(a, threads);
     else gemm_impl<10, 2, false, false>(a, threads);
   } else if (nvec % 4 == 2) {  // 6-vector groups (96, 160 output channels), 4 rows
-    if (int4) gemm_impl<3, 6, true, false>(a, threads);
+    if (int4) gemm_impl<4, 6, false, false, false, true>(a, threads);
     else gemm_impl<4, 6, false, false>(a, threads);
   } else {
-    if (int4) gemm_impl<5, 4, true, false>(a, threads);
+    if (int4) gemm_impl<6, 4, false, false, false, true>(a, threads);
     else gemm_impl<6, 4, false, false>(a, threads);
   }
 }
