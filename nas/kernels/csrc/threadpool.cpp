@@ -2,7 +2,11 @@
 //
 // The caller thread takes part and keeps taking chunks until none is left, so a job never waits for a
 // worker that the OS has not scheduled yet (important on loaded machines); it only waits for chunks that
-// a worker has already started. Outputs never depend on which thread runs which chunk.
+// a worker has already started. When that wait was long (a worker preempted mid-chunk because the other
+// cores are busy), the next jobs run on the calling thread alone for a while (backoff). Outputs never depend
+// on which thread runs which chunk.
+#include <chrono>
+
 #include "common.h"
 
 namespace nask {
@@ -35,26 +39,53 @@ class ThreadPool {
     job_.tasks = tasks;
     job_.chunk = std::max(1, tasks / (nt * 4));
     job_.next.store(0);
+    worker_chunks_.store(0);
     closed_.store(false);
     {
       std::lock_guard<std::mutex> l(mu_);
       gen_.fetch_add(1);
     }
     cv_.notify_all();
-    drain();
+    drain(false);
     closed_.store(true);
+    if (inside_.load() == 0) {
+      // No worker took part although there were several chunks: the workers are not getting a core. After a
+      // few such jobs in a row, back off too, so that spinning workers stop competing with this thread.
+      const int chunks = (tasks + job_.chunk - 1) / job_.chunk;
+      if (chunks >= 2 && worker_chunks_.load() == 0) {
+        if (++strikes_ >= kStrikes) {
+          strikes_ = 0;
+          backoff_.store(kBackoffJobs);
+        }
+      } else {
+        strikes_ = 0;
+      }
+      return;
+    }
+    // A worker still runs a chunk. If the OS preempted it (the other cores are busy), waiting can take a whole
+    // time slice; after a long wait the next kBackoffJobs jobs run on the calling thread alone (same outputs).
+    const auto t0 = std::chrono::steady_clock::now();
     int spins = 0;
     while (inside_.load() != 0) {
       if (++spins < 20000) cpu_relax();
       else std::this_thread::yield();
     }
+    if (std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(kLongWaitUs)) backoff_.store(kBackoffJobs);
+  }
+
+  // True if this job should run single-threaded (after a long wait for a preempted worker).
+  bool backing_off() {
+    if (backoff_.load(std::memory_order_relaxed) <= 0) return false;
+    backoff_.fetch_sub(1, std::memory_order_relaxed);
+    return true;
   }
 
  private:
-  void drain() {
+  void drain(bool worker) {
     for (;;) {
       const int b = job_.next.fetch_add(job_.chunk);
       if (b >= job_.tasks) return;
+      if (worker) worker_chunks_.fetch_add(1);
       job_.fn(job_.ctx, b, std::min(job_.tasks, b + job_.chunk));
     }
   }
@@ -62,7 +93,7 @@ class ThreadPool {
   void worker(uint64_t seen) {
     for (;;) {
       int spins = 0;
-      while (gen_.load(std::memory_order_acquire) == seen && spins < 20000) {
+      while (gen_.load(std::memory_order_acquire) == seen && spins < kWorkerSpins) {
         cpu_relax();
         ++spins;
       }
@@ -73,7 +104,7 @@ class ThreadPool {
       seen = gen_.load();
       if (wanted_.fetch_sub(1) <= 0) continue;  // more workers than this job asked for
       inside_.fetch_add(1);
-      if (!closed_.load()) drain();
+      if (!closed_.load()) drain(true);
       inside_.fetch_sub(1);
     }
   }
@@ -83,7 +114,10 @@ class ThreadPool {
   std::condition_variable cv_;
   Job job_;
   std::atomic<uint64_t> gen_{0};
-  std::atomic<int> inside_{0}, wanted_{0};
+  std::atomic<int> inside_{0}, wanted_{0}, backoff_{0}, worker_chunks_{0};
+  int strikes_ = 0;  // consecutive multi-chunk jobs that no worker joined (guarded by run_mu_)
+  // worker spin before sleeping (~60 us), long wait, jobs without workers before backing off, backoff length
+  static constexpr int kWorkerSpins = 4000, kLongWaitUs = 50, kStrikes = 3, kBackoffJobs = 200;
   std::atomic<bool> closed_{true};
 };
 
@@ -97,7 +131,7 @@ ThreadPool& pool() {
 void parallel_for_raw(int threads, int tasks, void (*fn)(void*, int, int), void* ctx) {
   if (tasks <= 0) return;
   const int nt = std::max(1, std::min(threads, tasks));
-  if (nt == 1) {
+  if (nt == 1 || pool().backing_off()) {
     fn(ctx, 0, tasks);
     return;
   }
