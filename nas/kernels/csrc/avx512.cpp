@@ -380,41 +380,43 @@ namespace {
 // Depthwise, 64 channels per step with vpdpbusd: the bytes of 4 vertical taps (rows 4g..4g+3 of one input
 // column) are interleaved per channel (vpunpck{l,h}bw + vpunpck{l,h}wd), so one vpdpbusd adds 4 taps x 16
 // channels. The interleave leaves the channels of zmm j, dword (lane L, i) as 16L + 4j + i; weights, start
-// values and scales are packed in that order and vpackssdw + vpackuswb restore the natural order on output.
-// Each input column is interleaved once per output row into a strip buffer and shared by the k output
-// columns that read it. Padding (rows or columns outside the image) reads in_zp, which cancels against the
-// start value bias - in_zp * sum(w); taps beyond k (to fill a group of 4) have zero weights.
+// values and scales are packed in that order and vpackssdw + vpackuswb (+ one vpermd for 32-channel blocks)
+// restore the natural order on output. A channel tail of <= 32 uses 32-channel blocks (CB = 32: the same
+// interleave on ymm halves, two zmm per tap group, zmm j dword d = channel 16 ((d % 8) / 4) + 4 (2j + d / 8)
+// + d % 4). Each input column is interleaved once per output row into a strip buffer and shared by the k
+// output columns that read it. Padding (rows or columns outside the image) reads in_zp, which cancels against
+// the start value bias - in_zp * sum(w); taps beyond k (to fill a group of 4) have zero weights.
 constexpr int kDwStrip = 32;  // output columns per strip
 
-
-// P adjacent output pixels x 64 channels from the interleaved strip buffer; requantize and store.
-template <int K, int S, int P>
-inline void dw_out(const DwArgs& a, const Epi& e, const __m512i (&w)[K][(K + 3) / 4][4], const uint8_t* buf, int ix0,
-                   int b, int oy, int ox, int c0, int nch, __mmask64 cm, const int32_t* init, const float* scale) {
-  constexpr int NG = (K + 3) / 4, PAD = K / 2;
-  __m512i acc[P][4];
+// P adjacent output pixels x CB channels from the interleaved strip buffer; requantize and store.
+template <int K, int S, int P, int CB>
+inline void dw_out(const DwArgs& a, const Epi& e, const __m512i (&w)[K][(K + 3) / 4][CB / 16], const uint8_t* buf,
+                   int ix0, int b, int oy, int ox, int c0, int nch, __mmask64 cm, const int32_t* init,
+                   const float* scale) {
+  constexpr int NG = (K + 3) / 4, PAD = K / 2, NZ = CB / 16, COL = NG * CB * 4;
+  __m512i acc[P][NZ];
 #pragma GCC unroll 8
-  for (int j = 0; j < 4; ++j) {
+  for (int j = 0; j < NZ; ++j) {
     const __m512i v = _mm512_loadu_si512(init + 16 * j);
 #pragma GCC unroll 8
     for (int p = 0; p < P; ++p) acc[p][j] = v;
   }
-  const uint8_t* base = buf + (ox * S - PAD - ix0) * NG * 256;
+  const uint8_t* base = buf + (ox * S - PAD - ix0) * COL;
 #pragma GCC unroll 7
   for (int kx = 0; kx < K; ++kx)
 #pragma GCC unroll 8
     for (int g = 0; g < NG; ++g)
 #pragma GCC unroll 8
-      for (int j = 0; j < 4; ++j)
+      for (int j = 0; j < NZ; ++j)
 #pragma GCC unroll 8
         for (int p = 0; p < P; ++p)
-          acc[p][j] = _mm512_dpbusd_epi32(acc[p][j], _mm512_load_si512(base + ((p * S + kx) * NG + g) * 256 + j * 64),
-                                          w[kx][g][j]);
+          acc[p][j] = _mm512_dpbusd_epi32(
+              acc[p][j], _mm512_load_si512(base + (p * S + kx) * COL + (g * NZ + j) * 64), w[kx][g][j]);
 #pragma GCC unroll 8
   for (int p = 0; p < P; ++p) {
-    __m512i y[4];
+    __m512i y[NZ];
 #pragma GCC unroll 8
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < NZ; ++j) {
       const __m512 v = mulf(acc[p][j], _mm512_loadu_ps(scale + 16 * j));
       if (e.no_overflow && !e.lut32) {
         y[j] = _mm512_cvt_roundps_epi32(v, kRne);
@@ -423,7 +425,8 @@ inline void dw_out(const DwArgs& a, const Epi& e, const __m512i (&w)[K][(K + 3) 
         if (e.lut32) y[j] = _mm512_i32gather_epi32(_mm512_add_epi32(y[j], e.zp), e.lut32, 4);
       }
     }
-    __m512i p01 = _mm512_packs_epi32(y[0], y[1]), p23 = _mm512_packs_epi32(y[2], y[3]);
+    __m512i p01 = _mm512_packs_epi32(y[0], y[1]), p23 = p01;
+    if constexpr (NZ == 4) p23 = _mm512_packs_epi32(y[2], y[3]);
     if (!e.lut32) {  // saturating: exact within range, and out-of-range values stay out of [lo, hi]
       p01 = _mm512_adds_epi16(p01, e.zp16);
       p23 = _mm512_adds_epi16(p23, e.zp16);
@@ -431,6 +434,9 @@ inline void dw_out(const DwArgs& a, const Epi& e, const __m512i (&w)[K][(K + 3) 
     uint8_t* o = a.out + ((static_cast<int64_t>(b) * a.ho + oy) * a.wo + ox + p) * a.c + c0;
     __m512i y8 = _mm512_packus_epi16(p01, p23);
     if (e.no_overflow && !e.lut32) y8 = _mm512_min_epu8(_mm512_max_epu8(y8, e.lo8), e.hi8);
+    if constexpr (NZ == 2) {  // dword 4L holds the first, 4L + 1 the second 4-channel group of lane L
+      y8 = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 8, 1, 9, 4, 12, 5, 13, 0, 0, 0, 0, 0, 0, 0, 0), y8);
+    }
     if (nch == 64) {  // masked 64-byte stores are slow on some cores: only for channel tails
       _mm512_storeu_si512(o, y8);
     } else if (nch == 32) {
@@ -441,9 +447,43 @@ inline void dw_out(const DwArgs& a, const Epi& e, const __m512i (&w)[K][(K + 3) 
   }
 }
 
-template <int K, int S>
+// Interleave the NG groups of 4 rows of input column ix (CB channels from c0 of rows[]) into col.
+template <int NG, int CB>
+inline void dw_column(const uint8_t* const* rows, bool in, int64_t off, __mmask64 cm, __m512i zpv, uint8_t* col) {
+  for (int g = 0; g < NG; ++g) {
+    if constexpr (CB == 64) {
+      __m512i v[4];
+      for (int t = 0; t < 4; ++t) {
+        const uint8_t* r = rows[g * 4 + t];
+        v[t] = (in && r) ? _mm512_maskz_loadu_epi8(cm, r + off) : zpv;
+      }
+      const __m512i ab_lo = _mm512_unpacklo_epi8(v[0], v[1]), ab_hi = _mm512_unpackhi_epi8(v[0], v[1]);
+      const __m512i cd_lo = _mm512_unpacklo_epi8(v[2], v[3]), cd_hi = _mm512_unpackhi_epi8(v[2], v[3]);
+      _mm512_store_si512(col + g * 256, _mm512_unpacklo_epi16(ab_lo, cd_lo));
+      _mm512_store_si512(col + g * 256 + 64, _mm512_unpackhi_epi16(ab_lo, cd_lo));
+      _mm512_store_si512(col + g * 256 + 128, _mm512_unpacklo_epi16(ab_hi, cd_hi));
+      _mm512_store_si512(col + g * 256 + 192, _mm512_unpackhi_epi16(ab_hi, cd_hi));
+    } else {
+      __m256i v[4];
+      for (int t = 0; t < 4; ++t) {
+        const uint8_t* r = rows[g * 4 + t];
+        v[t] = (in && r) ? _mm256_maskz_loadu_epi8(static_cast<__mmask32>(cm), r + off) : _mm512_castsi512_si256(zpv);
+      }
+      const __m256i ab_lo = _mm256_unpacklo_epi8(v[0], v[1]), ab_hi = _mm256_unpackhi_epi8(v[0], v[1]);
+      const __m256i cd_lo = _mm256_unpacklo_epi8(v[2], v[3]), cd_hi = _mm256_unpackhi_epi8(v[2], v[3]);
+      const __m512i z0 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_unpacklo_epi16(ab_lo, cd_lo)),
+                                            _mm256_unpackhi_epi16(ab_lo, cd_lo), 1);
+      const __m512i z1 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_unpacklo_epi16(ab_hi, cd_hi)),
+                                            _mm256_unpackhi_epi16(ab_hi, cd_hi), 1);
+      _mm512_store_si512(col + g * 128, z0);
+      _mm512_store_si512(col + g * 128 + 64, z1);
+    }
+  }
+}
+
+template <int K, int S, int CB>
 void dw_row(const DwArgs& a, int b, int oy, int blk, uint8_t* buf) {
-  constexpr int NG = (K + 3) / 4, PAD = K / 2;
+  constexpr int NG = (K + 3) / 4, PAD = K / 2, NZ = CB / 16, COL = NG * CB * 4;
   const int c0 = blk * 64;
   const int nch = a.c - c0 >= 64 ? 64 : a.c - c0;
   const __mmask64 cm = nch == 64 ? ~__mmask64(0) : ((__mmask64(1) << nch) - 1);
@@ -457,34 +497,19 @@ void dw_row(const DwArgs& a, int b, int oy, int blk, uint8_t* buf) {
   const int32_t* init = a.dw_init + blk * 64;
   const float* scale = a.dw_scale + blk * 64;
   const Epi e(a.q);
-  __m512i w[K][NG][4];
+  __m512i w[K][NG][NZ];
   for (int kx = 0; kx < K; ++kx)
     for (int g = 0; g < NG; ++g)
-      for (int j = 0; j < 4; ++j) w[kx][g][j] = _mm512_loadu_si512(wb + ((kx * NG + g) * 4 + j) * 64);
+      for (int j = 0; j < NZ; ++j) w[kx][g][j] = _mm512_loadu_si512(wb + ((kx * NG + g) * 4 + j) * 64);
   for (int ox0 = 0; ox0 < a.wo; ox0 += kDwStrip) {
     const int ox1 = ox0 + kDwStrip < a.wo ? ox0 + kDwStrip : a.wo;
     const int ix0 = ox0 * S - PAD, ix1 = (ox1 - 1) * S - PAD + K;
-    for (int ix = ix0; ix < ix1; ++ix) {
-      uint8_t* col = buf + (ix - ix0) * NG * 256;
-      const bool in = ix >= 0 && ix < a.w;
-      for (int g = 0; g < NG; ++g) {
-        __m512i v[4];
-        for (int t = 0; t < 4; ++t) {
-          const uint8_t* r = rows[g * 4 + t];
-          v[t] = (in && r) ? _mm512_maskz_loadu_epi8(cm, r + static_cast<int64_t>(ix) * a.c) : zpv;
-        }
-        const __m512i ab_lo = _mm512_unpacklo_epi8(v[0], v[1]), ab_hi = _mm512_unpackhi_epi8(v[0], v[1]);
-        const __m512i cd_lo = _mm512_unpacklo_epi8(v[2], v[3]), cd_hi = _mm512_unpackhi_epi8(v[2], v[3]);
-        _mm512_store_si512(col + g * 256, _mm512_unpacklo_epi16(ab_lo, cd_lo));
-        _mm512_store_si512(col + g * 256 + 64, _mm512_unpackhi_epi16(ab_lo, cd_lo));
-        _mm512_store_si512(col + g * 256 + 128, _mm512_unpacklo_epi16(ab_hi, cd_hi));
-        _mm512_store_si512(col + g * 256 + 192, _mm512_unpackhi_epi16(ab_hi, cd_hi));
-      }
-    }
+    for (int ix = ix0; ix < ix1; ++ix)
+      dw_column<NG, CB>(rows, ix >= 0 && ix < a.w, static_cast<int64_t>(ix) * a.c, cm, zpv, buf + (ix - ix0) * COL);
     int ox = ox0;
-    for (; ox + 4 <= ox1; ox += 4) dw_out<K, S, 4>(a, e, w, buf, ix0, b, oy, ox, c0, nch, cm, init, scale);
-    for (; ox + 2 <= ox1; ox += 2) dw_out<K, S, 2>(a, e, w, buf, ix0, b, oy, ox, c0, nch, cm, init, scale);
-    if (ox < ox1) dw_out<K, S, 1>(a, e, w, buf, ix0, b, oy, ox, c0, nch, cm, init, scale);
+    for (; ox + 4 <= ox1; ox += 4) dw_out<K, S, 4, CB>(a, e, w, buf, ix0, b, oy, ox, c0, nch, cm, init, scale);
+    for (; ox + 2 <= ox1; ox += 2) dw_out<K, S, 2, CB>(a, e, w, buf, ix0, b, oy, ox, c0, nch, cm, init, scale);
+    if (ox < ox1) dw_out<K, S, 1, CB>(a, e, w, buf, ix0, b, oy, ox, c0, nch, cm, init, scale);
   }
 }
 
@@ -495,7 +520,8 @@ void dw_impl(const DwArgs& a, int threads) {
     alignas(64) uint8_t buf[((kDwStrip - 1) * S + K) * ((K + 3) / 4) * 256];
     for (int t = t0; t < t1; ++t) {
       const int r = t / nblk, blk = t % nblk;
-      dw_row<K, S>(a, r / a.ho, r % a.ho, blk, buf);
+      if (a.c - blk * 64 <= 32) dw_row<K, S, 32>(a, r / a.ho, r % a.ho, blk, buf);
+      else dw_row<K, S, 64>(a, r / a.ho, r % a.ho, blk, buf);
     }
   });
 }

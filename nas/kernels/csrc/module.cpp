@@ -543,7 +543,8 @@ class Depthwise {
   }
 
  private:
-  // AVX512-VNNI layout (avx512.cpp): per 64-channel block, zmm j holds channel 16L + 4j + i in dword 4L + i.
+  // AVX512-VNNI layout (avx512.cpp): per 64-channel block, zmm j holds channel 16L + 4j + i in dword 4L + i
+  // (a tail block of <= 32 channels: 2 zmm, dword d of zmm j = channel 16 ((d % 8) / 4) + 4 (2j + d / 8) + d % 4).
   void pack_vnni(const int8_t* wp) {
     const int nblk = (c_ + 63) / 64, ng = (k_ + 3) / 4;
     vw_.resize(static_cast<size_t>(nblk) * k_ * ng * 256);
@@ -555,7 +556,11 @@ class Depthwise {
     for (int blk = 0; blk < nblk; ++blk)
       for (int j = 0; j < 4; ++j)
         for (int d = 0; d < 16; ++d) {
-          const int c = blk * 64 + 16 * (d / 4) + 4 * j + d % 4;  // channel of dword d of zmm j
+          const bool narrow = c_ - blk * 64 <= 32;  // 32-channel block (channel tail): 2 zmm
+          if (narrow && j >= 2) continue;
+          // channel of dword d of zmm j
+          const int c = blk * 64 + (narrow ? 16 * ((d % 8) / 4) + 4 * (2 * j + d / 8) + d % 4
+                                            : 16 * (d / 4) + 4 * j + d % 4);
           const int slot = blk * 64 + 16 * j + d;
           if (c >= c_) continue;
           int32_t sum = 0;
