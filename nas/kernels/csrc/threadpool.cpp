@@ -46,18 +46,21 @@ class ThreadPool {
       gen_.fetch_add(1);
     }
     cv_.notify_all();
+    const auto start = std::chrono::steady_clock::now();
     drain(false);
     closed_.store(true);
     if (inside_.load() == 0) {
-      // No worker took part although there were several chunks: the workers are not getting a core. After a
-      // few such jobs in a row, back off too, so that spinning workers stop competing with this thread.
+      // No worker took part in a job long enough for a running worker to join (it polls every few ns): the
+      // workers are not getting a core. After a few such jobs in a row, back off too, so that spinning
+      // workers stop competing with this thread.
       const int chunks = (tasks + job_.chunk - 1) / job_.chunk;
-      if (chunks >= 2 && worker_chunks_.load() == 0) {
+      const bool long_job = std::chrono::steady_clock::now() - start > std::chrono::microseconds(kJoinUs);
+      if (chunks >= 2 && long_job && worker_chunks_.load() == 0) {
         if (++strikes_ >= kStrikes) {
           strikes_ = 0;
           backoff_.store(kBackoffJobs);
         }
-      } else {
+      } else if (worker_chunks_.load() > 0) {
         strikes_ = 0;
       }
       return;
@@ -116,8 +119,9 @@ class ThreadPool {
   std::atomic<uint64_t> gen_{0};
   std::atomic<int> inside_{0}, wanted_{0}, backoff_{0}, worker_chunks_{0};
   int strikes_ = 0;  // consecutive multi-chunk jobs that no worker joined (guarded by run_mu_)
-  // worker spin before sleeping (~60 us), long wait, jobs without workers before backing off, backoff length
-  static constexpr int kWorkerSpins = 4000, kLongWaitUs = 50, kStrikes = 3, kBackoffJobs = 200;
+  // worker spin before sleeping (~60 us), long wait, job time a running worker surely joins, jobs without
+  // workers before backing off, backoff length (jobs)
+  static constexpr int kWorkerSpins = 4000, kLongWaitUs = 50, kJoinUs = 20, kStrikes = 3, kBackoffJobs = 200;
   std::atomic<bool> closed_{true};
 };
 
