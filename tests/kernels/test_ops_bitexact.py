@@ -43,6 +43,18 @@ def test_gemm_random_shapes(isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_gemm_many_rows_every_tile_shape(isa):
+    """Enough rows for every register tile and the int4 weight-panel path (AVX-512 unpacks int4 panels from 64 rows)."""
+    rng = np.random.default_rng(19)
+    for n in (16, 24, 40, 64, 96, 144, 160):
+        for bits, group in ((8, 0), (4, 0), (4, 32)):
+            spec = R.random_gemm(rng, n, 40, bits=bits, group_size=group, act="relu6", residual=n % 3 == 0)
+            shape = (2, 7, 9, 40)
+            res = _x(rng, (*shape[:-1], n)) if spec.residual else None
+            _check(spec, _x(rng, shape), isa, res, threads=2)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_linear_int32_logits(isa):
     rng = np.random.default_rng(11)
     for n, k, b in [(10, 64, 1), (1000, 96, 2), (17, 5, 3)]:
