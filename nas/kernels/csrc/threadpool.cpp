@@ -3,7 +3,8 @@
 // The caller thread takes part and keeps taking chunks until none is left, so a job never waits for a
 // worker that the OS has not scheduled yet (important on loaded machines); it only waits for chunks that
 // a worker has already started. When that wait was long (a worker preempted mid-chunk because the other
-// cores are busy), the next jobs run on the calling thread alone for a while (backoff). Outputs never depend
+// cores are busy), or no worker joined several jobs in a row, the next jobs run on the calling thread alone
+// for a while (backoff). Outputs never depend
 // on which thread runs which chunk.
 #include <chrono>
 
@@ -50,13 +51,14 @@ class ThreadPool {
     drain(false);
     closed_.store(true);
     if (inside_.load() == 0) {
-      // No worker took part in a job long enough for a running worker to join (it polls every few ns): the
-      // workers are not getting a core. After a few such jobs in a row, back off too, so that spinning
-      // workers stop competing with this thread.
+      // No worker took part in a multi-chunk job: the workers are probably not getting a core (a running worker
+      // polls every few ns), and when they do get one, their spinning takes it from this thread. After a few
+      // such jobs in a row (3 longer than 20 us, or 8 shorter ones), back off: workers go to sleep.
       const int chunks = (tasks + job_.chunk - 1) / job_.chunk;
       const bool long_job = std::chrono::steady_clock::now() - start > std::chrono::microseconds(kJoinUs);
-      if (chunks >= 2 && long_job && worker_chunks_.load() == 0) {
-        if (++strikes_ >= kStrikes) {
+      if (chunks >= 2 && worker_chunks_.load() == 0) {
+        strikes_ += long_job ? 3 : 1;
+        if (strikes_ >= kStrikes) {
           strikes_ = 0;
           backoff_.store(kBackoffJobs);
         }
@@ -118,10 +120,10 @@ class ThreadPool {
   Job job_;
   std::atomic<uint64_t> gen_{0};
   std::atomic<int> inside_{0}, wanted_{0}, backoff_{0}, worker_chunks_{0};
-  int strikes_ = 0;  // consecutive multi-chunk jobs that no worker joined (guarded by run_mu_)
+  int strikes_ = 0;  // multi-chunk jobs in a row that no worker joined, weighted (guarded by run_mu_)
   // worker spin before sleeping (~60 us), long wait, job time a running worker surely joins, jobs without
   // workers before backing off, backoff length (jobs)
-  static constexpr int kWorkerSpins = 4000, kLongWaitUs = 50, kJoinUs = 20, kStrikes = 3, kBackoffJobs = 200;
+  static constexpr int kWorkerSpins = 4000, kLongWaitUs = 50, kJoinUs = 20, kStrikes = 8, kBackoffJobs = 200;
   std::atomic<bool> closed_{true};
 };
 
