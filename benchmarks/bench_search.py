@@ -51,13 +51,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ray-trials", type=int, default=8)
     ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for training (1 on shared cores)")
     ap.add_argument("--out", default="results")
     ap.add_argument("--write", action="store_true", help="write benchmarks/RESULTS_search.md")
     args = ap.parse_args()
 
     from nas.train import TrainRecipe, train_standalone
 
-    request = SearchRequest(budget=args.budget, data=args.data, seed=args.seed, out=args.out)
+    request = SearchRequest(budget=args.budget, data=args.data, seed=args.seed, out=args.out, threads=args.threads)
     limits, _ = _limits(request)
     lines = [f"# Search benchmark ({args.data}, budget {args.budget}, {args.trials} trials per sampler and seed)",
              "", f"`python benchmarks/bench_search.py --budget {args.budget} --trials {args.trials} --seeds "
@@ -128,7 +129,7 @@ def main() -> None:
     for name, arch in contenders.items():
         vals, tests, secs = [], [], []
         for sd in seeds:
-            _, m = train_standalone(arch, data, TrainRecipe(epochs=args.epochs, seed=sd))
+            _, m = train_standalone(arch, data, TrainRecipe(epochs=args.epochs, seed=sd, threads=args.threads))
             vals.append(m["val_acc"])
             tests.append(m["test_acc"])
             secs.append(m["wall_s"])

@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train, quantize and export the chosen architecture (default on)")
     p.add_argument("--quick", action="store_true", help="a sub-minute demo: tiny supernet recipe and few trials")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch threads for training (use 1 when other jobs share the cores; results do not change)")
     p.add_argument("--out", default="results", help="folder for run outputs")
     p.set_defaults(func=cmd_search)
 
@@ -48,6 +50,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         phi=args.phi, data=args.data, trials=args.trials, sampler=args.sampler, objective=args.objective,
         backend=args.backend, address=args.address, workers=args.workers, storage=args.storage, study=args.study,
         resume=args.resume, finalize=args.finalize, quick=args.quick, seed=args.seed, out=args.out,
+        threads=args.threads,
     )
     search(request)
     return 0

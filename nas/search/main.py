@@ -40,6 +40,7 @@ class SearchRequest:
     quick: bool = False
     seed: int = 0
     out: str = "results"
+    threads: int = 2
 
     @property
     def n_trials(self) -> int:

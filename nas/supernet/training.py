@@ -90,7 +90,8 @@ def dataset_fingerprint(splits: Splits) -> dict:
 
 def cache_key(space: ss.SearchSpace, dataset: dict, recipe: SupernetRecipe, seed: int) -> str:
     """A 16-hex-digit hash of (space, dataset fingerprint, recipe, seed)."""
-    blob = json.dumps({"space": asdict(space), "dataset": dataset, "recipe": asdict(recipe), "seed": seed,
+    settings = {k: v for k, v in asdict(recipe).items() if k != "threads"}  # threads do not change the result
+    blob = json.dumps({"space": asdict(space), "dataset": dataset, "recipe": settings, "seed": seed,
                        "format": FORMAT},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
