@@ -23,7 +23,7 @@ from nas.search.main import SearchRequest, _limits
 from nas.search.pareto import hypervolume
 from nas.search.report import choose, trials_frame
 from nas.search.runner import SearchSettings, run_optuna, run_ray
-from search_spaces.presets import fit_width, small_input
+from search_spaces.presets import width_scaled_baselines
 
 
 def search_once(space, limits, evaluator, predictor, sampler, trials, seed, tmp) -> tuple:
@@ -40,41 +40,12 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--budget", default="100MFLOPs")
-    ap.add_argument("--trials", type=int, default=60, help="trials per sampler and seed (the default run's count)")
-    ap.add_argument("--seeds", type=int, default=3, help="search seeds per sampler (same supernet)")
-    ap.add_argument("--epochs", type=int, default=10, help="stand-alone training epochs (same for every network)")
-    ap.add_argument("--train-seeds", type=int, default=3, help="stand-alone training seeds per network")
-    ap.add_argument("--data", default="digits")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--ray-trials", type=int, default=8)
-    ap.add_argument("--no-ray", action="store_true")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads for training (1 on shared cores)")
-    ap.add_argument("--out", default="results")
-    ap.add_argument("--write", action="store_true", help="write benchmarks/RESULTS_search.md")
-    args = ap.parse_args()
-
+def compare(args, request, space, limits, evaluator, predictor, tmp) -> list[str]:
+    """Sections 1 and 2: samplers by hypervolume, then the searched network vs the width-scaled baselines."""
     from nas.train import TrainRecipe, train_standalone
 
-    request = SearchRequest(budget=args.budget, data=args.data, seed=args.seed, out=args.out, threads=args.threads)
-    limits, _ = _limits(request)
-    lines = [f"# Search benchmark ({args.data}, budget {args.budget}, {args.trials} trials per sampler and seed)",
-             "", f"`python benchmarks/bench_search.py --budget {args.budget} --trials {args.trials} --seeds "
-             f"{args.seeds} --epochs {args.epochs} --train-seeds {args.train_seeds}`; load average at start "
-             f"{os.getloadavg()[0]:.1f}.", ""]
-    t0 = time.perf_counter()
-    evaluator, space = build_evaluator(request, limits.macs, print)
-    supernet_s = time.perf_counter() - t0
-    predictor = load_latency(request, space, print)
-    evaluator.latency_ms = predictor.predict_ms
-    lines += [f"Supernet (the default run's recipe; trained or loaded from cache) and data: {supernet_s:.0f} s. "
-              f"Space after trimming to the budget: {space.name}, resolutions {space.resolutions}, "
-              f"{ss.count_macs(space.smallest()) / 1e6:.1f}..{ss.count_macs(space.largest()) / 1e6:.1f}M MACs.", ""]
-
+    lines: list[str] = []
     # 1. TPE vs random vs evolution, same evaluator, same number of trials, several seeds
-    tmp = tempfile.mkdtemp(prefix="bench-search-")
     frames: dict[tuple[str, int], tuple] = {}
     samplers = ("tpe", "random", "evolution")
     for k in range(args.seeds):
@@ -103,13 +74,7 @@ def main() -> None:
     # network is the most accurate TPE trial (seed 0) whose predicted latency is within the fastest baseline's
     # measured latency: equal or lower latency by construction of the pick, checked by measurement below.
     data = evaluator.subnet.data
-    train = data.splits.train
-    res = max(space.resolutions)
-    baselines = {}
-    for name in ("mobilenetv2", "mobilenetv3-large"):
-        base = small_input(ss.preset(name), res, train.in_channels, train.num_classes)
-        arch, mult = fit_width(base, limits.macs)
-        baselines[f"{name} x{mult:.2f}"] = arch
+    baselines = width_scaled_baselines(limits.macs, space.largest())
     measured = {name: statistics.median(measure_ms(a, request) for _ in range(5)) for name, a in baselines.items()}
     target = min(measured.values())
     df = frames["tpe", 0][0]
@@ -139,6 +104,45 @@ def main() -> None:
                      + f" | {measured[name]:.3f} ms | {statistics.mean(secs):.0f} s |")
         print(lines[-1], flush=True)
     lines += ["", f"Searched architecture: `{best}`"]
+
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", default="100MFLOPs")
+    ap.add_argument("--trials", type=int, default=60, help="trials per sampler and seed (the default run's count)")
+    ap.add_argument("--seeds", type=int, default=3, help="search seeds per sampler (same supernet)")
+    ap.add_argument("--epochs", type=int, default=10, help="stand-alone training epochs (same for every network)")
+    ap.add_argument("--train-seeds", type=int, default=3, help="stand-alone training seeds per network")
+    ap.add_argument("--data", default="digits")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ray-trials", type=int, default=8)
+    ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--ray-only", action="store_true", help="only the Ray trials-per-minute section")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for training (1 on shared cores)")
+    ap.add_argument("--out", default="results")
+    ap.add_argument("--write", action="store_true", help="write benchmarks/RESULTS_search.md")
+    args = ap.parse_args()
+
+    request = SearchRequest(budget=args.budget, data=args.data, seed=args.seed, out=args.out, threads=args.threads)
+    limits, _ = _limits(request)
+    lines = [f"# Search benchmark ({args.data}, budget {args.budget}, {args.trials} trials per sampler and seed)",
+             "", f"`python benchmarks/bench_search.py --budget {args.budget} --trials {args.trials} --seeds "
+             f"{args.seeds} --epochs {args.epochs} --train-seeds {args.train_seeds}`; load average at start "
+             f"{os.getloadavg()[0]:.1f}.", ""]
+    t0 = time.perf_counter()
+    evaluator, space = build_evaluator(request, limits.macs, print)
+    supernet_s = time.perf_counter() - t0
+    predictor = load_latency(request, space, print)
+    evaluator.latency_ms = predictor.predict_ms
+    lines += [f"Supernet (the default run's recipe; trained or loaded from cache) and data: {supernet_s:.0f} s. "
+              f"Space after trimming to the budget: {space.name}, resolutions {space.resolutions}, "
+              f"{ss.count_macs(space.smallest()) / 1e6:.1f}..{ss.count_macs(space.largest()) / 1e6:.1f}M MACs.", ""]
+
+    tmp = tempfile.mkdtemp(prefix="bench-search-")
+    if not args.ray_only:
+        lines += compare(args, request, space, limits, evaluator, predictor, tmp)
 
     # 3. Ray Tune: trials per minute with 1 and 2 workers on the embedded local cluster
     if not args.no_ray:

@@ -139,18 +139,25 @@ def main() -> None:
     sa = [rows[a.hash()]["standalone_val"] for a in archs]
     tau = stats.kendalltau(super_acc, sa)
     rho = stats.spearmanr(super_acc, sa)
+    per_seed = [[rows[a.hash()]["runs"][str(s)]["val"] for a in archs] for s in seeds]
+    noise: dict[str, float | None] = {"kendall_tau_seed0": None, "kendall_tau_seed0_vs_seed1": None,
+                                      "kendall_tau_half_vs_half": None, "kendall_tau_supernet_vs_half": None}
     if len(seeds) > 1:  # how well one stand-alone run ranks like another: the ceiling for any proxy
-        per_seed = [[rows[a.hash()]["runs"][str(s)]["val"] for a in archs] for s in seeds[:2]]
-        ceiling = stats.kendalltau(*per_seed).statistic
-        tau_single = stats.kendalltau(super_acc, per_seed[0]).statistic
-    else:
-        ceiling = tau_single = None
+        noise["kendall_tau_seed0"] = stats.kendalltau(super_acc, per_seed[0]).statistic
+        noise["kendall_tau_seed0_vs_seed1"] = stats.kendalltau(per_seed[0], per_seed[1]).statistic
+    if len(seeds) >= 4:  # the mean of half the seeds against the mean of the other half, and the supernet's tau
+        # against each half: a proxy as good as re-training (with half the seeds) matches the half-vs-half tau
+        half = len(seeds) // 2
+        means = [[sum(col) / len(col) for col in zip(*part, strict=True)]
+                 for part in (per_seed[:half], per_seed[half:2 * half])]
+        noise["kendall_tau_half_vs_half"] = stats.kendalltau(*means).statistic
+        noise["kendall_tau_supernet_vs_half"] = sum(stats.kendalltau(super_acc, m).statistic for m in means) / 2
     macs = [rows[a.hash()]["macs"] for a in archs]
     summary = {
         "data": args.data, "dataset": repr(dataset), "space": space.name, "resolutions": space.resolutions,
         "n_archs": len(archs), "kendall_tau": tau.statistic, "kendall_p": tau.pvalue,
         "spearman_rho": rho.statistic, "spearman_p": rho.pvalue,
-        "kendall_tau_seed0": tau_single, "kendall_tau_seed0_vs_seed1": ceiling, "standalone_seeds": seeds,
+        **noise, "standalone_seeds": seeds,
         "tau_macs_vs_standalone": stats.kendalltau(macs, sa).statistic,
         "tau_macs_vs_supernet": stats.kendalltau(macs, super_acc).statistic,
         "supernet_train_s": supernet_train_s, "supernet_dir": str(run.path), "supernet_history": run.history,

@@ -100,3 +100,28 @@ def fit_width(arch: Arch, max_macs: float, lo: float = 0.05, hi: float = 4.0) ->
         else:
             hi = mid
     return scale(arch, width=lo), lo
+
+
+BASELINES = ("mobilenetv2", "mobilenetv3-large")
+
+
+def width_scaled_baselines(max_macs: float, like: Arch, names: tuple[str, ...] = BASELINES) -> dict[str, Arch]:
+    """Reference networks width-scaled to the widest copy within `max_macs`, at `like`'s resolution, input
+    channels and classes (in the small-input form of `small_input` when `like`'s stem has stride 1).
+
+    Keys are readable labels such as ``"mobilenetv2 x0.52"``. A network whose narrowest copy (width 0.05) is
+    still over the budget is left out.
+    """
+    out = {}
+    for name in names:
+        ref = preset(name)
+        if like.stem_stride == 1:
+            ref = small_input(ref, like.resolution, like.in_channels, like.num_classes)
+        else:
+            ref = replace(ref, resolution=like.resolution, in_channels=like.in_channels, num_classes=like.num_classes)
+        try:
+            arch, mult = fit_width(ref, max_macs)
+        except ValueError:
+            continue
+        out[f"{name} x{mult:.2f}"] = arch
+    return out

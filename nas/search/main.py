@@ -99,8 +99,11 @@ def search(request: SearchRequest, log: Any = print) -> dict[str, Any]:
     storage = request.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
     check_study(storage, request.run_name(), request.resume)
 
+    seconds: dict[str, float] = {}  # wall time of each stage, reported in summary.json
     evaluator, space = build_evaluator(request, limits.macs, log)
+    seconds["data_and_supernet"] = time.perf_counter() - t_start
     predictor = load_latency(request, space, log)
+    seconds["latency_table"] = time.perf_counter() - t_start - seconds["data_and_supernet"]
     latency_ms = predictor.predict_ms
     if limits.macs:
         ss.check_reachable(space, ss.Budget("macs", limits.macs), ss.count_macs)
@@ -135,6 +138,8 @@ def search(request: SearchRequest, log: Any = print) -> dict[str, Any]:
         finally:
             bar.close()
     search_seconds = time.perf_counter() - t_search
+    seconds["search"] = search_seconds
+    t_report = time.perf_counter()
 
     df = report.trials_frame(study, settings, latency_ms)
     write_atomic(run_dir / "trials.csv", lambda tmp: df.to_csv(tmp, index=False))
@@ -148,8 +153,11 @@ def search(request: SearchRequest, log: Any = print) -> dict[str, Any]:
 
     front["measured_ms"] = [measure_ms(ss.decode(a), request) for a in front["arch"]]
     write_atomic(run_dir / "pareto.csv", lambda tmp: front.to_csv(tmp, index=False))
+    baselines = report.baselines_frame(limits.macs, space.largest(), latency_ms, lambda a: measure_ms(a, request))
+    if len(baselines):
+        write_atomic(run_dir / "baselines.csv", lambda tmp: baselines.to_csv(tmp, index=False))
     report.plot_pareto(df, run_dir / "pareto.png", f"{settings.study_name}: accuracy vs latency "
-                       f"({request.device})", measured=front)
+                       f"({request.device})", baselines=baselines, measured=front)
 
     summary: dict[str, Any] = {
         "run": settings.study_name, "command": " ".join(sys.argv), "request": asdict(request),
@@ -157,11 +165,16 @@ def search(request: SearchRequest, log: Any = print) -> dict[str, Any]:
         "search_seconds": round(search_seconds, 1),
         "best": {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items()},
         "pareto_size": int(len(front)),
+        "baselines": baselines.drop(columns="arch").to_dict("records") if len(baselines) else [],
     }
+    seconds["report"] = time.perf_counter() - t_report
     if request.finalize:
         from nas.search.evaluate import finalize_best
 
+        t_final = time.perf_counter()
         summary["finalized"] = finalize_best(best_arch, evaluator, request, run_dir, log)
+        seconds["finalize"] = time.perf_counter() - t_final
+    summary["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     summary["total_seconds"] = round(time.perf_counter() - t_start, 1)
     write_atomic(run_dir / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     _print_summary(front, summary, run_dir, log)

@@ -46,6 +46,23 @@ def choose(df: pd.DataFrame) -> pd.Series:
     return df.sort_values(["val_acc", "latency_ms"], ascending=[False, True]).iloc[0]
 
 
+def baselines_frame(max_macs: float | None, like: ss.Arch, latency_ms: Callable[[ss.Arch], float],
+                    measure_ms: Callable[[ss.Arch], float]) -> pd.DataFrame:
+    """MobileNetV2 / V3-Large width-scaled to the MAC budget at the searched data's input size, with their
+    predicted and measured latency (no accuracy: they are not sub-networks of the supernet, and training them
+    is the search benchmark's job). Empty without a MAC budget."""
+    if not max_macs:
+        return pd.DataFrame()
+    from search_spaces.presets import width_scaled_baselines
+
+    rows = []
+    for name, arch in width_scaled_baselines(max_macs, like).items():
+        cost = ss.count(arch)
+        rows.append({"name": name, "macs": cost.macs, "params": cost.params, "latency_ms": latency_ms(arch),
+                     "measured_ms": measure_ms(arch), "arch": str(arch)})
+    return pd.DataFrame(rows)
+
+
 def plot_pareto(df: pd.DataFrame, path: Path, title: str, baselines: pd.DataFrame | None = None,
                 measured: pd.DataFrame | None = None) -> None:
     """Accuracy vs latency: every trial, the Pareto front, optional measured latencies and baselines."""
@@ -62,10 +79,15 @@ def plot_pareto(df: pd.DataFrame, path: Path, title: str, baselines: pd.DataFram
         ax.scatter(measured["measured_ms"], measured["val_acc"] * 100, marker="x", color="C3",
                    label="Pareto front (measured on kernels)")
     if baselines is not None and len(baselines):
-        for _, row in baselines.iterrows():
-            ax.scatter([row["latency_ms"]], [row["val_acc"] * 100], marker="*", s=120)
-            ax.annotate(row["name"], (row["latency_ms"], row["val_acc"] * 100), fontsize=8,
-                        xytext=(4, -10), textcoords="offset points")
+        for i, (_, row) in enumerate(baselines.iterrows()):
+            lat = row.get("measured_ms", row["latency_ms"])
+            if pd.notna(row.get("val_acc", float("nan"))):
+                ax.scatter([lat], [row["val_acc"] * 100], marker="*", s=120, color=f"C{i + 4}")
+                ax.annotate(row["name"], (lat, row["val_acc"] * 100), fontsize=8, xytext=(4, -10),
+                            textcoords="offset points")
+            else:  # latency only: a vertical line where the hand-designed network runs
+                ax.axvline(lat, linestyle="--", linewidth=1, color=f"C{i + 4}",
+                           label=f"{row['name']} (measured, {row['macs'] / 1e6:.0f}M MACs)")
     ax.set_xlabel("latency (ms)")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(title, fontsize=9)

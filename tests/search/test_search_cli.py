@@ -53,8 +53,14 @@ def test_search_writes_its_outputs(run):
     assert (d / "best.txt").read_text().strip() == str(best)
     summary = json.loads((d / "summary.json").read_text())
     assert summary["trials"] == 8 and summary["versions"]["torch"].startswith("2.13")
+    stages = summary["seconds"]
+    assert set(stages) == {"data_and_supernet", "latency_table", "search", "report"}  # --no-finalize
+    assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= summary["total_seconds"] + 0.5
     pareto = pd.read_csv(d / "pareto.csv")
     assert len(pareto) >= 1 and (pareto["measured_ms"] > 0).all()
+    baselines = pd.read_csv(d / "baselines.csv")  # width-scaled MobileNets measured on the device, drawn in the plot
+    assert baselines["name"].str.startswith("mobilenetv").any() and (baselines["macs"] <= 15e6).all()
+    assert (baselines["measured_ms"] > 0).all() and len(summary["baselines"]) == len(baselines)
     assert "Pareto front" in log and "chosen:" in log
 
 

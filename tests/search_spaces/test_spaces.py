@@ -97,3 +97,17 @@ def test_trim_to_budget_keeps_choices_and_fits():
     assert ss.trim_to_budget(space, 1e12) == space  # a loose budget trims nothing
     with pytest.raises(ValueError, match="smallest"):
         ss.trim_to_budget(space, 1e6)
+
+
+def test_width_scaled_baselines_fit_the_budget_at_the_data_size():
+    from search_spaces.presets import width_scaled_baselines
+
+    like = ss.get_space("small32").with_io(1, 10).largest()
+    base = width_scaled_baselines(100e6, like)
+    assert [k.split(" x")[0] for k in base] == ["mobilenetv2", "mobilenetv3-large"]
+    for arch in base.values():
+        assert (arch.resolution, arch.in_channels, arch.num_classes, arch.stem_stride) == (like.resolution, 1, 10, 1)
+        assert 0.8 * 100e6 < ss.count_macs(arch) <= 100e6  # the widest copy within the budget
+    imagenet = width_scaled_baselines(150e6, ss.preset("mobilenetv2"))  # stem stride 2: the ImageNet form
+    assert all(a.stem_stride == 2 and a.resolution == 224 for a in imagenet.values())
+    assert width_scaled_baselines(1e5, like) == {}  # nothing fits: left out, no error
