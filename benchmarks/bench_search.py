@@ -1,9 +1,9 @@
 """Search quality and scaling: TPE vs random search (hypervolume), the searched network vs MobileNetV2/V3
-width-scaled to the same budget (stand-alone training, same recipe, measured latency on our kernels), and Ray
-trials per minute with 1 and 2 workers.
+width-scaled to the same MAC budget and to the searched network's measured latency (stand-alone training, same
+recipe, measured latency on our kernels), and Ray trials per minute with 1 and 2 workers.
 
     python benchmarks/bench_search.py [--budget 100MFLOPs] [--trials 60] [--seeds 3] [--epochs 10]
-        [--train-seeds 3] [--data PATH] [--no-ray] [--write]
+        [--train-seeds 3] [--data PATH] [--no-ray | --ray-only | --equal-latency-only ARCH] [--write]
 
 Prints a Markdown report and writes it to benchmarks/RESULTS_search.md (with --write).
 """
@@ -40,10 +40,47 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def compare(args, request, space, limits, evaluator, predictor, tmp) -> list[str]:
-    """Sections 1 and 2: samplers by hypervolume, then the searched network vs the width-scaled baselines."""
+def standalone_table(title: str, contenders: dict, measured: dict, args, data) -> list[str]:
+    """Train every contender from scratch with one recipe over several seeds; a Markdown table."""
     from nas.train import TrainRecipe, train_standalone
 
+    seeds = [args.seed + k for k in range(args.train_seeds)]
+    lines = [f"{title} ({args.epochs} epochs from scratch, SGD, cosine; seeds {seeds}; mean ± sd)", "",
+             "| network | MMACs | Mparams | val acc | test acc | per-seed val | measured int8 latency (kernels, "
+             "1 thread, median of 5 x 20) | train time per run |", "|---|---|---|---|---|---|---|---|"]
+    for name, arch in contenders.items():
+        vals, tests, secs = [], [], []
+        for sd in seeds:
+            _, m = train_standalone(arch, data, TrainRecipe(epochs=args.epochs, seed=sd, threads=args.threads))
+            vals.append(m["val_acc"])
+            tests.append(m["test_acc"])
+            secs.append(m["wall_s"])
+        c = ss.count(arch)
+        lines.append(f"| {name} | {c.mmacs:.1f} | {c.mparams:.3f} | {mean_sd(vals)} | {mean_sd(tests)} | "
+                     + " ".join(f"{v:.4f}" for v in vals)
+                     + f" | {measured[name]:.3f} ms | {statistics.mean(secs):.0f} s |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def equal_latency(best: ss.Arch, args, request, space, data) -> list[str]:
+    """Section 3: MobileNetV2/V3 width-scaled to the searched network's measured latency, trained the same way."""
+    def ms(arch: ss.Arch) -> float:
+        return statistics.median(measure_ms(arch, request) for _ in range(3))
+
+    searched_ms = statistics.median(measure_ms(best, request) for _ in range(5))
+    baselines = width_scaled_baselines(searched_ms, space.largest(), cost=ms)
+    measured = {name: statistics.median(measure_ms(a, request) for _ in range(5)) for name, a in baselines.items()}
+    measured["searched"] = searched_ms
+    contenders = {"searched": best, **baselines}
+    return ["", f"Baselines width-scaled (bisection on the width, measured latency) to the searched network's "
+            f"measured latency, {searched_ms:.3f} ms.", ""] + standalone_table(
+        "## Stand-alone training, same recipe, baselines at the searched network's latency", contenders, measured,
+        args, data)
+
+
+def compare(args, request, space, limits, evaluator, predictor, tmp) -> list[str]:
+    """Sections 1 and 2: samplers by hypervolume, then the searched network vs the width-scaled baselines."""
     lines: list[str] = []
     # 1. TPE vs random vs evolution, same evaluator, same number of trials, several seeds
     frames: dict[tuple[str, int], tuple] = {}
@@ -86,26 +123,10 @@ def compare(args, request, space, limits, evaluator, predictor, tmp) -> list[str
     lines += [f"Baselines measured first; the searched network is the most accurate TPE trial with predicted "
               f"latency <= {target:.3f} ms (the fastest baseline's measured latency); {len(feasible)} of "
               f"{len(df)} trials qualified; its supernet val accuracy {pick['val_acc']:.4f}.", ""]
-    seeds = [args.seed + k for k in range(args.train_seeds)]
-    lines += [f"## Stand-alone training, same recipe ({args.epochs} epochs from scratch, SGD, cosine; seeds "
-              f"{seeds}; mean ± sd)", "",
-              "| network | MMACs | Mparams | val acc | test acc | per-seed val | measured int8 latency (kernels, "
-              "1 thread, median of 5 x 20) | train time per run |", "|---|---|---|---|---|---|---|---|"]
-    for name, arch in contenders.items():
-        vals, tests, secs = [], [], []
-        for sd in seeds:
-            _, m = train_standalone(arch, data, TrainRecipe(epochs=args.epochs, seed=sd, threads=args.threads))
-            vals.append(m["val_acc"])
-            tests.append(m["test_acc"])
-            secs.append(m["wall_s"])
-        c = ss.count(arch)
-        lines.append(f"| {name} | {c.mmacs:.1f} | {c.mparams:.3f} | {mean_sd(vals)} | {mean_sd(tests)} | "
-                     + " ".join(f"{v:.4f}" for v in vals)
-                     + f" | {measured[name]:.3f} ms | {statistics.mean(secs):.0f} s |")
-        print(lines[-1], flush=True)
+    lines += standalone_table(f"## Stand-alone training, same recipe, baselines at the {args.budget} budget",
+                              contenders, measured, args, data)
     lines += ["", f"Searched architecture: `{best}`"]
-
-    return lines
+    return lines + equal_latency(best, args, request, space, data)
 
 
 def main() -> None:
@@ -120,6 +141,8 @@ def main() -> None:
     ap.add_argument("--ray-trials", type=int, default=8)
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--ray-only", action="store_true", help="only the Ray trials-per-minute section")
+    ap.add_argument("--equal-latency-only", metavar="ARCH",
+                    help="only section 3, for this searched architecture (string), e.g. from an earlier report")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training (1 on shared cores)")
     ap.add_argument("--out", default="results")
     ap.add_argument("--write", action="store_true", help="write benchmarks/RESULTS_search.md")
@@ -141,11 +164,13 @@ def main() -> None:
               f"{ss.count_macs(space.smallest()) / 1e6:.1f}..{ss.count_macs(space.largest()) / 1e6:.1f}M MACs.", ""]
 
     tmp = tempfile.mkdtemp(prefix="bench-search-")
-    if not args.ray_only:
+    if args.equal_latency_only:
+        lines += equal_latency(ss.decode(args.equal_latency_only), args, request, space, evaluator.subnet.data)
+    elif not args.ray_only:
         lines += compare(args, request, space, limits, evaluator, predictor, tmp)
 
-    # 3. Ray Tune: trials per minute with 1 and 2 workers on the embedded local cluster
-    if not args.no_ray:
+    # 4. Ray Tune: trials per minute with 1 and 2 workers on the embedded local cluster
+    if not args.no_ray and not args.equal_latency_only:
         lines += ["", "## Ray Tune trials per minute (embedded local Ray, 2 cores)", "",
                   "| workers | trials | wall time | trials/min |", "|---|---|---|---|"]
         for workers in (1, 2):

@@ -7,6 +7,7 @@ the published figures.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 from search_spaces.arch import Arch, make_divisible
@@ -87,15 +88,21 @@ def small_input(arch: Arch, resolution: int = 32, in_channels: int = 1, num_clas
                    stages=tuple(stages))
 
 
-def fit_width(arch: Arch, max_macs: float, lo: float = 0.05, hi: float = 4.0) -> tuple[Arch, float]:
-    """The widest width-scaled copy of `arch` within `max_macs` (bisection on the width multiplier)."""
+def fit_width(arch: Arch, max_macs: float, lo: float = 0.05, hi: float = 4.0,
+              cost: Callable[[Arch], float] | None = None) -> tuple[Arch, float]:
+    """The widest width-scaled copy of `arch` within `max_macs` (bisection on the width multiplier).
+
+    `cost` replaces the MAC count, e.g. a measured latency in ms with `max_macs` then a time; it should grow with
+    the width (noise only makes the bisection stop at a slightly different width).
+    """
     from search_spaces.cost import count_macs
 
-    if count_macs(scale(arch, width=lo)) > max_macs:
-        raise ValueError(f"max_macs: even width {lo} of this network costs more than {max_macs:g} MACs")
-    for _ in range(40):
+    cost = cost or count_macs
+    if cost(scale(arch, width=lo)) > max_macs:
+        raise ValueError(f"max_macs: even width {lo} of this network costs more than {max_macs:g}")
+    for _ in range(40 if cost is count_macs else 10):
         mid = (lo + hi) / 2
-        if count_macs(scale(arch, width=mid)) <= max_macs:
+        if cost(scale(arch, width=mid)) <= max_macs:
             lo = mid
         else:
             hi = mid
@@ -105,9 +112,11 @@ def fit_width(arch: Arch, max_macs: float, lo: float = 0.05, hi: float = 4.0) ->
 BASELINES = ("mobilenetv2", "mobilenetv3-large")
 
 
-def width_scaled_baselines(max_macs: float, like: Arch, names: tuple[str, ...] = BASELINES) -> dict[str, Arch]:
-    """Reference networks width-scaled to the widest copy within `max_macs`, at `like`'s resolution, input
-    channels and classes (in the small-input form of `small_input` when `like`'s stem has stride 1).
+def width_scaled_baselines(max_macs: float, like: Arch, names: tuple[str, ...] = BASELINES,
+                           cost: Callable[[Arch], float] | None = None) -> dict[str, Arch]:
+    """Reference networks width-scaled to the widest copy within `max_macs` (or within `max_macs` of `cost`,
+    as in `fit_width`), at `like`'s resolution, input channels and classes (in the small-input form of
+    `small_input` when `like`'s stem has stride 1).
 
     Keys are readable labels such as ``"mobilenetv2 x0.52"``. A network whose narrowest copy (width 0.05) is
     still over the budget is left out.
@@ -120,7 +129,7 @@ def width_scaled_baselines(max_macs: float, like: Arch, names: tuple[str, ...] =
         else:
             ref = replace(ref, resolution=like.resolution, in_channels=like.in_channels, num_classes=like.num_classes)
         try:
-            arch, mult = fit_width(ref, max_macs)
+            arch, mult = fit_width(ref, max_macs, cost=cost)
         except ValueError:
             continue
         out[f"{name} x{mult:.2f}"] = arch

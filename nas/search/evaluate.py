@@ -31,15 +31,16 @@ class Evaluator:
 QUICK_TRAIN_IMAGES = 512
 
 
-def supernet_recipe(quick: bool, threads: int = 2) -> Any:
-    """Progressive shrinking epochs (largest, kernel, depth, width): a demo for --quick, a few minutes otherwise."""
+def supernet_recipe(quick: bool, threads: int = 2, epochs: tuple[int, int, int, int] | None = None) -> Any:
+    """Progressive shrinking (largest, kernel, depth, width): a demo for --quick, the default otherwise; `epochs`
+    replaces the epochs per phase."""
     from nas.supernet import SupernetRecipe
 
     if quick:
-        return SupernetRecipe(epochs=(1, 0, 0, 1), batch_size=32, random_subnets=1, threads=threads)
+        return SupernetRecipe(epochs=epochs or (1, 0, 0, 1), batch_size=32, random_subnets=1, threads=threads)
     # measured on digits (benchmarks/RESULTS_supernet.md): (2, 1, 1, 2) with one random sub-network per step left
     # random sub-networks at 0.66 val accuracy; a longer expansion/width phase with two brings them to 0.96
-    return SupernetRecipe(epochs=(2, 1, 2, 6), batch_size=64, random_subnets=2, threads=threads)
+    return SupernetRecipe(epochs=epochs or (2, 1, 2, 6), batch_size=64, random_subnets=2, threads=threads)
 
 
 def load_splits(request: Any) -> Any:
@@ -74,7 +75,8 @@ def build_evaluator(request: Any, max_macs: float | None,
     log(f"data {request.data}: {len(train)} train / {len(data.splits.val)} val / {len(data.splits.test)} test, "
         f"{train.num_classes} classes; space {space.name} ({ss.count_macs(space.smallest()) / 1e6:.1f}.."
         f"{ss.count_macs(space.largest()) / 1e6:.1f}M MACs)")
-    run = train_supernet(space, data, supernet_recipe(request.quick, request.threads), seed=request.seed,
+    recipe = supernet_recipe(request.quick, request.threads, request.supernet_epochs)
+    run = train_supernet(space, data, recipe, seed=request.seed,
                          root=Path(request.out) / "supernets")
     log(f"supernet {run.key}: {run.epochs_done} epochs, cached in {run.path}")
     return Evaluator(SubnetEvaluator(run.supernet, data, "val", seed=request.seed)), space

@@ -41,6 +41,7 @@ class SearchRequest:
     seed: int = 0
     out: str = "results"
     threads: int = 2
+    supernet_epochs: tuple[int, int, int, int] | None = None  # None: the default (or --quick) recipe
 
     @property
     def n_trials(self) -> int:
@@ -55,6 +56,8 @@ class SearchRequest:
         if self.latency:
             parts.append(f"lat{self.latency}")
         parts += [self.sampler, f"s{self.seed}"]
+        if self.supernet_epochs:
+            parts.append("se" + "".join(map(str, self.supernet_epochs)))
         if self.quick:
             parts.append("quick")
         return "-".join(parts)

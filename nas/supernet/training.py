@@ -90,7 +90,8 @@ def dataset_fingerprint(splits: Splits) -> dict:
 
 def cache_key(space: ss.SearchSpace, dataset: dict, recipe: SupernetRecipe, seed: int) -> str:
     """A 16-hex-digit hash of (space, dataset fingerprint, recipe, seed)."""
-    settings = {k: v for k, v in asdict(recipe).items() if k != "threads"}  # threads do not change the result
+    # threads change only the floating-point summation order; one cache serves every thread count
+    settings = {k: v for k, v in asdict(recipe).items() if k != "threads"}
     blob = json.dumps({"space": asdict(space), "dataset": dataset, "recipe": settings, "seed": seed,
                        "format": FORMAT},
                       sort_keys=True, default=str)

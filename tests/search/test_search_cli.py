@@ -135,3 +135,15 @@ def test_stale_default_table_is_kept_aside_and_profiled_again(run):
     assert json.loads(kept[-1].with_suffix(".json").read_text())["fingerprint"]["build_hash"] == "another-build"
     fresh = json.loads(sidecar.read_text())["fingerprint"]["build_hash"]
     assert fresh != "another-build"
+
+
+def test_supernet_epochs_flag(run):
+    out, _ = run
+    log = finish(nas(*ARGS, "--trials", "2", "--supernet-epochs", "1,0,0,0", out=out))
+    assert "supernet epoch 1/1 [largest]" in log and "1 epochs, cached" in log
+    summary = json.loads(next(out.glob("*se1000*/summary.json")).read_text())  # its own study name
+    assert summary["request"]["supernet_epochs"] == [1, 0, 0, 0] and summary["trials"] == 2
+    for bad in ("1,2,3", "0,1,1,1", "a,b,c,d"):
+        proc = nas("--budget", BUDGET, "--supernet-epochs", bad, out=out)
+        text, _ = proc.communicate(timeout=120)
+        assert proc.returncode != 0 and "--supernet-epochs: expected four counts" in text
