@@ -176,10 +176,7 @@ def train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe:
         record = _train_epoch(net, opt, data, loader, pspace, recipe, seed, epoch, k, n, peak, progress)
         record.update(epoch=epoch + 1, phase=phase)
         net.eval()
-        record["val_acc_largest"] = evaluator(pspace.largest())
-        record["val_acc_smallest"] = evaluator(pspace.smallest())
-        probe = random.Random(f"probe/{seed}")  # the same two random sub-networks of the phase every epoch
-        record["val_acc_random"] = sum(evaluator(pspace.random_arch(probe)) for _ in range(2)) / 2
+        record.update(_probe(evaluator, pspace, seed))
         history.append(record)
         ckpt = {"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1, "history": history,
                 "space": space, "key": key}
@@ -193,6 +190,21 @@ def train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe:
             callback(record)
     net.to(memory_format=torch.contiguous_format).eval()
     return SupernetRun(net, path, len(history), history, key, len(schedule))
+
+
+def _probe(evaluator: SubnetEvaluator, pspace: ss.SearchSpace, seed: int) -> dict[str, float]:
+    """Validation accuracy of the phase's largest, smallest and two fixed random sub-networks (their mean), each
+    distinct network evaluated once (in the largest phase all four are the same network)."""
+    scores: dict[ss.Arch, float] = {}
+
+    def score(arch: ss.Arch) -> float:
+        if arch not in scores:
+            scores[arch] = evaluator(arch)
+        return scores[arch]
+
+    probe = random.Random(f"probe/{seed}")  # the same two random sub-networks of the phase every epoch
+    return {"val_acc_largest": score(pspace.largest()), "val_acc_smallest": score(pspace.smallest()),
+            "val_acc_random": sum(score(pspace.random_arch(probe)) for _ in range(2)) / 2}
 
 
 def _train_epoch(net: Supernet, opt: torch.optim.Optimizer, data: TensorSplits, loader: BatchLoader,
