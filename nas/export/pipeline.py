@@ -27,7 +27,7 @@ from torch import nn
 
 import search_spaces as ss
 from nas.compress.netadapt import NetAdaptConfig, cost_function, netadapt
-from nas.compress.quantize import QuantConfig, quantize_
+from nas.compress.quantize import QuantConfig, QuantReport, quantize_
 from nas.data import Splits, TensorSplits
 from nas.export.checkpoint import save
 from nas.export.model import QuantizedModel
@@ -46,6 +46,8 @@ class FinalizeConfig:
     netadapt: NetAdaptConfig = NetAdaptConfig()
     int8: QuantConfig = QuantConfig()
     w4_qat_steps: int = 0
+    # skip W4A8 QAT when W4A8 PTQ already loses at most this much val accuracy (a fraction; None: always QAT)
+    w4_qat_skip_within: float | None = None
     w4: QuantConfig = QuantConfig(weight_bits=4, lsq=True)
     calib_size: int = 512
     onnx: bool = True
@@ -174,6 +176,20 @@ def _predicted(arch: ss.Arch, table: str) -> float | None:
         return None
 
 
+def _quantize_variant(model: nn.Module, qcfg: QuantConfig, calib: torch.Tensor,
+                      train: tuple[torch.Tensor, torch.Tensor] | None, val: tuple[torch.Tensor, torch.Tensor],
+                      fp32_val: float, skip_within: float | None) -> tuple[QuantizedModel, QuantReport]:
+    """`quantize_` of one variant; with QAT and `skip_within`, PTQ first, and QAT only if PTQ loses more than
+    `skip_within` of val accuracy (QAT is most of finalize's time, and on easy data recovers nothing)."""
+    if train is not None and qcfg.qat_steps > 0 and skip_within is not None:
+        qmodel, qrep = quantize_(model, replace(qcfg, qat_steps=0), calib=calib, evaluate=val)
+        if fp32_val - float(qrep.quant_acc) <= skip_within:
+            qrep.qat.append({"steps": 0, "skipped": f"PTQ val accuracy {qrep.quant_acc:.4f} is within "
+                                                    f"{skip_within:g} of fp32 {fp32_val:.4f}"})
+            return qmodel, qrep
+    return quantize_(model, qcfg, calib=calib, train=train, evaluate=val)
+
+
 def finalize(model: nn.Module, arch: ss.Arch, splits: Splits | TensorSplits, config: FinalizeConfig = FinalizeConfig(),
              out_dir: str | os.PathLike = "final") -> FinalizeReport:
     """Prune (optional) -> int8 PTQ (+ optional W4A8 QAT) -> evaluate on val/test -> export checkpoints to `out_dir`.
@@ -221,7 +237,8 @@ def finalize(model: nn.Module, arch: ss.Arch, splits: Splits | TensorSplits, con
         variants.append(("w4a8", replace(config.w4, qat_steps=config.w4_qat_steps), True))
     onnx_agree = None
     for name, qcfg, train in variants:
-        qmodel, qrep = quantize_(model, qcfg, calib=calib, train=(x, y) if train else None, evaluate=(xv, yv))
+        qmodel, qrep = _quantize_variant(model, qcfg, calib, (x, y) if train else None, (xv, yv),
+                                         acc.get("pruned_val", acc["fp32_val"]), config.w4_qat_skip_within)
         qmodel.threads = config.threads
         acc[f"{name}_val"] = float(qrep.quant_acc)
         acc[f"{name}_test"] = qmodel.accuracy(xs, ys)
