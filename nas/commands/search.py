@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
     p.add_argument("--finalize", action=argparse.BooleanOptionalAction, default=True,
                    help="train, quantize and export the chosen architecture (default on)")
-    p.add_argument("--supernet-epochs", default=None, metavar="L,K,D,W",
+    p.add_argument("--supernet-epochs", default=None, metavar="L,K,D,W", type=parse_epochs,
                    help="supernet epochs per progressive-shrinking phase: largest, kernel+SE, depth, expand+width "
                         "(default 2,1,2,6; 1,0,0,1 with --quick)")
     p.add_argument("--quick", action="store_true", help="a sub-minute demo: tiny supernet recipe and few trials")
@@ -55,21 +55,19 @@ def cmd_search(args: argparse.Namespace) -> int:
         phi=args.phi, data=args.data, trials=args.trials, sampler=args.sampler, objective=args.objective,
         backend=args.backend, address=args.address, workers=args.workers, storage=args.storage, study=args.study,
         resume=args.resume, finalize=args.finalize, quick=args.quick, seed=args.seed, out=args.out,
-        threads=args.threads, supernet_epochs=parse_epochs(args.supernet_epochs),
+        threads=args.threads, supernet_epochs=args.supernet_epochs,
     )
     search(request)
     return 0
 
 
-def parse_epochs(text: str | None) -> tuple[int, int, int, int] | None:
-    """`--supernet-epochs 2,1,2,6` as a tuple (None when not given)."""
-    if text is None:
-        return None
+def parse_epochs(text: str) -> tuple[int, int, int, int]:
+    """`--supernet-epochs 2,1,2,6` as a tuple; argparse reports a bad value with the flag's name."""
     try:
         epochs = tuple(int(v) for v in text.split(","))
     except ValueError:
         epochs = ()
     if len(epochs) != 4 or min(epochs) < 0 or epochs[0] < 1:
-        raise SystemExit(f"nas search: --supernet-epochs: expected four counts L,K,D,W (largest >= 1, the others "
-                         f">= 0), e.g. 2,1,2,6; got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected four counts L,K,D,W (largest >= 1, the others >= 0), e.g. "
+                                         f"2,1,2,6; got {text!r}")
     return epochs  # type: ignore[return-value]

@@ -180,7 +180,7 @@ def _quantize_variant(model: nn.Module, qcfg: QuantConfig, calib: torch.Tensor,
                       train: tuple[torch.Tensor, torch.Tensor] | None, val: tuple[torch.Tensor, torch.Tensor],
                       fp32_val: float, skip_within: float | None) -> tuple[QuantizedModel, QuantReport]:
     """`quantize_` of one variant; with QAT and `skip_within`, PTQ first, and QAT only if PTQ loses more than
-    `skip_within` of val accuracy (QAT is most of finalize's time, and on easy data recovers nothing)."""
+    `skip_within` of val accuracy (QAT is most of finalize's time)."""
     if train is not None and qcfg.qat_steps > 0 and skip_within is not None:
         qmodel, qrep = quantize_(model, replace(qcfg, qat_steps=0), calib=calib, evaluate=val)
         if fp32_val - float(qrep.quant_acc) <= skip_within:
