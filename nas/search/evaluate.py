@@ -29,6 +29,7 @@ class Evaluator:
 
 
 QUICK_TRAIN_IMAGES = 512
+QUICK_CALIB_IMAGES = 128  # batch-norm recalibration images per sub-network evaluation with --quick (else 256)
 
 
 def supernet_recipe(quick: bool, threads: int = 2, epochs: tuple[int, int, int, int] | None = None) -> Any:
@@ -37,7 +38,8 @@ def supernet_recipe(quick: bool, threads: int = 2, epochs: tuple[int, int, int, 
     from nas.supernet import SupernetRecipe
 
     if quick:
-        return SupernetRecipe(epochs=epochs or (1, 0, 0, 1), batch_size=32, random_subnets=1, threads=threads)
+        return SupernetRecipe(epochs=epochs or (1, 0, 0, 1), batch_size=32, random_subnets=1, threads=threads,
+                              calib_images=QUICK_CALIB_IMAGES)
     # measured on digits (benchmarks/RESULTS_supernet.md): (2, 1, 1, 2) with one random sub-network per step left
     # random sub-networks at 0.66 val accuracy; a longer expansion/width phase with two brings them to 0.96
     return SupernetRecipe(epochs=epochs or (2, 1, 2, 6), batch_size=64, random_subnets=2, threads=threads)
@@ -79,7 +81,8 @@ def build_evaluator(request: Any, max_macs: float | None,
     run = train_supernet(space, data, recipe, seed=request.seed,
                          root=Path(request.out) / "supernets")
     log(f"supernet {run.key}: {run.epochs_done} epochs, cached in {run.path}")
-    return Evaluator(SubnetEvaluator(run.supernet, data, "val", seed=request.seed)), space
+    calib = QUICK_CALIB_IMAGES if request.quick else 256
+    return Evaluator(SubnetEvaluator(run.supernet, data, "val", calib_images=calib, seed=request.seed)), space
 
 
 def load_latency(request: Any, space: ss.SearchSpace, log: Callable[[str], None]) -> Any:
