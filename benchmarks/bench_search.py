@@ -40,8 +40,9 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def standalone_table(title: str, contenders: dict, measured: dict, args, data) -> list[str]:
-    """Train every contender from scratch with one recipe over several seeds; a Markdown table."""
+def standalone_table(title: str, contenders: dict, measured: dict, args, data, trained: dict) -> list[str]:
+    """Train every contender from scratch with one recipe over several seeds; a Markdown table. `trained` keeps
+    the metrics by (architecture, seed), so a network in two tables (the searched one) is trained once."""
     from nas.train import TrainRecipe, train_standalone
 
     seeds = [args.seed + k for k in range(args.train_seeds)]
@@ -51,7 +52,10 @@ def standalone_table(title: str, contenders: dict, measured: dict, args, data) -
     for name, arch in contenders.items():
         vals, tests, secs = [], [], []
         for sd in seeds:
-            _, m = train_standalone(arch, data, TrainRecipe(epochs=args.epochs, seed=sd, threads=args.threads))
+            if (str(arch), sd) not in trained:
+                recipe = TrainRecipe(epochs=args.epochs, seed=sd, threads=args.threads)
+                trained[str(arch), sd] = train_standalone(arch, data, recipe)[1]
+            m = trained[str(arch), sd]
             vals.append(m["val_acc"])
             tests.append(m["test_acc"])
             secs.append(m["wall_s"])
@@ -63,7 +67,7 @@ def standalone_table(title: str, contenders: dict, measured: dict, args, data) -
     return lines
 
 
-def equal_latency(best: ss.Arch, args, request, space, data) -> list[str]:
+def equal_latency(best: ss.Arch, args, request, space, data, trained: dict) -> list[str]:
     """Section 3: MobileNetV2/V3 width-scaled to the searched network's measured latency, trained the same way."""
     def ms(arch: ss.Arch) -> float:
         return statistics.median(measure_ms(arch, request) for _ in range(3))
@@ -76,7 +80,7 @@ def equal_latency(best: ss.Arch, args, request, space, data) -> list[str]:
     return ["", f"Baselines width-scaled (bisection on the width, measured latency) to the searched network's "
             f"measured latency, {searched_ms:.3f} ms.", ""] + standalone_table(
         "## Stand-alone training, same recipe, baselines at the searched network's latency", contenders, measured,
-        args, data)
+        args, data, trained)
 
 
 def compare(args, request, space, limits, evaluator, predictor, tmp) -> list[str]:
@@ -165,7 +169,7 @@ def main() -> None:
 
     tmp = tempfile.mkdtemp(prefix="bench-search-")
     if args.equal_latency_only:
-        lines += equal_latency(ss.decode(args.equal_latency_only), args, request, space, evaluator.subnet.data)
+        lines += equal_latency(ss.decode(args.equal_latency_only), args, request, space, evaluator.subnet.data, {})
     elif not args.ray_only:
         lines += compare(args, request, space, limits, evaluator, predictor, tmp)
 

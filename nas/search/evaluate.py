@@ -29,7 +29,7 @@ class Evaluator:
 
 
 QUICK_TRAIN_IMAGES = 512
-QUICK_CALIB_IMAGES = 128  # batch-norm recalibration images per sub-network evaluation with --quick (else 256)
+QUICK_CALIB_IMAGES = 128  # batch-norm recalibration images per sub-network with --quick (the recipe's 256 else)
 
 
 def supernet_recipe(quick: bool, threads: int = 2, epochs: tuple[int, int, int, int] | None = None) -> Any:
@@ -81,8 +81,9 @@ def build_evaluator(request: Any, max_macs: float | None,
     run = train_supernet(space, data, recipe, seed=request.seed,
                          root=Path(request.out) / "supernets")
     log(f"supernet {run.key}: {run.epochs_done} epochs, cached in {run.path}")
-    calib = QUICK_CALIB_IMAGES if request.quick else 256
-    return Evaluator(SubnetEvaluator(run.supernet, data, "val", calib_images=calib, seed=request.seed)), space
+    # trials recalibrate batch norm on as many images as the supernet's own per-epoch probes
+    return Evaluator(SubnetEvaluator(run.supernet, data, "val", calib_images=recipe.calib_images,
+                                     seed=request.seed)), space
 
 
 def load_latency(request: Any, space: ss.SearchSpace, log: Callable[[str], None]) -> Any:
