@@ -3,7 +3,7 @@ width-scaled to the same MAC budget and to the searched network's measured laten
 recipe, measured latency on our kernels), and Ray trials per minute with 1 and 2 workers.
 
     python benchmarks/bench_search.py [--budget 100MFLOPs] [--trials 60] [--seeds 3] [--epochs 10]
-        [--train-seeds 3] [--data PATH] [--no-ray | --ray-only | --equal-latency-only ARCH] [--write]
+        [--train-seeds 3 | --cv 5] [--data PATH] [--no-ray | --ray-only | --equal-latency-only ARCH] [--write]
 
 Prints a Markdown report and writes it to benchmarks/RESULTS_search.md (with --write).
 """
@@ -67,6 +67,68 @@ def standalone_table(title: str, contenders: dict, measured: dict, args, data, t
     return lines
 
 
+def cv_table(title: str, contenders: dict, measured: dict, args, data, trained: dict) -> list[str]:
+    """K-fold cross-validation over the whole (non-official-test) dataset: every contender is trained with one
+    recipe on the same stratified folds (10% of the rest for validation), so each image is a test image exactly
+    once. Reports the pooled test accuracy over all images and, against the first contender, the images only one
+    of the two gets right with an exact two-sided sign test. `trained` caches per-image results by network."""
+    import numpy as np
+    import torch
+    from scipy.stats import binomtest
+    from sklearn.model_selection import StratifiedKFold
+
+    from nas.data import Splits, TensorSplits, load_dataset, split_indices
+    from nas.train import TrainRecipe, train_standalone
+
+    dataset = load_dataset(args.data)
+    n = len(dataset.y)
+    folds = list(StratifiedKFold(args.cv, shuffle=True, random_state=args.seed).split(np.zeros(n), dataset.y))
+    lines = [f"{title} ({args.cv}-fold cross-validation over all {n} images, {args.epochs} epochs from scratch, SGD, "
+             f"cosine, training seed {args.seed}; pooled test accuracy)", "",
+             "| network | MMACs | Mparams | pooled test acc (errors) | per-fold test acc | only this right / only "
+             "first right (sign test p) | measured int8 latency | train time per fold |",
+             "|---|---|---|---|---|---|---|---|"]
+    results = {}
+    for name, arch in contenders.items():
+        key = ("cv", str(arch))
+        if key not in trained:
+            right, per_fold, secs = np.zeros(n, bool), [], []
+            for f, (rest, test) in enumerate(folds):
+                tr, va, _ = split_indices(dataset.y[rest], args.seed + f, 0.1, 0.0)
+                splits = Splits(train=dataset.subset(rest[tr]), val=dataset.subset(rest[va]),
+                                test=dataset.subset(test), seed=args.seed + f, official_test=False)
+                data_f = TensorSplits(splits)
+                model, m = train_standalone(arch, data_f, TrainRecipe(epochs=args.epochs, seed=args.seed,
+                                                                      threads=args.threads))
+                xs, ys = data_f.tensors("test", arch.resolution)
+                with torch.no_grad():
+                    right[test] = (model(xs).argmax(1) == ys).numpy()
+                per_fold.append(m["test_acc"])
+                secs.append(m["wall_s"])
+            trained[key] = (right, per_fold, statistics.mean(secs))
+        results[name] = trained[key]
+    first = next(iter(results))
+    for name, (right, per_fold, secs) in results.items():
+        c = ss.count(contenders[name])
+        if name == first:
+            versus = "-"
+        else:
+            a = int((right & ~results[first][0]).sum())
+            b = int((results[first][0] & ~right).sum())
+            versus = f"{a} / {b} (p = {binomtest(a, a + b).pvalue:.2f})" if a + b else "0 / 0"
+        lines.append(f"| {name} | {c.mmacs:.1f} | {c.mparams:.3f} | {right.mean():.4f} ({int((~right).sum())}) | "
+                     + " ".join(f"{v:.4f}" for v in per_fold) + f" | {versus} | {measured[name]:.3f} ms | "
+                     f"{secs:.0f} s |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def table(title: str, contenders: dict, measured: dict, args, data, trained: dict) -> list[str]:
+    """The stand-alone comparison the flags ask for: K-fold cross-validation (--cv K) or seeds on one split."""
+    fn = cv_table if args.cv else standalone_table
+    return fn(title, contenders, measured, args, data, trained)
+
+
 def equal_latency(best: ss.Arch, args, request, space, data, trained: dict) -> list[str]:
     """Section 3: MobileNetV2/V3 width-scaled to the searched network's measured latency, trained the same way."""
     def ms(arch: ss.Arch) -> float:
@@ -78,7 +140,7 @@ def equal_latency(best: ss.Arch, args, request, space, data, trained: dict) -> l
     measured["searched"] = searched_ms
     contenders = {"searched": best, **baselines}
     return ["", f"Baselines width-scaled (bisection on the width, measured latency) to the searched network's "
-            f"measured latency, {searched_ms:.3f} ms.", ""] + standalone_table(
+            f"measured latency, {searched_ms:.3f} ms.", ""] + table(
         "## Stand-alone training, same recipe, baselines at the searched network's latency", contenders, measured,
         args, data, trained)
 
@@ -127,10 +189,11 @@ def compare(args, request, space, limits, evaluator, predictor, tmp) -> list[str
     lines += [f"Baselines measured first; the searched network is the most accurate TPE trial with predicted "
               f"latency <= {target:.3f} ms (the fastest baseline's measured latency); {len(feasible)} of "
               f"{len(df)} trials qualified; its supernet val accuracy {pick['val_acc']:.4f}.", ""]
-    lines += standalone_table(f"## Stand-alone training, same recipe, baselines at the {args.budget} budget",
-                              contenders, measured, args, data)
+    trained: dict = {}
+    lines += table(f"## Stand-alone training, same recipe, baselines at the {args.budget} budget",
+                   contenders, measured, args, data, trained)
     lines += ["", f"Searched architecture: `{best}`"]
-    return lines + equal_latency(best, args, request, space, data)
+    return lines + equal_latency(best, args, request, space, data, trained)
 
 
 def main() -> None:
@@ -140,6 +203,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="search seeds per sampler (same supernet)")
     ap.add_argument("--epochs", type=int, default=10, help="stand-alone training epochs (same for every network)")
     ap.add_argument("--train-seeds", type=int, default=3, help="stand-alone training seeds per network")
+    ap.add_argument("--cv", type=int, default=0, metavar="K",
+                    help="compare the networks by K-fold cross-validation over the whole dataset (every image tested "
+                         "once, paired sign test) instead of --train-seeds runs on one split")
     ap.add_argument("--data", default="digits")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ray-trials", type=int, default=8)
@@ -156,7 +222,8 @@ def main() -> None:
     limits, _ = _limits(request)
     lines = [f"# Search benchmark ({args.data}, budget {args.budget}, {args.trials} trials per sampler and seed)",
              "", f"`python benchmarks/bench_search.py --budget {args.budget} --trials {args.trials} --seeds "
-             f"{args.seeds} --epochs {args.epochs} --train-seeds {args.train_seeds}`; load average at start "
+             f"{args.seeds} --epochs {args.epochs} --train-seeds {args.train_seeds}"
+             + (f" --cv {args.cv}" if args.cv else "") + f"`; load average at start "
              f"{os.getloadavg()[0]:.1f}.", ""]
     t0 = time.perf_counter()
     evaluator, space = build_evaluator(request, limits.macs, print)

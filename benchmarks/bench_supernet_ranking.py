@@ -98,7 +98,7 @@ def main() -> None:
 
     recipe = SupernetRecipe(epochs=tuple(int(e) for e in args.supernet_epochs.split(",")),
                             batch_size=args.supernet_batch_size, random_subnets=args.random_subnets,
-                            threads=args.threads)
+                            threads=args.threads, probe_each_epoch=True)  # the per-epoch curve is part of the report
     t0 = time.perf_counter()
     run = train_supernet(space, data, recipe, seed=args.seed)
     supernet_s = time.perf_counter() - t0

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 import search_spaces as ss
 from nas.data import BatchLoader, Splits, TensorSplits
+from nas.kernels.training import fast_depthwise
 
 
 @dataclass(frozen=True)
@@ -127,27 +128,28 @@ def train_standalone(arch: ss.Arch, splits: Splits | TensorSplits, recipe: Train
     opt = make_optimizer(model, recipe.lr, recipe.momentum, recipe.weight_decay)
     total, step, history = recipe.epochs * len(loader), 0, []
     bar = tqdm(range(recipe.epochs), desc=f"train {arch.hash()}", disable=not progress, leave=False)
-    for epoch in bar:
-        model.train()
-        loss_sum = correct = seen = 0.0
-        for idx, yb in loader:
-            set_lr(opt, cosine_lr(recipe.lr, step, total))
-            out = model(x[idx])
-            loss = F.cross_entropy(out, yb, label_smoothing=recipe.label_smoothing)
-            if teacher is not None and recipe.kd_weight:
-                with torch.no_grad():
-                    soft = teacher(xt[idx])
-                loss = loss + recipe.kd_weight * kd_loss(out, soft, recipe.kd_temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            loss_sum += float(loss.detach()) * len(yb)
-            correct += float((out.argmax(1) == yb).sum())
-            seen += len(yb)
-        val = accuracy(model, xv, yv)
-        history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen, "val_acc": val})
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", val=f"{val:.3f}")
+    with fast_depthwise(model):  # depthwise weight gradients on the kernel library (faster than oneDNN's)
+        for epoch in bar:
+            model.train()
+            loss_sum = correct = seen = 0.0
+            for idx, yb in loader:
+                set_lr(opt, cosine_lr(recipe.lr, step, total))
+                out = model(x[idx])
+                loss = F.cross_entropy(out, yb, label_smoothing=recipe.label_smoothing)
+                if teacher is not None and recipe.kd_weight:
+                    with torch.no_grad():
+                        soft = teacher(xt[idx])
+                    loss = loss + recipe.kd_weight * kd_loss(out, soft, recipe.kd_temperature)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                loss_sum += float(loss.detach()) * len(yb)
+                correct += float((out.argmax(1) == yb).sum())
+                seen += len(yb)
+            val = accuracy(model, xv, yv)
+            history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen, "val_acc": val})
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", val=f"{val:.3f}")
     xs, ys = data.tensors("test", arch.resolution)
     cost = ss.count(arch)
     metrics = {

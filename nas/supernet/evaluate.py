@@ -37,14 +37,18 @@ class SubnetEvaluator:
 
     def model(self, arch: ss.Arch) -> ss.MBConvNet:
         """The extracted sub-network with recalibrated batch norm, in eval mode."""
-        model = self.supernet.extract(arch)
+        return self._channels_last(arch).to(memory_format=torch.contiguous_format)
+
+    def _channels_last(self, arch: ss.Arch) -> ss.MBConvNet:
+        # oneDNN's NHWC kernels: a trial (recalibration + scoring) takes ~0.7 s instead of ~1.1 s
+        model = self.supernet.extract(arch).to(memory_format=torch.channels_last)
         recalibrate_bn(model, self.calibration_images(arch.resolution))
         return model
 
     def __call__(self, arch: ss.Arch) -> float:
         """Top-1 accuracy of sub-network `arch` on the evaluator's split."""
         x, y = self.data.tensors(self.part, arch.resolution)
-        return accuracy(self.model(arch), x, y)
+        return accuracy(self._channels_last(arch), x, y)
 
     def evaluate_many(self, archs: list[ss.Arch]) -> tuple[list[float], float]:
         """Accuracies of `archs` and the throughput in sub-networks evaluated per second."""

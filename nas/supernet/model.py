@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import search_spaces as ss
+from nas.kernels.training import depthwise_conv2d
 from search_spaces.cost import se_channels
 from search_spaces.model import ConvBNAct, MBConvNet, make_act
 
@@ -84,7 +85,7 @@ class ElasticDepthwise(nn.Module):
 
     def forward(self, x: torch.Tensor, kernel: int) -> torch.Tensor:
         c = x.shape[1]
-        y = F.conv2d(x, self.kernel_weight(kernel, c), None, self.stride, kernel // 2, groups=c)
+        y = depthwise_conv2d(x, self.kernel_weight(kernel, c), self.stride, kernel // 2)
         return _bn(y, self.bn, c)
 
 

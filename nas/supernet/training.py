@@ -50,8 +50,9 @@ class SupernetRecipe:
     random_subnets: int = 2  # sandwich rule: largest + smallest + this many random sub-networks per step
     kd_weight: float = 1.0
     kd_temperature: float = 1.0
-    calib_images: int = 256  # for the per-epoch validation of the largest and smallest sub-networks
+    calib_images: int = 256  # for the validation probes of the largest, smallest and two random sub-networks
     threads: int = 2
+    probe_each_epoch: bool = False  # probe after every epoch, not only at the end of each phase (~5 s a probe)
 
     def __post_init__(self) -> None:
         if len(self.epochs) != len(PHASES) or min(self.epochs) < 0:
@@ -90,8 +91,8 @@ def dataset_fingerprint(splits: Splits) -> dict:
 
 def cache_key(space: ss.SearchSpace, dataset: dict, recipe: SupernetRecipe, seed: int) -> str:
     """A 16-hex-digit hash of (space, dataset fingerprint, recipe, seed)."""
-    # threads change only the floating-point summation order; one cache serves every thread count
-    settings = {k: v for k, v in asdict(recipe).items() if k != "threads"}
+    # threads change only the floating-point summation order and probes only what is logged: one cache serves all
+    settings = {k: v for k, v in asdict(recipe).items() if k not in ("threads", "probe_each_epoch")}
     blob = json.dumps({"space": asdict(space), "dataset": dataset, "recipe": settings, "seed": seed,
                        "format": FORMAT},
                       sort_keys=True, default=str)
@@ -176,15 +177,16 @@ def train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe:
         record = _train_epoch(net, opt, data, loader, pspace, recipe, seed, epoch, k, n, peak, progress)
         record.update(epoch=epoch + 1, phase=phase)
         net.eval()
-        record.update(_probe(evaluator, pspace, seed))
+        if recipe.probe_each_epoch or k == n - 1:
+            record.update(_probe(evaluator, pspace, seed))
         history.append(record)
         ckpt = {"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1, "history": history,
                 "space": space, "key": key}
         write_atomic(ckpt_file, lambda tmp, ckpt=ckpt: torch.save(ckpt, tmp))
         if progress:
-            tqdm.write(f"supernet epoch {epoch + 1}/{len(schedule)} [{phase}] loss {record['loss']:.3f} "
-                       f"val largest {record['val_acc_largest']:.3f} smallest {record['val_acc_smallest']:.3f} "
-                       f"random {record['val_acc_random']:.3f} "
+            probe = (f"val largest {record['val_acc_largest']:.3f} smallest {record['val_acc_smallest']:.3f} "
+                     f"random {record['val_acc_random']:.3f} " if "val_acc_largest" in record else "")
+            tqdm.write(f"supernet epoch {epoch + 1}/{len(schedule)} [{phase}] loss {record['loss']:.3f} {probe}"
                        f"({record['wall_s']:.0f}s)")
         if callback is not None:
             callback(record)

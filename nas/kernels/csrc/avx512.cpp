@@ -619,6 +619,96 @@ int64_t vnni_loop(int64_t iters) {
   return _mm512_reduce_add_epi32(s);
 }
 
+namespace {
+
+// One chunk of images of the depthwise weight gradient. For each output row and kernel row, every block of 16
+// channels (mask m for the tail) runs over the row's columns with K taps in registers; the input and output
+// rows stay in L1/L2 across the channel blocks, so memory is read once, in order. Interior columns (all K taps
+// inside the input) run two at a time: 2K independent FMA chains hide the FMA latency.
+template <int K>
+void dw_grad_chunk(const DwGradArgs& a, int chunk) {
+  const int C = a.c, s = a.stride, pad = a.pad;
+  const int ox_lo = std::min(a.wo, (pad + s - 1) / s);
+  const int ox_hi = std::max(ox_lo, std::min(a.wo, a.w - K + pad >= 0 ? (a.w - K + pad) / s + 1 : 0));
+  float* p = a.partial + static_cast<int64_t>(chunk) * K * K * C;
+  std::fill(p, p + static_cast<int64_t>(K) * K * C, 0.0f);
+  const int n1 = std::min(a.batch, (chunk + 1) * kDwGradChunk);
+  for (int n = chunk * kDwGradChunk; n < n1; ++n)
+    for (int oy = 0; oy < a.ho; ++oy)
+      for (int i = 0; i < K; ++i) {
+        const int iy = oy * s + i - pad;
+        if (iy < 0 || iy >= a.h) continue;
+        for (int c0 = 0; c0 < C; c0 += 16) {
+          const __mmask16 m = tail_mask(C - c0);
+          const float* grow = a.g + ((static_cast<int64_t>(n) * a.ho + oy) * a.wo) * C + c0;
+          const float* xrow = a.x + ((static_cast<int64_t>(n) * a.h + iy) * a.w) * C + c0;
+          __m512 acc[K], acc2[K];
+#pragma GCC unroll 16
+          for (int j = 0; j < K; ++j) acc[j] = acc2[j] = _mm512_setzero_ps();
+          // columns with a tap outside the input (at most K - 1 on each side)
+          for (int e = 0; e < 2; ++e) {
+            const int ox0 = e == 0 ? 0 : ox_hi, ox1 = e == 0 ? ox_lo : a.wo;
+            for (int ox = ox0; ox < ox1; ++ox) {
+              const __m512 gv = _mm512_maskz_loadu_ps(m, grow + static_cast<int64_t>(ox) * C);
+#pragma GCC unroll 16
+              for (int j = 0; j < K; ++j) {  // a tap outside the input loads zeros (mask 0, clamped address)
+                const int ix = ox * s + j - pad;
+                const __mmask16 mj = ix >= 0 && ix < a.w ? m : __mmask16(0);
+                const int ixc = ix < 0 ? 0 : (ix >= a.w ? a.w - 1 : ix);
+                acc[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mj, xrow + static_cast<int64_t>(ixc) * C), gv, acc[j]);
+              }
+            }
+          }
+          int ox = ox_lo;
+          for (; ox + 1 < ox_hi; ox += 2) {
+            const __m512 g0 = _mm512_maskz_loadu_ps(m, grow + static_cast<int64_t>(ox) * C);
+            const __m512 g1 = _mm512_maskz_loadu_ps(m, grow + static_cast<int64_t>(ox + 1) * C);
+            const float* x0 = xrow + static_cast<int64_t>(ox * s - pad) * C;
+            const float* x1 = x0 + static_cast<int64_t>(s) * C;
+#pragma GCC unroll 16
+            for (int j = 0; j < K; ++j) {
+              acc[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x0 + static_cast<int64_t>(j) * C), g0, acc[j]);
+              acc2[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x1 + static_cast<int64_t>(j) * C), g1, acc2[j]);
+            }
+          }
+          if (ox < ox_hi) {
+            const __m512 gv = _mm512_maskz_loadu_ps(m, grow + static_cast<int64_t>(ox) * C);
+            const float* x0 = xrow + static_cast<int64_t>(ox * s - pad) * C;
+#pragma GCC unroll 16
+            for (int j = 0; j < K; ++j)
+              acc[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x0 + static_cast<int64_t>(j) * C), gv, acc[j]);
+          }
+          float* pi = p + static_cast<int64_t>(i) * K * C + c0;
+#pragma GCC unroll 16
+          for (int j = 0; j < K; ++j) {
+            float* q = pi + static_cast<int64_t>(j) * C;
+            _mm512_mask_storeu_ps(q, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, q), _mm512_add_ps(acc[j], acc2[j])));
+          }
+        }
+      }
+}
+
+template <int K>
+void dw_grad_all(const DwGradArgs& a, int threads) {
+  par_fresh(threads, (a.batch + kDwGradChunk - 1) / kDwGradChunk, [&](int t0, int t1) {
+    for (int t = t0; t < t1; ++t) dw_grad_chunk<K>(a, t);
+  });
+}
+
+}  // namespace
+
+void dw_weight_grad(const DwGradArgs& a, int threads) {
+  switch (a.k) {
+    case 1: dw_grad_all<1>(a, threads); break;
+    case 3: dw_grad_all<3>(a, threads); break;
+    case 5: dw_grad_all<5>(a, threads); break;
+    case 7: dw_grad_all<7>(a, threads); break;
+    case 9: dw_grad_all<9>(a, threads); break;
+    default: ref::dw_weight_grad(a, threads); return;
+  }
+  dw_grad_reduce(a, threads);
+}
+
 }  // namespace avx512
 }  // namespace nask
 

@@ -178,16 +178,40 @@ struct ScaleArgs {  // out[n, p, c] = rne(clamp(float32((x - in_zp) * g[n, c]) *
   uint8_t* out = nullptr;
 };
 
+// Float32 weight gradient of a depthwise convolution, for training (NHWC x and grad_out g):
+//   out[i * k + j][c] = sum_{n, oy, ox} x[n, oy * stride + i - pad, ox * stride + j - pad, c] * g[n, oy, ox, c]
+// (taps outside the input add nothing). Images are summed in fixed chunks of kDwGradChunk into `partial`
+// ([chunks][k * k][c]), then the chunks are added in order, so the result does not depend on the thread count.
+constexpr int kDwGradChunk = 8;
+
+struct DwGradArgs {
+  int batch = 0, h = 0, w = 0, c = 0, k = 0, stride = 1, pad = 0, ho = 0, wo = 0;
+  const float* x = nullptr;
+  const float* g = nullptr;
+  float* partial = nullptr;
+  float* out = nullptr;
+};
+
+// Adds the chunks of `partial` into `out` in chunk order (shared by every ISA path).
+void dw_grad_reduce(const DwGradArgs& a, int threads);
+
 // Thread pool: runs fn(ctx, begin, end) over contiguous equal chunks of [0, tasks), one per thread.
 // Plain function pointer (no std::function) so ISA-specific translation units instantiate no shared
 // library templates with their wider target flags.
 void parallel_for_raw(int threads, int tasks, void (*fn)(void*, int, int), void* ctx);
+
+// Runs fn(ctx, t, t + 1) for every t in [0, tasks) on `threads` threads started for this call (the caller is
+// one), taking tasks in turn. For long jobs (training kernels, milliseconds): no shared adaptive back-off.
+void parallel_for_fresh(int threads, int tasks, void (*fn)(void*, int, int), void* ctx);
 
 template <class F>
 void tramp(void* ctx, int b, int e) { (*static_cast<F*>(ctx))(b, e); }
 
 template <class F>
 inline void par(int threads, int tasks, F f) { parallel_for_raw(threads, tasks, &tramp<F>, &f); }
+
+template <class F>
+inline void par_fresh(int threads, int tasks, F f) { parallel_for_fresh(threads, tasks, &tramp<F>, &f); }
 
 #define NASK_DECLARE_ISA(ns)                                   \
   namespace ns {                                               \
@@ -211,7 +235,12 @@ inline uint8_t quantize_value(float x, float scale, float zp) {
   return static_cast<uint8_t>(static_cast<int32_t>(v));
 }
 
+namespace ref {
+void dw_weight_grad(const DwGradArgs& a, int threads);
+}
+
 namespace avx512 {
+void dw_weight_grad(const DwGradArgs& a, int threads);  // AVX-512F; any k
 constexpr int kVnniChains = 16;
 int64_t vnni_loop(int64_t iters);  // kVnniChains independent vpdpbusd chains x iters; returns a checksum
 // Planes of batch item b: pixels [p0, p1) of hw, C = 3, p0 a multiple of 16; returns the first pixel not done.

@@ -781,6 +781,36 @@ void quantize_nchw(const py::object& x_o, float scale, int zp, const py::object&
   }
 }
 
+// Weight gradient of a float32 NHWC depthwise convolution (training); out is [k * k, C], tap-major.
+void depthwise_weight_grad(const py::object& x_o, const py::object& g_o, int k, int stride, int pad,
+                           const py::object& out_o, int threads, const std::string& isa_name) {
+  py::array x = need<float>(x_o, "x", {-1, -1, -1, -1});
+  const int n = static_cast<int>(x.shape(0)), h = static_cast<int>(x.shape(1));
+  const int w = static_cast<int>(x.shape(2)), c = static_cast<int>(x.shape(3));
+  check_range(k, 1, 15, "k");
+  check_range(stride, 1, 4, "stride");
+  check_range(pad, 0, k - 1, "pad");
+  const int ho = (h + 2 * pad - k) / stride + 1, wo = (w + 2 * pad - k) / stride + 1;
+  if (ho < 1 || wo < 1) throw py::value_error("x: input " + shape_str(x) + " is smaller than the kernel");
+  py::array g = need<float>(g_o, "grad_out", {n, ho, wo, c});
+  py::array out = need<float>(out_o, "out", {k * k, c});
+  need_writeable(out, "out");
+  if (threads < 1) throw py::value_error("threads: must be >= 1");
+  Isa isa = parse_isa(isa_name);
+  if (!isa_supported(isa)) throw py::value_error("isa: '" + isa_name + "' is not supported by this CPU");
+  const int chunks = (n + kDwGradChunk - 1) / kDwGradChunk;
+  std::vector<float> partial(static_cast<size_t>(chunks) * k * k * c);
+  DwGradArgs a;
+  a.batch = n; a.h = h; a.w = w; a.c = c; a.k = k; a.stride = stride; a.pad = pad; a.ho = ho; a.wo = wo;
+  a.x = static_cast<const float*>(x.data());
+  a.g = static_cast<const float*>(g.data());
+  a.partial = partial.data();
+  a.out = static_cast<float*>(out.mutable_data());
+  py::gil_scoped_release nogil;
+  if (isa == Isa::avx512vnni) avx512::dw_weight_grad(a, threads);
+  else ref::dw_weight_grad(a, threads);  // AVX2 has no float path of its own: the compiler vectorises ref
+}
+
 double vnni_peak(int64_t iters) {
   if (!isa_supported(Isa::avx512vnni)) throw py::value_error("vnni_peak: CPU lacks AVX512-VNNI");
   py::gil_scoped_release nogil;
@@ -803,6 +833,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("isa_supported", [](const std::string& s) { return isa_supported(parse_isa(s)); }, py::arg("isa"));
   m.def("quantize_nchw", &quantize_nchw, py::arg("x"), py::arg("scale"), py::arg("zero_point"), py::arg("out"),
         "float32 NCHW -> uint8 NHWC on an affine grid (round half to even).");
+  m.def("depthwise_weight_grad", &depthwise_weight_grad, py::arg("x"), py::arg("grad_out"), py::arg("k"),
+        py::arg("stride"), py::arg("pad"), py::arg("out"), py::arg("threads"), py::arg("isa"),
+        "Float32 weight gradient of an NHWC depthwise convolution (training): out[i * k + j, c]; the result does "
+        "not depend on the thread count.");
   m.def("vnni_peak", &vnni_peak, py::arg("iters"),
         "Multiply-accumulates per second of a 16-chain vpdpbusd zmm loop (registers only) on one thread.");
   py::class_<Gemm, std::shared_ptr<Gemm>>(m, "Gemm")

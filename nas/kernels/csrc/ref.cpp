@@ -101,5 +101,50 @@ void channel_scale(const ScaleArgs& a, int threads) {
   });
 }
 
+void dw_weight_grad(const DwGradArgs& a, int threads) {
+  const int kk = a.k * a.k, C = a.c;
+  const int chunks = (a.batch + kDwGradChunk - 1) / kDwGradChunk;
+  par_fresh(threads, chunks, [&](int b0, int b1) {
+    for (int ch = b0; ch < b1; ++ch) {
+      float* p = a.partial + static_cast<int64_t>(ch) * kk * C;
+      std::fill(p, p + static_cast<int64_t>(kk) * C, 0.0f);
+      const int n1 = std::min(a.batch, (ch + 1) * kDwGradChunk);
+      for (int n = ch * kDwGradChunk; n < n1; ++n)
+        for (int oy = 0; oy < a.ho; ++oy)
+          for (int i = 0; i < a.k; ++i) {
+            const int iy = oy * a.stride + i - a.pad;
+            if (iy < 0 || iy >= a.h) continue;
+            for (int ox = 0; ox < a.wo; ++ox) {
+              const float* g = a.g + ((static_cast<int64_t>(n) * a.ho + oy) * a.wo + ox) * C;
+              for (int j = 0; j < a.k; ++j) {
+                const int ix = ox * a.stride + j - a.pad;
+                if (ix < 0 || ix >= a.w) continue;
+                const float* x = a.x + ((static_cast<int64_t>(n) * a.h + iy) * a.w + ix) * C;
+                float* o = p + static_cast<int64_t>(i * a.k + j) * C;
+                for (int c = 0; c < C; ++c) o[c] += x[c] * g[c];
+              }
+            }
+          }
+    }
+  });
+  dw_grad_reduce(a, threads);
+}
+
 }  // namespace ref
+
+void dw_grad_reduce(const DwGradArgs& a, int threads) {
+  const int64_t total = static_cast<int64_t>(a.k) * a.k * a.c;
+  const int chunks = (a.batch + kDwGradChunk - 1) / kDwGradChunk;
+  const int blocks = static_cast<int>((total + 1023) / 1024);
+  (void)threads;  // a few thousand adds per chunk: not worth a thread
+  par_fresh(1, blocks, [&](int b0, int b1) {
+    const int64_t e0 = static_cast<int64_t>(b0) * 1024, e1 = std::min(total, static_cast<int64_t>(b1) * 1024);
+    for (int64_t e = e0; e < e1; ++e) {
+      float s = 0.0f;
+      for (int ch = 0; ch < chunks; ++ch) s += a.partial[ch * total + e];
+      a.out[e] = s;
+    }
+  });
+}
+
 }  // namespace nask

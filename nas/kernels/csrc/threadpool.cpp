@@ -144,4 +144,17 @@ void parallel_for_raw(int threads, int tasks, void (*fn)(void*, int, int), void*
   pool().run(nt, fn, ctx, tasks);
 }
 
+void parallel_for_fresh(int threads, int tasks, void (*fn)(void*, int, int), void* ctx) {
+  if (tasks <= 0) return;
+  const int nt = std::max(1, std::min(threads, tasks));
+  std::atomic<int> next{0};
+  auto work = [&] {
+    for (int t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) fn(ctx, t, t + 1);
+  };
+  std::vector<std::thread> helpers;
+  for (int i = 1; i < nt; ++i) helpers.emplace_back(work);
+  work();
+  for (auto& h : helpers) h.join();
+}
+
 }  // namespace nask

@@ -1,0 +1,111 @@
+"""Training speed: the kernel library's depthwise weight gradient against PyTorch's, per layer and per step.
+
+1. Per layer (float32, channels-last, batch 64): PyTorch's `convolution_backward` weight gradient vs
+   `nas.kernels.training.depthwise_weight_grad`, for the depthwise shapes of the default search space.
+2. Per supernet step (the default search's sandwich step: largest + smallest + 2 random sub-networks, batch 64,
+   24 px) and per stand-alone step of the space's largest network, with PyTorch's weight gradient everywhere
+   (`MIN_KERNEL` raised past every kernel) and with ours.
+
+    python benchmarks/bench_train_ops.py [--threads 2] [--reps 10]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import random  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import search_spaces as ss  # noqa: E402
+from nas.kernels import active_isa  # noqa: E402
+from nas.kernels import training as kt  # noqa: E402
+from nas.supernet.model import Supernet  # noqa: E402
+
+# (channels, size, kernel, stride) of depthwise layers in small32 at 24 px (expanded widths)
+LAYERS = [(192, 24, 7, 1), (192, 24, 5, 1), (192, 24, 3, 1), (240, 12, 7, 1), (240, 12, 5, 2), (480, 6, 7, 1),
+          (720, 6, 5, 1), (1200, 3, 7, 1)]
+
+
+def median_ms(fn: Callable[[], object], reps: int) -> float:
+    fn()
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def per_layer(reps: int, threads: int) -> None:
+    print(f"\n## Depthwise weight gradient, batch 64, float32 channels-last, {threads} threads ({active_isa()})\n")
+    print("| channels | size | kernel | stride | PyTorch ms | ours ms | speed-up | max abs diff vs float64 |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for c, h, k, s in LAYERS:
+        p = k // 2
+        x = torch.randn(64, c, h, h).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(c, 1, k, k)
+        ho = (h + 2 * p - k) // s + 1
+        g = torch.randn(64, c, ho, ho).contiguous(memory_format=torch.channels_last)
+        args = ((s, s), (p, p), (1, 1), False, (0, 0), c, (False, True, False))
+        ref = torch.ops.aten.convolution_backward(g.double(), x.double(), w.double(), None, *args)[1]
+        theirs = median_ms(lambda: torch.ops.aten.convolution_backward(g, x, w, None, *args), reps)  # noqa: B023
+        ours = median_ms(lambda: kt.depthwise_weight_grad(x, g, k, s, p), reps)  # noqa: B023
+        err_t = float((torch.ops.aten.convolution_backward(g, x, w, None, *args)[1].double() - ref).abs().max())
+        err_o = float((kt.depthwise_weight_grad(x, g, k, s, p).double() - ref).abs().max())
+        print(f"| {c} | {h} | {k} | {s} | {theirs:.2f} | {ours:.2f} | {theirs / ours:.2f}x | "
+              f"PyTorch {err_t:.1e}, ours {err_o:.1e} |")
+
+
+def per_step(reps: int) -> None:
+    space = ss.trim_to_budget(ss.get_space(ss.DEFAULT_SPACE).with_io(1, 10), 100e6)
+    net = Supernet(space).train().to(memory_format=torch.channels_last)
+    x = torch.randn(64, 1, 24, 24)
+    y = torch.randint(0, 10, (64,))
+    rng = random.Random(0)
+    archs = [space.largest(), space.smallest()] + [space.random_arch(rng) for _ in range(2)]
+
+    def sandwich() -> None:
+        for a in archs:
+            net.set_active(a)
+            F.cross_entropy(net(x), y).backward()
+
+    model = ss.build(space.largest()).train().to(memory_format=torch.channels_last)
+
+    def standalone() -> None:
+        with kt.fast_depthwise(model):
+            F.cross_entropy(model(x), y).backward()
+
+    print("\n## One training step (forward + backward), batch 64, 24 px\n")
+    print("| step | PyTorch weight gradient ms | ours ms | speed-up |")
+    print("|---|---:|---:|---:|")
+    default = kt.MIN_KERNEL
+    for name, fn in (("supernet sandwich (4 sub-networks)", sandwich), ("stand-alone largest network", standalone)):
+        kt.MIN_KERNEL = 1 << 30
+        theirs = median_ms(fn, reps)
+        kt.MIN_KERNEL = default
+        ours = median_ms(fn, reps)
+        print(f"| {name} | {theirs:.0f} | {ours:.0f} | {theirs / ours:.2f}x |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=10)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    per_layer(args.reps, args.threads)
+    per_step(max(3, args.reps // 2))
+
+
+if __name__ == "__main__":
+    main()

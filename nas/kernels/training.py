@@ -1,0 +1,105 @@
+"""Float32 training ops backed by the kernel library.
+
+PyTorch's CPU depthwise convolution (torch 2.13, channels-last) computes the weight gradient of 5x5 and 7x7
+kernels 4-8x slower than its forward pass, and those layers make up most of an MBConv supernet's backward time.
+`depthwise_conv2d` keeps PyTorch's forward and input gradient and computes the weight gradient of kernels of
+`MIN_KERNEL` and larger with `_C.depthwise_weight_grad` (AVX-512 over channels, images summed in fixed chunks,
+so the result does not depend on the thread count): 3.3-7x faster than PyTorch's at 2 threads (64 images,
+6-24 px, 120-480 channels; benchmarks/bench_train_ops.py). PyTorch's own 3x3 path is 2-4x faster than ours
+and is kept. `fast_depthwise(model)` switches a model's depthwise `nn.Conv2d` layers to it for a
+training run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas.kernels import _C
+from nas.kernels.isa import active_isa
+
+MIN_KERNEL = 5  # smaller depthwise kernels keep PyTorch's weight gradient (faster there, measured)
+
+
+def _float_isa() -> str:
+    # the int8 ISA names double as the float paths: avx512vnni -> AVX-512F kernel, anything else -> portable loop
+    return "avx512vnni" if active_isa() == "avx512vnni" else "reference"
+
+
+def depthwise_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel: int, stride: int, padding: int,
+                          threads: int | None = None) -> torch.Tensor:
+    """Weight gradient (C, 1, k, k) of a depthwise convolution with input `x` (N, C, H, W) and output gradient
+    `grad_out`; channels-last inputs are read without a copy."""
+    c = x.shape[1]
+    xn = x.detach().permute(0, 2, 3, 1).contiguous()
+    gn = grad_out.detach().permute(0, 2, 3, 1).contiguous()
+    out = np.empty((kernel * kernel, c), np.float32)
+    _C.depthwise_weight_grad(xn.numpy(), gn.numpy(), kernel, stride, padding, out,
+                             threads or torch.get_num_threads(), _float_isa())
+    return torch.from_numpy(out).t().reshape(c, 1, kernel, kernel)
+
+
+class _DepthwiseConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv2d(x, weight, None, stride, padding, groups=x.shape[1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001, ANN205
+        x, weight = ctx.saved_tensors
+        s, p = ctx.stride, ctx.padding
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad_out, x, weight, None, (s, s), (p, p), (1, 1), False, (0, 0), x.shape[1],
+                (True, False, False))[0]
+        if ctx.needs_input_grad[1]:
+            grad_w = depthwise_weight_grad(x, grad_out, weight.shape[-1], s, p).to(weight.dtype)
+        return grad_x, grad_w, None, None
+
+
+def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, padding: int = 0) -> torch.Tensor:
+    """`F.conv2d(x, weight, None, stride, padding, groups=C)` for a (C, 1, k, k) weight; when the weight needs a
+    gradient (float32 on the CPU, kernel >= `MIN_KERNEL`) the backward pass uses the kernel library's
+    weight-gradient kernel."""
+    if (weight.requires_grad and torch.is_grad_enabled() and x.dtype == torch.float32 and not x.is_cuda
+            and weight.dtype == torch.float32 and weight.shape[-1] == weight.shape[-2] >= MIN_KERNEL):
+        return _DepthwiseConv.apply(x, weight, stride, padding)
+    return F.conv2d(x, weight, None, stride, padding, groups=x.shape[1])
+
+
+class FastDepthwiseConv2d(nn.Conv2d):
+    """An `nn.Conv2d` depthwise layer (same parameters and state dict) that trains with `depthwise_conv2d`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return depthwise_conv2d(x, self.weight, self.stride[0], self.padding[0]) if self.bias is None else \
+            super().forward(x)
+
+
+def _is_plain_depthwise(m: nn.Module) -> bool:
+    return (type(m) is nn.Conv2d and m.groups == m.in_channels == m.out_channels and m.groups > 1
+            and m.kernel_size[0] == m.kernel_size[1] and m.stride[0] == m.stride[1]
+            and isinstance(m.padding, tuple) and m.padding[0] == m.padding[1] and m.dilation == (1, 1)
+            and m.padding_mode == "zeros")
+
+
+@contextlib.contextmanager
+def fast_depthwise(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, `model`'s depthwise `nn.Conv2d` layers train with the kernel library's weight gradient;
+    afterwards they are plain `nn.Conv2d` again (same parameter objects throughout)."""
+    swapped = [m for m in model.modules() if _is_plain_depthwise(m)]
+    for m in swapped:
+        m.__class__ = FastDepthwiseConv2d
+    try:
+        yield model
+    finally:
+        for m in swapped:
+            m.__class__ = nn.Conv2d

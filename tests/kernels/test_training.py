@@ -1,0 +1,106 @@
+"""The float32 depthwise weight-gradient kernel (training) against PyTorch's, on every ISA path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import search_spaces as ss
+from nas.kernels import _C, available_isas, use_isa
+from nas.kernels.training import FastDepthwiseConv2d, depthwise_conv2d, depthwise_weight_grad, fast_depthwise
+
+FLOAT_ISAS = [i for i in ("reference", "avx512vnni") if i in available_isas()]
+
+# (batch, channels, size, kernel, stride): tails of 16 channels and 8-image chunks, kernels larger than the
+# input, a kernel with no AVX-512 specialisation (11), stride 2 with odd sizes
+SHAPES = [(5, 19, 7, 3, 1), (13, 40, 9, 5, 2), (8, 16, 6, 7, 1), (3, 33, 3, 7, 1), (9, 48, 11, 7, 2),
+          (2, 8, 12, 11, 1), (17, 24, 5, 9, 1), (1, 1, 4, 5, 2)]
+
+
+def _reference(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor, stride: int, pad: int) -> torch.Tensor:
+    return torch.ops.aten.convolution_backward(g.double(), x.double(), w.double(), None, (stride, stride), (pad, pad),
+                                               (1, 1), False, (0, 0), x.shape[1], (False, True, False))[1]
+
+
+@pytest.mark.parametrize("isa", FLOAT_ISAS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "n{}c{}h{}k{}s{}".format(*s))
+def test_weight_grad_matches_pytorch(isa: str, shape: tuple[int, ...]) -> None:
+    n, c, h, k, s = shape
+    pad = k // 2
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(n, c, h, h, generator=gen)
+    w = torch.randn(c, 1, k, k, generator=gen)
+    ho = (h + 2 * pad - k) // s + 1
+    g = torch.randn(n, c, ho, ho, generator=gen)
+    ref = _reference(x, g, w, s, pad)
+    with use_isa(isa):
+        got = depthwise_weight_grad(x, g, k, s, pad, threads=2)
+    assert got.shape == (c, 1, k, k) and got.dtype == torch.float32
+    scale = float(ref.abs().max()) + 1.0
+    assert float((got.double() - ref).abs().max()) < 1e-5 * scale * n * h
+
+
+@pytest.mark.parametrize("isa", FLOAT_ISAS)
+def test_weight_grad_does_not_depend_on_thread_count(isa: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(29, 40, 10, 10, generator=gen).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(29, 40, 10, 10, generator=gen).contiguous(memory_format=torch.channels_last)
+    with use_isa(isa):
+        outs = [depthwise_weight_grad(x, g, 5, 1, 2, threads=t) for t in (1, 2, 3)]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("k,stride", [(5, 1), (7, 2), (3, 1)])
+def test_autograd_function_matches_conv2d(layout: torch.memory_format, k: int, stride: int) -> None:
+    gen = torch.Generator().manual_seed(k * 10 + stride)
+    x0 = torch.randn(10, 24, 9, 9, generator=gen).contiguous(memory_format=layout)
+    w0 = torch.randn(24, 1, k, k, generator=gen)
+    outs = []
+    for fn in (depthwise_conv2d, lambda x, w, s, p: F.conv2d(x, w, None, s, p, groups=x.shape[1])):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        y = fn(x, w, stride, k // 2)
+        (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+        outs.append((y.detach(), x.grad, w.grad))
+    for a, b in zip(outs[0], outs[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_depthwise_swaps_and_restores() -> None:
+    arch = ss.get_space("small32").largest()
+    model = ss.build(arch)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dws = [m for m in model.modules() if type(m) is nn.Conv2d and m.groups > 1]
+    assert dws
+    x = torch.randn(4, arch.in_channels, arch.resolution, arch.resolution)
+    ref = model.train()(x)
+    ref.sum().backward()
+    ref_grads = [m.weight.grad.clone() for m in dws]
+    model.zero_grad()
+    with fast_depthwise(model):
+        assert all(type(m) is FastDepthwiseConv2d for m in dws)
+        out = model(x)
+        out.sum().backward()
+    assert all(type(m) is nn.Conv2d for m in dws)
+    torch.testing.assert_close(out, ref)
+    for m, g in zip(dws, ref_grads, strict=True):
+        torch.testing.assert_close(m.weight.grad, g, rtol=1e-3, atol=1e-4)
+    assert before.keys() == model.state_dict().keys()
+
+
+def test_bad_input_names_the_field() -> None:
+    x = np.zeros((2, 5, 5, 8), np.float32)
+    out = np.zeros((9, 8), np.float32)
+    with pytest.raises(ValueError, match="grad_out"):
+        _C.depthwise_weight_grad(x, np.zeros((2, 4, 5, 8), np.float32), 3, 1, 1, out, 1, "reference")
+    with pytest.raises(ValueError, match="out"):
+        _C.depthwise_weight_grad(x, np.zeros((2, 5, 5, 8), np.float32), 3, 1, 1, np.zeros((8, 9), np.float32), 1,
+                                 "reference")
+    with pytest.raises(TypeError, match="x: expected dtype float32"):
+        _C.depthwise_weight_grad(x.astype(np.float64), np.zeros((2, 5, 5, 8), np.float32), 3, 1, 1, out, 1,
+                                 "reference")
+    with pytest.raises(ValueError, match="pad"):
+        _C.depthwise_weight_grad(x, np.zeros((2, 5, 5, 8), np.float32), 3, 1, 3, out, 1, "reference")
