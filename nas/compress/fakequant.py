@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nas.kernels.training import depthwise_conv2d
+from nas.kernels.training import depthwise_conv2d, is_depthwise
 
 CALIBRATORS = ("minmax", "percentile", "mse")
 _SAMPLES = 1 << 16  # values kept per observed tensor per batch for percentile / MSE calibration
@@ -223,7 +223,7 @@ class QuantSim(nn.Module):
 
     def _cba(self, m: nn.Module, x: torch.Tensor, name: str, act: str) -> torch.Tensor:
         conv = m.conv
-        if conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels and conv.bias is None:
+        if is_depthwise(conv):
             # depthwise: weight gradient on the kernel library during QAT (oneDNN's is 4-8x slower for k >= 5)
             pre = m.bn(depthwise_conv2d(x, conv.weight, conv.stride[0], conv.padding[0]))
         else:

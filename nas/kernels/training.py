@@ -80,13 +80,14 @@ class FastDepthwiseConv2d(nn.Conv2d):
     """An `nn.Conv2d` depthwise layer (same parameters and state dict) that trains with `depthwise_conv2d`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return depthwise_conv2d(x, self.weight, self.stride[0], self.padding[0]) if self.bias is None else \
-            super().forward(x)
+        return depthwise_conv2d(x, self.weight, self.stride[0], self.padding[0])
 
 
-def _is_plain_depthwise(m: nn.Module) -> bool:
-    return (type(m) is nn.Conv2d and m.groups == m.in_channels == m.out_channels and m.groups > 1
-            and m.kernel_size[0] == m.kernel_size[1] and m.stride[0] == m.stride[1]
+def is_depthwise(m: nn.Module) -> bool:
+    """Whether `m` is a bias-free depthwise `nn.Conv2d` (any subclass, e.g. parametrized) that `depthwise_conv2d`
+    computes exactly: square kernel, equal strides and zero padding on both axes, no dilation."""
+    return (isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels and m.groups > 1
+            and m.bias is None and m.kernel_size[0] == m.kernel_size[1] and m.stride[0] == m.stride[1]
             and isinstance(m.padding, tuple) and m.padding[0] == m.padding[1] and m.dilation == (1, 1)
             and m.padding_mode == "zeros")
 
@@ -95,7 +96,7 @@ def _is_plain_depthwise(m: nn.Module) -> bool:
 def fast_depthwise(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block, `model`'s depthwise `nn.Conv2d` layers train with the kernel library's weight gradient;
     afterwards they are plain `nn.Conv2d` again (same parameter objects throughout)."""
-    swapped = [m for m in model.modules() if _is_plain_depthwise(m)]
+    swapped = [m for m in model.modules() if type(m) is nn.Conv2d and is_depthwise(m)]
     for m in swapped:
         m.__class__ = FastDepthwiseConv2d
     try:

@@ -104,3 +104,23 @@ def test_bad_input_names_the_field() -> None:
                                  "reference")
     with pytest.raises(ValueError, match="pad"):
         _C.depthwise_weight_grad(x, np.zeros((2, 5, 5, 8), np.float32), 3, 1, 3, out, 1, "reference")
+
+
+def test_is_depthwise() -> None:
+    from torch.nn.utils import parametrize
+
+    from nas.kernels.training import is_depthwise
+
+    dw = nn.Conv2d(8, 8, 5, 2, 2, groups=8, bias=False)
+    assert is_depthwise(dw)
+    assert not is_depthwise(nn.Conv2d(8, 8, 5, 2, 2, groups=8, bias=True))
+    assert not is_depthwise(nn.Conv2d(8, 16, 5, 2, 2, groups=8, bias=False))
+    assert not is_depthwise(nn.Conv2d(8, 8, 5, 1, 2, groups=8, bias=False, dilation=2))
+    assert not is_depthwise(nn.Conv2d(8, 8, 1, bias=False))
+
+    class Half(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return w * 0.5
+
+    parametrize.register_parametrization(dw, "weight", Half())  # QAT's fake-quantized weights are parametrized
+    assert type(dw) is not nn.Conv2d and is_depthwise(dw)

@@ -227,6 +227,13 @@ def test_supernet_training_loss_decreases_and_evaluates(digits: TensorSplits, tm
     losses = [h["loss"] for h in run.history]
     assert losses[-1] < losses[0] < 3.0
     assert run.history[-1]["val_acc_largest"] > 0.5
+    # probes (val accuracy) only at the end of each phase unless asked for every epoch; the cache is shared
+    assert ["val_acc_largest" in h for h in run.history] == [False, False, True]
+    again = dataclasses.replace(recipe, epochs=(2, 0, 0, 0), probe_each_epoch=True)
+    assert cache_key(TINY, dataset_fingerprint(digits.splits), again, 0) == cache_key(
+        TINY, dataset_fingerprint(digits.splits), dataclasses.replace(again, probe_each_epoch=False), 0)
+    every = train_supernet(TINY, digits, again, root=tmp_path, progress=False)
+    assert all("val_acc_random" in h for h in every.history)
     run = train_supernet(TINY, digits, FAST, root=tmp_path, progress=False)
     assert [h["phase"] for h in run.history] == ["largest", "kernel", "depth", "width"] and run.finished
     evaluator = SubnetEvaluator(run.supernet, digits, calib_images=128)
