@@ -34,6 +34,10 @@ class TrainRecipe:
     kd_temperature: float = 1.0
     seed: int = 0
     threads: int = 2
+    # after training, re-estimate batch-norm statistics on the first this-many training images (0: keep the running
+    # averages). Short fine-tunes need it: after a few dozen steps the running averages still describe the old
+    # weights (measured: --quick's 16-step fine-tune scored 0.10 val with them, 0.54 recalibrated)
+    recalibrate_bn: int = 0
 
 
 def as_tensor_splits(splits: Splits | TensorSplits) -> TensorSplits:
@@ -77,6 +81,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / max(len(x), 1)
 
 
+@torch.no_grad()
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> None:
     """Replace every batch norm's running statistics by their exact average over `x`; leaves `model` in eval mode."""
@@ -150,6 +155,8 @@ def train_standalone(arch: ss.Arch, splits: Splits | TensorSplits, recipe: Train
             val = accuracy(model, xv, yv)
             history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen, "val_acc": val})
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", val=f"{val:.3f}")
+    if recipe.recalibrate_bn:
+        recalibrate_bn(model, x[: recipe.recalibrate_bn])
     xs, ys = data.tensors("test", arch.resolution)
     cost = ss.count(arch)
     metrics = {

@@ -145,7 +145,7 @@ def finalize_best(arch: ss.Arch, evaluator: Evaluator, request: Any, run_dir: Pa
     # the shared batch-norm statistics of a supernet fit no single sub-network: recalibrate the teacher too
     teacher = evaluator.subnet.model(supernet.space.largest())
     recipe = TrainRecipe(epochs=2 if request.quick else FINETUNE_EPOCHS, lr=0.05, seed=request.seed,
-                         threads=request.threads)
+                         threads=request.threads, recalibrate_bn=1024)
     log(f"finalize: fine-tuning {arch.hash()} for {recipe.epochs} epochs with distillation from the largest "
         "sub-network")
     model, metrics = train_standalone(arch, data, recipe, init=init, teacher=teacher)

@@ -88,3 +88,17 @@ def test_recalibrate_bn_uses_exact_batch_statistics() -> None:
     torch.testing.assert_close(model.stem.bn.running_mean, stem_out.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     y = torch.randint(0, 10, (64,))
     assert 0.0 <= accuracy(model, x, y) <= 1.0
+
+
+def test_recalibrate_after_training(digits: TensorSplits) -> None:
+    arch = SPACE.smallest()
+    recipe = dataclasses.replace(RECIPE, epochs=1, recalibrate_bn=200)
+    model, m = train_standalone(arch, digits, recipe)
+    x = digits.tensors("train", arch.resolution)[0][:200]
+    with torch.no_grad():
+        stem_out = model.stem.conv(x)
+    # the running statistics are the exact mean over the first 200 training images, not a lagging average
+    torch.testing.assert_close(model.stem.bn.running_mean, stem_out.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert m["val_acc"] == pytest.approx(evaluate(model, digits, "val"))
+    plain, _ = train_standalone(arch, digits, dataclasses.replace(recipe, recalibrate_bn=0))
+    assert not torch.allclose(plain.stem.bn.running_mean, model.stem.bn.running_mean)
