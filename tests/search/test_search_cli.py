@@ -79,6 +79,8 @@ def test_kill_and_resume_loses_and_repeats_nothing(run):
     before = []
     while time.time() < deadline:
         time.sleep(0.5)
+        if proc.poll() is not None:  # exited before it could be killed: say why instead of waiting out the deadline
+            pytest.fail(f"nas search exited early (code {proc.returncode}):\n{proc.stdout.read()[-3000:]}")
         try:
             study = optuna.load_study(study_name="killed", storage=storage)
             before = study.get_trials(states=(TrialState.COMPLETE,))
