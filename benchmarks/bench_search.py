@@ -82,9 +82,10 @@ def cv_table(title: str, contenders: dict, measured: dict, args, data, trained: 
 
     dataset = load_dataset(args.data)
     n = len(dataset.y)
-    folds = list(StratifiedKFold(args.cv, shuffle=True, random_state=args.seed).split(np.zeros(n), dataset.y))
+    seed = args.seed if args.cv_seed is None else args.cv_seed
+    folds = list(StratifiedKFold(args.cv, shuffle=True, random_state=seed).split(np.zeros(n), dataset.y))
     lines = [f"{title} ({args.cv}-fold cross-validation over all {n} images, {args.epochs} epochs from scratch, SGD, "
-             f"cosine, training seed {args.seed}; pooled test accuracy)", "",
+             f"cosine, fold and training seed {seed}; pooled test accuracy)", "",
              "| network | MMACs | Mparams | pooled test acc (errors) | per-fold test acc | only this right / only "
              "first right (sign test p) | measured int8 latency | train time per fold |",
              "|---|---|---|---|---|---|---|---|"]
@@ -94,11 +95,11 @@ def cv_table(title: str, contenders: dict, measured: dict, args, data, trained: 
         if key not in trained:
             right, per_fold, secs = np.zeros(n, bool), [], []
             for f, (rest, test) in enumerate(folds):
-                tr, va, _ = split_indices(dataset.y[rest], args.seed + f, 0.1, 0.0)
+                tr, va, _ = split_indices(dataset.y[rest], seed + f, 0.1, 0.0)
                 splits = Splits(train=dataset.subset(rest[tr]), val=dataset.subset(rest[va]),
-                                test=dataset.subset(test), seed=args.seed + f, official_test=False)
+                                test=dataset.subset(test), seed=seed + f, official_test=False)
                 data_f = TensorSplits(splits)
-                model, m = train_standalone(arch, data_f, TrainRecipe(epochs=args.epochs, seed=args.seed,
+                model, m = train_standalone(arch, data_f, TrainRecipe(epochs=args.epochs, seed=seed,
                                                                       threads=args.threads))
                 xs, ys = data_f.tensors("test", arch.resolution)
                 with torch.no_grad():
@@ -206,6 +207,9 @@ def main() -> None:
     ap.add_argument("--cv", type=int, default=0, metavar="K",
                     help="compare the networks by K-fold cross-validation over the whole dataset (every image tested "
                          "once, paired sign test) instead of --train-seeds runs on one split")
+    ap.add_argument("--cv-seed", type=int, default=None,
+                    help="seed of the folds and of training with --cv (default --seed): a replicate with the same "
+                         "search and supernet")
     ap.add_argument("--data", default="digits")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ray-trials", type=int, default=8)
