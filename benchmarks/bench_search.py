@@ -221,6 +221,10 @@ def main() -> None:
     ap.add_argument("--out", default="results")
     ap.add_argument("--write", action="store_true", help="write benchmarks/RESULTS_search.md")
     args = ap.parse_args()
+    if args.cv == 1 or args.cv < 0:
+        ap.error(f"--cv: expected 0 (off) or at least 2 folds, got {args.cv}")
+    if args.cv_seed is not None and not args.cv:
+        ap.error("--cv-seed: only meaningful with --cv K")
 
     request = SearchRequest(budget=args.budget, data=args.data, seed=args.seed, out=args.out, threads=args.threads)
     limits, _ = _limits(request)
