@@ -89,16 +89,17 @@ def cv_table(title: str, contenders: dict, measured: dict, args, data, trained: 
              "| network | MMACs | Mparams | pooled test acc (errors) | per-fold test acc | only this right / only "
              "first right (sign test p) | measured int8 latency | train time per fold |",
              "|---|---|---|---|---|---|---|---|"]
+    fold_data = []  # (test indices, the fold's splits), shared by every contender
+    for f, (rest, test) in enumerate(folds):
+        tr, va, _ = split_indices(dataset.y[rest], seed + f, 0.1, 0.0)
+        fold_data.append((test, TensorSplits(Splits(train=dataset.subset(rest[tr]), val=dataset.subset(rest[va]),
+                                                    test=dataset.subset(test), seed=seed + f, official_test=False))))
     results = {}
     for name, arch in contenders.items():
         key = ("cv", str(arch))
         if key not in trained:
             right, per_fold, secs = np.zeros(n, bool), [], []
-            for f, (rest, test) in enumerate(folds):
-                tr, va, _ = split_indices(dataset.y[rest], seed + f, 0.1, 0.0)
-                splits = Splits(train=dataset.subset(rest[tr]), val=dataset.subset(rest[va]),
-                                test=dataset.subset(test), seed=seed + f, official_test=False)
-                data_f = TensorSplits(splits)
+            for test, data_f in fold_data:
                 model, m = train_standalone(arch, data_f, TrainRecipe(epochs=args.epochs, seed=seed,
                                                                       threads=args.threads))
                 xs, ys = data_f.tensors("test", arch.resolution)

@@ -706,7 +706,7 @@ void dw_weight_grad(const DwGradArgs& a, int threads) {
     case 9: dw_grad_all<9>(a, threads); break;
     default: ref::dw_weight_grad(a, threads); return;
   }
-  dw_grad_reduce(a, threads);
+  dw_grad_reduce(a);
 }
 
 }  // namespace avx512

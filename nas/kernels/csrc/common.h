@@ -193,7 +193,7 @@ struct DwGradArgs {
 };
 
 // Adds the chunks of `partial` into `out` in chunk order (shared by every ISA path).
-void dw_grad_reduce(const DwGradArgs& a, int threads);
+void dw_grad_reduce(const DwGradArgs& a);
 
 // Thread pool: runs fn(ctx, begin, end) over contiguous equal chunks of [0, tasks), one per thread.
 // Plain function pointer (no std::function) so ISA-specific translation units instantiate no shared

@@ -127,24 +127,19 @@ void dw_weight_grad(const DwGradArgs& a, int threads) {
           }
     }
   });
-  dw_grad_reduce(a, threads);
+  dw_grad_reduce(a);
 }
 
 }  // namespace ref
 
-void dw_grad_reduce(const DwGradArgs& a, int threads) {
+void dw_grad_reduce(const DwGradArgs& a) {  // a few thousand adds per chunk: not worth a thread
   const int64_t total = static_cast<int64_t>(a.k) * a.k * a.c;
   const int chunks = (a.batch + kDwGradChunk - 1) / kDwGradChunk;
-  const int blocks = static_cast<int>((total + 1023) / 1024);
-  (void)threads;  // a few thousand adds per chunk: not worth a thread
-  par_fresh(1, blocks, [&](int b0, int b1) {
-    const int64_t e0 = static_cast<int64_t>(b0) * 1024, e1 = std::min(total, static_cast<int64_t>(b1) * 1024);
-    for (int64_t e = e0; e < e1; ++e) {
-      float s = 0.0f;
-      for (int ch = 0; ch < chunks; ++ch) s += a.partial[ch * total + e];
-      a.out[e] = s;
-    }
-  });
+  for (int64_t e = 0; e < total; ++e) {
+    float s = 0.0f;
+    for (int ch = 0; ch < chunks; ++ch) s += a.partial[ch * total + e];
+    a.out[e] = s;
+  }
 }
 
 }  // namespace nask
