@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prune-target", type=float, default=None, help="prune to this cost (ms, or MACs)")
     p.add_argument("--metric", default="latency", choices=("latency", "macs"), help="pruning cost")
     p.add_argument("--device", default="kernels", help="latency table device for pruning")
+    p.add_argument("--table", default=None, help="latency table CSV of --device (default: results/latency/<id>.csv)")
     p.add_argument("--finetune-steps", type=int, default=60, help="distillation steps after each pruning step")
     p.add_argument("--calibration", default="percentile", choices=("minmax", "percentile", "mse"))
     p.add_argument("--w4-qat-steps", type=int, default=0, help="also export W4A8 after this many QAT steps")
@@ -54,10 +55,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     arch = ss.parse_arch(args.arch) if args.arch else None
     model, arch = load_fp32(args.model, arch)
+    if args.table and not Path(args.table).exists():
+        raise FileNotFoundError(f"table: {args.table} does not exist")
     data = TensorSplits(split(load_dataset(args.data), seed=args.split_seed))
     out = args.out or str((Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent) / "final")
     cfg = FinalizeConfig(prune_target=args.prune_target, prune_ratio=args.prune_ratio, prune_metric=args.metric,
-                         device=args.device, netadapt=NetAdaptConfig(finetune_steps=args.finetune_steps),
+                         device=args.device, table=args.table,
+                         netadapt=NetAdaptConfig(finetune_steps=args.finetune_steps),
                          int8=QuantConfig(calibration=args.calibration), w4_qat_steps=args.w4_qat_steps,
                          w4=QuantConfig(weight_bits=4, lsq=True, calibration=args.calibration),
                          onnx=not args.no_onnx, dataset=_dataset_meta(args.data, args.split_seed), seed=args.seed)

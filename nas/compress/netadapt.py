@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 METRICS = ("latency", "macs")
 
 
-def cost_function(metric: str = "latency", device: str = "kernels") -> tuple[Callable[[ss.Arch], float], str]:
-    """(arch -> cost, unit). `latency`: predicted ms from the device's latency table; without a table it falls
-    back to MACs with a warning (unit says which was used)."""
+def cost_function(metric: str = "latency", device: str = "kernels",
+                  table: str | None = None) -> tuple[Callable[[ss.Arch], float], str]:
+    """(arch -> cost, unit). `latency`: predicted ms from the device's latency table (`table`, or the device's
+    default path); without a table it falls back to MACs with a warning (unit says which was used)."""
     if metric not in METRICS:
         raise ValueError(f"metric: expected one of {METRICS}, got {metric!r}")
     if metric == "latency":
@@ -38,7 +39,7 @@ def cost_function(metric: str = "latency", device: str = "kernels") -> tuple[Cal
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a fingerprint mismatch still gives a usable relative cost
-                predictor = latency_models.load_predictor(device)
+                predictor = latency_models.load_predictor(device, table)
             return predictor.predict_ms, f"ms ({device} latency table)"
         except (FileNotFoundError, OSError, ValueError) as exc:
             warnings.warn(f"no usable latency table for device {device!r} ({exc}); pruning by MACs instead",

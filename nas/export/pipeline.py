@@ -43,6 +43,10 @@ class FinalizeConfig:
     prune_ratio: float | None = None
     prune_metric: str = "latency"  # latency (kernels table; MACs fallback) | macs
     device: str = "kernels"
+    # where the latency tables are: `table` is the int8 table of `device` (None: its default path under
+    # `table_root`, which defaults to $NAS_RESULTS or results/); the W4A8 prediction reads `<device>-int4` there
+    table: str | None = None
+    table_root: str | None = None
     netadapt: NetAdaptConfig = NetAdaptConfig()
     int8: QuantConfig = QuantConfig()
     w4_qat_steps: int = 0
@@ -165,13 +169,22 @@ def measure_fp32_ms(model: nn.Module, arch: ss.Arch, reps: int = 30, threads: in
     return float(np.median(times))
 
 
-def _predicted(arch: ss.Arch, table: str) -> float | None:
+def table_path(config: FinalizeConfig, device: str) -> str:
+    """The latency table `finalize` reads for `device` (`config.device`, or its `-int4` variant)."""
+    from latency_models import default_table_path
+
+    if device == config.device and config.table:
+        return config.table
+    return str(default_table_path(device, root=config.table_root))
+
+
+def _predicted(arch: ss.Arch, device: str, path: str | None = None) -> float | None:
     try:
         import latency_models
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return float(latency_models.load_predictor(table).predict_ms(arch))
+            return float(latency_models.load_predictor(device, path).predict_ms(arch))
     except (FileNotFoundError, OSError, ValueError):
         return None
 
@@ -214,20 +227,21 @@ def finalize(model: nn.Module, arch: ss.Arch, splits: Splits | TensorSplits, con
     from nas.compress._train import loss_and_accuracy
 
     acc["fp32_val"], acc["fp32_test"] = loss_and_accuracy(model, xv, yv)[1], loss_and_accuracy(model, xs, ys)[1]
+    int8_table = table_path(config, config.device)
     lat: dict[str, float | None] = {"fp32_measured": measure_fp32_ms(model, arch, threads=config.threads),
-                                    "int8_predicted": _predicted(arch, config.device)}
+                                    "int8_predicted": _predicted(arch, config.device, int8_table)}
     na_report = None
     if config.prune_target is not None or config.prune_ratio is not None:
         na_cfg = replace(config.netadapt, target=config.prune_target,
                          target_ratio=config.prune_ratio or config.netadapt.target_ratio,
                          metric=config.prune_metric, device=config.device, seed=config.seed)
-        cost, unit = cost_function(na_cfg.metric, na_cfg.device)
+        cost, unit = cost_function(na_cfg.metric, na_cfg.device, int8_table)
         model, arch, rep = netadapt(model, arch, x, y, na_cfg, cost, unit)
         na_report = rep.to_dict()
         acc["pruned_val"], acc["pruned_test"] = loss_and_accuracy(model, xv, yv)[1], loss_and_accuracy(model, xs,
                                                                                                       ys)[1]
         lat["pruned_fp32_measured"] = measure_fp32_ms(model, arch, threads=config.threads)
-        lat["pruned_int8_predicted"] = _predicted(arch, config.device)
+        lat["pruned_int8_predicted"] = _predicted(arch, config.device, int8_table)
     save_fp32(model, arch, out / "fp32")
     checkpoints: dict[str, str] = {}
     quant: dict[str, dict] = {}
@@ -245,7 +259,8 @@ def finalize(model: nn.Module, arch: ss.Arch, splits: Splits | TensorSplits, con
         bench = qmodel.bench(reps=config.bench_reps, threads=config.threads)
         lat[f"{name}_measured"] = bench["median_ms"]
         if name == "w4a8":
-            lat["w4a8_predicted"] = _predicted(arch, f"{config.device}-int4")
+            int4 = f"{config.device}-int4"
+            lat["w4a8_predicted"] = _predicted(arch, int4, table_path(config, int4))
         quant[name] = {k: v for k, v in qrep.to_dict().items() if k != "ranges"}
         meta = {"dataset": config.dataset, "accuracy": {"fp32_val": acc.get("pruned_val", acc["fp32_val"]),
                                                         "fp32_test": acc.get("pruned_test", acc["fp32_test"]),

@@ -15,7 +15,10 @@ def compress_and_export(model: Any, arch: Any, data: Any, request: Any, run_dir:
     from nas.export.pipeline import FinalizeConfig, finalize
 
     device = request.device if request.device.startswith("kernels") else "kernels"
-    config = FinalizeConfig(prune_ratio=None if request.quick else 0.85, device=device,
+    # the search's own table (--table, or the one it profiled under --out) prices the pruning steps
+    table = request.table if device == request.device else None
+    config = FinalizeConfig(prune_ratio=None if request.quick else 0.85, device=device, table=table,
+                            table_root=request.out,
                             w4_qat_steps=0 if request.quick else 200, w4_qat_skip_within=0.01,
                             dataset=request.data, seed=request.seed, onnx=True)
     steps = "int8 PTQ" if request.quick else (f"pruning to 85% of the latency on {device}, int8 PTQ, W4A8 PTQ "

@@ -1,5 +1,6 @@
 """finalize's W4A8 step: QAT only when PTQ loses more than the configured val accuracy."""
 
+import pytest
 import torch
 
 import search_spaces as ss
@@ -23,3 +24,24 @@ def test_w4a8_qat_runs_only_when_ptq_loses_more_than_the_threshold():
     assert trained.qat == [{"steps": 2, "lsq": True, "distill": True}]
     _, always = _quantize_variant(model, cfg, x[:64], (x, y), (x, y), fp32_val, skip_within=None)
     assert always.qat[0]["steps"] == 2
+
+
+def test_finalize_prices_pruning_with_the_table_it_is_given(tmp_path):
+    """A search run with --out (or --table) keeps its latency table elsewhere than results/: finalize must read
+    that one, not fall back to MACs."""
+    import latency_models as lm
+    from nas.compress.netadapt import cost_function
+    from nas.export.pipeline import FinalizeConfig, table_path
+
+    path = lm.default_table_path("kernels", root=tmp_path)
+    lm.profile(lm.DeviceSpec.make("kernels"), lm.arch_ops(ARCH), path, reps=3, progress=False, log=lambda s: None)
+    assert table_path(FinalizeConfig(table_root=str(tmp_path)), "kernels") == str(path)
+    assert table_path(FinalizeConfig(table="mine.csv", table_root=str(tmp_path)), "kernels") == "mine.csv"
+    # the W4A8 prediction reads the int4 table beside it, never the int8 one given explicitly
+    assert table_path(FinalizeConfig(table="mine.csv", table_root=str(tmp_path)), "kernels-int4") == str(
+        lm.default_table_path("kernels-int4", root=tmp_path))
+    cost, unit = cost_function("latency", "kernels", table_path(FinalizeConfig(table_root=str(tmp_path)), "kernels"))
+    assert unit.startswith("ms") and cost(ARCH) == lm.Predictor(lm.LatencyTable.load(path, "kernels")).predict_ms(ARCH)
+    with pytest.warns(UserWarning, match="pruning by MACs"):
+        _, unit = cost_function("latency", "kernels", str(tmp_path / "missing.csv"))
+    assert unit == "MACs"
