@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `nas` console script; user errors print one clear line and exit with status 2."""
+    from nas.memory import keep_heap
+
+    keep_heap()  # training steps reuse their activation buffers instead of page-faulting them in each time
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

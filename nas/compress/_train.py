@@ -8,7 +8,7 @@ from torch import nn
 
 from nas.data import BatchLoader
 from nas.kernels.training import fast_depthwise
-from nas.train import cosine_lr, kd_loss, make_optimizer, set_lr
+from nas.train import cosine_lr, kd_loss, make_optimizer, set_lr, teacher_logits
 
 
 def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, teacher: nn.Module | None = None,
@@ -21,23 +21,22 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, tea
     """
     if steps <= 0:
         return model.eval()
-    if teacher is not None:
-        teacher.eval()
-    loader = BatchLoader(x, y, batch_size, seed=seed, drop_last=len(y) > batch_size)
+    soft = teacher_logits(teacher, x) if teacher is not None and kd_weight else None
+    loader = BatchLoader(torch.arange(len(y)), y, batch_size, seed=seed, drop_last=len(y) > batch_size)
     opt = make_optimizer(model, lr, 0.9, 5e-5)
     if extra_params:
         opt.add_param_group({"params": extra_params, "weight_decay": 0.0})
     model.to(memory_format=torch.channels_last)  # oneDNN's NHWC kernels (NCHW depthwise backward is ~4x slower)
     with fast_depthwise(model):
-        _run_steps(model, loader, opt, steps, teacher, lr, kd_weight, bn_frozen)
+        _run_steps(model, x, loader, opt, steps, soft, lr, kd_weight, bn_frozen)
     return model.to(memory_format=torch.contiguous_format).eval()
 
 
-def _run_steps(model: nn.Module, loader: BatchLoader, opt: torch.optim.Optimizer, steps: int,
-               teacher: nn.Module | None, lr: float, kd_weight: float, bn_frozen: bool) -> None:
+def _run_steps(model: nn.Module, x: torch.Tensor, loader: BatchLoader, opt: torch.optim.Optimizer, steps: int,
+               soft: torch.Tensor | None, lr: float, kd_weight: float, bn_frozen: bool) -> None:
     step = 0
     while step < steps:
-        for xb, yb in loader:
+        for idx, yb in loader:
             if step >= steps:
                 break
             model.train()
@@ -46,12 +45,10 @@ def _run_steps(model: nn.Module, loader: BatchLoader, opt: torch.optim.Optimizer
                     if isinstance(m, nn.BatchNorm2d):
                         m.eval()
             set_lr(opt, cosine_lr(lr, step, steps))
-            out = model(xb)
+            out = model(x[idx])
             loss = F.cross_entropy(out, yb)
-            if teacher is not None and kd_weight:
-                with torch.no_grad():
-                    soft = teacher(xb)
-                loss = loss + kd_weight * kd_loss(out, soft)
+            if soft is not None:
+                loss = loss + kd_weight * kd_loss(out, soft[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
