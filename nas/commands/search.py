@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="optuna", choices=("optuna", "ray"))
     p.add_argument("--address", default=None, help="Ray cluster address to join (default: embedded local Ray)")
     p.add_argument("--workers", type=int, default=2, help="concurrent Ray trials")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite in results/<run>/)")
+    p.add_argument("--storage", default=None, help="Optuna storage: a database URL (sqlite:///study.db, ...) or "
+                   "a .journal file (default: results/<run>/study.journal)")
     p.add_argument("--study", default=None, help="study / run name (default: derived from the settings)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
     p.add_argument("--finalize", action=argparse.BooleanOptionalAction, default=True,

@@ -63,6 +63,19 @@ class SearchRequest:
         return "-".join(parts)
 
 
+def default_storage(run_dir: Path) -> str:
+    """The study's store when no --storage is given: an Optuna journal file in the run folder.
+
+    Measured (60 TPE trials, 85 parameters, trivial objective): 0.22 s of Optuna per trial with the journal,
+    1.34 s with SQLite, whose ~150 commits per trial dominated the trials stage. A run folder made when SQLite was
+    the default keeps its `study.db`, so `--resume` finds its trials.
+    """
+    journal, sqlite = run_dir / "study.journal", run_dir / "study.db"
+    if sqlite.exists() and not journal.exists():
+        return f"sqlite:///{sqlite.resolve()}"
+    return str(journal.resolve())
+
+
 def _limits(request: SearchRequest) -> tuple[Limits, float | None]:
     budgets = [ss.parse_budget(request.budget)]
     if request.latency:
@@ -99,7 +112,7 @@ def search(request: SearchRequest, log: Any = print) -> dict[str, Any]:
     limits, target_ms = _limits(request)
     run_dir = Path(request.out) / request.run_name()
     run_dir.mkdir(parents=True, exist_ok=True)
-    storage = request.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    storage = request.storage or default_storage(run_dir)
     check_study(storage, request.run_name(), request.resume)
 
     seconds: dict[str, float] = {}  # wall time of each stage, reported in summary.json

@@ -52,7 +52,7 @@ class SearchSettings:
     objective: str = "pareto"  # "pareto": (accuracy up, latency down); "mnasnet": acc * (lat / target) ** w
     target_ms: float | None = None  # MnasNet reward target
     study_name: str = "nas"
-    storage: str = "sqlite:///results/nas/study.db"
+    storage: str = "results/nas/study.journal"
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -14,6 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 import search_spaces as ss
+from nas.search.runner import make_storage
 
 BUDGET = "15MFLOPs"
 ARGS = ["--budget", BUDGET, "--quick", "--device", "torch-fp32", "--no-finalize"]
@@ -73,7 +74,7 @@ def test_existing_study_needs_resume(run):
 
 def test_kill_and_resume_loses_and_repeats_nothing(run):
     out, _ = run
-    storage = f"sqlite:///{out / 'killed' / 'study.db'}"
+    storage = make_storage(str(out / "killed" / "study.journal"))  # the default store: Optuna's journal file
     proc = nas(*ARGS, "--trials", "10", "--study", "killed", out=out, start_new_session=True)
     deadline = time.time() + 600
     before = []
@@ -115,7 +116,7 @@ def test_ray_backend_on_a_two_node_cluster(run, ray_cluster):
     address, _node = ray_cluster
     log = finish(nas(*ARGS, "--trials", "4", "--study", "ray", "--backend", "ray", "--address", address,
                      "--workers", "2", out=out))
-    storage = f"sqlite:///{out / 'ray' / 'study.db'}"
+    storage = make_storage(str(out / "ray" / "study.journal"))
     study = optuna.load_study(study_name="ray", storage=storage)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
     trials = pd.read_csv(out / "ray" / "trials.csv")
@@ -149,3 +150,13 @@ def test_supernet_epochs_flag(run):
         proc = nas("--budget", BUDGET, "--supernet-epochs", bad, out=out)
         text, _ = proc.communicate(timeout=120)
         assert proc.returncode == 2 and "argument --supernet-epochs: expected four counts" in text
+
+
+def test_default_store_is_a_journal_unless_the_run_has_an_sqlite_study(tmp_path):
+    from nas.search.main import default_storage
+
+    assert default_storage(tmp_path) == str((tmp_path / "study.journal").resolve())
+    (tmp_path / "study.db").touch()  # a run folder from when SQLite was the default: --resume must find it
+    assert default_storage(tmp_path) == f"sqlite:///{(tmp_path / 'study.db').resolve()}"
+    (tmp_path / "study.journal").touch()
+    assert default_storage(tmp_path).endswith("study.journal")

@@ -1,0 +1,40 @@
+"""Fine-tuning with distillation: the teacher runs once over the training tensors, not once per step."""
+
+import copy
+
+import torch
+
+import search_spaces as ss
+from nas.compress._train import finetune
+from nas.train import teacher_logits
+
+ARCH = ss.decode("r16_i1_n10:stem_c16_s1_re6:ds_k3_c16_re6:ir_k3_e3_c24_re6:head_c64_re6")
+
+
+def _data(n: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 1, 16, 16, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_teacher_logits_equal_the_teachers_outputs_in_eval_mode():
+    torch.manual_seed(0)
+    teacher = ss.build(ARCH).train()
+    x, _ = _data()
+    soft = teacher_logits(teacher, x, batch_size=128)
+    assert not teacher.training
+    with torch.no_grad():
+        torch.testing.assert_close(soft, teacher(x), rtol=1e-5, atol=1e-5)
+
+
+def test_finetune_runs_the_teacher_once_per_batch_of_the_data_and_uses_it():
+    torch.manual_seed(0)
+    student, teacher = ss.build(ARCH), ss.build(ARCH)
+    x, y = _data()
+    calls = []
+    teacher.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    distilled = finetune(copy.deepcopy(student), x, y, steps=12, teacher=teacher, batch_size=32)
+    assert calls == [256, 44]  # 300 images in two passes, not 12 steps x 32 images
+    plain = finetune(copy.deepcopy(student), x, y, steps=12, teacher=None, batch_size=32)
+    w = [p for n, p in distilled.named_parameters() if n.endswith("conv.weight")][0]
+    w0 = [p for n, p in plain.named_parameters() if n.endswith("conv.weight")][0]
+    assert not torch.allclose(w, w0)  # the distillation term changed the updates
