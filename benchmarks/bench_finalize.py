@@ -44,6 +44,9 @@ from nas.train import TrainRecipe, evaluate, train_standalone  # noqa: E402
 
 
 def main() -> int:
+    from nas.memory import keep_heap
+
+    keep_heap()  # as the nas command does: training buffers stay in the heap
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="digits", help="'digits' (built in) or a dataset path (e.g. Fashion-MNIST IDX)")
     ap.add_argument("--resolution", type=int, default=24)

@@ -199,6 +199,9 @@ def compare(args, request, space, limits, evaluator, predictor, tmp) -> list[str
 
 
 def main() -> None:
+    from nas.memory import keep_heap
+
+    keep_heap()  # as the nas command does: training buffers stay in the heap
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", default="100MFLOPs")
     ap.add_argument("--trials", type=int, default=60, help="trials per sampler and seed (the default run's count)")

@@ -54,6 +54,9 @@ def scaled(arch: ss.Arch, factor: float) -> ss.Arch:
 
 
 def main() -> None:
+    from nas.memory import keep_heap
+
+    keep_heap()  # as the nas command does: training buffers stay in the heap
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="digits", help="dataset name or path (e.g. a Fashion-MNIST IDX folder)")
     p.add_argument("--archs", type=int, default=20)

@@ -57,6 +57,9 @@ class NetAdaptConfig:
     metric: str = "latency"
     device: str = "kernels"
     step_ratio: float = 0.08  # cost removed per iteration, as a fraction of the starting cost
+    # when no single group can remove a whole step, the step is halved down to this fraction of the starting cost
+    # (a latency table prices groups unevenly: one 8% step can be out of reach while two 4% steps are not)
+    min_step_ratio: float = 0.01
     importance: str = "l1"
     finetune_steps: int = 60
     lr: float = 0.01
@@ -142,6 +145,26 @@ def _width(new: ss.Arch, group: str, fallback: int) -> int:
     return fallback
 
 
+def _best_proposal(model: nn.Module, arch: ss.Arch, scores: dict[str, torch.Tensor], initial: dict[str, int],
+                   current: float, goal: float, base_loss: float, xh: torch.Tensor, yh: torch.Tensor,
+                   cost: Callable[[ss.Arch], float], config: NetAdaptConfig) -> tuple | None:
+    """Over all channel groups, the pruned candidate that reaches `goal` with the most cost saved per holdout loss
+    added: (score, group, kept, was, model, arch, cost, loss, acc), or None if no group can reach it."""
+    best = None
+    for name, size in _sizes(arch).items():
+        floor = max(1, math.ceil(config.min_keep * initial.get(name, size)))
+        prop = _proposal(arch, name, size, cost, goal, config.divisor, floor)
+        if prop is None:
+            continue
+        keep, new_arch, c = prop
+        cand, _ = prune_channels(model, arch, {name: scores[name].topk(keep).indices})
+        loss, acc = loss_and_accuracy(cand, xh, yh)
+        score = (current - c) / max(loss - base_loss, 1e-3)
+        if best is None or score > best[0]:
+            best = (score, name, keep, size, cand, new_arch, c, loss, acc)
+    return best
+
+
 def netadapt(model: nn.Module, arch: ss.Arch, x: torch.Tensor, y: torch.Tensor,
              config: NetAdaptConfig = NetAdaptConfig(),
              cost: Callable[[ss.Arch], float] | None = None, unit: str | None = None
@@ -170,25 +193,20 @@ def netadapt(model: nn.Module, arch: ss.Arch, x: torch.Tensor, y: torch.Tensor,
     model = copy.deepcopy(model).eval()
     current = start
     initial = _sizes(arch)
+    step = config.step_ratio * start
     for it in range(config.max_iters):
         if current <= target:
             break
-        goal = max(target, current - config.step_ratio * start)
         scores = importance(model, arch, config.importance, [(xh[:128], yh[:128])]
                             if config.importance == "taylor" else None)
         base_loss, _ = loss_and_accuracy(model, xh, yh)
-        best = None
-        for name, size in _sizes(arch).items():
-            floor = max(1, math.ceil(config.min_keep * initial.get(name, size)))
-            prop = _proposal(arch, name, size, cost, goal, config.divisor, floor)
-            if prop is None:
-                continue
-            keep, new_arch, c = prop
-            cand, _ = prune_channels(model, arch, {name: scores[name].topk(keep).indices})
-            loss, acc = loss_and_accuracy(cand, xh, yh)
-            score = (current - c) / max(loss - base_loss, 1e-3)
-            if best is None or score > best[0]:
-                best = (score, name, keep, size, cand, new_arch, c, loss, acc)
+        while True:
+            goal = max(target, current - step)
+            best = _best_proposal(model, arch, scores, initial, current, goal, base_loss, xh, yh, cost, config)
+            if best is not None or step / 2 < config.min_step_ratio * start:
+                break
+            step /= 2
+            log.info("netadapt %d: no group can reach %.4g %s; step halved to %.4g", it, goal, unit, step)
         if best is None:
             log.warning("netadapt: no group can reach %.4g %s; stopping at %.4g", goal, unit, current)
             break
@@ -196,7 +214,7 @@ def netadapt(model: nn.Module, arch: ss.Arch, x: torch.Tensor, y: torch.Tensor,
         model = finetune(model, xt, yt, config.finetune_steps, teacher, config.lr, config.batch_size,
                          seed=config.seed + it)
         ft_loss, ft_acc = loss_and_accuracy(model, xh, yh)
-        report.steps.append({"iteration": it, "group": name, "kept": keep, "was": size, "cost": current,
+        report.steps.append({"iteration": it, "group": name, "kept": keep, "was": size, "cost": current, "goal": goal,
                              "holdout_loss_before_ft": loss, "holdout_acc_before_ft": acc,
                              "holdout_acc": ft_acc, "holdout_loss": ft_loss})
         log.info("netadapt %d: %s %d->%d, %.4g %s, holdout acc %.3f", it, name, size, keep, current, unit, ft_acc)
