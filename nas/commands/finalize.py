@@ -53,10 +53,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from nas.data import TensorSplits, load_dataset, split
     from nas.export.pipeline import FinalizeConfig, finalize, load_fp32
 
+    if args.table and not Path(args.table).exists():  # before any loading: a typo should cost nothing
+        raise FileNotFoundError(f"table: {args.table} does not exist")
     arch = ss.parse_arch(args.arch) if args.arch else None
     model, arch = load_fp32(args.model, arch)
-    if args.table and not Path(args.table).exists():
-        raise FileNotFoundError(f"table: {args.table} does not exist")
     data = TensorSplits(split(load_dataset(args.data), seed=args.split_seed))
     out = args.out or str((Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent) / "final")
     cfg = FinalizeConfig(prune_target=args.prune_target, prune_ratio=args.prune_ratio, prune_metric=args.metric,
