@@ -100,17 +100,27 @@ def sensitivities(model: nn.Module, calib: torch.Tensor, x: torch.Tensor, calibr
 
 def mixed_precision(model: nn.Module, arch: ss.Arch, calib: torch.Tensor, x: torch.Tensor,
                     budget_ms: float | None = None, budget_ratio: float = 0.9, budget_savings: float | None = None,
-                    device: str = "kernels", calibration: str = "minmax", sensitivity: dict[str, float] | None = None
+                    device: str = "kernels", calibration: str = "minmax", sensitivity: dict[str, float] | None = None,
+                    layer_ms: tuple[dict[str, float], dict[str, float]] | None = None
                     ) -> tuple[dict[str, int], MixedReport]:
     """Per-layer weight bits meeting `budget_ms` (default: `budget_ratio` x the all-int8 latency, or with
     `budget_savings` that fraction of the most int4 can save).
 
     `x`: held-out float images to measure sensitivity on. Returns `layer_bits` for `QuantConfig(layer_bits=...)`
     and a report. If even all-int4 misses the budget, every eligible layer is int4 and `met` is False.
-    `sensitivity` reuses a `sensitivities` result.
+    `sensitivity` reuses a `sensitivities` result. `layer_ms`: the int8 and int4 latency (ms) of every layer of
+    `arch` by name, as `layer_latency_ms` returns them (default: looked up for `device` by `layer_latency_ms`).
     """
-    lat8, src8 = layer_latency_ms(arch, 8, device)
-    lat4, src4 = layer_latency_ms(arch, 4, device)
+    if layer_ms is None:
+        (lat8, src8), (lat4, src4) = layer_latency_ms(arch, 8, device), layer_latency_ms(arch, 4, device)
+    else:
+        (lat8, lat4), src8 = layer_ms, "given"
+        src4 = src8
+        names = {layer.name for layer in ss.layers(arch)}
+        for field_name, lat in (("layer_ms[0] (int8)", lat8), ("layer_ms[1] (int4)", lat4)):
+            if set(lat) != names:
+                raise ValueError(f"mixed_precision: {field_name} must give a latency for every layer of the arch; "
+                                 f"missing {sorted(names - set(lat))}, unknown {sorted(set(lat) - names)}")
     int8_ms, int4_total = sum(lat8.values()), sum(lat4.values())
     budget = budget_ms if budget_ms is not None else budget_ratio * int8_ms
     if budget_ms is None and budget_savings is not None:
