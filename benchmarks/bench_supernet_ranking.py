@@ -71,6 +71,8 @@ def main() -> None:
                    help="train every architecture with this many seeds; the ranking target is their mean, and "
                         "the rank agreement between two seeds is the noise ceiling of any proxy")
     p.add_argument("--random-subnets", type=int, default=1, help="sandwich rule: random sub-networks per step")
+    p.add_argument("--warmup", type=float, default=0.0,
+                   help="learning-rate warm-up, fraction of each shrinking phase (nas search uses 0.5)")
     p.add_argument("--supernet-batch-size", type=int, default=64, help="(defaults: the recipe `nas search` uses)")
     p.add_argument("--batch-size", type=int, default=32, help="stand-alone training batch size")
     p.add_argument("--val-fraction", type=float, default=0.2)
@@ -101,7 +103,8 @@ def main() -> None:
 
     recipe = SupernetRecipe(epochs=tuple(int(e) for e in args.supernet_epochs.split(",")),
                             batch_size=args.supernet_batch_size, random_subnets=args.random_subnets,
-                            threads=args.threads, probe_each_epoch=True)  # the per-epoch curve is part of the report
+                            warmup=args.warmup, threads=args.threads,
+                            probe_each_epoch=True)  # the per-epoch curve is part of the report
     t0 = time.perf_counter()
     run = train_supernet(space, data, recipe, seed=args.seed)
     supernet_s = time.perf_counter() - t0

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train, quantize and export the chosen architecture (default on)")
     p.add_argument("--supernet-epochs", default=None, metavar="L,K,D,W", type=parse_epochs,
                    help="supernet epochs per progressive-shrinking phase: largest, kernel+SE, depth, expand+width "
-                        "(default 2,1,1,4; 2,0,0,0 with --quick; 2,1,2,6 trains the sub-networks further)")
+                        "(default 1,1,1,2; 2,0,0,0 with --quick; 2,1,1,4 trains the sub-networks further)")
     p.add_argument("--quick", action="store_true", help="a sub-minute demo: tiny supernet recipe and few trials")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2,

@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--epochs", default="6,3,3,6", help="epochs of phases largest,kernel,depth,width")
     q.add_argument("--batch-size", type=int, default=64)
     q.add_argument("--lr", type=float, default=0.05)
+    q.add_argument("--warmup", type=float, default=0.0,
+                   help="linear learning-rate warm-up over this fraction of each shrinking phase (nas search: 0.5)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--root", default="results/supernets")
     q.set_defaults(func=cmd_supernet)
@@ -54,7 +56,7 @@ def cmd_supernet(args: argparse.Namespace) -> int:
     from nas.supernet import SupernetRecipe, train_supernet
 
     epochs = tuple(int(e) for e in args.epochs.split(","))
-    recipe = SupernetRecipe(epochs=epochs, batch_size=args.batch_size, lr=args.lr)
+    recipe = SupernetRecipe(epochs=epochs, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup)
     run = train_supernet(ss.get_space(args.space), _splits(args.data, args.seed), recipe, seed=args.seed,
                          root=args.root)
     last = run.history[-1] if run.history else {}

@@ -53,11 +53,16 @@ class SupernetRecipe:
     calib_images: int = 256  # for the validation probes of the largest, smallest and two random sub-networks
     threads: int = 2
     probe_each_epoch: bool = False  # probe after every epoch, not only at the end of each phase (~5 s a probe)
+    # linear learning-rate warm-up over this fraction of each shrinking phase's steps: a phase's new sub-networks
+    # start near chance with gradients 15-30x the largest one's, and at full rate they wreck the shared weights
+    warmup: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.epochs) != len(PHASES) or min(self.epochs) < 0:
             raise ValueError(f"epochs: expected {len(PHASES)} non-negative counts {PHASES}, got {self.epochs}")
         object.__setattr__(self, "epochs", tuple(int(e) for e in self.epochs))
+        if not 0.0 <= self.warmup <= 1.0:
+            raise ValueError(f"warmup: expected a fraction of a phase's steps in [0, 1], got {self.warmup}")
 
 
 def phase_space(space: ss.SearchSpace, phase: str) -> ss.SearchSpace:
@@ -93,6 +98,8 @@ def cache_key(space: ss.SearchSpace, dataset: dict, recipe: SupernetRecipe, seed
     """A 16-hex-digit hash of (space, dataset fingerprint, recipe, seed)."""
     # threads change only the floating-point summation order and probes only what is logged: one cache serves all
     settings = {k: v for k, v in asdict(recipe).items() if k not in ("threads", "probe_each_epoch")}
+    if settings["warmup"] == 0.0:  # recipes from before the warm-up setting keep their caches
+        del settings["warmup"]
     blob = json.dumps({"space": asdict(space), "dataset": dataset, "recipe": settings, "seed": seed,
                        "format": FORMAT},
                       sort_keys=True, default=str)
@@ -209,6 +216,13 @@ def _probe(evaluator: SubnetEvaluator, pspace: ss.SearchSpace, seed: int) -> dic
             "val_acc_random": sum(score(pspace.random_arch(probe)) for _ in range(2)) / 2}
 
 
+def phase_lr(peak: float, step: int, total: int, warmup_steps: float = 0.0) -> float:
+    """Learning rate at `step` of a phase of `total` steps: cosine decay from `peak`, times a linear warm-up from
+    1 / `warmup_steps` to 1 over the first `warmup_steps` steps."""
+    ramp = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    return cosine_lr(peak, step, total) * ramp
+
+
 def _train_epoch(net: Supernet, opt: torch.optim.Optimizer, data: TensorSplits, loader: BatchLoader,
                  pspace: ss.SearchSpace, recipe: SupernetRecipe, seed: int, epoch: int, k: int, n: int,
                  peak: float, progress: bool) -> dict:
@@ -220,10 +234,12 @@ def _train_epoch(net: Supernet, opt: torch.optim.Optimizer, data: TensorSplits, 
     elastic = len(pspace.resolutions) > 1 or pspace.smallest() != pspace.largest()
     xs = {r: data.tensors("train", r)[0] for r in pspace.resolutions}
     start, steps = time.perf_counter(), len(loader)
+    warm = recipe.warmup * n * steps if elastic else 0.0
     loss_sum = acc_big = acc_small = seen = 0.0
     bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1} {pspace.name}", disable=not progress, leave=False)
     for i, (idx, yb) in enumerate(bar):
-        set_lr(opt, cosine_lr(peak, k * steps + i, n * steps))
+        t = k * steps + i
+        set_lr(opt, phase_lr(peak, t, n * steps, warm))
         opt.zero_grad(set_to_none=True)
         net.set_active(largest)
         out = net(xs[largest.resolution][idx])

@@ -29,6 +29,8 @@ from nas.supernet import (
     train_supernet,
 )
 from nas.supernet.model import ElasticDepthwise
+from nas.supernet.training import phase_lr
+from nas.train import cosine_lr
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -218,6 +220,27 @@ def test_cache_key_depends_on_space_data_recipe_seed(digits: TensorSplits) -> No
                 cache_key(TINY, dataset_fingerprint(split(load_dataset("digits"), seed=1)), FAST, 0)}) == 5
     # the thread count changes speed, not the trained weights' meaning: a run may resume with other threads
     assert key == cache_key(TINY, fp, dataclasses.replace(FAST, threads=FAST.threads + 1), 0)
+
+
+def test_phase_lr_ramps_up_linearly_then_follows_the_cosine() -> None:
+    assert [phase_lr(0.02, t, 40) for t in range(40)] == [cosine_lr(0.02, t, 40) for t in range(40)]
+    lrs = [phase_lr(0.02, t, 40, warmup_steps=10) for t in range(40)]
+    assert lrs[0] == pytest.approx(0.1 * cosine_lr(0.02, 0, 40))
+    assert lrs[4] == pytest.approx(0.5 * cosine_lr(0.02, 4, 40))
+    assert lrs[9:] == [cosine_lr(0.02, t, 40) for t in range(9, 40)]
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10], strict=True))
+    with pytest.raises(ValueError, match="warmup"):
+        SupernetRecipe(warmup=1.5)
+
+
+def test_warmup_changes_the_shrinking_phases_only(digits: TensorSplits, tmp_path: Path) -> None:
+    fp = dataset_fingerprint(digits.splits)
+    warm = dataclasses.replace(FAST, warmup=0.5)
+    assert cache_key(TINY, fp, warm, 0) != cache_key(TINY, fp, FAST, 0)
+    a = train_supernet(TINY, digits, FAST, root=tmp_path / "a", progress=False)
+    b = train_supernet(TINY, digits, warm, root=tmp_path / "b", progress=False)
+    assert a.history[0]["loss"] == b.history[0]["loss"]  # the largest phase has no warm-up
+    assert a.history[1]["loss"] != b.history[1]["loss"]
 
 
 def test_supernet_training_loss_decreases_and_evaluates(digits: TensorSplits, tmp_path: Path) -> None:
