@@ -133,7 +133,8 @@ def train_standalone(arch: ss.Arch, splits: Splits | TensorSplits, recipe: Train
     x, y = data.tensors("train", arch.resolution)
     # distillation targets for the whole training set in one pass (the largest supernet network costs several
     # times the student's forward pass; per batch it was ~25% of a fine-tuning step)
-    soft_all = teacher_logits(teacher, data.tensors("train", _resolution(teacher))[0]) if teacher is not None else None
+    soft_all = (teacher_logits(teacher, data.tensors("train", _resolution(teacher))[0])
+                if teacher is not None and recipe.kd_weight else None)
     xv, yv = data.tensors("val", arch.resolution)
     loader = BatchLoader(torch.arange(len(y)), y, recipe.batch_size, seed=recipe.seed,
                          drop_last=len(y) > recipe.batch_size)
@@ -148,7 +149,7 @@ def train_standalone(arch: ss.Arch, splits: Splits | TensorSplits, recipe: Train
                 set_lr(opt, cosine_lr(recipe.lr, step, total))
                 out = model(x[idx])
                 loss = F.cross_entropy(out, yb, label_smoothing=recipe.label_smoothing)
-                if soft_all is not None and recipe.kd_weight:
+                if soft_all is not None:
                     loss = loss + recipe.kd_weight * kd_loss(out, soft_all[idx], recipe.kd_temperature)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

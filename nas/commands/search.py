@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--supernet-epochs", default=None, metavar="L,K,D,W", type=parse_epochs,
                    help="supernet epochs per progressive-shrinking phase: largest, kernel+SE, depth, expand+width "
                         "(default 1,1,1,2; 2,0,0,0 with --quick; 2,1,1,4 trains the sub-networks further)")
-    p.add_argument("--quick", action="store_true", help="a sub-minute demo: tiny supernet recipe and few trials")
+    p.add_argument("--quick", action="store_true",
+                   help="a short demo: tiny supernet recipe on 512 images, 12 trials (43-79 s on 2 cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2,
                    help="torch threads for training (use 1 when other jobs share the cores); the thread count changes "

@@ -114,8 +114,7 @@ def mixed_precision(model: nn.Module, arch: ss.Arch, calib: torch.Tensor, x: tor
     if layer_ms is None:
         (lat8, src8), (lat4, src4) = layer_latency_ms(arch, 8, device), layer_latency_ms(arch, 4, device)
     else:
-        (lat8, lat4), src8 = layer_ms, "given"
-        src4 = src8
+        (lat8, lat4), src8, src4 = layer_ms, "given", "given"
         names = {layer.name for layer in ss.layers(arch)}
         for field_name, lat in (("layer_ms[0] (int8)", lat8), ("layer_ms[1] (int4)", lat4)):
             if set(lat) != names:

@@ -47,7 +47,7 @@ def supernet_recipe(quick: bool, threads: int = 2, epochs: tuple[int, int, int, 
                               calib_images=QUICK_CALIB_IMAGES)
     # measured on digits, 24 random sub-networks under 100M MACs, mean val accuracy (README, "Supernet"):
     # 1,1,1,2 with warm-up over half of each phase 0.932 in 267 s, over a quarter 0.929, without 0.868; the old
-    # default 2,1,1,4 without warm-up 0.934 (~1.4x the time); one random sub-network per step instead of two 0.864
+    # default 2,1,1,4 without warm-up 0.930 in 398 s; one random sub-network per step instead of two 0.864
     return SupernetRecipe(epochs=epochs or DEFAULT_SUPERNET_EPOCHS, batch_size=64, random_subnets=2, threads=threads,
                           warmup=SUPERNET_WARMUP)
 

@@ -238,8 +238,7 @@ def _train_epoch(net: Supernet, opt: torch.optim.Optimizer, data: TensorSplits, 
     loss_sum = acc_big = acc_small = seen = 0.0
     bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1} {pspace.name}", disable=not progress, leave=False)
     for i, (idx, yb) in enumerate(bar):
-        t = k * steps + i
-        set_lr(opt, phase_lr(peak, t, n * steps, warm))
+        set_lr(opt, phase_lr(peak, k * steps + i, n * steps, warm))
         opt.zero_grad(set_to_none=True)
         net.set_active(largest)
         out = net(xs[largest.resolution][idx])
