@@ -47,7 +47,9 @@ class SupernetRecipe:
     batch_size: int = 64
     momentum: float = 0.9
     weight_decay: float = 5e-5
-    random_subnets: int = 2  # sandwich rule: largest + smallest + this many random sub-networks per step
+    # sandwich rule: largest + smallest + this many random sub-networks per step; a tuple gives one count per
+    # shrinking phase (kernel, depth, width)
+    random_subnets: int | tuple[int, int, int] = 2
     kd_weight: float = 1.0
     kd_temperature: float = 1.0
     calib_images: int = 256  # for the validation probes of the largest, smallest and two random sub-networks
@@ -61,8 +63,22 @@ class SupernetRecipe:
         if len(self.epochs) != len(PHASES) or min(self.epochs) < 0:
             raise ValueError(f"epochs: expected {len(PHASES)} non-negative counts {PHASES}, got {self.epochs}")
         object.__setattr__(self, "epochs", tuple(int(e) for e in self.epochs))
+        r = self.random_subnets
+        counts = (r,) * 3 if isinstance(r, int) else tuple(r)
+        if len(counts) != len(PHASES) - 1 or not all(isinstance(c, int) and c >= 0 for c in counts):
+            raise ValueError("random_subnets: expected a non-negative count or one per shrinking phase "
+                             f"{PHASES[1:]}, got {r!r}")
+        # equal counts are stored as one int, so a recipe has one spelling (and one cache key)
+        object.__setattr__(self, "random_subnets", counts[0] if len(set(counts)) == 1 else counts)
         if not 0.0 <= self.warmup <= 1.0:
             raise ValueError(f"warmup: expected a fraction of a phase's steps in [0, 1], got {self.warmup}")
+
+    def random_in(self, phase: str) -> int:
+        """Random sub-networks per step in `phase` (0 in the largest phase, which trains one network)."""
+        if phase == "largest":
+            return 0
+        r = self.random_subnets
+        return r if isinstance(r, int) else r[PHASES.index(phase) - 1]
 
 
 def phase_space(space: ss.SearchSpace, phase: str) -> ss.SearchSpace:
@@ -181,7 +197,8 @@ def train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe:
             opt = make_optimizer(net, peak, recipe.momentum, recipe.weight_decay)
             if k > 0 and state is not None and state.get("optimizer") is not None:
                 opt.load_state_dict(state["optimizer"])
-        record = _train_epoch(net, opt, data, loader, pspace, recipe, seed, epoch, k, n, peak, progress)
+        record = _train_epoch(net, opt, data, loader, pspace, recipe, seed, epoch, k, n, peak, progress,
+                              recipe.random_in(phase))
         record.update(epoch=epoch + 1, phase=phase)
         net.eval()
         if recipe.probe_each_epoch or k == n - 1:
@@ -225,7 +242,7 @@ def phase_lr(peak: float, step: int, total: int, warmup_steps: float = 0.0) -> f
 
 def _train_epoch(net: Supernet, opt: torch.optim.Optimizer, data: TensorSplits, loader: BatchLoader,
                  pspace: ss.SearchSpace, recipe: SupernetRecipe, seed: int, epoch: int, k: int, n: int,
-                 peak: float, progress: bool) -> dict:
+                 peak: float, progress: bool, n_random: int) -> dict:
     """One epoch of sandwich-rule training with in-place distillation; returns loss/accuracy/time."""
     net.train()
     rng = random.Random(f"{seed}/{epoch}")
@@ -248,7 +265,7 @@ def _train_epoch(net: Supernet, opt: torch.optim.Optimizer, data: TensorSplits, 
         acc_big += float((out.argmax(1) == yb).sum())
         if elastic:
             teacher = out.detach()
-            subnets = [smallest] + [pspace.random_arch(rng) for _ in range(recipe.random_subnets)]
+            subnets = [smallest] + [pspace.random_arch(rng) for _ in range(n_random)]
             for j, arch in enumerate(subnets):
                 net.set_active(arch)
                 out = net(xs[arch.resolution][idx])

@@ -243,6 +243,22 @@ def test_warmup_changes_the_shrinking_phases_only(digits: TensorSplits, tmp_path
     assert a.history[1]["loss"] != b.history[1]["loss"]
 
 
+
+def test_random_subnets_per_shrinking_phase(digits: TensorSplits, tmp_path: Path) -> None:
+    fp = dataset_fingerprint(digits.splits)
+    per_phase = dataclasses.replace(FAST, random_subnets=(0, 1, 1))
+    assert [per_phase.random_in(p) for p in ("largest", "kernel", "depth", "width")] == [0, 0, 1, 1]
+    same = dataclasses.replace(FAST, random_subnets=(1, 1, 1))  # one spelling, one cache key
+    assert same.random_subnets == 1 and cache_key(TINY, fp, same, 0) == cache_key(TINY, fp, FAST, 0)
+    assert cache_key(TINY, fp, per_phase, 0) != cache_key(TINY, fp, FAST, 0)
+    for bad in ((1, 1), (1, -1, 1), -1, (1.5, 1, 1)):
+        with pytest.raises(ValueError, match="random_subnets"):
+            dataclasses.replace(FAST, random_subnets=bad)
+    a = train_supernet(TINY, digits, FAST, root=tmp_path / "a", progress=False)
+    b = train_supernet(TINY, digits, per_phase, root=tmp_path / "b", progress=False)
+    assert a.history[0]["loss"] == b.history[0]["loss"] and b.finished
+    assert a.history[1]["loss"] != b.history[1]["loss"]  # the kernel phase trained largest + smallest only
+
 def test_supernet_training_loss_decreases_and_evaluates(digits: TensorSplits, tmp_path: Path) -> None:
     recipe = SupernetRecipe(epochs=(3, 0, 0, 0), batch_size=32, calib_images=128, threads=1)
     run = train_supernet(TINY, digits, recipe,
