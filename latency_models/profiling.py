@@ -58,7 +58,7 @@ def open_table(path: Path, spec: DeviceSpec, fingerprint: dict[str, Any] | None)
 
 
 def profile(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, reps: int = 30, chunk: int = 32,
-            max_ops: int | None = None, progress: bool = True, passes: int = 1,
+            max_ops: int | None = None, progress: bool = True, passes: int = 3,
             measure: Callable[[Sequence[OpKey]], tuple[dict[str, Any], list[dict[str, Any]]]] | None = None,
             log: Callable[[str], None] = print) -> LatencyTable:
     """Measure every op of `ops` not yet in the table at `out`, saving after each chunk of `chunk` ops.
@@ -113,7 +113,7 @@ def profile(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, reps
 
 def profile_ray(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, address: str, resource: str,
                 reps: int = 30, chunk: int = 32, max_ops: int | None = None, progress: bool = True,
-                passes: int = 1, log: Callable[[str], None] = print) -> LatencyTable:
+                passes: int = 3, log: Callable[[str], None] = print) -> LatencyTable:
     """`profile`, with each chunk timed by a Ray task on the cluster node that holds custom resource
     `resource`; rows come back to the driver, which writes (and resumes) the table locally."""
     import ray

@@ -48,7 +48,7 @@ def sample_archs(space: SearchSpace, n: int, seed: int, levels: int = 4, exclude
     return list(out.values())
 
 
-def measure_archs(device: Device, archs: list[Arch], reps: int = 20, passes: int = 3, progress: bool = True,
+def measure_archs(device: Device, archs: list[Arch], reps: int = 9, passes: int = 10, progress: bool = True,
                   desc: str = "measure", stat: str = "p10_ms") -> list[float]:
     """End-to-end latency (ms) of each architecture on `device`: the lowest over `passes` of the statistic
     `stat` (median_ms, p10_ms or min_ms, as the predictor sums) of `reps` runs,
@@ -71,8 +71,8 @@ def measure_archs(device: Device, archs: list[Arch], reps: int = 20, passes: int
     return best
 
 
-def fit_overhead(predictor: Predictor, device: Device, space: SearchSpace, n: int = 60, reps: int = 20,
-                 passes: int = 3, progress: bool = True) -> tuple[Overhead, dict]:
+def fit_overhead(predictor: Predictor, device: Device, space: SearchSpace, n: int = 60, reps: int = 9,
+                 passes: int = 10, progress: bool = True) -> tuple[Overhead, dict]:
     """Measure `n` fitting architectures and fit the overhead; returns it and the fitting data."""
     archs = sample_archs(space, n, FIT_SEED)
     measured = measure_archs(device, archs, reps, passes, progress, desc="fit overhead", stat=predictor.stat)
@@ -128,8 +128,8 @@ def score(pred: list[float], base: list[float], meas: list[float]) -> Report:
     return Report(len(m), r, mape, w5, w10, float(pct.max()), br, bmape, bw5, bw10, float(m.mean()))
 
 
-def validate(predictor: Predictor, device: Device, space: SearchSpace, n: int, fit: dict, reps: int = 20,
-             passes: int = 3, progress: bool = True) -> tuple[Report, pd.DataFrame]:
+def validate(predictor: Predictor, device: Device, space: SearchSpace, n: int, fit: dict, reps: int = 9,
+             passes: int = 10, progress: bool = True) -> tuple[Report, pd.DataFrame]:
     """Measure `n` validation architectures (disjoint from the fitting set) and score the predictor."""
     archs = sample_archs(space, n, 0, exclude=set(fit["archs"]))
     assert not {a.hash() for a in archs} & set(fit["archs"])

@@ -30,9 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         q = lsub.add_parser(name, help=helptext)
         common(q)
         q.add_argument("--space", default=ss.DEFAULT_SPACE, choices=sorted(ss.SPACES))
-        q.add_argument("--reps", type=int, default=30, help="timed runs per architecture and pass")
-        q.add_argument("--passes", type=int, default=3,
-                       help="round-robin passes over the architectures; each keeps its lowest median")
+        q.add_argument("--reps", type=int, default=9, help="timed runs per architecture and pass")
+        q.add_argument("--passes", type=int, default=10,
+                       help="round-robin passes over the architectures; each keeps its lowest statistic (many "
+                            "short passes: a burst of load lasting seconds then slows few of an arch's passes)")
         q.add_argument("--fit-samples", type=int, default=60, help="architectures for the overhead fit")
         q.add_argument("--stat", default=None, choices=("median_ms", "p10_ms", "min_ms"),
                        help="statistic of op and network times to predict (default p10_ms: stable under load)")

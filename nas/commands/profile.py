@@ -35,8 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", default=None, help="skip ops that alone cost more than this, e.g. 100MFLOPs")
     p.add_argument("--out", default=None, help="table path (.csv or .parquet; default results/latency/<id>.csv)")
     p.add_argument("--reps", type=int, default=30, help="timed repetitions per op (after warm-up)")
-    p.add_argument("--passes", type=int, default=1,
-                   help="measure every op this many times over the table, keeping the lowest median (noisy hosts)")
+    p.add_argument("--passes", type=int, default=3,
+                   help="measure every op this many times over the table, keeping the lowest of each statistic "
+                        "(a burst of load on the machine then slows one pass of an op, not all)")
     p.add_argument("--max-ops", type=int, default=None, help="stop after this many new ops (rerun to continue)")
     p.add_argument("--chunk", type=int, default=32, help="ops per save (and per Ray task)")
     p.add_argument("--dry-run", action="store_true", help="only count the ops and estimate the time")

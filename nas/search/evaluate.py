@@ -118,16 +118,30 @@ def load_latency(request: Any, space: ss.SearchSpace, log: Callable[[str], None]
                 f"kept as {path.with_name(stale)}.*, profiling again")
     if not path.exists():
         log(f"no latency table for {request.device} at {path}: profiling the ops of space {space.name} first")
-        lm.profile(spec, lm.enumerate_ops([space]), path, reps=10 if request.quick else 30)
+        # 3 passes: shared machines slow down 1.6-1.9x for seconds at a time (2-core VM, 2026-12-03); one pass
+        # left such bursts in the table
+        lm.profile(spec, lm.enumerate_ops([space]), path, reps=10 if request.quick else 30,
+                   passes=1 if request.quick else 3)
     table = lm.LatencyTable.load(path, request.device)
     if table.overhead is None and not request.table:
         n = 16 if request.quick else 30
         log(f"fitting the per-network latency overhead on {n} measured networks")
-        overhead, data = fit_overhead(lm.Predictor(table), lm.get_device(spec), space, n=n, reps=10,
-                                      passes=1 if request.quick else 2, progress=False)
+        overhead, data = fit_overhead(lm.Predictor(table), lm.get_device(spec), space, n=n, reps=5,
+                                      passes=2 if request.quick else 6, progress=False)
         table.overhead = {**overhead.to_dict(), **data}
         table.save(table.path)
     return lm.load_predictor(request.device, str(path))
+
+
+def measure_all(archs: list[ss.Arch], request: Any, reps: int = 9, passes: int = 5) -> list[float]:
+    """Measured end-to-end latency (ms) of each of `archs` on the request's device (random weights; speed only),
+    as the latency table predicts it: the lowest 10th percentile over `passes` round-robin passes of `reps` runs
+    (see `latency_models.validation.measure_archs`)."""
+    import latency_models as lm
+    from latency_models.validation import measure_archs
+
+    device = lm.get_device(lm.DeviceSpec.make(request.device))
+    return measure_archs(device, archs, reps=reps, passes=passes, progress=False, stat="p10_ms")
 
 
 def measure_ms(arch: ss.Arch, request: Any, reps: int = 20) -> float:

@@ -165,11 +165,17 @@ def search(request: SearchRequest, log: Any = print) -> dict[str, Any]:
     write_atomic(run_dir / "best.json", lambda tmp: Path(tmp).write_text(best_arch.to_json(indent=2)))
     write_atomic(run_dir / "best.txt", lambda tmp: Path(tmp).write_text(str(best_arch) + "\n"))
 
-    from nas.search.evaluate import measure_ms
+    from nas.search.evaluate import measure_all
+    from search_spaces.presets import width_scaled_baselines
 
-    front["measured_ms"] = [measure_ms(ss.decode(a), request) for a in front["arch"]]
+    # the front and the baselines are measured together, round-robin, so a burst of load slows all alike
+    to_measure = [ss.decode(a) for a in front["arch"]]
+    if limits.macs:
+        to_measure += list(width_scaled_baselines(limits.macs, space.largest()).values())
+    measured = dict(zip((a.hash() for a in to_measure), measure_all(to_measure, request), strict=True))
+    front["measured_ms"] = [measured[ss.decode(a).hash()] for a in front["arch"]]
     write_atomic(run_dir / "pareto.csv", lambda tmp: front.to_csv(tmp, index=False))
-    baselines = report.baselines_frame(limits.macs, space.largest(), latency_ms, lambda a: measure_ms(a, request))
+    baselines = report.baselines_frame(limits.macs, space.largest(), latency_ms, lambda a: measured[a.hash()])
     if len(baselines):
         write_atomic(run_dir / "baselines.csv", lambda tmp: baselines.to_csv(tmp, index=False))
     report.plot_pareto(df, run_dir / "pareto.png", f"{settings.study_name}: accuracy vs latency "
