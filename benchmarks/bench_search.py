@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import search_spaces as ss
-from nas.search.evaluate import build_evaluator, load_latency, measure_ms
+from nas.search.evaluate import build_evaluator, load_data_and_space, load_latency, measure_ms
 from nas.search.main import SearchRequest, _limits
 from nas.search.pareto import hypervolume
 from nas.search.report import choose, trials_frame
@@ -238,9 +238,11 @@ def main() -> None:
              + (f" --cv {args.cv}" if args.cv else "") + f"`; load average at start "
              f"{os.getloadavg()[0]:.1f}.", ""]
     t0 = time.perf_counter()
-    evaluator, space = build_evaluator(request, limits.macs, print)
+    data, space = load_data_and_space(request, limits.macs, print)
+    predictor = load_latency(request, space, print)  # profiled before training, as `nas search` does
+    t0 = time.perf_counter()
+    evaluator = build_evaluator(request, data, space, print)
     supernet_s = time.perf_counter() - t0
-    predictor = load_latency(request, space, print)
     evaluator.latency_ms = predictor.predict_ms
     lines += [f"Supernet (the default run's recipe; trained or loaded from cache) and data: {supernet_s:.0f} s. "
               f"Space after trimming to the budget: {space.name}, resolutions {space.resolutions}, "

@@ -7,9 +7,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import search_spaces as ss
+
+if TYPE_CHECKING:  # nas.data imports torch: keep this module light to import
+    from nas.data import TensorSplits
 
 
 @dataclass
@@ -66,15 +69,13 @@ def load_splits(request: Any) -> Any:
     return TensorSplits(splits)
 
 
-def build_evaluator(request: Any, max_macs: float | None,
-                    log: Callable[[str], None]) -> tuple[Evaluator, ss.SearchSpace]:
-    """Load the data, train (or load from cache, or resume) the supernet, and wrap it as the trial scorer.
+def load_data_and_space(request: Any, max_macs: float | None,
+                        log: Callable[[str], None]) -> tuple[TensorSplits, ss.SearchSpace]:
+    """The request's data and its search space, sized to the data's channels and classes.
 
-    With a MAC budget the space is first trimmed to it (`search_spaces.trim_to_budget`), so the supernet
-    trains only networks near or under the budget.
+    With a MAC budget the space is trimmed to it (`search_spaces.trim_to_budget`), so the supernet trains only
+    networks near or under the budget.
     """
-    from nas.supernet import SubnetEvaluator, train_supernet
-
     data = load_splits(request)
     train = data.splits.train
     space = ss.get_space(request.space, request.phi).with_io(train.in_channels, train.num_classes)
@@ -84,13 +85,21 @@ def build_evaluator(request: Any, max_macs: float | None,
     log(f"data {request.data}: {len(train)} train / {len(data.splits.val)} val / {len(data.splits.test)} test, "
         f"{train.num_classes} classes; space {space.name} ({ss.count_macs(space.smallest()) / 1e6:.1f}.."
         f"{ss.count_macs(space.largest()) / 1e6:.1f}M MACs)")
+    return data, space
+
+
+def build_evaluator(request: Any, data: TensorSplits, space: ss.SearchSpace,
+                    log: Callable[[str], None]) -> Evaluator:
+    """Train (or load from cache, or resume) the supernet of `space` on `data` and wrap it as the trial scorer."""
+    from nas.supernet import SubnetEvaluator, train_supernet
+
     recipe = supernet_recipe(request.quick, request.threads, request.supernet_epochs)
     run = train_supernet(space, data, recipe, seed=request.seed,
                          root=Path(request.out) / "supernets")
     log(f"supernet {run.key}: {run.epochs_done} epochs, cached in {run.path}")
     # trials recalibrate batch norm on as many images as the supernet's own per-epoch probes
     return Evaluator(SubnetEvaluator(run.supernet, data, "val", calib_images=recipe.calib_images,
-                                     seed=request.seed)), space
+                                     seed=request.seed))
 
 
 def load_latency(request: Any, space: ss.SearchSpace, log: Callable[[str], None]) -> Any:

@@ -106,7 +106,7 @@ def _versions() -> dict[str, str]:
 
 def search(request: SearchRequest, log: Any = print) -> dict[str, Any]:
     """Run the search the request describes; returns the summary written to `results/<run>/summary.json`."""
-    from nas.search.evaluate import build_evaluator, load_latency
+    from nas.search.evaluate import build_evaluator, load_data_and_space, load_latency
 
     t_start = time.perf_counter()
     limits, target_ms = _limits(request)
@@ -116,10 +116,14 @@ def search(request: SearchRequest, log: Any = print) -> dict[str, Any]:
     check_study(storage, request.run_name(), request.resume)
 
     seconds: dict[str, float] = {}  # wall time of each stage, reported in summary.json
-    evaluator, space = build_evaluator(request, limits.macs, log)
-    seconds["data_and_supernet"] = time.perf_counter() - t_start
+    data, space = load_data_and_space(request, limits.macs, log)
+    # profile before training: right after the supernet's minutes of load on both cores, a 2-core VM ran the
+    # kernels 1.4x slower for a while, and a table profiled then said so for every op (2026-12-03)
+    t_table = time.perf_counter()
     predictor = load_latency(request, space, log)
-    seconds["latency_table"] = time.perf_counter() - t_start - seconds["data_and_supernet"]
+    seconds["latency_table"] = time.perf_counter() - t_table
+    evaluator = build_evaluator(request, data, space, log)
+    seconds["data_and_supernet"] = time.perf_counter() - t_start - seconds["latency_table"]
     latency_ms = predictor.predict_ms
     if limits.macs:
         ss.check_reachable(space, ss.Budget("macs", limits.macs), ss.count_macs)
