@@ -237,14 +237,13 @@ def main() -> None:
              f"{args.seeds} --epochs {args.epochs} --train-seeds {args.train_seeds}"
              + (f" --cv {args.cv}" if args.cv else "") + f"`; load average at start "
              f"{os.getloadavg()[0]:.1f}.", ""]
-    t0 = time.perf_counter()
     data, space = load_data_and_space(request, limits.macs, print)
     predictor = load_latency(request, space, print)  # profiled before training, as `nas search` does
     t0 = time.perf_counter()
     evaluator = build_evaluator(request, data, space, print)
     supernet_s = time.perf_counter() - t0
     evaluator.latency_ms = predictor.predict_ms
-    lines += [f"Supernet (the default run's recipe; trained or loaded from cache) and data: {supernet_s:.0f} s. "
+    lines += [f"Supernet (the default run's recipe; trained or loaded from cache): {supernet_s:.0f} s. "
               f"Space after trimming to the budget: {space.name}, resolutions {space.resolutions}, "
               f"{ss.count_macs(space.smallest()) / 1e6:.1f}..{ss.count_macs(space.largest()) / 1e6:.1f}M MACs.", ""]
 
