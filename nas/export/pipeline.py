@@ -153,16 +153,21 @@ def _arch_from_file(path: Path) -> ss.Arch:
         raise ValueError(f"{path}: {exc}") from exc
 
 
-def measure_round_robin(models: dict[str, Any], reps: int = 50, threads: int = 1, rounds: int = 10
-                        ) -> dict[str, float]:
+def measure_round_robin(models: dict[str, Any], reps: int = 50, threads: int = 1, rounds: int = 10,
+                        round_s: float = 0.15) -> dict[str, float]:
     """Measured latency (ms) of each quantized model on the kernels: the lowest 10th percentile over `rounds`
-    rounds of `reps / rounds` runs, the models taking turns, so that a burst of load on a shared machine (seconds
-    of 1.6-1.9x slowness seen on a 2-core VM) slows a few rounds of every model rather than all of one."""
-    per = max(5, reps // rounds)
+    rounds, the models taking turns, so that a burst of load on a shared machine (seconds of 1.6-1.9x slowness
+    seen on a 2-core VM) slows a few rounds of every model rather than all of one. Each round runs a model at
+    least `reps / rounds` times and for at least `round_s` seconds: the rounds of a sub-millisecond model
+    would otherwise all fall inside one burst."""
+    per = {}
+    for name, m in models.items():
+        ms = m.bench(reps=3, threads=threads, warmup=1)["median_ms"]
+        per[name] = max(5, reps // rounds, math.ceil(round_s * 1e3 / max(ms, 1e-3)))
     best = {name: math.inf for name in models}
     for _ in range(rounds):
         for name, m in models.items():
-            best[name] = min(best[name], m.bench(reps=per, threads=threads, warmup=2)["p10_ms"])
+            best[name] = min(best[name], m.bench(reps=per[name], threads=threads, warmup=2)["p10_ms"])
     return best
 
 
@@ -293,15 +298,17 @@ def finalize(model: nn.Module, arch: ss.Arch, splits: Splits | TensorSplits, con
             onnx_path = to_onnx(qmodel, str(Path(path) / "model.onnx"))
             o = run_onnx(onnx_path, xs.numpy()).argmax(1)
             onnx_agree = float((o == qmodel.predict(xs)).mean())
+    rounds = 10
     lat.update({f"{name}_measured": ms for name, ms in
-                measure_round_robin(qmodels, config.bench_reps, config.threads).items()})
+                measure_round_robin(qmodels, config.bench_reps, config.threads, rounds).items()})
     cost = ss.count(arch)
     report = FinalizeReport(
         arch=str(arch), start_arch=str(start_arch), dataset=config.dataset,
         macs={"start": ss.count(start_arch).macs, "final": cost.macs},
         params={"start": ss.count(start_arch).params, "final": cost.params}, accuracy=acc, latency_ms=lat,
         latency_unit_note="batch 1 on this machine; fp32 measured = median; int8/w4a8 measured = lowest 10th "
-                          "percentile over 10 round-robin rounds (the statistic the table predicts), *_median = "
+                          f"percentile over {rounds} round-robin rounds (the statistic the table predicts), "
+                          "*_median = "
                           f"median of one run of {config.bench_reps}; predicted = latency table of "
                           f"{config.device!r} (None without a table)",
         bytes={**sizes, "fp32_params_x4": 4 * cost.params}, checkpoint=checkpoints["int8"], checkpoints=checkpoints,
