@@ -215,6 +215,10 @@ def main() -> None:
                     help="seed of the folds and of training with --cv (default --seed): a replicate with the same "
                          "search and supernet")
     ap.add_argument("--data", default="digits")
+    ap.add_argument("--train-images", type=int, default=None, metavar="N",
+                    help="a stratified subset of N training images (as `nas search --train-images`)")
+    ap.add_argument("--val-images", type=int, default=None, metavar="N",
+                    help="a stratified subset of N validation images that score the trials")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ray-trials", type=int, default=8)
     ap.add_argument("--no-ray", action="store_true")
@@ -223,19 +227,26 @@ def main() -> None:
                     help="only section 3, for this searched architecture (string), e.g. from an earlier report")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training (1 on shared cores)")
     ap.add_argument("--out", default="results")
-    ap.add_argument("--write", action="store_true", help="write benchmarks/RESULTS_search.md")
+    ap.add_argument("--write", action="store_true",
+                    help="write benchmarks/RESULTS_search.md (RESULTS_search_<data>.md for other data than digits)")
     args = ap.parse_args()
+    if args.cv and (args.train_images or args.val_images):
+        ap.error("--cv folds the whole dataset: --train-images / --val-images do not apply")
     if args.cv == 1 or args.cv < 0:
         ap.error(f"--cv: expected 0 (off) or at least 2 folds, got {args.cv}")
     if args.cv_seed is not None and not args.cv:
         ap.error("--cv-seed: only meaningful with --cv K")
 
-    request = SearchRequest(budget=args.budget, data=args.data, seed=args.seed, out=args.out, threads=args.threads)
+    request = SearchRequest(budget=args.budget, data=args.data, seed=args.seed, out=args.out, threads=args.threads,
+                            train_images=args.train_images, val_images=args.val_images)
     limits, _ = _limits(request)
     lines = [f"# Search benchmark ({args.data}, budget {args.budget}, {args.trials} trials per sampler and seed)",
              "", f"`python benchmarks/bench_search.py --budget {args.budget} --trials {args.trials} --seeds "
              f"{args.seeds} --epochs {args.epochs} --train-seeds {args.train_seeds}"
-             + (f" --cv {args.cv}" if args.cv else "") + f"`; load average at start "
+             + (f" --cv {args.cv}" if args.cv else "")
+             + (f" --train-images {args.train_images}" if args.train_images else "")
+             + (f" --val-images {args.val_images}" if args.val_images else "")
+             + (f" --data {args.data}" if args.data != "digits" else "") + f"`; load average at start "
              f"{os.getloadavg()[0]:.1f}.", ""]
     data, space = load_data_and_space(request, limits.macs, print)
     predictor = load_latency(request, space, print)  # profiled before training, as `nas search` does
@@ -271,7 +282,8 @@ def main() -> None:
     report = "\n".join(lines) + "\n"
     print(report)
     if args.write:
-        Path(__file__).with_name("RESULTS_search.md").write_text(report)
+        name = "" if args.data == "digits" else "_" + Path(args.data).name.replace("-", "_")
+        Path(__file__).with_name(f"RESULTS_search{name}.md").write_text(report)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,14 @@ class SearchRequest:
     out: str = "results"
     threads: int = 2
     supernet_epochs: tuple[int, int, int, int] | None = None  # None: the default (or --quick) recipe
+    train_images: int | None = None  # a seeded, class-stratified subset of the training split (--quick: 512)
+    val_images: int | None = None  # likewise for the validation split that scores the trials
+
+    def __post_init__(self) -> None:
+        for name in ("train_images", "val_images"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name}: expected a positive number of images or None, got {v!r}")
 
     @property
     def n_trials(self) -> int:
@@ -58,6 +66,10 @@ class SearchRequest:
         parts += [self.sampler, f"s{self.seed}"]
         if self.supernet_epochs:
             parts.append("se" + "".join(map(str, self.supernet_epochs)))
+        if self.train_images:
+            parts.append(f"tr{self.train_images}")
+        if self.val_images:
+            parts.append(f"va{self.val_images}")
         if self.quick:
             parts.append("quick")
         return "-".join(parts)
