@@ -3,11 +3,11 @@
 PyTorch's CPU depthwise convolution (torch 2.13, channels-last) computes the weight gradient of 5x5 and 7x7
 kernels 4-8x slower than its forward pass, and those layers make up most of an MBConv supernet's backward time.
 `depthwise_conv2d` keeps PyTorch's forward and input gradient and computes the weight gradient of kernels of
-`MIN_KERNEL` and larger with `_C.depthwise_weight_grad` (AVX-512 over channels, images summed in fixed chunks,
-so the result does not depend on the thread count): 3.3-7x faster than PyTorch's at 2 threads (64 images,
-6-24 px, 120-480 channels; benchmarks/bench_train_ops.py). PyTorch's own 3x3 path is 2-4x faster than ours
-and is kept. `fast_depthwise(model)` switches a model's depthwise `nn.Conv2d` layers to it for a
-training run.
+`MIN_KERNEL` and larger with `_C.depthwise_weight_grad` (AVX-512F or AVX2+FMA over channels, images summed in
+fixed chunks, so the result does not depend on the thread count): with AVX-512 3.3-7x faster than PyTorch's at 2
+threads (64 images, 6-24 px, 120-480 channels; benchmarks/bench_train_ops.py). PyTorch's own 3x3 path is 2-4x
+faster than ours and is kept. `fast_depthwise(model)` switches a model's depthwise `nn.Conv2d` layers to it for
+a training run.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ MIN_KERNEL = 5  # smaller depthwise kernels keep PyTorch's weight gradient (fast
 
 
 def _float_isa() -> str:
-    # the int8 ISA names double as the float paths: avx512vnni -> AVX-512F kernel, anything else -> portable loop
-    return "avx512vnni" if active_isa() == "avx512vnni" else "reference"
+    # the int8 ISA names double as the float paths: avx512vnni -> AVX-512F kernel, avx2 -> AVX2 + FMA kernel
+    return active_isa()
 
 
 def depthwise_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel: int, stride: int, padding: int,

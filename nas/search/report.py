@@ -46,20 +46,16 @@ def choose(df: pd.DataFrame) -> pd.Series:
     return df.sort_values(["val_acc", "latency_ms"], ascending=[False, True]).iloc[0]
 
 
-def baselines_frame(max_macs: float | None, like: ss.Arch, latency_ms: Callable[[ss.Arch], float],
-                    measure_ms: Callable[[ss.Arch], float]) -> pd.DataFrame:
-    """MobileNetV2 / V3-Large width-scaled to the MAC budget at the searched data's input size, with their
-    predicted and measured latency (no accuracy: they are not sub-networks of the supernet, and training them
-    is the search benchmark's job). Empty without a MAC budget."""
-    if not max_macs:
-        return pd.DataFrame()
-    from search_spaces.presets import width_scaled_baselines
-
+def baselines_frame(baselines: dict[str, ss.Arch], latency_ms: Callable[[ss.Arch], float],
+                    measured_ms: Callable[[ss.Arch], float]) -> pd.DataFrame:
+    """The hand-designed baselines (`search_spaces.presets.width_scaled_baselines`) with their cost and their
+    predicted and measured latency (no accuracy: they are not sub-networks of the supernet, and training them is
+    the search benchmark's job)."""
     rows = []
-    for name, arch in width_scaled_baselines(max_macs, like).items():
+    for name, arch in baselines.items():
         cost = ss.count(arch)
         rows.append({"name": name, "macs": cost.macs, "params": cost.params, "latency_ms": latency_ms(arch),
-                     "measured_ms": measure_ms(arch), "arch": str(arch)})
+                     "measured_ms": measured_ms(arch), "arch": str(arch)})
     return pd.DataFrame(rows)
 
 

@@ -12,12 +12,14 @@ import search_spaces as ss
 from nas.kernels import _C, available_isas, use_isa
 from nas.kernels.training import FastDepthwiseConv2d, depthwise_conv2d, depthwise_weight_grad, fast_depthwise
 
-FLOAT_ISAS = [i for i in ("reference", "avx512vnni") if i in available_isas()]
+FLOAT_ISAS = [i for i in ("reference", "avx2", "avx512vnni") if i in available_isas()]
 
-# (batch, channels, size, kernel, stride): tails of 16 channels and 8-image chunks, kernels larger than the
-# input, a kernel with no AVX-512 specialisation (11), stride 2 with odd sizes
+# (batch, channels, size, kernel, stride): tails of 16 and 8 channels and of 8-image chunks, kernels larger than
+# the input, a kernel with no AVX-512/AVX2 specialisation (11), stride 2 with odd sizes; the last two are past
+# the AVX2 kernel's 512 KB per chunk, where it goes row by row instead of all rows per channel block
 SHAPES = [(5, 19, 7, 3, 1), (13, 40, 9, 5, 2), (8, 16, 6, 7, 1), (3, 33, 3, 7, 1), (9, 48, 11, 7, 2),
-          (2, 8, 12, 11, 1), (17, 24, 5, 9, 1), (1, 1, 4, 5, 2)]
+          (2, 8, 12, 11, 1), (17, 24, 5, 9, 1), (1, 1, 4, 5, 2), (4, 12, 8, 1, 1),
+          (9, 64, 24, 5, 1), (10, 75, 20, 7, 2)]
 
 
 def _reference(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor, stride: int, pad: int) -> torch.Tensor:

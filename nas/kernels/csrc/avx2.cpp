@@ -271,6 +271,167 @@ void channel_scale(const ScaleArgs& a, int threads) {
   });
 }
 
+namespace {
+
+inline __m256i lane_mask(int n) {  // lanes [0, n) set (n clamped to 8)
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n < 8 ? n : 8), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// 8 channels at p: all 8 (Full) or the lanes of m (the channel tail; vmaskmov is slow on some CPUs)
+template <bool Full>
+inline __m256 ld(const float* p, __m256i m) {
+  if constexpr (Full) return _mm256_loadu_ps(p);
+  else return _mm256_maskload_ps(p, m);
+}
+
+// Interior columns run two at a time while the 2K accumulators fit in the 16 ymm registers (K <= 5); K = 7 and
+// 9 keep K chains, enough to cover the FMA latency.
+template <int K>
+constexpr bool kPair = 2 * K <= 12;
+
+// One output row (image n, row oy) against input row iy (kernel row i) for a block of 8 channels: acc[j]
+// (+ acc2[j]) += sum over columns of x[iy][ox * s + j - pad] * g[oy][ox]. Border taps outside the input are
+// skipped.
+template <int K, bool Full>
+inline void dw_grad_row(const DwGradArgs& a, const float* grow, const float* xrow, __m256i m, int ox_lo, int ox_hi,
+                        __m256* acc, __m256* acc2) {
+  const int C = a.c, s = a.stride, pad = a.pad;
+  for (int e = 0; e < 2; ++e) {  // columns with a tap outside the input (at most K - 1 on each side)
+    const int ox0 = e == 0 ? 0 : ox_hi, ox1 = e == 0 ? ox_lo : a.wo;
+    for (int ox = ox0; ox < ox1; ++ox) {
+      const __m256 gv = ld<Full>(grow + static_cast<int64_t>(ox) * C, m);
+#pragma GCC unroll 16
+      for (int j = 0; j < K; ++j) {
+        const int ix = ox * s + j - pad;
+        if (ix >= 0 && ix < a.w) acc[j] = _mm256_fmadd_ps(ld<Full>(xrow + static_cast<int64_t>(ix) * C, m), gv, acc[j]);
+      }
+    }
+  }
+  int ox = ox_lo;
+  if constexpr (kPair<K>) {
+    for (; ox + 1 < ox_hi; ox += 2) {
+      const __m256 g0 = ld<Full>(grow + static_cast<int64_t>(ox) * C, m);
+      const __m256 g1 = ld<Full>(grow + static_cast<int64_t>(ox + 1) * C, m);
+      const float* x0 = xrow + static_cast<int64_t>(ox * s - pad) * C;
+      const float* x1 = x0 + static_cast<int64_t>(s) * C;
+#pragma GCC unroll 16
+      for (int j = 0; j < K; ++j) {
+        acc[j] = _mm256_fmadd_ps(ld<Full>(x0 + static_cast<int64_t>(j) * C, m), g0, acc[j]);
+        acc2[j] = _mm256_fmadd_ps(ld<Full>(x1 + static_cast<int64_t>(j) * C, m), g1, acc2[j]);
+      }
+    }
+  }
+  for (; ox < ox_hi; ++ox) {
+    const __m256 gv = ld<Full>(grow + static_cast<int64_t>(ox) * C, m);
+    const float* x0 = xrow + static_cast<int64_t>(ox * s - pad) * C;
+#pragma GCC unroll 16
+    for (int j = 0; j < K; ++j) acc[j] = _mm256_fmadd_ps(ld<Full>(x0 + static_cast<int64_t>(j) * C, m), gv, acc[j]);
+  }
+}
+
+template <int K, bool Full>
+inline void zero_acc(__m256* acc, __m256* acc2) {
+#pragma GCC unroll 16
+  for (int j = 0; j < K; ++j) acc[j] = acc2[j] = _mm256_setzero_ps();
+}
+
+// pi[j * C + c] += acc[j] (+ acc2[j]) for the block's channels
+template <int K, bool Full>
+inline void add_acc(float* pi, int C, __m256i m, const __m256* acc, const __m256* acc2) {
+#pragma GCC unroll 16
+  for (int j = 0; j < K; ++j) {
+    float* q = pi + static_cast<int64_t>(j) * C;
+    __m256 sum = acc[j];
+    if constexpr (kPair<K>) sum = _mm256_add_ps(sum, acc2[j]);
+    if constexpr (Full) _mm256_storeu_ps(q, _mm256_add_ps(_mm256_loadu_ps(q), sum));
+    else _mm256_maskstore_ps(q, m, _mm256_add_ps(_mm256_maskload_ps(q, m), sum));
+  }
+}
+
+template <int K, bool Full>
+inline void dw_grad_block(const DwGradArgs& a, const float* grow, const float* xrow, float* pi, __m256i m,
+                          int ox_lo, int ox_hi) {
+  __m256 acc[K], acc2[K];
+  zero_acc<K, Full>(acc, acc2);
+  dw_grad_row<K, Full>(a, grow, xrow, m, ox_lo, ox_hi, acc, acc2);
+  add_acc<K, Full>(pi, a.c, m, acc, acc2);
+}
+
+// Small images (a chunk's input and output gradient fit in L2): a block of 8 channels and one kernel row
+// accumulate in registers over every row of the chunk's images, then store once; row by row, the K stores per
+// row cost as much as the few taps of a 6- or 3-pixel row.
+template <int K, bool Full>
+void dw_grad_block_all_rows(const DwGradArgs& a, int n0, int n1, int c0, float* p, __m256i m, int ox_lo,
+                            int ox_hi) {
+  const int C = a.c;
+  for (int i = 0; i < K; ++i) {
+    __m256 acc[K], acc2[K];
+    zero_acc<K, Full>(acc, acc2);
+    for (int n = n0; n < n1; ++n)
+      for (int oy = 0; oy < a.ho; ++oy) {
+        const int iy = oy * a.stride + i - a.pad;
+        if (iy < 0 || iy >= a.h) continue;
+        dw_grad_row<K, Full>(a, a.g + ((static_cast<int64_t>(n) * a.ho + oy) * a.wo) * C + c0,
+                             a.x + ((static_cast<int64_t>(n) * a.h + iy) * a.w) * C + c0, m, ox_lo, ox_hi, acc, acc2);
+      }
+    add_acc<K, Full>(p + static_cast<int64_t>(i) * K * C + c0, C, m, acc, acc2);
+  }
+}
+
+// One chunk of images of the float32 depthwise weight gradient: the AVX-512 kernel's loop order (per output
+// row and kernel row, every block of 8 channels over the row's columns, K taps in registers) on 8 lanes.
+template <int K>
+void dw_grad_chunk(const DwGradArgs& a, int chunk) {
+  const int C = a.c, s = a.stride, pad = a.pad;
+  const int ox_lo = std::min(a.wo, (pad + s - 1) / s);
+  const int ox_hi = std::max(ox_lo, std::min(a.wo, a.w - K + pad >= 0 ? (a.w - K + pad) / s + 1 : 0));
+  float* p = a.partial + static_cast<int64_t>(chunk) * K * K * C;
+  std::memset(p, 0, sizeof(float) * static_cast<size_t>(K) * K * C);  // no std:: template built for AVX2 here
+  const int n0 = chunk * kDwGradChunk, n1 = std::min(a.batch, (chunk + 1) * kDwGradChunk);
+  const int64_t bytes = static_cast<int64_t>(n1 - n0) * (a.h * a.w + a.ho * a.wo) * C * 4;
+  if (bytes <= 512 * 1024) {
+    int c0 = 0;
+    for (; c0 + 8 <= C; c0 += 8)
+      dw_grad_block_all_rows<K, true>(a, n0, n1, c0, p, _mm256_setzero_si256(), ox_lo, ox_hi);
+    if (c0 < C) dw_grad_block_all_rows<K, false>(a, n0, n1, c0, p, lane_mask(C - c0), ox_lo, ox_hi);
+    return;
+  }
+  for (int n = n0; n < n1; ++n)
+    for (int oy = 0; oy < a.ho; ++oy)
+      for (int i = 0; i < K; ++i) {
+        const int iy = oy * s + i - pad;
+        if (iy < 0 || iy >= a.h) continue;
+        const float* grow = a.g + ((static_cast<int64_t>(n) * a.ho + oy) * a.wo) * C;
+        const float* xrow = a.x + ((static_cast<int64_t>(n) * a.h + iy) * a.w) * C;
+        float* pi = p + static_cast<int64_t>(i) * K * C;
+        int c0 = 0;
+        for (; c0 + 8 <= C; c0 += 8)
+          dw_grad_block<K, true>(a, grow + c0, xrow + c0, pi + c0, _mm256_setzero_si256(), ox_lo, ox_hi);
+        if (c0 < C) dw_grad_block<K, false>(a, grow + c0, xrow + c0, pi + c0, lane_mask(C - c0), ox_lo, ox_hi);
+      }
+}
+
+template <int K>
+void dw_grad_all(const DwGradArgs& a, int threads) {
+  par_fresh(threads, (a.batch + kDwGradChunk - 1) / kDwGradChunk, [&](int t0, int t1) {
+    for (int t = t0; t < t1; ++t) dw_grad_chunk<K>(a, t);
+  });
+}
+
+}  // namespace
+
+void dw_weight_grad(const DwGradArgs& a, int threads) {
+  switch (a.k) {
+    case 1: dw_grad_all<1>(a, threads); break;
+    case 3: dw_grad_all<3>(a, threads); break;
+    case 5: dw_grad_all<5>(a, threads); break;
+    case 7: dw_grad_all<7>(a, threads); break;
+    case 9: dw_grad_all<9>(a, threads); break;
+    default: ref::dw_weight_grad(a, threads); return;
+  }
+  dw_grad_reduce(a);
+}
+
 }  // namespace avx2
 }  // namespace nask
 

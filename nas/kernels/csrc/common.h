@@ -239,6 +239,10 @@ namespace ref {
 void dw_weight_grad(const DwGradArgs& a, int threads);
 }
 
+namespace avx2 {
+void dw_weight_grad(const DwGradArgs& a, int threads);  // AVX2 + FMA; any k
+}
+
 namespace avx512 {
 void dw_weight_grad(const DwGradArgs& a, int threads);  // AVX-512F; any k
 constexpr int kVnniChains = 16;

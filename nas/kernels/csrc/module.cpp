@@ -808,7 +808,8 @@ void depthwise_weight_grad(const py::object& x_o, const py::object& g_o, int k, 
   a.out = static_cast<float*>(out.mutable_data());
   py::gil_scoped_release nogil;
   if (isa == Isa::avx512vnni) avx512::dw_weight_grad(a, threads);
-  else ref::dw_weight_grad(a, threads);  // AVX2 has no float path of its own: the compiler vectorises ref
+  else if (isa == Isa::avx2) avx2::dw_weight_grad(a, threads);
+  else ref::dw_weight_grad(a, threads);
 }
 
 double vnni_peak(int64_t iters) {
