@@ -42,27 +42,46 @@ def mean_sd(values: list[float]) -> str:
 
 def standalone_table(title: str, contenders: dict, measured: dict, args, data, trained: dict) -> list[str]:
     """Train every contender from scratch with one recipe over several seeds; a Markdown table. `trained` keeps
-    the metrics by (architecture, seed), so a network in two tables (the searched one) is trained once."""
+    the metrics and the per-image test results by (architecture, seed), so a network in two tables (the searched
+    one) is trained once. Against the first contender: the test images only one of the two gets right, over all
+    seeds, with an exact two-sided sign test."""
+    import numpy as np
+    import torch
+    from scipy.stats import binomtest
+
     from nas.train import TrainRecipe, train_standalone
 
     seeds = [args.seed + k for k in range(args.train_seeds)]
     lines = [f"{title} ({args.epochs} epochs from scratch, SGD, cosine; seeds {seeds}; mean ± sd)", "",
-             "| network | MMACs | Mparams | val acc | test acc | per-seed val | measured int8 latency (kernels, "
-             "1 thread, median of 5 x 20) | train time per run |", "|---|---|---|---|---|---|---|---|"]
+             "| network | MMACs | Mparams | val acc | test acc | per-seed val | only this right / only first right "
+             "(sign test p) | measured int8 latency (kernels, 1 thread, median of 5 x 20) | train time per run |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    first_right = None
     for name, arch in contenders.items():
-        vals, tests, secs = [], [], []
+        vals, tests, secs, right = [], [], [], []
         for sd in seeds:
             if (str(arch), sd) not in trained:
                 recipe = TrainRecipe(epochs=args.epochs, seed=sd, threads=args.threads)
-                trained[str(arch), sd] = train_standalone(arch, data, recipe)[1]
+                model, metrics = train_standalone(arch, data, recipe)
+                xs, ys = data.tensors("test", arch.resolution)
+                with torch.no_grad():
+                    metrics["test_right"] = (model(xs).argmax(1) == ys).numpy()
+                trained[str(arch), sd] = metrics
             m = trained[str(arch), sd]
             vals.append(m["val_acc"])
             tests.append(m["test_acc"])
             secs.append(m["wall_s"])
+            right.append(m["test_right"])
+        right = np.concatenate(right)
+        if first_right is None:
+            first_right, versus = right, "-"
+        else:
+            a, b = int((right & ~first_right).sum()), int((first_right & ~right).sum())
+            versus = f"{a} / {b} (p = {binomtest(a, a + b).pvalue:.2g})" if a + b else "0 / 0"
         c = ss.count(arch)
         lines.append(f"| {name} | {c.mmacs:.1f} | {c.mparams:.3f} | {mean_sd(vals)} | {mean_sd(tests)} | "
                      + " ".join(f"{v:.4f}" for v in vals)
-                     + f" | {measured[name]:.3f} ms | {statistics.mean(secs):.0f} s |")
+                     + f" | {versus} | {measured[name]:.3f} ms | {statistics.mean(secs):.0f} s |")
         print(lines[-1], flush=True)
     return lines
 
