@@ -5,7 +5,7 @@
 >>> x, y = TensorSplits(splits).tensors("train", resolution=32)
 """
 
-from nas.data.dataset import Dataset, Splits, split, split_indices
+from nas.data.dataset import Dataset, Splits, split, split_indices, stratified_subset
 from nas.data.formats import DatasetError, data_roots, load_dataset, load_digits, read_idx
 from nas.data.tensors import Augment, BatchLoader, TensorSplits, channel_stats, to_tensors
 
@@ -23,5 +23,6 @@ __all__ = [
     "read_idx",
     "split",
     "split_indices",
+    "stratified_subset",
     "to_tensors",
 ]

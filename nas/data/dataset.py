@@ -167,3 +167,15 @@ def split(dataset: Dataset, seed: int = 0, val_fraction: float = 0.1, test_fract
         seed=seed,
         official_test=official,
     )
+
+
+def stratified_subset(part: Dataset, n: int, seed: int) -> Dataset:
+    """`n` images of `part`, each class keeping its share (largest remainders, so exactly `n`, unlike
+    `_stratified_take`'s per-class rounding), chosen by `seed`."""
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(part.y, return_counts=True)
+    share = counts * n / counts.sum()
+    take = np.floor(share).astype(int)
+    take[np.argsort(share - take)[::-1][: n - take.sum()]] += 1
+    keep = [rng.permutation(np.flatnonzero(part.y == c))[:k] for c, k in zip(classes, take, strict=True)]
+    return part.subset(np.sort(np.concatenate(keep)))

@@ -58,7 +58,7 @@ def supernet_recipe(quick: bool, threads: int = 2, epochs: tuple[int, int, int, 
 def load_splits(request: Any) -> Any:
     """Seeded train/val/test splits as cached tensors. `request.train_images` / `val_images` keep a seeded,
     class-stratified subset of those splits (--quick: 512 training images); the test split stays whole."""
-    from nas.data import TensorSplits, load_dataset, split
+    from nas.data import TensorSplits, load_dataset, split, stratified_subset
 
     splits = split(load_dataset(request.data), seed=request.seed)
     train_n = request.train_images or (QUICK_TRAIN_IMAGES if request.quick else None)
@@ -67,19 +67,6 @@ def load_splits(request: Any) -> Any:
     if request.val_images and len(splits.val) > request.val_images:
         splits = replace(splits, val=stratified_subset(splits.val, request.val_images, request.seed))
     return TensorSplits(splits)
-
-
-def stratified_subset(part: Any, n: int, seed: int) -> Any:
-    """`n` images of a `nas.data.Dataset`, each class keeping its share (largest remainders), chosen by `seed`."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    classes, counts = np.unique(part.y, return_counts=True)
-    share = counts * n / counts.sum()
-    take = np.floor(share).astype(int)
-    take[np.argsort(share - take)[::-1][: n - take.sum()]] += 1
-    keep = [rng.permutation(np.flatnonzero(part.y == c))[:k] for c, k in zip(classes, take, strict=True)]
-    return part.subset(np.sort(np.concatenate(keep)))
 
 
 def load_data_and_space(request: Any, max_macs: float | None,

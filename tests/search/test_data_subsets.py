@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from nas.data import load_dataset, split
-from nas.search.evaluate import load_splits, stratified_subset
+from nas.data import load_dataset, split, stratified_subset
+from nas.search.evaluate import load_splits
 from nas.search.main import SearchRequest
 
 
