@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import optuna
+
 import search_spaces as ss
 from nas.search.evaluate import build_evaluator, load_data_and_space, load_latency, measure_ms
 from nas.search.main import SearchRequest, _limits
@@ -26,12 +28,17 @@ from nas.search.runner import SearchSettings, run_optuna, run_ray
 from search_spaces.presets import width_scaled_baselines
 
 
-def search_once(space, limits, evaluator, predictor, sampler, trials, seed, tmp) -> tuple:
+def search_once(space, limits, evaluator, predictor, sampler, trials, seed, store: Path) -> tuple:
+    """One study, kept in `store` and resumed: a killed benchmark rerun with the same --out repeats no trial.
+    The wall time is the study's own, first trial start to last trial end, so a resumed study reports it too."""
+    store.mkdir(parents=True, exist_ok=True)
     s = SearchSettings(space=space, limits=limits, trials=trials, sampler=sampler, seed=seed,
-                       study_name=f"bench-{sampler}-{seed}", storage=f"sqlite:///{tmp}/{sampler}-{seed}.db")
-    t0 = time.perf_counter()
-    study = run_optuna(s, evaluator, predictor.predict_ms)
-    return trials_frame(study, s, predictor.predict_ms), time.perf_counter() - t0
+                       study_name=f"bench-{sampler}-{seed}", storage=f"sqlite:///{store}/{sampler}-{seed}.db")
+    names = [st.study_name for st in optuna.get_all_study_summaries(s.storage)]
+    study = run_optuna(s, evaluator, predictor.predict_ms, resume=s.study_name in names)
+    done = [t for t in study.trials if t.datetime_complete is not None and t.values is not None]
+    wall = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
+    return trials_frame(study, s, predictor.predict_ms), wall
 
 
 def mean_sd(values: list[float]) -> str:
@@ -166,7 +173,7 @@ def equal_latency(best: ss.Arch, args, request, space, data, trained: dict) -> l
         args, data, trained)
 
 
-def compare(args, request, space, limits, evaluator, predictor, tmp) -> list[str]:
+def compare(args, request, space, limits, evaluator, predictor, store: Path) -> list[str]:
     """Sections 1 and 2: samplers by hypervolume, then the searched network vs the width-scaled baselines."""
     lines: list[str] = []
     # 1. TPE vs random vs evolution, same evaluator, same number of trials, several seeds
@@ -175,7 +182,7 @@ def compare(args, request, space, limits, evaluator, predictor, tmp) -> list[str
     for k in range(args.seeds):
         for sampler in samplers:
             frames[sampler, k] = search_once(space, limits, evaluator, predictor, sampler, args.trials,
-                                             args.seed + k, tmp)
+                                             args.seed + k, store)
     lat_ref = 1.1 * max(f["latency_ms"].max() for f, _ in frames.values())
     hv = {key: hypervolume(df["val_acc"].tolist(), df["latency_ms"].tolist(), 0.0, lat_ref)
           for key, (df, _) in frames.items()}
@@ -281,7 +288,10 @@ def main() -> None:
     if args.equal_latency_only:
         lines += equal_latency(ss.decode(args.equal_latency_only), args, request, space, evaluator.subnet.data, {})
     elif not args.ray_only:
-        lines += compare(args, request, space, limits, evaluator, predictor, tmp)
+        # the studies live under --out, keyed by what changes their trials, so a rerun resumes them
+        key = "-".join([space.name, Path(args.data).name, args.budget, f"tr{args.train_images}",
+                        f"va{args.val_images}", f"t{args.trials}", evaluator.supernet_key])
+        lines += compare(args, request, space, limits, evaluator, predictor, Path(args.out) / "bench-search" / key)
 
     # 4. Ray Tune: trials per minute with 1 and 2 workers on the embedded local cluster
     if not args.no_ray and not args.equal_latency_only:

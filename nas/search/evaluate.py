@@ -24,6 +24,7 @@ class Evaluator:
 
     subnet: Any  # nas.supernet.SubnetEvaluator
     latency_ms: Callable[[ss.Arch], float] | None = None
+    supernet_key: str = ""  # the cache key of the supernet behind `subnet`: what a trial's accuracy depends on
 
     def __call__(self, arch: ss.Arch) -> dict[str, float]:
         acc = self.subnet(arch)
@@ -99,7 +100,7 @@ def build_evaluator(request: Any, data: TensorSplits, space: ss.SearchSpace,
     log(f"supernet {run.key}: {run.epochs_done} epochs, cached in {run.path}")
     # trials recalibrate batch norm on as many images as the supernet's own per-epoch probes
     return Evaluator(SubnetEvaluator(run.supernet, data, "val", calib_images=recipe.calib_images,
-                                     seed=request.seed))
+                                     seed=request.seed), supernet_key=run.key)
 
 
 def load_latency(request: Any, space: ss.SearchSpace, log: Callable[[str], None]) -> Any:
