@@ -14,7 +14,7 @@ if sys.platform == "win32":
 else:
     FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
 
-SOURCES = ["module.cpp", "threadpool.cpp", "ref.cpp", "avx2.cpp", "avx512.cpp", "bn.cpp"]
+SOURCES = ["module.cpp", "threadpool.cpp", "ref.cpp", "avx2.cpp", "avx512.cpp"]
 
 ext = Pybind11Extension(
     "nas.kernels._C",

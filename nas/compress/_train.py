@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.data import BatchLoader
-from nas.kernels.training import fast_training
+from nas.kernels.training import fast_depthwise
 from nas.train import cosine_lr, kd_loss, make_optimizer, set_lr, teacher_logits
 
 
@@ -27,7 +27,7 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, tea
     if extra_params:
         opt.add_param_group({"params": extra_params, "weight_decay": 0.0})
     model.to(memory_format=torch.channels_last)  # oneDNN's NHWC kernels (NCHW depthwise backward is ~4x slower)
-    with fast_training(model):
+    with fast_depthwise(model):
         _run_steps(model, x, loader, opt, steps, soft, lr, kd_weight, bn_frozen)
     return model.to(memory_format=torch.contiguous_format).eval()
 

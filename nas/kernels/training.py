@@ -13,7 +13,6 @@ a training run.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -23,7 +22,6 @@ from torch import nn
 
 from nas.kernels import _C
 from nas.kernels.isa import active_isa
-from search_spaces.model import ConvBNAct
 
 MIN_KERNEL = 5  # smaller depthwise kernels keep PyTorch's weight gradient (faster there, measured)
 
@@ -78,99 +76,6 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, pad
     return F.conv2d(x, weight, None, stride, padding, groups=x.shape[1])
 
 
-# clamp ranges of the activations `batch_norm_act` fuses (their gradient passes where lo < z < hi)
-_CLAMPS: dict[type, tuple[float, float]] = {nn.Identity: (-math.inf, math.inf), nn.ReLU: (0.0, math.inf),
-                                            nn.ReLU6: (0.0, 6.0)}
-
-
-def _rows(t: torch.Tensor) -> np.ndarray:
-    """A channels-last (N, C, H, W) tensor as the (N*H*W, C) array it is in memory (no copy)."""
-    n, c, h, w = t.shape
-    return t.detach().permute(0, 2, 3, 1).reshape(n * h * w, c).numpy()
-
-
-def _empty_channels_last(shape: torch.Size) -> torch.Tensor:
-    n, c, h, w = shape
-    return torch.empty((n, h, w, c)).permute(0, 3, 1, 2)
-
-
-class _BatchNormAct(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, lo, hi):  # noqa: ANN001, ANN205
-        n, c, h, w = x.shape
-        rows, threads = n * h * w, torch.get_num_threads()
-        xr = _rows(x)
-        mean, var = np.empty(c, np.float32), np.empty(c, np.float32)
-        _C.bn_stats(xr, mean, var, threads)
-        mean_t, var_t = torch.from_numpy(mean), torch.from_numpy(var)
-        invstd = torch.rsqrt(var_t + eps)
-        scale = (weight.detach() * invstd).contiguous()
-        shift = (bias.detach() - mean_t * scale).contiguous()
-        y = _empty_channels_last(x.shape)
-        _C.bn_affine_act(xr, scale.numpy(), shift.numpy(), lo, hi, _rows(y), threads)
-        if running_mean is not None:  # as F.batch_norm: the running variance is the unbiased one
-            running_mean.mul_(1 - momentum).add_(mean_t, alpha=momentum)
-            running_var.mul_(1 - momentum).add_(var_t, alpha=momentum * rows / (rows - 1))
-        ctx.save_for_backward(x, mean_t, invstd, scale, shift)
-        ctx.lo, ctx.hi = lo, hi
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001, ANN205
-        x, mean, invstd, scale, shift = ctx.saved_tensors
-        n, c, h, w = x.shape
-        rows, threads = n * h * w, torch.get_num_threads()
-        g = grad_out.contiguous(memory_format=torch.channels_last)
-        xr, gr = _rows(x), _rows(g)
-        sums = np.empty((2, c), np.float32)
-        _C.bn_act_grad_sums(xr, gr, scale.numpy(), shift.numpy(), ctx.lo, ctx.hi, mean.numpy(), sums, threads)
-        grad_bias = torch.from_numpy(sums[0].copy())
-        grad_weight = torch.from_numpy(sums[1].copy()) * invstd
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            b = (-scale * grad_bias / rows).contiguous()
-            k = (-scale * invstd * grad_weight / rows).contiguous()
-            grad_x = _empty_channels_last(x.shape)
-            _C.bn_act_grad_input(xr, gr, scale.numpy(), shift.numpy(), ctx.lo, ctx.hi, mean.numpy(), b.numpy(),
-                                 k.numpy(), _rows(grad_x), threads)
-        return grad_x, grad_weight, grad_bias, None, None, None, None, None, None
-
-
-def batch_norm_act(x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
-                   weight: torch.Tensor | None, bias: torch.Tensor | None, training: bool, momentum: float, eps: float,
-                   act: nn.Module) -> torch.Tensor:
-    """`act(F.batch_norm(x, ...))`. In training mode, for a float32 channels-last CPU input and a ReLU, ReLU6 or
-    identity `act`, the kernel library's fused pass runs it (statistics, normalise + clamp; two passes back),
-    running statistics updated as PyTorch does; anything else runs PyTorch's ops."""
-    clamp = _CLAMPS.get(type(act))
-    n, _, h, w = x.shape if x.dim() == 4 else (0, 0, 0, 0)
-    if (clamp is None or not training or x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu"
-            or n * h * w < 2 or not x.is_contiguous(memory_format=torch.channels_last)
-            or weight is None or bias is None or weight.dtype != torch.float32 or bias.dtype != torch.float32):
-        return act(F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps))
-    return _BatchNormAct.apply(x, weight, bias, running_mean, running_var, momentum, eps, *clamp)
-
-
-def batch_norm_module_act(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module) -> torch.Tensor:
-    """`act(bn(x))` through `batch_norm_act`, with `nn.BatchNorm2d`'s own momentum / batch-count rules."""
-    factor = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-    keep = not bn.training or bn.track_running_stats
-    return batch_norm_act(x, bn.running_mean if keep else None, bn.running_var if keep else None, bn.weight,
-                          bn.bias, batch_stats, factor, bn.eps, act)
-
-
-class FastConvBNAct(ConvBNAct):
-    """A `ConvBNAct` (same parameters and state dict) whose batch norm + activation train with `batch_norm_act`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return batch_norm_module_act(self.conv(x), self.bn, self.act)
-
-
 class FastDepthwiseConv2d(nn.Conv2d):
     """An `nn.Conv2d` depthwise layer (same parameters and state dict) that trains with `depthwise_conv2d`."""
 
@@ -199,18 +104,3 @@ def fast_depthwise(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m in swapped:
             m.__class__ = nn.Conv2d
-
-
-@contextlib.contextmanager
-def fast_training(model: nn.Module) -> Iterator[nn.Module]:
-    """`fast_depthwise`, and `model`'s `ConvBNAct` layers run batch norm + activation with `batch_norm_act`;
-    afterwards they are plain layers again (same parameter objects throughout)."""
-    swapped = [m for m in model.modules() if type(m) is ConvBNAct]
-    for m in swapped:
-        m.__class__ = FastConvBNAct
-    try:
-        with fast_depthwise(model):
-            yield model
-    finally:
-        for m in swapped:
-            m.__class__ = ConvBNAct

@@ -16,19 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import search_spaces as ss
-from nas.kernels.training import batch_norm_act, depthwise_conv2d
+from nas.kernels.training import depthwise_conv2d
 from search_spaces.cost import se_channels
 from search_spaces.model import ConvBNAct, MBConvNet, make_act
 
-_NO_ACT = nn.Identity()
 
-
-def _bn(x: torch.Tensor, bn: nn.BatchNorm2d, c: int, act: nn.Module = _NO_ACT) -> torch.Tensor:
-    """Batch norm over the first `c` channels, then `act` (running statistics of those channels are updated in
-    place); in training, fused on the kernel library for ReLU / ReLU6 / none."""
+def _bn(x: torch.Tensor, bn: nn.BatchNorm2d, c: int) -> torch.Tensor:
+    """Batch norm over the first `c` channels (running statistics of those channels are updated in place)."""
     assert bn.running_mean is not None and bn.running_var is not None
-    return batch_norm_act(x, bn.running_mean[:c], bn.running_var[:c], bn.weight[:c], bn.bias[:c], bn.training,
-                          0.1 if bn.momentum is None else bn.momentum, bn.eps, act)
+    return F.batch_norm(x, bn.running_mean[:c], bn.running_var[:c], bn.weight[:c], bn.bias[:c], bn.training,
+                        0.1 if bn.momentum is None else bn.momentum, bn.eps)
 
 
 def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, index: slice | torch.Tensor) -> None:
@@ -51,8 +48,8 @@ class ElasticPointwise(nn.Module):
         self.conv = nn.Conv2d(cin, cout, 1, bias=False)
         self.bn = nn.BatchNorm2d(cout)
 
-    def forward(self, x: torch.Tensor, cout: int, act: nn.Module = _NO_ACT) -> torch.Tensor:
-        return _bn(F.conv2d(x, self.conv.weight[:cout, : x.shape[1]]), self.bn, cout, act)
+    def forward(self, x: torch.Tensor, cout: int) -> torch.Tensor:
+        return _bn(F.conv2d(x, self.conv.weight[:cout, : x.shape[1]]), self.bn, cout)
 
 
 class ElasticDepthwise(nn.Module):
@@ -86,10 +83,10 @@ class ElasticDepthwise(nn.Module):
             raise ValueError(f"kernel: expected one of {self.kernels}, got {kernel}")
         return w
 
-    def forward(self, x: torch.Tensor, kernel: int, act: nn.Module = _NO_ACT) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kernel: int) -> torch.Tensor:
         c = x.shape[1]
         y = depthwise_conv2d(x, self.kernel_weight(kernel, c), self.stride, kernel // 2)
-        return _bn(y, self.bn, c, act)
+        return _bn(y, self.bn, c)
 
 
 class ElasticSE(nn.Module):
@@ -162,8 +159,8 @@ class ElasticMBConv(nn.Module):
         cin = x.shape[1]
         mid = block.mid(cin)
         ops = self.path(block)
-        y = self.expand(x, mid, self.act) if block.expand != 1 else x
-        y = ops.dw(y, block.kernel, self.act)
+        y = self.act(self.expand(x, mid)) if block.expand != 1 else x
+        y = self.act(ops.dw(y, block.kernel))
         if block.se:
             y = ops.se(y, se_channels(self.se_base, cin, mid, block.se))
         y = ops.project(y, block.out_channels)
@@ -280,7 +277,7 @@ class Supernet(nn.Module):
         for modules, blocks in zip(self.stages, arch.stages, strict=True):
             for module, block in zip(modules, blocks, strict=False):
                 x = module(x, block)
-        x = self.head(x, arch.head_channels, self.head_act).mean((2, 3))
+        x = self.head_act(self.head(x, arch.head_channels)).mean((2, 3))
         if self.hidden is not None:
             x = self.hidden_act(self.hidden(x))
         return self.classifier(x)

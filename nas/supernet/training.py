@@ -28,7 +28,6 @@ from tqdm import tqdm
 import search_spaces as ss
 from nas.data import BatchLoader, Splits, TensorSplits
 from nas.io import write_atomic
-from nas.kernels.training import fast_training
 from nas.supernet.evaluate import SubnetEvaluator
 from nas.supernet.model import Supernet
 from nas.train import as_tensor_splits, cosine_lr, kd_loss, make_optimizer, set_lr
@@ -198,9 +197,8 @@ def train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe:
             opt = make_optimizer(net, peak, recipe.momentum, recipe.weight_decay)
             if k > 0 and state is not None and state.get("optimizer") is not None:
                 opt.load_state_dict(state["optimizer"])
-        with fast_training(net):  # the stem's batch norm + activation on the kernel library too
-            record = _train_epoch(net, opt, data, loader, pspace, recipe, seed, epoch, k, n, peak, progress,
-                                  recipe.random_in(phase))
+        record = _train_epoch(net, opt, data, loader, pspace, recipe, seed, epoch, k, n, peak, progress,
+                              recipe.random_in(phase))
         record.update(epoch=epoch + 1, phase=phase)
         net.eval()
         if recipe.probe_each_epoch or k == n - 1:

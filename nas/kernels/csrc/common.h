@@ -235,20 +235,6 @@ inline uint8_t quantize_value(float x, float scale, float zp) {
   return static_cast<uint8_t>(static_cast<int32_t>(v));
 }
 
-// Training batch norm + clamp(lo, hi) over a channels-last tensor as a [rows, C] row-major matrix (bn.cpp).
-// Statistics: per-channel mean and biased variance. Forward: out = clamp(x * scale + shift, lo, hi). Backward,
-// with dz = dy where lo < x * scale + shift < hi (else 0): the per-channel sums of dz and dz * (x - mean), then
-// dx = scale * dz + b + k * (x - mean).
-void bn_stats(const float* x, int64_t rows, int64_t c, float* mean, float* var, int threads);
-void bn_affine_act(const float* x, int64_t rows, int64_t c, const float* scale, const float* shift, float lo,
-                   float hi, float* out, int threads);
-void bn_act_grad_sums(const float* x, const float* dy, int64_t rows, int64_t c, const float* scale,
-                      const float* shift, float lo, float hi, const float* mean, float* sum_dz, float* sum_dz_xc,
-                      int threads);
-void bn_act_grad_input(const float* x, const float* dy, int64_t rows, int64_t c, const float* scale,
-                       const float* shift, float lo, float hi, const float* mean, const float* b, const float* k,
-                       float* dx, int threads);
-
 namespace ref {
 void dw_weight_grad(const DwGradArgs& a, int threads);
 }

@@ -812,78 +812,6 @@ void depthwise_weight_grad(const py::object& x_o, const py::object& g_o, int k, 
   else ref::dw_weight_grad(a, threads);
 }
 
-// ---------------------------------------------------------------- training batch norm + clamp (bn.cpp)
-struct BnArrays {
-  int64_t rows = 0, c = 0;
-  const float* x = nullptr;
-};
-
-BnArrays bn_input(const py::object& x_o, const char* name) {
-  py::array x = need<float>(x_o, name, {-1, -1});
-  if (x.shape(0) < 1 || x.shape(1) < 1) throw py::value_error(std::string(name) + ": empty " + shape_str(x));
-  return {x.shape(0), x.shape(1), static_cast<const float*>(x.data())};
-}
-
-const float* bn_vec(const py::object& o, const char* name, int64_t c) {
-  return static_cast<const float*>(need<float>(o, name, {c}).data());
-}
-
-float* bn_out(const py::object& o, const char* name, std::vector<py::ssize_t> dims) {
-  py::array a = need<float>(o, name, dims);
-  need_writeable(a, name);
-  return static_cast<float*>(a.mutable_data());
-}
-
-void py_bn_stats(const py::object& x_o, const py::object& mean_o, const py::object& var_o, int threads) {
-  BnArrays a = bn_input(x_o, "x");
-  float* mean = bn_out(mean_o, "mean", {a.c});
-  float* var = bn_out(var_o, "var", {a.c});
-  check_threads(threads);
-  py::gil_scoped_release nogil;
-  bn_stats(a.x, a.rows, a.c, mean, var, threads);
-}
-
-void py_bn_affine_act(const py::object& x_o, const py::object& scale_o, const py::object& shift_o, float lo,
-                      float hi, const py::object& out_o, int threads) {
-  BnArrays a = bn_input(x_o, "x");
-  const float* scale = bn_vec(scale_o, "scale", a.c);
-  const float* shift = bn_vec(shift_o, "shift", a.c);
-  float* out = bn_out(out_o, "out", {a.rows, a.c});
-  check_threads(threads);
-  py::gil_scoped_release nogil;
-  bn_affine_act(a.x, a.rows, a.c, scale, shift, lo, hi, out, threads);
-}
-
-void py_bn_act_grad_sums(const py::object& x_o, const py::object& dy_o, const py::object& scale_o,
-                         const py::object& shift_o, float lo, float hi, const py::object& mean_o,
-                         const py::object& sums_o, int threads) {
-  BnArrays a = bn_input(x_o, "x");
-  const float* dy = static_cast<const float*>(need<float>(dy_o, "grad_out", {a.rows, a.c}).data());
-  const float* scale = bn_vec(scale_o, "scale", a.c);
-  const float* shift = bn_vec(shift_o, "shift", a.c);
-  const float* mean = bn_vec(mean_o, "mean", a.c);
-  float* sums = bn_out(sums_o, "sums", {2, a.c});
-  check_threads(threads);
-  py::gil_scoped_release nogil;
-  bn_act_grad_sums(a.x, dy, a.rows, a.c, scale, shift, lo, hi, mean, sums, sums + a.c, threads);
-}
-
-void py_bn_act_grad_input(const py::object& x_o, const py::object& dy_o, const py::object& scale_o,
-                          const py::object& shift_o, float lo, float hi, const py::object& mean_o,
-                          const py::object& b_o, const py::object& k_o, const py::object& dx_o, int threads) {
-  BnArrays a = bn_input(x_o, "x");
-  const float* dy = static_cast<const float*>(need<float>(dy_o, "grad_out", {a.rows, a.c}).data());
-  const float* scale = bn_vec(scale_o, "scale", a.c);
-  const float* shift = bn_vec(shift_o, "shift", a.c);
-  const float* mean = bn_vec(mean_o, "mean", a.c);
-  const float* b = bn_vec(b_o, "b", a.c);
-  const float* k = bn_vec(k_o, "k", a.c);
-  float* dx = bn_out(dx_o, "grad_in", {a.rows, a.c});
-  check_threads(threads);
-  py::gil_scoped_release nogil;
-  bn_act_grad_input(a.x, dy, a.rows, a.c, scale, shift, lo, hi, mean, b, k, dx, threads);
-}
-
 double vnni_peak(int64_t iters) {
   if (!isa_supported(Isa::avx512vnni)) throw py::value_error("vnni_peak: CPU lacks AVX512-VNNI");
   py::gil_scoped_release nogil;
@@ -910,16 +838,6 @@ PYBIND11_MODULE(_C, m) {
         py::arg("stride"), py::arg("pad"), py::arg("out"), py::arg("threads"), py::arg("isa"),
         "Float32 weight gradient of an NHWC depthwise convolution (training): out[i * k + j, c]; the result does "
         "not depend on the thread count.");
-  m.def("bn_stats", &py_bn_stats, py::arg("x"), py::arg("mean"), py::arg("var"), py::arg("threads"),
-        "Per-channel mean and biased variance of a float32 [rows, C] matrix (a channels-last activation).");
-  m.def("bn_affine_act", &py_bn_affine_act, py::arg("x"), py::arg("scale"), py::arg("shift"), py::arg("lo"),
-        py::arg("hi"), py::arg("out"), py::arg("threads"), "out = clamp(x * scale + shift, lo, hi) per channel.");
-  m.def("bn_act_grad_sums", &py_bn_act_grad_sums, py::arg("x"), py::arg("grad_out"), py::arg("scale"),
-        py::arg("shift"), py::arg("lo"), py::arg("hi"), py::arg("mean"), py::arg("sums"), py::arg("threads"),
-        "sums[0] = sum of dz, sums[1] = sum of dz * (x - mean); dz = grad_out inside the clamp's open range.");
-  m.def("bn_act_grad_input", &py_bn_act_grad_input, py::arg("x"), py::arg("grad_out"), py::arg("scale"),
-        py::arg("shift"), py::arg("lo"), py::arg("hi"), py::arg("mean"), py::arg("b"), py::arg("k"),
-        py::arg("grad_in"), py::arg("threads"), "grad_in = scale * dz + b + k * (x - mean).");
   m.def("vnni_peak", &vnni_peak, py::arg("iters"),
         "Multiply-accumulates per second of a 16-chain vpdpbusd zmm loop (registers only) on one thread.");
   py::class_<Gemm, std::shared_ptr<Gemm>>(m, "Gemm")
