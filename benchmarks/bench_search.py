@@ -53,10 +53,9 @@ def standalone_table(title: str, contenders: dict, measured: dict, args, data, t
     one) is trained once. Against the first contender: the test images only one of the two gets right, over all
     seeds, with an exact two-sided sign test."""
     import numpy as np
-    import torch
     from scipy.stats import binomtest
 
-    from nas.train import TrainRecipe, train_standalone
+    from nas.train import TrainRecipe, predictions, train_standalone
 
     seeds = [args.seed + k for k in range(args.train_seeds)]
     lines = [f"{title} ({args.epochs} epochs from scratch, SGD, cosine; seeds {seeds}; mean ± sd)", "",
@@ -71,8 +70,7 @@ def standalone_table(title: str, contenders: dict, measured: dict, args, data, t
                 recipe = TrainRecipe(epochs=args.epochs, seed=sd, threads=args.threads)
                 model, metrics = train_standalone(arch, data, recipe)
                 xs, ys = data.tensors("test", arch.resolution)
-                with torch.no_grad():
-                    metrics["test_right"] = (model(xs).argmax(1) == ys).numpy()
+                metrics["test_right"] = (predictions(model, xs) == ys).numpy()
                 trained[str(arch), sd] = metrics
             m = trained[str(arch), sd]
             vals.append(m["val_acc"])
@@ -99,12 +97,11 @@ def cv_table(title: str, contenders: dict, measured: dict, args, data, trained: 
     once. Reports the pooled test accuracy over all images and, against the first contender, the images only one
     of the two gets right with an exact two-sided sign test. `trained` caches per-image results by network."""
     import numpy as np
-    import torch
     from scipy.stats import binomtest
     from sklearn.model_selection import StratifiedKFold
 
     from nas.data import Splits, TensorSplits, load_dataset, split_indices
-    from nas.train import TrainRecipe, train_standalone
+    from nas.train import TrainRecipe, predictions, train_standalone
 
     dataset = load_dataset(args.data)
     n = len(dataset.y)
@@ -129,8 +126,7 @@ def cv_table(title: str, contenders: dict, measured: dict, args, data, trained: 
                 model, m = train_standalone(arch, data_f, TrainRecipe(epochs=args.epochs, seed=seed,
                                                                       threads=args.threads))
                 xs, ys = data_f.tensors("test", arch.resolution)
-                with torch.no_grad():
-                    right[test] = (model(xs).argmax(1) == ys).numpy()
+                right[test] = (predictions(model, xs) == ys).numpy()
                 per_fold.append(m["test_acc"])
                 secs.append(m["wall_s"])
             trained[key] = (right, per_fold, statistics.mean(secs))

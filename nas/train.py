@@ -72,13 +72,19 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 
 @torch.no_grad()
+def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Top-1 class of every image of `x` (model put in eval mode), in batches: one forward pass over 10,000
+    Fashion-MNIST test images at 24 px took over 20 GB for a MobileNetV2 x1.46."""
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
     """Top-1 accuracy of `model` (put in eval mode) on tensors `x`, `y`."""
-    model.eval()
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
-    return correct / max(len(x), 1)
+    if len(x) == 0:
+        model.eval()
+        return 0.0
+    return int((predictions(model, x, batch_size) == y).sum()) / len(x)
 
 
 @torch.no_grad()

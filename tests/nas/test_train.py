@@ -102,3 +102,18 @@ def test_recalibrate_after_training(digits: TensorSplits) -> None:
     assert m["val_acc"] == pytest.approx(evaluate(model, digits, "val"))
     plain, _ = train_standalone(arch, digits, dataclasses.replace(recipe, recalibrate_bn=0))
     assert not torch.allclose(plain.stem.bn.running_mean, model.stem.bn.running_mean)
+
+
+def test_predictions_in_batches_match_one_pass() -> None:
+    from nas.train import predictions
+
+    torch.manual_seed(0)
+    arch = ss.get_space("small32").smallest()
+    model = ss.build(arch).eval()
+    x = torch.randn(7, arch.in_channels, arch.resolution, arch.resolution)
+    with torch.no_grad():
+        whole = model(x).argmax(1)
+    got = predictions(model, x, batch_size=3)
+    assert torch.equal(got, whole)
+    assert accuracy(model, x, whole, batch_size=2) == 1.0
+    assert accuracy(model, x[:0], whole[:0]) == 0.0
