@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="supernet epochs per progressive-shrinking phase: largest, kernel+SE, depth, expand+width "
                         "(default 1,1,1,2; 2,0,0,0 with --quick; 2,1,1,4 trains the sub-networks further)")
     p.add_argument("--quick", action="store_true",
-                   help="a short demo: tiny supernet recipe on 512 images, 12 trials (43-103 s on 2 cores)")
+                   help="a short demo: the space trimmed to half the MAC budget, a tiny supernet recipe on 512 "
+                        "images, 12 trials (65 s on a fresh folder, 2 cores)")
     p.add_argument("--train-images", type=int, default=None, metavar="N",
                    help="train on a seeded, class-stratified subset of N training images (default all; 512 with "
                         "--quick): a large dataset on a few cores")

@@ -33,6 +33,10 @@ class Evaluator:
 
 
 QUICK_TRAIN_IMAGES = 512
+# --quick trims the space to half the MAC budget (no lower than its smallest network): its supernet trains a largest
+# network about half as costly, and the networks found still fit the budget. Measured on digits, 2026-12-03, fresh
+# folder: 83 -> 65 s wall, and the finalized network 0.676 / 0.771 -> 0.838 / 0.860 val / test (one run each)
+QUICK_SPACE_FRACTION = 0.5
 DEFAULT_SUPERNET_EPOCHS = (1, 1, 1, 2)  # largest, kernel, depth, width
 SUPERNET_WARMUP = 0.5  # learning-rate warm-up over the first half of each shrinking phase
 FINETUNE_EPOCHS = 6  # the chosen network, from its supernet weights, with distillation (--quick: 2)
@@ -75,14 +79,15 @@ def load_data_and_space(request: Any, max_macs: float | None,
     """The request's data and its search space, sized to the data's channels and classes.
 
     With a MAC budget the space is trimmed to it (`search_spaces.trim_to_budget`), so the supernet trains only
-    networks near or under the budget.
+    networks near or under the budget; --quick trims it to `QUICK_SPACE_FRACTION` of the budget.
     """
     data = load_splits(request)
     train = data.splits.train
     space = ss.get_space(request.space, request.phi).with_io(train.in_channels, train.num_classes)
     if max_macs:
         ss.check_reachable(space, ss.Budget("macs", max_macs), ss.count_macs)
-        space = ss.trim_to_budget(space, max_macs)
+        trim = max(max_macs * QUICK_SPACE_FRACTION, ss.count_macs(space.smallest())) if request.quick else max_macs
+        space = ss.trim_to_budget(space, trim)
     log(f"data {request.data}: {len(train)} train / {len(data.splits.val)} val / {len(data.splits.test)} test, "
         f"{train.num_classes} classes; space {space.name} ({ss.count_macs(space.smallest()) / 1e6:.1f}.."
         f"{ss.count_macs(space.largest()) / 1e6:.1f}M MACs)")
