@@ -173,7 +173,8 @@ def equal_latency(best: ss.Arch, args, request, space, data, trained: dict) -> l
     contenders = {"searched": best, **baselines}
     measured = together(contenders, request)
     return ["", f"Baselines width-scaled (bisection on the width, measured latency) to the searched network's "
-            f"measured latency, {searched_ms:.3f} ms.", ""] + table(
+            f"measured latency, {searched_ms:.3f} ms (medians of 20 runs; the table's figures are measured "
+            "together).", ""] + table(
         "## Stand-alone training, same recipe, baselines at the searched network's latency", contenders, measured,
         args, data, trained)
 
