@@ -17,14 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import optuna
-
 import search_spaces as ss
 from nas.search.evaluate import build_evaluator, load_data_and_space, load_latency, measure_all, measure_ms
 from nas.search.main import SearchRequest, _limits
 from nas.search.pareto import hypervolume
 from nas.search.report import choose, trials_frame
-from nas.search.runner import SearchSettings, run_optuna, run_ray
+from nas.search.runner import SearchSettings, run_optuna, run_ray, study_exists
 from search_spaces.presets import width_scaled_baselines
 
 
@@ -34,8 +32,7 @@ def search_once(space, limits, evaluator, predictor, sampler, trials, seed, stor
     store.mkdir(parents=True, exist_ok=True)
     s = SearchSettings(space=space, limits=limits, trials=trials, sampler=sampler, seed=seed,
                        study_name=f"bench-{sampler}-{seed}", storage=f"sqlite:///{store}/{sampler}-{seed}.db")
-    names = [st.study_name for st in optuna.get_all_study_summaries(s.storage)]
-    study = run_optuna(s, evaluator, predictor.predict_ms, resume=s.study_name in names)
+    study = run_optuna(s, evaluator, predictor.predict_ms, resume=study_exists(s.storage, s.study_name))
     done = [t for t in study.trials if t.datetime_complete is not None and t.values is not None]
     wall = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
     return trials_frame(study, s, predictor.predict_ms), wall

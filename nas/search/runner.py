@@ -93,13 +93,18 @@ def directions(s: SearchSettings) -> list[str]:
     return ["maximize", "minimize"] if s.objective == "pareto" else ["maximize"]
 
 
+def study_exists(storage_url: str, name: str) -> bool:
+    """Whether the store at `storage_url` holds a study called `name`."""
+    return name in [st.study_name for st in optuna.get_all_study_summaries(make_storage(storage_url))]
+
+
 def check_study(storage_url: str, name: str, resume: bool) -> None:
     """Refuse to overwrite an existing study without `resume`, or to resume one that does not exist."""
-    names = [st.study_name for st in optuna.get_all_study_summaries(make_storage(storage_url))]
-    if name in names and not resume:
+    exists = study_exists(storage_url, name)
+    if exists and not resume:
         raise ValueError(f"study: {name!r} already exists in {storage_url}; pass --resume to continue it "
                          "or --study NAME for a new one")
-    if name not in names and resume:
+    if not exists and resume:
         raise ValueError(f"study: nothing to resume, no study {name!r} in {storage_url}")
 
 
