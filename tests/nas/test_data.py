@@ -121,6 +121,20 @@ def test_digits_builtin(digits):
     assert load_dataset("digits").x.tobytes() == digits.x.tobytes()
 
 
+def test_digits_read_directly_equal_sklearns_loader(monkeypatch):
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    import nas.data.formats as formats
+
+    ref = sk_load_digits()
+    assert formats._read_sklearn_digits_csv() is not None  # this scikit-learn ships the file where we look
+    direct = formats.load_digits()  # reads scikit-learn's CSV file without importing sklearn.datasets
+    assert np.array_equal(direct.x[:, 0], ref.images) and np.array_equal(direct.y, ref.target)
+    monkeypatch.setattr(formats, "_read_sklearn_digits_csv", lambda: None)  # a scikit-learn without the file
+    fallback = formats.load_digits()
+    assert fallback.x.tobytes() == direct.x.tobytes() and np.array_equal(fallback.y, direct.y)
+
+
 @pytest.mark.parametrize("compress", [True, False])
 def test_mnist_idx(tmp_path, digits, gray, compress):
     root = write_mnist(tmp_path / "mnist", gray, digits.y, compress)
