@@ -12,24 +12,20 @@ correlations and wall times. `--res-scale 0.5` runs every network at half the sp
 
 from __future__ import annotations
 
-import os
+import argparse
+import json
+import random
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # 2 OpenMP threads on a shared, busy 2-core box
+import torch
+from scipy import stats
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-import time  # noqa: E402
-from dataclasses import asdict, replace  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-from scipy import stats  # noqa: E402
-
-import search_spaces as ss  # noqa: E402
-from nas.data import TensorSplits, load_dataset, split  # noqa: E402
-from nas.supernet import SubnetEvaluator, SupernetRecipe, train_supernet  # noqa: E402
-from nas.train import TrainRecipe, train_standalone  # noqa: E402
+import search_spaces as ss
+from nas.data import TensorSplits, load_dataset, split
+from nas.supernet import SubnetEvaluator, SupernetRecipe, train_supernet
+from nas.train import TrainRecipe, train_standalone
 
 
 def spread_archs(space: ss.SearchSpace, n: int, lo: float, hi: float, seed: int) -> list[ss.Arch]:

@@ -16,20 +16,16 @@ Supernets are cached under `--out`/supernets, so a rerun only scores.
 
 from __future__ import annotations
 
-import os
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # 2 OpenMP threads on a shared 2-core box
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import search_spaces as ss  # noqa: E402
-from nas.data import TensorSplits, load_dataset, split  # noqa: E402
-from nas.io import write_atomic  # noqa: E402
-from nas.supernet import SubnetEvaluator, SupernetRecipe, train_supernet  # noqa: E402
+import search_spaces as ss
+from nas.data import TensorSplits, load_dataset, split
+from nas.io import write_atomic
+from nas.supernet import SubnetEvaluator, SupernetRecipe, train_supernet
 
 
 def parse_schedule(text: str) -> SupernetRecipe:

@@ -11,23 +11,19 @@
 
 from __future__ import annotations
 
-import os
+import argparse
+import random
+import statistics
+import time
+from collections.abc import Callable
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
+import torch.nn.functional as F
 
-import argparse  # noqa: E402
-import random  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import search_spaces as ss  # noqa: E402
-from nas.kernels import active_isa  # noqa: E402
-from nas.kernels import training as kt  # noqa: E402
-from nas.supernet.model import Supernet  # noqa: E402
+import search_spaces as ss
+from nas.kernels import active_isa
+from nas.kernels import training as kt
+from nas.supernet.model import Supernet
 
 # (channels, size, kernel, stride) of depthwise layers in small32 at 24 px (expanded widths)
 LAYERS = [(192, 24, 7, 1), (192, 24, 5, 1), (192, 24, 3, 1), (240, 12, 7, 1), (240, 12, 5, 2), (480, 6, 7, 1),

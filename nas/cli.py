@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
-# Busy-waiting OpenMP threads make torch 4-10x slower when another process shares the cores (measured on the
-# 2-core machines); must be set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP's wait policy is left at libgomp's default (spin briefly, then sleep). PASSIVE (sleep at once) helps only
+# when another busy process shares the cores, and costs a run that has them to itself: 2-core AMD VM, 2026-12-03,
+# the supernet's largest network forward + backward alone 1153 ms default vs 2031 ms PASSIVE; with a second such
+# process running, 4196 vs 1864 ms. Set OMP_WAIT_POLICY=PASSIVE yourself on a shared machine.
 
 # Modules under nas.commands that each define `register(subparsers)`; add one line per command group.
 COMMAND_MODULES = ["space", "search", "profile", "latency", "finalize", "train"]
