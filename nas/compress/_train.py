@@ -13,15 +13,22 @@ from nas.train import cosine_lr, kd_loss, make_optimizer, set_lr, teacher_logits
 
 def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, teacher: nn.Module | None = None,
              lr: float = 0.01, batch_size: int = 64, kd_weight: float = 1.0, seed: int = 0,
-             extra_params: list[nn.Parameter] | None = None, bn_frozen: bool = False) -> nn.Module:
+             extra_params: list[nn.Parameter] | None = None, bn_frozen: bool = False,
+             teacher_out: torch.Tensor | None = None) -> nn.Module:
     """`steps` SGD steps (cosine learning rate) on cross-entropy plus distillation from `teacher` (if given).
 
-    `bn_frozen` keeps batch norms in eval mode (QAT: they are folded into the convolutions at conversion).
-    Returns `model` in eval mode.
+    `teacher_out`: the teacher's outputs for `x`, computed once by a caller that fine-tunes repeatedly on the same
+    images (`teacher_logits`). `bn_frozen` keeps batch norms in eval mode (QAT: they are folded into the
+    convolutions at conversion). Returns `model` in eval mode.
     """
     if steps <= 0:
         return model.eval()
-    soft = teacher_logits(teacher, x) if teacher is not None and kd_weight else None
+    if teacher_out is not None and len(teacher_out) != len(x):
+        raise ValueError(f"teacher_out: expected one row per image of x ({len(x)}), got {len(teacher_out)}")
+    soft = None
+    if kd_weight:
+        soft = teacher_out if teacher_out is not None else (teacher_logits(teacher, x) if teacher is not None
+                                                            else None)
     loader = BatchLoader(torch.arange(len(y)), y, batch_size, seed=seed, drop_last=len(y) > batch_size)
     opt = make_optimizer(model, lr, 0.9, 5e-5)
     if extra_params:

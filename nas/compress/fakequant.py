@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nas.kernels.training import depthwise_conv2d, is_depthwise
+from nas.kernels.training import depthwise_conv2d, fake_quantize, is_depthwise, memory_order
 
 CALIBRATORS = ("minmax", "percentile", "mse")
 _SAMPLES = 1 << 16  # values kept per observed tensor per batch for percentile / MSE calibration
@@ -109,7 +109,7 @@ class ActObserver(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observe:
             with torch.no_grad():
-                lo, hi = x.min(), x.max()
+                lo, hi = torch.aminmax(memory_order(x))  # one pass, no channels-last copy
                 if self.momentum and torch.isfinite(self.lo):
                     self.lo.lerp_(lo, self.momentum)
                     self.hi.lerp_(hi, self.momentum)
@@ -124,7 +124,7 @@ class ActObserver(nn.Module):
         if not self.enabled:
             return x
         scale, zp = self.qparams()
-        return torch.fake_quantize_per_tensor_affine(x, scale, zp, 0, 255)
+        return fake_quantize(x, scale, zp, 0, 255)
 
 
 _GEN = torch.Generator().manual_seed(0)
@@ -247,7 +247,7 @@ class QuantSim(nn.Module):
                 s = self.fq(n + ".se.fc2.pre", blk.se.expand(s))
                 gate = nn.functional.hardsigmoid(s)
                 if self.observers and not getattr(self, "_discover", False) and self._act_on():
-                    gate = torch.fake_quantize_per_tensor_affine(gate, 1.0 / 255.0, 0, 0, 255)
+                    gate = fake_quantize(gate, 1.0 / 255.0, 0, 0, 255)
                 y = self.fq(n + ".se", y * gate)
             y = blk.project.bn(blk.project.conv(y))
             x = self.fq(n + ".out", inp + y) if blk.use_residual else self.fq(n + ".project", y)

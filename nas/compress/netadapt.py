@@ -22,6 +22,7 @@ from torch import nn
 import search_spaces as ss
 from nas.compress._train import finetune, loss_and_accuracy
 from nas.compress.prune import channel_groups, importance, prune_channels, pruned_arch
+from nas.train import teacher_logits
 
 log = logging.getLogger(__name__)
 METRICS = ("latency", "macs")
@@ -194,6 +195,7 @@ def netadapt(model: nn.Module, arch: ss.Arch, x: torch.Tensor, y: torch.Tensor,
     current = start
     initial = _sizes(arch)
     step = config.step_ratio * start
+    soft = None
     for it in range(config.max_iters):
         if current <= target:
             break
@@ -211,8 +213,11 @@ def netadapt(model: nn.Module, arch: ss.Arch, x: torch.Tensor, y: torch.Tensor,
             log.warning("netadapt: no group can reach %.4g %s; stopping at %.4g", goal, unit, current)
             break
         _, name, keep, size, model, arch, current, loss, acc = best
+        if soft is None and config.finetune_steps > 0:
+            # the unpruned teacher's outputs on the fine-tuning images: once, not once per iteration
+            soft = teacher_logits(teacher, xt)
         model = finetune(model, xt, yt, config.finetune_steps, teacher, config.lr, config.batch_size,
-                         seed=config.seed + it)
+                         seed=config.seed + it, teacher_out=soft)
         ft_loss, ft_acc = loss_and_accuracy(model, xh, yh)
         report.steps.append({"iteration": it, "group": name, "kept": keep, "was": size, "cost": current, "goal": goal,
                              "holdout_loss_before_ft": loss, "holdout_acc_before_ft": acc,

@@ -8,6 +8,10 @@ fixed chunks, so the result does not depend on the thread count): with AVX-512 3
 threads (64 images, 6-24 px, 120-480 channels; benchmarks/bench_train_ops.py). PyTorch's own 3x3 path is 2-4x
 faster than ours and is kept. `fast_depthwise(model)` switches a model's depthwise `nn.Conv2d` layers to it for
 a training run.
+
+`fake_quantize` is `torch.fake_quantize_per_tensor_affine` (same values, same straight-through gradient) in one
+vectorised pass (`_C.fake_quant`): PyTorch's CPU kernel is a scalar loop, 13 vs 0.8 ms on a 64x48x24x24
+activation; with `memory_order` for the observers' min/max, a W4A8 QAT step went 0.64 -> 0.37 s (fp32 step 0.30 s).
 """
 
 from __future__ import annotations
@@ -104,3 +108,49 @@ def fast_depthwise(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m in swapped:
             m.__class__ = nn.Conv2d
+
+
+def memory_order(t: torch.Tensor) -> torch.Tensor:
+    """`t`'s elements as a 1-d tensor in memory order: a view for contiguous and channels-last tensors (reductions
+    over a channels-last tensor otherwise copy it first: aminmax 1.7 ms vs 0.2 ms on a 64x48x24x24 activation)."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(-1)
+    return t.reshape(-1)
+
+
+def _flat(t: torch.Tensor) -> np.ndarray:
+    """A 1-d NumPy view of a dense tensor's memory, in memory order (contiguous or channels-last)."""
+    return memory_order(t.detach()).numpy()
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    if t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
+        return t
+    return t.contiguous()
+
+
+class _FakeQuant(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: int) -> torch.Tensor:  # noqa: ANN001
+        x = _dense(x)
+        out = torch.empty_like(x)
+        mask = torch.empty_like(x, dtype=torch.uint8)
+        _C.fake_quant(_flat(x), float(scale), int(zero_point), int(qmin), int(qmax), _flat(out), _flat(mask),
+                      torch.get_num_threads(), _float_isa())
+        ctx.save_for_backward(mask)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001, ANN205
+        (mask,) = ctx.saved_tensors
+        return grad_out * mask, None, None, None, None
+
+
+def fake_quantize(x: torch.Tensor, scale: float, zero_point: int, qmin: int = 0, qmax: int = 255) -> torch.Tensor:
+    """`torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)`, same values and straight-through
+    gradient, in one pass on the kernel library for float32 CPU tensors (PyTorch's CPU kernel is a scalar loop:
+    ~30% of a QAT step, measured 2026-12-03)."""
+    if x.dtype != torch.float32 or x.is_cuda or x.dim() == 0:
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
+    return _FakeQuant.apply(x, scale, zero_point, qmin, qmax)

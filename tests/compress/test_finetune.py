@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 import search_spaces as ss
@@ -38,3 +39,23 @@ def test_finetune_runs_the_teacher_once_per_batch_of_the_data_and_uses_it():
     w = [p for n, p in distilled.named_parameters() if n.endswith("conv.weight")][0]
     w0 = [p for n, p in plain.named_parameters() if n.endswith("conv.weight")][0]
     assert not torch.allclose(w, w0)  # the distillation term changed the updates
+
+
+def test_precomputed_teacher_outputs_give_the_same_fine_tuning_without_running_the_teacher():
+    torch.manual_seed(0)
+    student, teacher = ss.build(ARCH), ss.build(ARCH)
+    x, y = _data()
+    a = finetune(copy.deepcopy(student), x, y, steps=6, teacher=teacher, batch_size=32)
+    soft = teacher_logits(teacher, x)
+    calls = []
+    teacher.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    b = finetune(copy.deepcopy(student), x, y, steps=6, teacher=teacher, batch_size=32, teacher_out=soft)
+    assert calls == []
+    for (n, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), n
+
+
+def test_teacher_outputs_of_the_wrong_length_are_rejected():
+    x, y = _data(40)
+    with pytest.raises(ValueError, match="teacher_out: expected one row per image of x \\(40\\)"):
+        finetune(ss.build(ARCH), x, y, steps=2, teacher_out=torch.zeros(39, 10))

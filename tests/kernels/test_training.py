@@ -1,4 +1,5 @@
-"""The float32 depthwise weight-gradient kernel (training) against PyTorch's, on every ISA path."""
+"""Float32 training ops on the kernel library (depthwise weight gradient, fake quantization) against PyTorch's, on
+every ISA path."""
 
 from __future__ import annotations
 
@@ -126,3 +127,73 @@ def test_is_depthwise() -> None:
 
     parametrize.register_parametrization(dw, "weight", Half())  # QAT's fake-quantized weights are parametrized
     assert type(dw) is not nn.Conv2d and is_depthwise(dw)
+
+
+def _fq_cases() -> list[tuple[torch.Tensor, float, int, int, int]]:
+    gen = torch.Generator().manual_seed(3)
+    cases = []
+    # channels-last and contiguous, the SE gate's 1/255 grid, a signed grid, odd lengths (AVX2 tails of 8)
+    specs = [((6, 19, 7, 7), True, 0.05, 17, 0, 255), ((4, 8, 5, 5), False, 0.013, 0, 0, 255),
+             ((3, 5, 1, 1), True, 1 / 255, 0, 0, 255), ((1001,), False, 0.3, -3, -7, 7),
+             ((33, 9), False, 0.02, 128, 0, 255)]
+    for shape, cl, scale, zp, qmin, qmax in specs:
+        x = torch.randn(shape, generator=gen) * 4 * scale * (qmax - qmin) / 8
+        flat = x.view(-1)
+        k = min(60, flat.numel())
+        flat[:k] = (torch.arange(k) - k // 2 + 0.5) * scale  # exact ties: round half to even decides
+        if cl:
+            x = x.to(memory_format=torch.channels_last)
+        cases.append((x, scale, zp, qmin, qmax))
+    return cases
+
+
+@pytest.mark.parametrize("isa", FLOAT_ISAS)
+def test_fake_quant_kernel_equals_pytorchs_fake_quantize_on_every_isa(isa: str) -> None:
+    from nas.kernels.training import _flat
+
+    for x, scale, zp, qmin, qmax in _fq_cases():
+        want = torch.fake_quantize_per_tensor_affine(x, scale, zp, qmin, qmax)
+        xd = x.contiguous()
+        out, mask = torch.empty_like(xd), torch.empty_like(xd, dtype=torch.uint8)
+        _C.fake_quant(_flat(xd), scale, zp, qmin, qmax, _flat(out), _flat(mask), 2, isa)
+        assert torch.equal(out, want.contiguous()), (isa, x.shape)
+        q = torch.round(x / scale) + zp  # the mask: inside the grid before clamping
+        assert 0 < int(mask.sum()) < mask.numel()
+        assert torch.equal(mask.bool(), ((q >= qmin) & (q <= qmax)).contiguous()), (isa, x.shape)
+
+
+def test_fake_quantize_forward_and_straight_through_gradient_equal_pytorchs() -> None:
+    from nas.kernels.training import fake_quantize
+
+    for x, scale, zp, qmin, qmax in _fq_cases():
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        want = torch.fake_quantize_per_tensor_affine(a, scale, zp, qmin, qmax)
+        got = fake_quantize(b, scale, zp, qmin, qmax)
+        assert torch.equal(got, want) and got.stride() == x.stride()
+        g = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+        want.backward(g)
+        got.backward(g)
+        assert torch.equal(b.grad, a.grad)
+
+
+def test_memory_order_is_a_view_in_storage_order() -> None:
+    from nas.kernels.training import memory_order
+
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5).to(memory_format=torch.channels_last)
+    v = memory_order(x)
+    assert v.data_ptr() == x.data_ptr() and v.shape == (120,)
+    assert torch.equal(v, x.permute(0, 2, 3, 1).reshape(-1))
+    y = torch.arange(6.0).reshape(2, 3)
+    assert torch.equal(memory_order(y), torch.arange(6.0))
+
+
+def test_fake_quant_kernel_rejects_bad_input() -> None:
+    x = np.zeros((4, 5), np.float32)
+    with pytest.raises(ValueError, match="out: bad shape"):
+        _C.fake_quant(x, 0.1, 0, 0, 255, np.zeros((4, 6), np.float32), np.zeros((4, 5), np.uint8), 1, "reference")
+    with pytest.raises(TypeError, match="mask: expected dtype uint8"):
+        _C.fake_quant(x, 0.1, 0, 0, 255, np.zeros((4, 5), np.float32), np.zeros((4, 5), np.int32), 1, "reference")
+    with pytest.raises(ValueError, match="scale: expected a positive finite value"):
+        _C.fake_quant(x, 0.0, 0, 0, 255, np.zeros((4, 5), np.float32), np.zeros((4, 5), np.uint8), 1, "reference")
+    with pytest.raises(ValueError, match="qmin: must not exceed qmax"):
+        _C.fake_quant(x, 0.1, 0, 9, 3, np.zeros((4, 5), np.float32), np.zeros((4, 5), np.uint8), 1, "reference")

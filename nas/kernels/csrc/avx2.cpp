@@ -438,6 +438,24 @@ void dw_weight_grad(const DwGradArgs& a, int threads) {
   dw_grad_reduce(a);
 }
 
+int64_t fake_quant(const float* x, int64_t n, float scale, float inv_scale, float zp, float qmin, float qmax,
+                   float* out, uint8_t* mask) {
+  const __m256 vs = _mm256_set1_ps(scale), vi = _mm256_set1_ps(inv_scale), vz = _mm256_set1_ps(zp);
+  const __m256 lo = _mm256_set1_ps(qmin), hi = _mm256_set1_ps(qmax);
+  const __m256i one = _mm256_set1_epi32(1);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    // x * inv_scale is rounded to float before the rounding to nearest even, as in the scalar form (no FMA)
+    const __m256 p = _mm256_mul_ps(_mm256_loadu_ps(x + i), vi);
+    const __m256 q = _mm256_add_ps(_mm256_round_ps(p, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vz);
+    const __m256 in = _mm256_and_ps(_mm256_cmp_ps(q, lo, _CMP_GE_OQ), _mm256_cmp_ps(q, hi, _CMP_LE_OQ));
+    const __m256 c = _mm256_min_ps(_mm256_max_ps(q, lo), hi);
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_sub_ps(c, vz), vs));
+    store8(mask + i, _mm256_and_si256(_mm256_castps_si256(in), one), 8);
+  }
+  return i;
+}
+
 }  // namespace avx2
 }  // namespace nask
 

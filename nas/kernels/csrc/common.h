@@ -239,6 +239,21 @@ namespace ref {
 void dw_weight_grad(const DwGradArgs& a, int threads);
 }
 
+// Fake quantization (training): per element, q = rne(x * inv_scale) + zp; out = (clamp(q, qmin, qmax) - zp) *
+// scale and mask = (qmin <= q <= qmax), the formula of PyTorch's fake_quantize_per_tensor_affine_cachemask.
+inline void fake_quant_value(float x, float scale, float inv_scale, float zp, float qmin, float qmax, float* out,
+                             uint8_t* mask) {
+  const float q = std::nearbyint(x * inv_scale) + zp;
+  *mask = static_cast<uint8_t>(q >= qmin && q <= qmax);
+  *out = ((q < qmin ? qmin : (q > qmax ? qmax : q)) - zp) * scale;
+}
+
+namespace avx2 {
+// elements [0, n) of x; returns the first element not done (a multiple of 8)
+int64_t fake_quant(const float* x, int64_t n, float scale, float inv_scale, float zp, float qmin, float qmax,
+                   float* out, uint8_t* mask);
+}
+
 namespace avx2 {
 void dw_weight_grad(const DwGradArgs& a, int threads);  // AVX2 + FMA; any k
 }

@@ -812,6 +812,42 @@ void depthwise_weight_grad(const py::object& x_o, const py::object& g_o, int k, 
   else ref::dw_weight_grad(a, threads);
 }
 
+// Fake quantization of a float32 array (any shape, C-contiguous) on the grid [qmin, qmax]: out and a 0/1 mask of
+// the elements inside the grid (the straight-through gradient), as PyTorch's fake_quantize_per_tensor_affine.
+void fake_quant(const py::object& x_o, float scale, int zero_point, int qmin, int qmax, const py::object& out_o,
+                const py::object& mask_o, int threads, const std::string& isa_name) {
+  if (!py::isinstance<py::array>(x_o)) throw py::type_error("x: expected a numpy array of float32");
+  py::array xa = py::reinterpret_borrow<py::array>(x_o);
+  std::vector<py::ssize_t> dims(xa.shape(), xa.shape() + xa.ndim());
+  py::array x = need<float>(x_o, "x", dims);
+  py::array out = need<float>(out_o, "out", dims);
+  py::array mask = need<uint8_t>(mask_o, "mask", dims);
+  need_writeable(out, "out");
+  need_writeable(mask, "mask");
+  if (!(scale > 0.0f) || !std::isfinite(scale)) throw py::value_error("scale: expected a positive finite value");
+  if (qmin > qmax) throw py::value_error("qmin: must not exceed qmax");
+  if (threads < 1) throw py::value_error("threads: must be >= 1");
+  Isa isa = parse_isa(isa_name);
+  if (!isa_supported(isa)) throw py::value_error("isa: '" + isa_name + "' is not supported by this CPU");
+  const int64_t n = static_cast<int64_t>(x.size());
+  const float* xp = static_cast<const float*>(x.data());
+  float* op = static_cast<float*>(out.mutable_data());
+  uint8_t* mp = static_cast<uint8_t*>(mask.mutable_data());
+  const float inv = 1.0f / scale, zp = static_cast<float>(zero_point);
+  const float lo = static_cast<float>(qmin), hi = static_cast<float>(qmax);
+  const bool vec = isa != Isa::reference;  // AVX-512 machines run the AVX2 form (memory-bound either way)
+  constexpr int64_t kChunk = 1 << 16;
+  const int tasks = static_cast<int>((n + kChunk - 1) / kChunk);
+  py::gil_scoped_release nogil;
+  par(threads, tasks, [&](int t0, int t1) {
+    for (int t = t0; t < t1; ++t) {
+      const int64_t b = t * kChunk, e = std::min(n, b + kChunk);
+      int64_t i = vec ? b + avx2::fake_quant(xp + b, e - b, scale, inv, zp, lo, hi, op + b, mp + b) : b;
+      for (; i < e; ++i) fake_quant_value(xp[i], scale, inv, zp, lo, hi, op + i, mp + i);
+    }
+  });
+}
+
 double vnni_peak(int64_t iters) {
   if (!isa_supported(Isa::avx512vnni)) throw py::value_error("vnni_peak: CPU lacks AVX512-VNNI");
   py::gil_scoped_release nogil;
@@ -838,6 +874,10 @@ PYBIND11_MODULE(_C, m) {
         py::arg("stride"), py::arg("pad"), py::arg("out"), py::arg("threads"), py::arg("isa"),
         "Float32 weight gradient of an NHWC depthwise convolution (training): out[i * k + j, c]; the result does "
         "not depend on the thread count.");
+  m.def("fake_quant", &fake_quant, py::arg("x"), py::arg("scale"), py::arg("zero_point"), py::arg("qmin"),
+        py::arg("qmax"), py::arg("out"), py::arg("mask"), py::arg("threads"), py::arg("isa"),
+        "Float32 fake quantization: out = (clamp(rne(x / scale) + zp, qmin, qmax) - zp) * scale (x times the float "
+        "reciprocal of scale, as PyTorch) and mask = 1 where rne(x / scale) + zp lies in [qmin, qmax].");
   m.def("vnni_peak", &vnni_peak, py::arg("iters"),
         "Multiply-accumulates per second of a 16-chain vpdpbusd zmm loop (registers only) on one thread.");
   py::class_<Gemm, std::shared_ptr<Gemm>>(m, "Gemm")
