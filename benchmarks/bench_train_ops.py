@@ -5,6 +5,9 @@
 2. Per supernet step (the default search's sandwich step: largest + smallest + 2 random sub-networks, batch 64,
    24 px) and per stand-alone step of the space's largest network, with PyTorch's weight gradient everywhere
    (`MIN_KERNEL` raised past every kernel) and with ours.
+3. Fake quantization (QAT): `torch.fake_quantize_per_tensor_affine` vs `nas.kernels.training.fake_quantize`
+   (forward + straight-through backward, results checked equal) on activation shapes of the default space, and
+   one W4A8 QAT step of the space's largest network with PyTorch's fake quantization and with ours.
 
     python benchmarks/bench_train_ops.py [--threads 2] [--reps 10]
 """
@@ -92,6 +95,52 @@ def per_step(reps: int) -> None:
         print(f"| {name} | {theirs:.0f} | {ours:.0f} | {theirs / ours:.2f}x |")
 
 
+def fake_quant(reps: int) -> None:
+    print("\n## Fake quantization (uint8 grid), forward + backward, float32 channels-last\n")
+    print("| tensor | PyTorch ms | ours ms | speed-up | equal |")
+    print("|---|---:|---:|---:|---|")
+    for shape in [(64, 192, 24, 24), (64, 96, 24, 24), (64, 240, 12, 12), (64, 480, 6, 6), (64, 1200, 3, 3)]:
+        x = (torch.randn(shape) * 2).contiguous(memory_format=torch.channels_last).requires_grad_()
+        g = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+
+        def run(f: Callable[..., torch.Tensor], x: torch.Tensor = x, g: torch.Tensor = g) -> torch.Tensor:
+            x.grad = None
+            y = f(x, 0.02, 100, 0, 255)
+            y.backward(g)
+            return y
+
+        want, got = run(torch.fake_quantize_per_tensor_affine), run(kt.fake_quantize)
+        equal = torch.equal(want, got)
+        theirs = median_ms(lambda: run(torch.fake_quantize_per_tensor_affine), reps)  # noqa: B023
+        ours = median_ms(lambda: run(kt.fake_quantize), reps)  # noqa: B023
+        print(f"| {'x'.join(map(str, shape))} | {theirs:.2f} | {ours:.2f} | {theirs / ours:.1f}x | {equal} |")
+
+    from nas.compress import fakequant as fq
+
+    space = ss.trim_to_budget(ss.get_space(ss.DEFAULT_SPACE).with_io(1, 10), 100e6)
+    model = ss.build(space.largest()).eval()
+    x = torch.randn(64, 1, 24, 24)
+    y = torch.randint(0, 10, (64,))
+    sim = fq.QuantSim(model, {n: 4 for n in fq.gemm_layers(model)})
+    sim.calibrate([x])
+    for o in sim.observers.values():
+        o.observe, o.enabled, o.momentum = True, True, 0.01
+    sim.train().to(memory_format=torch.channels_last)
+
+    def step() -> None:
+        with kt.fast_depthwise(sim):
+            F.cross_entropy(sim(x), y).backward()
+
+    ours = median_ms(step, reps)
+    fq.fake_quantize = torch.fake_quantize_per_tensor_affine  # the module's name for it: PyTorch's kernel
+    try:
+        theirs = median_ms(step, reps)
+    finally:
+        fq.fake_quantize = kt.fake_quantize
+    print(f"\nW4A8 QAT step of the largest network (batch 64, observers on): PyTorch's fake quantization "
+          f"{theirs:.0f} ms, ours {ours:.0f} ms ({theirs / ours:.2f}x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -101,6 +150,7 @@ def main() -> None:
     torch.manual_seed(0)
     per_layer(args.reps, args.threads)
     per_step(max(3, args.reps // 2))
+    fake_quant(args.reps)
 
 
 if __name__ == "__main__":
