@@ -26,9 +26,10 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, tea
     if teacher_out is not None and len(teacher_out) != len(x):
         raise ValueError(f"teacher_out: expected one row per image of x ({len(x)}), got {len(teacher_out)}")
     soft = None
-    if kd_weight:
-        soft = teacher_out if teacher_out is not None else (teacher_logits(teacher, x) if teacher is not None
-                                                            else None)
+    if kd_weight and teacher_out is not None:
+        soft = teacher_out
+    elif kd_weight and teacher is not None:
+        soft = teacher_logits(teacher, x)
     loader = BatchLoader(torch.arange(len(y)), y, batch_size, seed=seed, drop_last=len(y) > batch_size)
     opt = make_optimizer(model, lr, 0.9, 5e-5)
     if extra_params:

@@ -110,12 +110,14 @@ def fast_depthwise(model: nn.Module) -> Iterator[nn.Module]:
             m.__class__ = nn.Conv2d
 
 
+def _channels_last_only(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
 def memory_order(t: torch.Tensor) -> torch.Tensor:
     """`t`'s elements as a 1-d tensor in memory order: a view for contiguous and channels-last tensors (reductions
     over a channels-last tensor otherwise copy it first: aminmax 1.7 ms vs 0.2 ms on a 64x48x24x24 activation)."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return t.permute(0, 2, 3, 1).reshape(-1)
-    return t.reshape(-1)
+    return t.permute(0, 2, 3, 1).reshape(-1) if _channels_last_only(t) else t.reshape(-1)
 
 
 def _flat(t: torch.Tensor) -> np.ndarray:
@@ -124,9 +126,7 @@ def _flat(t: torch.Tensor) -> np.ndarray:
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
-    if t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
-        return t
-    return t.contiguous()
+    return t if t.is_contiguous() or _channels_last_only(t) else t.contiguous()
 
 
 class _FakeQuant(torch.autograd.Function):

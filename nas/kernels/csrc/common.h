@@ -249,13 +249,10 @@ inline void fake_quant_value(float x, float scale, float inv_scale, float zp, fl
 }
 
 namespace avx2 {
-// elements [0, n) of x; returns the first element not done (a multiple of 8)
+void dw_weight_grad(const DwGradArgs& a, int threads);  // AVX2 + FMA; any k
+// fake_quant_value over elements [0, n) of x; returns the first element not done (a multiple of 8)
 int64_t fake_quant(const float* x, int64_t n, float scale, float inv_scale, float zp, float qmin, float qmax,
                    float* out, uint8_t* mask);
-}
-
-namespace avx2 {
-void dw_weight_grad(const DwGradArgs& a, int threads);  // AVX2 + FMA; any k
 }
 
 namespace avx512 {
