@@ -102,7 +102,7 @@ def main() -> None:
                             warmup=args.warmup, threads=args.threads,
                             probe_each_epoch=True)  # the per-epoch curve is part of the report
     t0 = time.perf_counter()
-    run = train_supernet(space, data, recipe, seed=args.seed)
+    run = train_supernet(space, data, recipe, seed=args.seed, pretrained=None)  # trained (and timed) here
     supernet_s = time.perf_counter() - t0
     supernet_train_s = sum(h["wall_s"] for h in run.history)
     print(f"supernet: {run.path} ({supernet_train_s:.0f}s of training epochs, {supernet_s:.0f}s this call)")

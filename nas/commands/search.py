@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--supernet-epochs", default=None, metavar="L,K,D,W", type=parse_epochs,
                    help="supernet epochs per progressive-shrinking phase: largest, kernel+SE, depth, expand+width "
                         "(default 1,1,1,2; 2,0,0,0 with --quick; 2,1,1,4 trains the sub-networks further)")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                   help="load the supernet shipped with nas when one matches this run's space, data, recipe and "
+                        "seed (the default search's does); --no-pretrained trains it here (default on)")
     p.add_argument("--quick", action="store_true",
                    help="a short demo: the space trimmed to half the MAC budget, a tiny supernet recipe on 512 "
                         "images, 12 trials (49-64 s on a fresh folder, 2 cores)")
@@ -64,7 +67,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         backend=args.backend, address=args.address, workers=args.workers, storage=args.storage, study=args.study,
         resume=args.resume, finalize=args.finalize, quick=args.quick, seed=args.seed, out=args.out,
         threads=args.threads, supernet_epochs=args.supernet_epochs, train_images=args.train_images,
-        val_images=args.val_images,
+        val_images=args.val_images, pretrained=args.pretrained,
     )
     search(request)
     return 0

@@ -25,6 +25,7 @@ class Evaluator:
     subnet: Any  # nas.supernet.SubnetEvaluator
     latency_ms: Callable[[ss.Arch], float] | None = None
     supernet_key: str = ""  # the cache key of the supernet behind `subnet`: what a trial's accuracy depends on
+    supernet_pretrained: bool = False  # loaded from the package's pretrained supernets, not trained in this run
 
     def __call__(self, arch: ss.Arch) -> dict[str, float]:
         acc = self.subnet(arch)
@@ -102,9 +103,14 @@ def build_evaluator(request: Any, data: TensorSplits, space: ss.SearchSpace,
     from nas.supernet import SubnetEvaluator, train_supernet
 
     recipe = supernet_recipe(request.quick, request.threads, request.supernet_epochs)
-    run = train_supernet(space, data, recipe, seed=request.seed,
-                         root=Path(request.out) / "supernets")
+    from nas.supernet.pretrained import PACKAGED
+
+    run = train_supernet(space, data, recipe, seed=request.seed, root=Path(request.out) / "supernets",
+                         pretrained=PACKAGED if request.pretrained else None)
     log(f"supernet {run.key}: {run.epochs_done} epochs, cached in {run.path}")
+    if run.pretrained is not None:
+        log(f"  (pretrained: trained once with this space, data, recipe and seed and shipped with nas, "
+            f"{run.pretrained.name}; --no-pretrained trains it here)")
     if not any(recipe.epochs[1:]):
         # --quick's recipe: shrinking phases cost ~3x a largest-network epoch each and did not help at 512 images
         log("note: this supernet trained only its largest network, so the trials' sub-network accuracies are near "
@@ -112,7 +118,8 @@ def build_evaluator(request: Any, data: TensorSplits, space: ss.SearchSpace,
             "a supernet trained with progressive shrinking)")
     # trials recalibrate batch norm on as many images as the supernet's own per-epoch probes
     return Evaluator(SubnetEvaluator(run.supernet, data, "val", calib_images=recipe.calib_images,
-                                     seed=request.seed), supernet_key=run.key)
+                                     seed=request.seed), supernet_key=run.key,
+                     supernet_pretrained=run.pretrained is not None)
 
 
 def load_latency(request: Any, space: ss.SearchSpace, log: Callable[[str], None]) -> Any:

@@ -44,6 +44,7 @@ class SearchRequest:
     supernet_epochs: tuple[int, int, int, int] | None = None  # None: the default (or --quick) recipe
     train_images: int | None = None  # a seeded, class-stratified subset of the training split (--quick: 512)
     val_images: int | None = None  # likewise for the validation split that scores the trials
+    pretrained: bool = True  # load a packaged supernet whose cache key matches, instead of training it
 
     def __post_init__(self) -> None:
         for name in ("train_images", "val_images"):
@@ -204,6 +205,7 @@ def search(request: SearchRequest, log: Any = print) -> dict[str, Any]:
         "search_seconds": round(search_seconds, 1),
         "best": {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items()},
         "pareto_size": int(len(front)),
+        "supernet": {"key": evaluator.supernet_key, "pretrained": evaluator.supernet_pretrained},
         "baselines": baselines.drop(columns="arch").to_dict("records") if len(baselines) else [],
     }
     seconds["report"] = time.perf_counter() - t_report

@@ -6,7 +6,8 @@ Resolution is elastic in every shrinking phase. Each step follows the sandwich r
 learns from the labels, the smallest and `random_subnets` random ones from the labels plus the largest one's
 (detached) predictions. A checkpoint is written atomically after every epoch to
 `results/supernets/<key>/checkpoint.pt`; calling `train_supernet` again resumes after the last finished
-epoch, or just loads the result when all epochs are done.
+epoch, or just loads the result when all epochs are done. A supernet shipped with the package under the same
+key (`nas.supernet.pretrained`) is loaded instead of trained.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tqdm import tqdm
 import search_spaces as ss
 from nas.data import BatchLoader, Splits, TensorSplits
 from nas.io import write_atomic
+from nas.supernet import pretrained as _pretrained
 from nas.supernet.evaluate import SubnetEvaluator
 from nas.supernet.model import Supernet
 from nas.train import as_tensor_splits, cosine_lr, kd_loss, make_optimizer, set_lr
@@ -137,6 +139,7 @@ class SupernetRun:
     history: list[dict]
     key: str
     total_epochs: int
+    pretrained: Path | None = None  # the packaged file it was loaded from, if it was not trained here
 
     @property
     def finished(self) -> bool:
@@ -155,11 +158,14 @@ def load_supernet(path: str | os.PathLike[str]) -> Supernet:
 
 def train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe: SupernetRecipe = SupernetRecipe(),
                    seed: int = 0, root: str | os.PathLike[str] = DEFAULT_ROOT, progress: bool = True,
-                   callback: Callable[[dict], None] | None = None) -> SupernetRun:
+                   callback: Callable[[dict], None] | None = None,
+                   pretrained: str | os.PathLike[str] | None = _pretrained.PACKAGED) -> SupernetRun:
     """Train (or resume, or load) the supernet of `space` on `splits` with progressive shrinking.
 
     `space` is adapted to the data's channels and classes. `callback` receives each finished epoch's record
     (after its checkpoint is on disk); an exception it raises stops training, which a later call resumes.
+    Without a checkpoint under `root`, a pretrained supernet of the same key in the folder `pretrained` (default:
+    the package's) is loaded and copied there; `pretrained=None` always trains.
     """
     torch.set_num_threads(recipe.threads)
     data = as_tensor_splits(splits)
@@ -177,6 +183,13 @@ def train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe:
     net = Supernet(space)
     state = torch.load(ckpt_file, weights_only=False) if ckpt_file.exists() else None
     done, history = 0, []
+    found = _pretrained.find(key, pretrained) if state is None and pretrained is not None else None
+    if found is not None:
+        state = _pretrained.load_state(found, net.state_dict())
+        if state["epoch"] != len(_schedule(recipe)):
+            raise ValueError(f"{found}: {state['epoch']} epochs, but its recipe has {len(_schedule(recipe))}")
+        state.update(space=space, key=key)
+        write_atomic(ckpt_file, lambda tmp: torch.save(state, tmp))
     if state is not None:
         net.load_state_dict(state["model"])
         done, history = state["epoch"], state["history"]
@@ -215,7 +228,8 @@ def train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe:
         if callback is not None:
             callback(record)
     net.to(memory_format=torch.contiguous_format).eval()
-    return SupernetRun(net, path, len(history), history, key, len(schedule))
+    return SupernetRun(net, path, len(history), history, key, len(schedule),
+                       Path(state["pretrained"]) if state and state.get("pretrained") else None)
 
 
 def _probe(evaluator: SubnetEvaluator, pspace: ss.SearchSpace, seed: int) -> dict[str, float]:
