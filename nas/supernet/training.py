@@ -165,7 +165,7 @@ def train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe:
     `space` is adapted to the data's channels and classes. `callback` receives each finished epoch's record
     (after its checkpoint is on disk); an exception it raises stops training, which a later call resumes.
     Without a checkpoint under `root`, a pretrained supernet of the same key in the folder `pretrained` (default:
-    the package's) is loaded and copied there; `pretrained=None` always trains.
+    the package's) is loaded and copied there; `pretrained=None` always trains (over such a copy too).
     """
     torch.set_num_threads(recipe.threads)
     data = as_tensor_splits(splits)
@@ -182,6 +182,8 @@ def train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe:
     torch.manual_seed(seed)
     net = Supernet(space)
     state = torch.load(ckpt_file, weights_only=False) if ckpt_file.exists() else None
+    if state is not None and pretrained is None and state.get("pretrained"):
+        state = None  # a cache copied from a packaged supernet: `pretrained=None` asks for one trained here
     done, history = 0, []
     found = _pretrained.find(key, pretrained) if state is None and pretrained is not None else None
     if found is not None:

@@ -59,10 +59,16 @@ def test_no_pretrained_trains_even_when_one_matches(tmp_path: Path) -> None:
     recipe = FAST.__class__(epochs=(1, 0, 0, 1), batch_size=128, random_subnets=1, calib_images=64, threads=1)
     first = train_supernet(TINY, data, recipe, root=tmp_path / "a", progress=False, pretrained=None)
     pt.save(first.supernet, {"key": first.key, "epochs": 2, "history": first.history}, tmp_path / "pkg")
+    copied = train_supernet(TINY, data, recipe, root=tmp_path / "b", progress=False, pretrained=tmp_path / "pkg")
+    assert copied.pretrained is not None
     epochs: list[int] = []
+    # the cache under root b is now a copy of the packaged file: None trains over it
     run = train_supernet(TINY, data, recipe, root=tmp_path / "b", progress=False, pretrained=None,
                          callback=lambda r: epochs.append(r["epoch"]))
     assert epochs == [1, 2] and run.pretrained is None
+    again = train_supernet(TINY, data, recipe, root=tmp_path / "b", progress=False, pretrained=tmp_path / "pkg",
+                           callback=lambda r: epochs.append(r["epoch"]))
+    assert epochs == [1, 2] and again.pretrained is None  # the supernet trained here is the cache now
 
 
 def test_a_file_that_does_not_fit_is_refused_by_name(tmp_path: Path) -> None:

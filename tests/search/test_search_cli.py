@@ -54,6 +54,8 @@ def test_search_writes_its_outputs(run):
     assert (d / "best.txt").read_text().strip() == str(best)
     summary = json.loads((d / "summary.json").read_text())
     assert summary["trials"] == 8 and summary["versions"]["torch"].startswith("2.13")
+    # no packaged supernet matches a --quick run's key: it trained its own, and says which
+    assert summary["supernet"]["pretrained"] is False and len(summary["supernet"]["key"]) == 16
     stages = summary["seconds"]
     assert set(stages) == {"data_and_supernet", "latency_table", "search", "report"}  # --no-finalize
     assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= summary["total_seconds"] + 0.5
@@ -143,10 +145,11 @@ def test_stale_default_table_is_kept_aside_and_profiled_again(run):
 
 def test_supernet_epochs_flag(run):
     out, _ = run
-    log = finish(nas(*ARGS, "--trials", "2", "--supernet-epochs", "1,0,0,0", out=out))
+    log = finish(nas(*ARGS, "--trials", "2", "--supernet-epochs", "1,0,0,0", "--no-pretrained", out=out))
     assert "supernet epoch 1/1 [largest]" in log and "1 epochs, cached" in log
     summary = json.loads(next(out.glob("*se1000*/summary.json")).read_text())  # its own study name
     assert summary["request"]["supernet_epochs"] == [1, 0, 0, 0] and summary["trials"] == 2
+    assert summary["request"]["pretrained"] is False and summary["supernet"]["pretrained"] is False
     for bad in ("1,2,3", "0,1,1,1", "a,b,c,d"):
         proc = nas("--budget", BUDGET, "--supernet-epochs", bad, out=out)
         text, _ = proc.communicate(timeout=120)
