@@ -13,15 +13,7 @@ from nas.search.main import SearchRequest
 from nas.supernet import SubnetEvaluator, Supernet, cache_key, dataset_fingerprint, train_supernet
 from nas.supernet import pretrained as pt
 
-from .test_supernet import FAST, TINY, tiny_digits
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+from .test_supernet import FAST, TINY, _one_thread, tiny_digits  # noqa: F401 (_one_thread: autouse fixture)
 
 
 def test_stored_supernet_is_loaded_instead_of_trained(tmp_path: Path) -> None:
