@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "seed (the default search's does); --no-pretrained trains it here (default on)")
     p.add_argument("--quick", action="store_true",
                    help="a short demo: the space trimmed to half the MAC budget, a tiny supernet recipe on 512 "
-                        "images, 12 trials (49-64 s on a fresh folder, 2 cores)")
+                        "images, 12 trials (31-64 s on a fresh folder, 2 cores)")
     p.add_argument("--train-images", type=int, default=None, metavar="N",
                    help="train on a seeded, class-stratified subset of N training images (default all; 512 with "
                         "--quick): a large dataset on a few cores")
