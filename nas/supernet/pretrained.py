@@ -32,7 +32,8 @@ def find(key: str, directory: str | os.PathLike[str] = PACKAGED) -> Path | None:
 
 
 def save(net: torch.nn.Module, meta: dict[str, Any], directory: str | os.PathLike[str] = PACKAGED) -> Path:
-    """Store a finished supernet as `<key>.safetensors` + `<key>.json` (meta must hold "key" and "history")."""
+    """Store a finished supernet as `<key>.safetensors` + `<key>.json` (meta must hold "key", "epochs" and
+    "history")."""
     from safetensors.torch import save_file
 
     for field in ("key", "history", "epochs"):

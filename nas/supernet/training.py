@@ -181,22 +181,22 @@ def train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe:
 
     torch.manual_seed(seed)
     net = Supernet(space)
+    schedule = _schedule(recipe)
     state = torch.load(ckpt_file, weights_only=False) if ckpt_file.exists() else None
     if state is not None and pretrained is None and state.get("pretrained"):
         state = None  # a cache copied from a packaged supernet: `pretrained=None` asks for one trained here
-    done, history = 0, []
     found = _pretrained.find(key, pretrained) if state is None and pretrained is not None else None
     if found is not None:
         state = _pretrained.load_state(found, net.state_dict())
-        if state["epoch"] != len(_schedule(recipe)):
-            raise ValueError(f"{found}: {state['epoch']} epochs, but its recipe has {len(_schedule(recipe))}")
+        if state["epoch"] != len(schedule):
+            raise ValueError(f"{found}: {state['epoch']} epochs, but its recipe has {len(schedule)}")
         state.update(space=space, key=key)
         write_atomic(ckpt_file, lambda tmp: torch.save(state, tmp))
+    done, history = 0, []
     if state is not None:
         net.load_state_dict(state["model"])
         done, history = state["epoch"], state["history"]
     net.to(memory_format=torch.channels_last)  # oneDNN's NHWC kernels: ~25% faster training steps
-    schedule = _schedule(recipe)
     y = data.tensors("train")[1]
     loader = BatchLoader(torch.arange(len(y)), y, recipe.batch_size, seed=seed, drop_last=len(y) > recipe.batch_size)
     evaluator = SubnetEvaluator(net, data, "val", recipe.calib_images, seed)
