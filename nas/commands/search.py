@@ -41,6 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
                    help="load the supernet shipped with nas when one matches this run's space, data, recipe and "
                         "seed (the default search's does); --no-pretrained trains it here (default on)")
+    p.add_argument("--verify", type=int, default=None, metavar="K",
+                   help="fine-tune K candidates (the most accurate trial of each of K equal bands of predicted "
+                        "latency) from their supernet weights and choose the best fine-tuned val accuracy; 1 keeps "
+                        "the most accurate trial (default 3; 1 with --quick)")
     p.add_argument("--quick", action="store_true",
                    help="a short demo: the space trimmed to half the MAC budget, a tiny supernet recipe on 512 "
                         "images, 12 trials (31-64 s on a fresh folder, 2 cores)")
@@ -67,7 +71,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         backend=args.backend, address=args.address, workers=args.workers, storage=args.storage, study=args.study,
         resume=args.resume, finalize=args.finalize, quick=args.quick, seed=args.seed, out=args.out,
         threads=args.threads, supernet_epochs=args.supernet_epochs, train_images=args.train_images,
-        val_images=args.val_images, pretrained=args.pretrained,
+        val_images=args.val_images, pretrained=args.pretrained, verify=args.verify,
     )
     search(request)
     return 0

@@ -181,24 +181,29 @@ def measure_ms(arch: ss.Arch, request: Any, reps: int = 20) -> float:
     return float(statistics.median(device.time_arch(arch, reps)))
 
 
-def finalize_best(arch: ss.Arch, evaluator: Evaluator, request: Any, run_dir: Path,
-                  log: Callable[[str], None]) -> dict[str, Any]:
-    """Fine-tune the chosen sub-network from its supernet weights with distillation, then compress and export."""
+def finetune(arch: ss.Arch, evaluator: Evaluator, request: Any) -> tuple[Any, dict[str, Any]]:
+    """`arch` fine-tuned from its supernet weights with distillation from the largest sub-network (both with
+    batch norm recalibrated: the shared statistics of a supernet fit no single sub-network); the model and the
+    metrics of `nas.train.train_standalone`."""
     from nas.train import TrainRecipe, train_standalone
 
-    supernet = evaluator.subnet.supernet
-    data = evaluator.subnet.data
     init = evaluator.subnet.model(arch)
-    # the shared batch-norm statistics of a supernet fit no single sub-network: recalibrate the teacher too
-    teacher = evaluator.subnet.model(supernet.space.largest())
-    recipe = TrainRecipe(epochs=2 if request.quick else FINETUNE_EPOCHS, lr=0.05, seed=request.seed,
-                         threads=request.threads, recalibrate_bn=1024)
-    log(f"finalize: fine-tuning {arch.hash()} for {recipe.epochs} epochs with distillation from the largest "
-        "sub-network")
-    model, metrics = train_standalone(arch, data, recipe, init=init, teacher=teacher)
-    out: dict[str, Any] = {"fp32_val_acc": metrics["val_acc"], "fp32_test_acc": metrics.get("test_acc"),
-                           "finetune_seconds": metrics.get("wall_s")}
+    teacher = evaluator.subnet.model(evaluator.subnet.supernet.space.largest())
+    recipe = TrainRecipe(epochs=finetune_epochs(request), lr=0.05, seed=request.seed, threads=request.threads,
+                         recalibrate_bn=1024)
+    return train_standalone(arch, evaluator.subnet.data, recipe, init=init, teacher=teacher)
+
+
+def finetune_epochs(request: Any) -> int:
+    return 2 if request.quick else FINETUNE_EPOCHS
+
+
+def finalize_best(arch: ss.Arch, model: Any, metrics: dict[str, Any], data: TensorSplits, request: Any,
+                  run_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """Compress and export the chosen network, already fine-tuned (`finetune`, by the verify step)."""
     from nas.search.export_step import compress_and_export
 
+    out: dict[str, Any] = {"fp32_val_acc": metrics["val_acc"], "fp32_test_acc": metrics.get("test_acc"),
+                           "finetune_seconds": metrics.get("wall_s")}
     out.update(compress_and_export(model, arch, data, request, run_dir, log))
     return out

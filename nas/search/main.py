@@ -45,16 +45,25 @@ class SearchRequest:
     train_images: int | None = None  # a seeded, class-stratified subset of the training split (--quick: 512)
     val_images: int | None = None  # likewise for the validation split that scores the trials
     pretrained: bool = True  # load a packaged supernet whose cache key matches, instead of training it
+    verify: int | None = None  # candidates fine-tuned before choosing (None: VERIFY_CANDIDATES, 1 with --quick)
 
     def __post_init__(self) -> None:
         for name in ("train_images", "val_images"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name}: expected a positive number of images or None, got {v!r}")
+        if self.verify is not None and (not isinstance(self.verify, int) or self.verify < 1):
+            raise ValueError(f"verify: expected a positive number of candidates or None, got {self.verify!r}")
 
     @property
     def n_trials(self) -> int:
         return self.trials if self.trials is not None else (12 if self.quick else 60)
+
+    @property
+    def n_verify(self) -> int:
+        from nas.search.verify import VERIFY_CANDIDATES
+
+        return self.verify if self.verify is not None else (1 if self.quick else VERIFY_CANDIDATES)
 
     def run_name(self) -> str:
         """Default study name: readable and specific to the settings that change the result."""
@@ -177,10 +186,6 @@ def search(request: SearchRequest, log: Any = print) -> dict[str, Any]:
     df = report.trials_frame(study, settings, latency_ms)
     write_atomic(run_dir / "trials.csv", lambda tmp: df.to_csv(tmp, index=False))
     front = df[df["pareto"]].sort_values("latency_ms").copy()
-    best = report.choose(df)
-    best_arch = ss.decode(best["arch"])
-    write_atomic(run_dir / "best.json", lambda tmp: Path(tmp).write_text(best_arch.to_json(indent=2)))
-    write_atomic(run_dir / "best.txt", lambda tmp: Path(tmp).write_text(str(best_arch) + "\n"))
 
     from nas.search.evaluate import measure_all
     from search_spaces.presets import width_scaled_baselines
@@ -198,6 +203,27 @@ def search(request: SearchRequest, log: Any = print) -> dict[str, Any]:
         write_atomic(run_dir / "baselines.csv", lambda tmp: baselines.to_csv(tmp, index=False))
     report.plot_pareto(df, run_dir / "pareto.png", f"{settings.study_name}: accuracy vs latency "
                        f"({request.device})", baselines=baselines, measured=front)
+    seconds["report"] = time.perf_counter() - t_report
+
+    # the choice: with more than one candidate, or to finalize it, the candidates are fine-tuned and the best
+    # fine-tuned validation accuracy wins (nas.search.verify); else the most accurate trial
+    model = metrics = verified = None
+    if request.n_verify > 1 or request.finalize:
+        from nas.search.verify import pick_candidates, verify
+
+        t_verify = time.perf_counter()
+        candidates = pick_candidates(df, request.n_verify)
+        log(f"verify: {len(candidates)} candidate(s) spread over the latency range, each fine-tuned from its "
+            "supernet weights; the best fine-tuned val accuracy is chosen")
+        verified, model, metrics = verify(candidates, evaluator, request, run_dir / "verify", log)
+        best = df[df["trial"] == int(verified.loc[verified["chosen"], "trial"].iloc[0])].iloc[0].copy()
+        best["verified_val_acc"] = metrics["val_acc"]
+        seconds["verify"] = time.perf_counter() - t_verify
+    else:
+        best = report.choose(df)
+    best_arch = ss.decode(best["arch"])
+    write_atomic(run_dir / "best.json", lambda tmp: Path(tmp).write_text(best_arch.to_json(indent=2)))
+    write_atomic(run_dir / "best.txt", lambda tmp: Path(tmp).write_text(str(best_arch) + "\n"))
 
     summary: dict[str, Any] = {
         "run": settings.study_name, "command": " ".join(sys.argv), "request": asdict(request),
@@ -207,13 +233,13 @@ def search(request: SearchRequest, log: Any = print) -> dict[str, Any]:
         "pareto_size": int(len(front)),
         "supernet": {"key": evaluator.supernet_key, "pretrained": evaluator.supernet_pretrained},
         "baselines": baselines.drop(columns="arch").to_dict("records") if len(baselines) else [],
+        "verify": verified.drop(columns="arch").to_dict("records") if verified is not None else [],
     }
-    seconds["report"] = time.perf_counter() - t_report
     if request.finalize:
         from nas.search.evaluate import finalize_best
 
         t_final = time.perf_counter()
-        summary["finalized"] = finalize_best(best_arch, evaluator, request, run_dir, log)
+        summary["finalized"] = finalize_best(best_arch, model, metrics, evaluator.subnet.data, request, run_dir, log)
         seconds["finalize"] = time.perf_counter() - t_final
     summary["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     summary["total_seconds"] = round(time.perf_counter() - t_start, 1)
@@ -244,9 +270,19 @@ def _print_summary(front: Any, summary: dict[str, Any], run_dir: Path, log: Any)
         table.add_row(str(r["trial"]), f"{r['val_acc']:.4f}", f"{r['latency_ms']:.3f}", f"{r['measured_ms']:.3f}",
                       f"{r['macs'] / 1e6:.1f}", f"{r['params'] / 1e6:.3f}", r["arch_hash"])
     Console(file=sys.stdout).print(table)
+    if len(summary["verify"]) > 1:
+        table = Table(title="Verified candidates (fine-tuned from the supernet; the best val acc is chosen)")
+        for col in ("trial", "supernet val acc", "fine-tuned val acc", "pred ms", "MMACs", "arch", "chosen"):
+            table.add_column(col)
+        for r in summary["verify"]:
+            table.add_row(str(r["trial"]), f"{r['supernet_val_acc']:.4f}", f"{r['verified_val_acc']:.4f}",
+                          f"{r['latency_ms']:.3f}", f"{r['macs'] / 1e6:.1f}", r["arch_hash"], "*" * r["chosen"])
+        Console(file=sys.stdout).print(table)
     best = summary["best"]
-    log(f"chosen: {best['arch']}\n  val acc {best['val_acc']:.4f}, predicted {best['latency_ms']:.3f} ms, "
-        f"{best['macs'] / 1e6:.1f}M MACs, {best['params'] / 1e6:.3f}M params")
+    verified = f", fine-tuned {best['verified_val_acc']:.4f}" if "verified_val_acc" in best else ""
+    log(f"chosen: {best['arch']}\n  supernet val acc {best['val_acc']:.4f}{verified}, predicted "
+        f"{best['latency_ms']:.3f} ms, {best['macs'] / 1e6:.1f}M MACs, {best['params'] / 1e6:.3f}M params")
     if "finalized" in summary:
         log(f"finalized: {json.dumps(summary['finalized'])}")
-    log(f"outputs in {run_dir}/: trials.csv pareto.csv pareto.png best.json best.txt summary.json")
+    files = "trials.csv pareto.csv pareto.png best.json best.txt summary.json"
+    log(f"outputs in {run_dir}/: {files}" + (" verify/verify.csv" if summary["verify"] else ""))

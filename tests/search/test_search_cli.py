@@ -164,3 +164,37 @@ def test_default_store_is_a_journal_unless_the_run_has_an_sqlite_study(tmp_path)
     assert default_storage(tmp_path) == f"sqlite:///{(tmp_path / 'study.db').resolve()}"
     (tmp_path / "study.journal").touch()
     assert default_storage(tmp_path).endswith("study.journal")
+
+
+def test_verify_fine_tunes_candidates_chooses_the_best_and_resumes(run):
+    """--verify 2: two candidates fine-tuned, the best fine-tuned val accuracy chosen and finalized from those very
+    weights; a rerun loads the stored candidates instead of training them again."""
+    out, _ = run
+    args = ["--budget", BUDGET, "--quick", "--device", "torch-fp32", "--trials", "8", "--study", "verified",
+            "--verify", "2"]
+    log = finish(nas(*args, out=out))
+    d = out / "verified"
+    table = pd.read_csv(d / "verify" / "verify.csv")
+    assert 1 <= len(table) <= 2 and table["chosen"].sum() == 1
+    chosen = table[table["chosen"]].iloc[0]
+    assert chosen["verified_val_acc"] == table["verified_val_acc"].max()
+    trials = pd.read_csv(d / "trials.csv")
+    assert set(table["trial"]) <= set(trials["trial"]) and table["arch_hash"].is_unique
+    assert trials["val_acc"].max() in set(table["supernet_val_acc"])  # the supernet's own pick is a candidate
+    assert ss.Arch.from_json((d / "best.json").read_text()).hash() == chosen["arch_hash"]
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["best"]["trial"] == chosen["trial"] and summary["request"]["verify"] == 2
+    assert summary["best"]["verified_val_acc"] == pytest.approx(chosen["verified_val_acc"])
+    # finalize starts from the chosen candidate's fine-tuned weights: its fp32 accuracy is the verified one
+    assert summary["finalized"]["fp32_val_acc"] == pytest.approx(chosen["verified_val_acc"])
+    assert {"verify", "finalize"} <= set(summary["seconds"])
+    assert "fine-tuning" in log and ("Verified candidates" in log) == (len(table) > 1)
+
+    again = finish(nas(*args, "--resume", out=out))
+    assert again.count("loaded from") == len(table) and "fine-tuning" not in again
+    table2 = pd.read_csv(d / "verify" / "verify.csv")
+    pd.testing.assert_frame_equal(table.drop(columns="finetune_seconds"), table2.drop(columns="finetune_seconds"))
+    for bad in ("0", "-1"):
+        proc = nas("--budget", BUDGET, "--verify", bad, out=out)
+        text, _ = proc.communicate(timeout=120)
+        assert proc.returncode != 0 and "verify: expected a positive number of candidates" in text
