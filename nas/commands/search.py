@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify", type=int, default=None, metavar="K",
                    help="fine-tune K candidates (the most accurate trial of each of K equal bands of predicted "
                         "latency) from their supernet weights and choose the best fine-tuned val accuracy; 1 keeps "
-                        "the most accurate trial (default 3; 1 with --quick)")
+                        "the most accurate trial, fine-tuned only to finalize it (default 3, with --no-finalize too; "
+                        "1 with --quick)")
     p.add_argument("--quick", action="store_true",
                    help="a short demo: the space trimmed to half the MAC budget, a tiny supernet recipe on 512 "
                         "images, 12 trials (31-64 s on a fresh folder, 2 cores)")
