@@ -3,7 +3,7 @@
 A short supernet scores its sub-networks nearly flat on a harder dataset (Fashion-MNIST, 5000 images: largest 0.824,
 smallest 0.828 val), so the most accurate trial is close to a random pick among sizes and the search never learns
 that spending the budget pays. Each candidate here is the most accurate trial of one band of predicted latency;
-all are fine-tuned from their supernet weights with the same distillation recipe the chosen network gets anyway,
+all are fine-tuned from their supernet weights with the recipe the chosen network gets anyway (`evaluate.finetune`),
 and the one with the best fine-tuned validation accuracy wins. The winner's fine-tuned weights go on to finalize,
 so verification costs the fine-tunes of the other candidates. Each fine-tuned candidate is stored in the run folder
 as it finishes, so an interrupted run resumes without training it again.
@@ -11,8 +11,10 @@ as it finishes, so an interrupted run resumes without training it again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +48,17 @@ def verify(candidates: pd.DataFrame, evaluator: Any, request: Any, store: Path,
     table of results (`store`/verify.csv, one row per candidate, winner marked), the winner's model and metrics.
 
     The winner has the best fine-tuned validation accuracy (ties: the lower predicted latency); the test split
-    plays no part in the choice. Fine-tuned candidates are kept in `store`/<supernet key>-e<epochs>/, so an
-    interrupted run loads them instead of training them again.
+    plays no part in the choice. Fine-tuned candidates are kept in `store`/<supernet key>-<recipe hash>/, so an
+    interrupted run loads them instead of training them again (and a changed recipe trains them anew).
     """
     from safetensors.torch import load_file, save_file
 
-    from nas.search.evaluate import finetune, finetune_epochs
+    from nas.search.evaluate import finetune, finetune_recipe
 
-    epochs = finetune_epochs(request)
-    done = store / f"{evaluator.supernet_key}-e{epochs}"
+    recipe = asdict(finetune_recipe(request))
+    recipe.pop("threads")  # changes summation order only, as for the supernet's cache key
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
+    done = store / f"{evaluator.supernet_key}-{key}"
 
     models: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
@@ -69,7 +73,7 @@ def verify(candidates: pd.DataFrame, evaluator: Any, request: Any, store: Path,
             log(f"verify {i + 1}/{len(candidates)}: {arch.hash()} ({c['macs'] / 1e6:.1f}M MACs) loaded from {done}")
         else:
             log(f"verify {i + 1}/{len(candidates)}: fine-tuning {arch.hash()} ({c['macs'] / 1e6:.1f}M MACs, "
-                f"{c['latency_ms']:.3f} ms predicted, supernet val {c['val_acc']:.4f}) for {epochs} epochs")
+                f"{c['latency_ms']:.3f} ms predicted, supernet val {c['val_acc']:.4f}) for {recipe['epochs']} epochs")
             model, metrics = finetune(arch, evaluator, request)
             metrics = {k: v for k, v in metrics.items() if k != "history"}
             state = {k: v.contiguous() for k, v in model.state_dict().items()}
