@@ -39,11 +39,16 @@ def trials_frame(study: optuna.Study, s: SearchSettings,
     return df
 
 
-def choose(df: pd.DataFrame) -> pd.Series:
-    """The chosen network: the most accurate trial; ties go to the faster one."""
+def ranked(df: pd.DataFrame, acc: str = "val_acc") -> pd.DataFrame:
+    """`df` most accurate first by column `acc`; ties go to the lower predicted latency."""
     if df.empty:
         raise ValueError("search: no completed trials to choose from")
-    return df.sort_values(["val_acc", "latency_ms"], ascending=[False, True]).iloc[0]
+    return df.sort_values([acc, "latency_ms"], ascending=[False, True])
+
+
+def choose(df: pd.DataFrame) -> pd.Series:
+    """The chosen network without verification: the most accurate trial; ties go to the faster one."""
+    return ranked(df).iloc[0]
 
 
 def baselines_frame(baselines: dict[str, ss.Arch], latency_ms: Callable[[ss.Arch], float],

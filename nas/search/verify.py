@@ -22,6 +22,7 @@ import pandas as pd
 
 import search_spaces as ss
 from nas.io import write_atomic
+from nas.search.report import ranked
 
 VERIFY_CANDIDATES = 3  # default; 1 keeps the supernet's choice (the most accurate trial), fine-tuned
 
@@ -32,9 +33,7 @@ def pick_candidates(df: pd.DataFrame, k: int) -> pd.DataFrame:
     overall is always among them. One row per architecture, fastest first."""
     if k < 1:
         raise ValueError(f"verify: expected at least 1 candidate, got {k}")
-    if df.empty:
-        raise ValueError("search: no completed trials to choose from")
-    trials = df.sort_values(["val_acc", "latency_ms"], ascending=[False, True]).drop_duplicates("arch_hash")
+    trials = ranked(df).drop_duplicates("arch_hash")
     lo, hi = trials["latency_ms"].min(), trials["latency_ms"].max()
     width = (hi - lo) / k
     band = ((trials["latency_ms"] - lo) // width).clip(upper=k - 1) if width > 0 else pd.Series(0, trials.index)
@@ -86,7 +85,7 @@ def verify(candidates: pd.DataFrame, evaluator: Any, request: Any, store: Path,
                      "arch": c["arch"]})
         log(f"  fine-tuned val {metrics['val_acc']:.4f}")
     table = pd.DataFrame(rows)
-    order = table.sort_values(["verified_val_acc", "latency_ms"], ascending=[False, True])
+    order = ranked(table, "verified_val_acc")
     table["chosen"] = table.index == order.index[0]
     write_atomic(store / "verify.csv", lambda tmp: table.to_csv(tmp, index=False))
     model, metrics = models[order.iloc[0]["arch_hash"]]
