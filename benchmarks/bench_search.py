@@ -13,6 +13,7 @@ Prints a Markdown report and writes it to benchmarks/RESULTS_search.md (with --w
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import statistics
 import tempfile
@@ -47,15 +48,57 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def sign_test(right, first_right) -> str:
+    """The test images only `right` gets right / only `first_right` gets right, with an exact two-sided sign
+    test over them (the images both or neither get right say nothing about which is better)."""
+    from scipy.stats import binomtest
+
+    a, b = int((right & ~first_right).sum()), int((first_right & ~right).sum())
+    return f"{a} / {b} (p = {binomtest(a, a + b).pvalue:.2g})" if a + b else "0 / 0"
+
+
+def train_cached(arch: ss.Arch, recipe, data, cache: Path | None) -> dict:
+    """Train `arch` from scratch with `recipe`; its metrics with the per-image test results ("test_right"). With
+    a `cache` folder the result is kept there (written atomically, keyed by architecture and recipe), so a killed
+    benchmark started again trains only what it had not finished, and more seeds can be added to a finished one."""
+    import io
+    import json
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from nas.io import write_atomic
+    from nas.train import predictions, train_standalone
+
+    fields = {k: v for k, v in asdict(recipe).items() if k != "threads"}  # threads do not change what is learnt
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+    path = None if cache is None else cache / f"{arch.hash()}-{key}.npz"
+    if path is not None and path.exists():
+        with np.load(path) as f:
+            metrics = json.loads(str(f["metrics"]))
+            metrics["test_right"] = f["test_right"]
+        return metrics
+    model, metrics = train_standalone(arch, data, recipe)
+    xs, ys = data.tensors("test", arch.resolution)
+    metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+    metrics["test_right"] = (predictions(model, xs) == ys).numpy()
+    if path is not None:
+        buf = io.BytesIO()
+        np.savez(buf, test_right=metrics["test_right"], recipe=json.dumps(fields), arch=str(arch),
+                 metrics=json.dumps({k: v for k, v in metrics.items() if k != "test_right"}))
+        write_atomic(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+    return metrics
+
+
 def standalone_table(title: str, contenders: dict, measured: dict, args, data, trained: dict) -> list[str]:
     """Train every contender from scratch with one recipe over several seeds; a Markdown table. `trained` keeps
     the metrics and the per-image test results by (architecture, seed), so a network in two tables (the searched
-    one) is trained once. Against the first contender: the test images only one of the two gets right, over all
-    seeds, with an exact two-sided sign test."""
+    one) is trained once, and `trained["cache"]` (a folder, optional) keeps them across runs. Against the first
+    contender: the test images only one of the two gets right, over all seeds, with an exact two-sided sign test.
+    `trained["right", name]` keeps each contender's per-image results, pooled over the seeds."""
     import numpy as np
-    from scipy.stats import binomtest
 
-    from nas.train import TrainRecipe, predictions, train_standalone
+    from nas.train import TrainRecipe
 
     seeds = [args.seed + k for k in range(args.train_seeds)]
     lines = [f"{title} ({args.epochs} epochs from scratch, SGD, cosine; seeds {seeds}; mean ± sd)", "",
@@ -69,21 +112,18 @@ def standalone_table(title: str, contenders: dict, measured: dict, args, data, t
         for sd in seeds:
             if (str(arch), sd) not in trained:
                 recipe = TrainRecipe(epochs=args.epochs, seed=sd, threads=args.threads)
-                model, metrics = train_standalone(arch, data, recipe)
-                xs, ys = data.tensors("test", arch.resolution)
-                metrics["test_right"] = (predictions(model, xs) == ys).numpy()
-                trained[str(arch), sd] = metrics
+                trained[str(arch), sd] = train_cached(arch, recipe, data, trained.get("cache"))
             m = trained[str(arch), sd]
             vals.append(m["val_acc"])
             tests.append(m["test_acc"])
             secs.append(m["wall_s"])
             right.append(m["test_right"])
         right = np.concatenate(right)
+        trained["right", name] = right
         if first_right is None:
             first_right, versus = right, "-"
         else:
-            a, b = int((right & ~first_right).sum()), int((first_right & ~right).sum())
-            versus = f"{a} / {b} (p = {binomtest(a, a + b).pvalue:.2g})" if a + b else "0 / 0"
+            versus = sign_test(right, first_right)
         c = ss.count(arch)
         lines.append(f"| {name} | {c.mmacs:.1f} | {c.mparams:.3f} | {mean_sd(vals)} | {mean_sd(tests)} | "
                      + " ".join(f"{v:.4f}" for v in vals)
@@ -98,7 +138,6 @@ def cv_table(title: str, contenders: dict, measured: dict, args, data, trained: 
     once. Reports the pooled test accuracy over all images and, against the first contender, the images only one
     of the two gets right with an exact two-sided sign test. `trained` caches per-image results by network."""
     import numpy as np
-    from scipy.stats import binomtest
     from sklearn.model_selection import StratifiedKFold
 
     from nas.data import Splits, TensorSplits, load_dataset, split_indices
@@ -135,12 +174,8 @@ def cv_table(title: str, contenders: dict, measured: dict, args, data, trained: 
     first = next(iter(results))
     for name, (right, per_fold, secs) in results.items():
         c = ss.count(contenders[name])
-        if name == first:
-            versus = "-"
-        else:
-            a = int((right & ~results[first][0]).sum())
-            b = int((results[first][0] & ~right).sum())
-            versus = f"{a} / {b} (p = {binomtest(a, a + b).pvalue:.2f})" if a + b else "0 / 0"
+        trained["right", name] = right
+        versus = "-" if name == first else sign_test(right, results[first][0])
         lines.append(f"| {name} | {c.mmacs:.1f} | {c.mparams:.3f} | {right.mean():.4f} ({int((~right).sum())}) | "
                      + " ".join(f"{v:.4f}" for v in per_fold) + f" | {versus} | {measured[name]:.3f} ms | "
                      f"{secs:.0f} s |")
@@ -208,39 +243,56 @@ def compare(args, request, space, limits, evaluator, predictor, store: Path) -> 
     lines += ["", f"TPE's hypervolume beats random search's in {wins} of {args.seeds} seeds.", ""]
 
     # 2. The searched network vs MobileNetV2/V3 width-scaled to the budget, trained the same way. The searched
-    # network is chosen as `nas search` chooses it, among the TPE trials (seed 0) whose predicted latency is within
-    # the fastest baseline's measured latency (equal or lower latency by construction of the pick, checked by
-    # measurement below): --verify candidates fine-tuned from the supernet, the best fine-tuned val accuracy wins
+    # network is chosen as `nas search` chooses it, among the TPE trials whose predicted latency is within the
+    # fastest baseline's measured latency (equal or lower latency by construction of the pick, checked by
+    # measurement below): --verify candidates fine-tuned from the supernet, the best fine-tuned val accuracy wins.
+    # --compare-seeds K does this for the first K search seeds, so the claim covers the search's own variance
     data = evaluator.subnet.data
     baselines = width_scaled_baselines(limits.macs, space.largest())
     target = min(together(baselines, request).values())
-    df = frames["tpe", 0][0]
-    feasible = df[df["latency_ms"] <= target]
-    pool = feasible if len(feasible) else df
-    verified, _, _ = verify(pick_candidates(pool, args.verify), evaluator, request, store / "verify-tpe-0", print)
-    pick = pool[pool["trial"] == int(verified.loc[verified["chosen"], "trial"].iloc[0])].iloc[0]
-    best = ss.decode(pick["arch"])
-    supernet_pick = ss.decode(choose(pool)["arch"])
-    contenders = {"searched (TPE, seed 0)": best, **baselines}
-    if supernet_pick != best:  # what the search would have chosen without verification
-        contenders["supernet's pick (TPE, seed 0, no verify)"] = supernet_pick
+    searched, supernet_picks, candidates = {}, {}, []
+    for k in range(args.compare_seeds):
+        df = frames["tpe", k][0]
+        feasible = df[df["latency_ms"] <= target]
+        pool = feasible if len(feasible) else df
+        verified, _, _ = verify(pick_candidates(pool, args.verify), evaluator, request, store / f"verify-tpe-{k}",
+                                print)
+        pick = pool[pool["trial"] == int(verified.loc[verified["chosen"], "trial"].iloc[0])].iloc[0]
+        searched[f"searched (TPE, seed {args.seed + k})"] = ss.decode(pick["arch"])
+        supernet_pick = ss.decode(choose(pool)["arch"])
+        if supernet_pick != searched[f"searched (TPE, seed {args.seed + k})"] and args.supernet_pick:
+            # what the search would have chosen without verification
+            supernet_picks[f"supernet's pick (TPE, seed {args.seed + k}, no verify)"] = supernet_pick
+        candidates.append((args.seed + k, len(feasible), len(df), verified))
+    contenders = {**searched, **baselines, **supernet_picks}
     measured = together(contenders, request)
     lines += [f"Baselines measured first; the searched network is chosen among the TPE trials with predicted "
-              f"latency <= {target:.3f} ms (the fastest baseline's measured latency; {len(feasible)} of {len(df)} "
-              f"trials qualified) as `nas search` chooses: the most accurate trial of each of {args.verify} equal "
-              "bands of predicted latency fine-tuned from the supernet (the finalize recipe), the best fine-tuned "
-              "val accuracy wins. The latencies in the table are measured again, all "
-              f"{len(contenders)} networks together.", "",
-              "| trial | MMACs | predicted ms | supernet val acc | fine-tuned val acc | fine-tune time | chosen |",
-              "|---|---|---|---|---|---|---|"]
-    for _, r in verified.iterrows():
-        lines.append(f"| {r['trial']} | {r['macs'] / 1e6:.1f} | {r['latency_ms']:.3f} | {r['supernet_val_acc']:.4f} | "
-                     f"{r['verified_val_acc']:.4f} | {r['finetune_seconds']:.0f} s | {'yes' * bool(r['chosen'])} |")
+              f"latency <= {target:.3f} ms (the fastest baseline's measured latency) as `nas search` chooses: the "
+              f"most accurate trial of each of {args.verify} equal bands of predicted latency fine-tuned from the "
+              "supernet (the finalize recipe), the best fine-tuned val accuracy wins. The latencies in the table "
+              f"are measured again, all {len(contenders)} networks together.", "",
+              "| search seed | trial | MMACs | predicted ms | supernet val acc | fine-tuned val acc | fine-tune time | "
+              "chosen |", "|---|---|---|---|---|---|---|---|"]
+    for seed, n_feasible, n, verified in candidates:
+        for _, r in verified.iterrows():
+            lines.append(f"| {seed} ({n_feasible} of {n} trials qualified) | {r['trial']} | {r['macs'] / 1e6:.1f} | "
+                         f"{r['latency_ms']:.3f} | {r['supernet_val_acc']:.4f} | {r['verified_val_acc']:.4f} | "
+                         f"{r['finetune_seconds']:.0f} s | {'yes' * bool(r['chosen'])} |")
     lines.append("")
-    trained: dict = {}
+    trained: dict = {"cache": None if args.cv else store / "standalone"}
     lines += table(f"## Stand-alone training, same recipe, baselines at the {args.budget} budget",
                    contenders, measured, args, data, trained)
-    lines += ["", f"Searched architecture: `{best}`"]
+    if len(searched) > 1:  # every searched network against every baseline, not only the first
+        lines += ["", "Each searched network against each baseline (test images only the searched one gets right "
+                  "/ only the baseline gets right, pooled over the seeds or folds; exact sign test):", "",
+                  "| searched | " + " | ".join(baselines) + " |", "|---|" + "---|" * len(baselines)]
+        for name in searched:
+            lines.append(f"| {name} | " + " | ".join(sign_test(trained["right", name], trained["right", b])
+                                                    for b in baselines) + " |")
+    best = next(iter(searched.values()))
+    lines += [""] + [f"Searched architecture, {name}: `{arch}`" for name, arch in searched.items()]
+    if not args.equal_latency:
+        return lines
     return lines + equal_latency(best, args, request, space, data, trained)
 
 
@@ -262,6 +314,13 @@ def main() -> None:
                          "search and supernet")
     ap.add_argument("--verify", type=int, default=VERIFY_CANDIDATES, metavar="K",
                     help="candidates fine-tuned before choosing the searched network, as `nas search --verify K`")
+    ap.add_argument("--compare-seeds", type=int, default=1, metavar="K",
+                    help="train the searched networks of the first K TPE search seeds stand-alone (default 1: seed "
+                         "--seed only), each compared with every baseline")
+    ap.add_argument("--no-supernet-pick", dest="supernet_pick", action="store_false",
+                    help="do not train the supernet's own pick (the network chosen without --verify) stand-alone")
+    ap.add_argument("--no-equal-latency", dest="equal_latency", action="store_false",
+                    help="skip the baselines width-scaled to the searched network's latency (section 3)")
     ap.add_argument("--data", default="digits")
     ap.add_argument("--train-images", type=int, default=None, metavar="N",
                     help="a stratified subset of N training images (as `nas search --train-images`)")
@@ -284,6 +343,8 @@ def main() -> None:
         ap.error(f"--cv: expected 0 (off) or at least 2 folds, got {args.cv}")
     if args.cv_seed is not None and not args.cv:
         ap.error("--cv-seed: only meaningful with --cv K")
+    if not 1 <= args.compare_seeds <= args.seeds:
+        ap.error(f"--compare-seeds: expected 1..--seeds ({args.seeds}), got {args.compare_seeds}")
 
     request = SearchRequest(budget=args.budget, data=args.data, seed=args.seed, out=args.out, threads=args.threads,
                             train_images=args.train_images, val_images=args.val_images)
@@ -292,6 +353,9 @@ def main() -> None:
              "", f"`python benchmarks/bench_search.py --budget {args.budget} --trials {args.trials} --seeds "
              f"{args.seeds} --epochs {args.epochs} --train-seeds {args.train_seeds}"
              + (f" --cv {args.cv}" if args.cv else "") + f" --verify {args.verify}"
+             + (f" --compare-seeds {args.compare_seeds}" if args.compare_seeds > 1 else "")
+             + (" --no-supernet-pick" if not args.supernet_pick else "")
+             + (" --no-equal-latency" if not args.equal_latency else "")
              + (f" --train-images {args.train_images}" if args.train_images else "")
              + (f" --val-images {args.val_images}" if args.val_images else "")
              + (f" --data {args.data}" if args.data != "digits" else "") + f"`; load average at start "
