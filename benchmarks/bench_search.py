@@ -271,12 +271,13 @@ def compare(args, request, space, limits, evaluator, predictor, store: Path) -> 
               f"most accurate trial of each of {args.verify} equal bands of predicted latency fine-tuned from the "
               "supernet (the finalize recipe), the best fine-tuned val accuracy wins. The latencies in the table "
               f"are measured again, all {len(contenders)} networks together.", "",
-              "| search seed | trial | MMACs | predicted ms | supernet val acc | fine-tuned val acc | fine-tune time | "
-              "chosen |", "|---|---|---|---|---|---|---|---|"]
+              "| search seed | trial | MMACs | predicted ms | supernet val acc | fine-tuned val acc ± se | "
+              "fine-tune time | chosen |", "|---|---|---|---|---|---|---|---|"]
     for seed, n_feasible, n, verified in candidates:
         for _, r in verified.iterrows():
             lines.append(f"| {seed} ({n_feasible} of {n} trials qualified) | {r['trial']} | {r['macs'] / 1e6:.1f} | "
-                         f"{r['latency_ms']:.3f} | {r['supernet_val_acc']:.4f} | {r['verified_val_acc']:.4f} | "
+                         f"{r['latency_ms']:.3f} | {r['supernet_val_acc']:.4f} | {r['verified_val_acc']:.4f} ± "
+                         f"{r['val_se']:.4f} | "
                          f"{r['finetune_seconds']:.0f} s | {'yes' * bool(r['chosen'])} |")
     lines.append("")
     trained: dict = {"cache": None if args.cv else store / "standalone"}

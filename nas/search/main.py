@@ -272,10 +272,11 @@ def _print_summary(front: Any, summary: dict[str, Any], run_dir: Path, log: Any)
     Console(file=sys.stdout).print(table)
     if len(summary["verify"]) > 1:
         table = Table(title="Verified candidates (fine-tuned from the supernet; the best val acc is chosen)")
-        for col in ("trial", "supernet val acc", "fine-tuned val acc", "pred ms", "MMACs", "arch", "chosen"):
+        for col in ("trial", "supernet val acc", "fine-tuned val acc ± se", "pred ms", "MMACs", "arch", "chosen"):
             table.add_column(col)
         for r in summary["verify"]:
-            table.add_row(str(r["trial"]), f"{r['supernet_val_acc']:.4f}", f"{r['verified_val_acc']:.4f}",
+            table.add_row(str(r["trial"]), f"{r['supernet_val_acc']:.4f}",
+                          f"{r['verified_val_acc']:.4f} ± {r['val_se']:.4f}",
                           f"{r['latency_ms']:.3f}", f"{r['macs'] / 1e6:.1f}", r["arch_hash"], "*" * r["chosen"])
         Console(file=sys.stdout).print(table)
     best = summary["best"]

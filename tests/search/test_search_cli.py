@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -178,6 +179,8 @@ def test_verify_fine_tunes_candidates_chooses_the_best_and_resumes(run):
     assert 1 <= len(table) <= 2 and table["chosen"].sum() == 1
     chosen = table[table["chosen"]].iloc[0]
     assert chosen["verified_val_acc"] == table["verified_val_acc"].max()
+    p, n = table["verified_val_acc"], table["val_images"]
+    assert (n > 0).all() and np.allclose(table["val_se"], np.sqrt(p * (1 - p) / n))
     trials = pd.read_csv(d / "trials.csv")
     assert set(table["trial"]) <= set(trials["trial"]) and table["arch_hash"].is_unique
     assert trials["val_acc"].max() in set(table["supernet_val_acc"])  # the supernet's own pick is a candidate
