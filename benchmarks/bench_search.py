@@ -280,7 +280,8 @@ def compare(args, request, space, limits, evaluator, predictor, store: Path) -> 
                          f"{r['val_se']:.4f} | "
                          f"{r['finetune_seconds']:.0f} s | {'yes' * bool(r['chosen'])} |")
     lines.append("")
-    trained: dict = {"cache": None if args.cv else store / "standalone"}
+    # the splits depend on --seed, which the store's key leaves out (its studies are named by seed)
+    trained: dict = {"cache": None if args.cv else store / "standalone" / f"split-seed{args.seed}"}
     lines += table(f"## Stand-alone training, same recipe, baselines at the {args.budget} budget",
                    contenders, measured, args, data, trained)
     if len(searched) > 1:  # every searched network against every baseline, not only the first
