@@ -13,7 +13,6 @@ Prints a Markdown report and writes it to benchmarks/RESULTS_search.md (with --w
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import statistics
 import tempfile
@@ -27,6 +26,7 @@ from nas.search.pareto import hypervolume
 from nas.search.report import choose, trials_frame
 from nas.search.runner import SearchSettings, run_optuna, run_ray, study_exists
 from nas.search.verify import VERIFY_CANDIDATES, pick_candidates, verify
+from nas.supernet import dataset_fingerprint
 from search_spaces.presets import width_scaled_baselines
 
 
@@ -59,8 +59,9 @@ def sign_test(right, first_right) -> str:
 
 def train_cached(arch: ss.Arch, recipe, data, cache: Path | None) -> dict:
     """Train `arch` from scratch with `recipe`; its metrics with the per-image test results ("test_right"). With
-    a `cache` folder the result is kept there (written atomically, keyed by architecture and recipe), so a killed
-    benchmark started again trains only what it had not finished, and more seeds can be added to a finished one."""
+    a `cache` folder (one per data) the result is kept there (written atomically, keyed by architecture and
+    recipe), so a killed benchmark started again trains only what it had not finished, and more seeds can be added
+    to a finished one."""
     import io
     import json
     from dataclasses import asdict
@@ -68,11 +69,9 @@ def train_cached(arch: ss.Arch, recipe, data, cache: Path | None) -> dict:
     import numpy as np
 
     from nas.io import write_atomic
-    from nas.train import predictions, train_standalone
+    from nas.train import predictions, recipe_key, train_standalone
 
-    fields = {k: v for k, v in asdict(recipe).items() if k != "threads"}  # threads do not change what is learnt
-    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
-    path = None if cache is None else cache / f"{arch.hash()}-{key}.npz"
+    path = None if cache is None else cache / f"{arch.hash()}-{recipe_key(recipe)}.npz"
     if path is not None and path.exists():
         with np.load(path) as f:
             metrics = json.loads(str(f["metrics"]))
@@ -84,7 +83,7 @@ def train_cached(arch: ss.Arch, recipe, data, cache: Path | None) -> dict:
     metrics["test_right"] = (predictions(model, xs) == ys).numpy()
     if path is not None:
         buf = io.BytesIO()
-        np.savez(buf, test_right=metrics["test_right"], recipe=json.dumps(fields), arch=str(arch),
+        np.savez(buf, test_right=metrics["test_right"], recipe=json.dumps(asdict(recipe)), arch=str(arch),
                  metrics=json.dumps({k: v for k, v in metrics.items() if k != "test_right"}))
         write_atomic(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
     return metrics
@@ -258,9 +257,10 @@ def compare(args, request, space, limits, evaluator, predictor, store: Path) -> 
         verified, _, _ = verify(pick_candidates(pool, args.verify), evaluator, request, store / f"verify-tpe-{k}",
                                 print)
         pick = pool[pool["trial"] == int(verified.loc[verified["chosen"], "trial"].iloc[0])].iloc[0]
-        searched[f"searched (TPE, seed {args.seed + k})"] = ss.decode(pick["arch"])
+        name = f"searched (TPE, seed {args.seed + k})"
+        searched[name] = ss.decode(pick["arch"])
         supernet_pick = ss.decode(choose(pool)["arch"])
-        if supernet_pick != searched[f"searched (TPE, seed {args.seed + k})"] and args.supernet_pick:
+        if supernet_pick != searched[name] and args.supernet_pick:
             # what the search would have chosen without verification
             supernet_picks[f"supernet's pick (TPE, seed {args.seed + k}, no verify)"] = supernet_pick
         candidates.append((args.seed + k, len(feasible), len(df), verified))
@@ -280,8 +280,10 @@ def compare(args, request, space, limits, evaluator, predictor, store: Path) -> 
                          f"{r['val_se']:.4f} | "
                          f"{r['finetune_seconds']:.0f} s | {'yes' * bool(r['chosen'])} |")
     lines.append("")
-    # the splits depend on --seed, which the store's key leaves out (its studies are named by seed)
-    trained: dict = {"cache": None if args.cv else store / "standalone" / f"split-seed{args.seed}"}
+    # one folder per training and validation data (the splits also depend on --seed, which the store's key leaves
+    # out: its studies are named by seed)
+    fingerprint = dataset_fingerprint(data.splits)["sha256"]
+    trained: dict = {"cache": None if args.cv else store / "standalone" / fingerprint}
     lines += table(f"## Stand-alone training, same recipe, baselines at the {args.budget} budget",
                    contenders, measured, args, data, trained)
     if len(searched) > 1:  # every searched network against every baseline, not only the first

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -38,6 +40,13 @@ class TrainRecipe:
     # averages). Short fine-tunes need it: after a few dozen steps the running averages still describe the old
     # weights (measured: --quick's 16-step fine-tune scored 0.10 val with them, 0.54 recalibrated)
     recalibrate_bn: int = 0
+
+
+def recipe_key(recipe: TrainRecipe) -> str:
+    """8 hex digits naming what `recipe` learns, for caches of trained networks: `threads` is left out, as for the
+    supernet's cache key, since it changes only the floating-point summation order."""
+    fields = {k: v for k, v in asdict(recipe).items() if k != "threads"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def as_tensor_splits(splits: Splits | TensorSplits) -> TensorSplits:

@@ -11,11 +11,9 @@ as it finishes, so an interrupted run resumes without training it again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +52,10 @@ def verify(candidates: pd.DataFrame, evaluator: Any, request: Any, store: Path,
     from safetensors.torch import load_file, save_file
 
     from nas.search.evaluate import finetune, finetune_recipe
+    from nas.train import recipe_key
 
-    recipe = asdict(finetune_recipe(request))
-    recipe.pop("threads")  # changes summation order only, as for the supernet's cache key
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
-    done = store / f"{evaluator.supernet_key}-{key}"
+    recipe = finetune_recipe(request)
+    done = store / f"{evaluator.supernet_key}-{recipe_key(recipe)}"
 
     n_val = len(evaluator.subnet.data.splits.val)
     models: dict[str, Any] = {}
@@ -74,7 +71,7 @@ def verify(candidates: pd.DataFrame, evaluator: Any, request: Any, store: Path,
             log(f"verify {i + 1}/{len(candidates)}: {arch.hash()} ({c['macs'] / 1e6:.1f}M MACs) loaded from {done}")
         else:
             log(f"verify {i + 1}/{len(candidates)}: fine-tuning {arch.hash()} ({c['macs'] / 1e6:.1f}M MACs, "
-                f"{c['latency_ms']:.3f} ms predicted, supernet val {c['val_acc']:.4f}) for {recipe['epochs']} epochs")
+                f"{c['latency_ms']:.3f} ms predicted, supernet val {c['val_acc']:.4f}) for {recipe.epochs} epochs")
             model, metrics = finetune(arch, evaluator, request)
             metrics = {k: v for k, v in metrics.items() if k != "history"}
             state = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -99,5 +96,5 @@ def verify(candidates: pd.DataFrame, evaluator: Any, request: Any, store: Path,
             f"({first['val_se']:.4f} on {n_val} images), so the val split does not tell them apart; more val "
             "images (--val-images) would")
     write_atomic(store / "verify.csv", lambda tmp: table.to_csv(tmp, index=False))
-    model, metrics = models[order.iloc[0]["arch_hash"]]
+    model, metrics = models[first["arch_hash"]]
     return table, model, metrics

@@ -12,7 +12,7 @@ from torch import nn
 import search_spaces as ss
 from nas.data import TensorSplits, load_dataset, split
 from nas.supernet import Supernet
-from nas.train import TrainRecipe, accuracy, evaluate, kd_loss, recalibrate_bn, train_standalone
+from nas.train import TrainRecipe, accuracy, evaluate, kd_loss, recalibrate_bn, recipe_key, train_standalone
 
 SPACE = ss.SearchSpace(
     name="tiny", description="test space", resolutions=(8, 12), stem_channels=8, stem_stride=1, head_channels=32,
@@ -117,3 +117,12 @@ def test_predictions_in_batches_match_one_pass() -> None:
     assert torch.equal(got, whole)
     assert accuracy(model, x, whole, batch_size=2) == 1.0
     assert accuracy(model, x[:0], whole[:0]) == 0.0
+
+
+def test_recipe_key_names_what_is_learnt_and_ignores_threads():
+    base = TrainRecipe(epochs=6, lr=0.05, seed=0, threads=2)
+    assert recipe_key(base) == recipe_key(dataclasses.replace(base, threads=1))
+    assert len(recipe_key(base)) == 8
+    keys = {recipe_key(dataclasses.replace(base, **change))
+            for change in ({}, {"epochs": 7}, {"seed": 1}, {"lr": 0.1}, {"kd_weight": 0.0}, {"recalibrate_bn": 1024})}
+    assert len(keys) == 6
