@@ -57,11 +57,12 @@ def sign_test(right, first_right) -> str:
     return f"{a} / {b} (p = {binomtest(a, a + b).pvalue:.2g})" if a + b else "0 / 0"
 
 
-def train_cached(arch: ss.Arch, recipe, data, cache: Path | None) -> dict:
+def train_cached(arch: ss.Arch, recipe, data, cache: Path | None, init=None, tag: str = "") -> dict:
     """Train `arch` from scratch with `recipe`; its metrics with the per-image test results ("test_right"). With
     a `cache` folder (one per data) the result is kept there (written atomically, keyed by architecture and
     recipe), so a killed benchmark started again trains only what it had not finished, and more seeds can be added
-    to a finished one."""
+    to a finished one. `init` (a function returning the starting model) trains from given weights instead; `tag`
+    then names where they come from in the cache key."""
     import io
     import json
     from dataclasses import asdict
@@ -71,13 +72,13 @@ def train_cached(arch: ss.Arch, recipe, data, cache: Path | None) -> dict:
     from nas.io import write_atomic
     from nas.train import predictions, recipe_key, train_standalone
 
-    path = None if cache is None else cache / f"{arch.hash()}-{recipe_key(recipe)}.npz"
+    path = None if cache is None else cache / f"{tag}{arch.hash()}-{recipe_key(recipe)}.npz"
     if path is not None and path.exists():
         with np.load(path) as f:
             metrics = json.loads(str(f["metrics"]))
             metrics["test_right"] = f["test_right"]
         return metrics
-    model, metrics = train_standalone(arch, data, recipe)
+    model, metrics = train_standalone(arch, data, recipe, init=None if init is None else init())
     xs, ys = data.tensors("test", arch.resolution)
     metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
     metrics["test_right"] = (predictions(model, xs) == ys).numpy()
@@ -182,6 +183,81 @@ def cv_table(title: str, contenders: dict, measured: dict, args, data, trained: 
     return lines
 
 
+def delivered_table(searched: dict, baselines: dict, measured: dict, args, request, evaluator,
+                    trained: dict) -> list[str]:
+    """Section 2b: the searched networks as `nas search` delivers them (fine-tuned from their supernet weights by
+    the verify/finalize recipe) against the baselines trained from scratch for --matched-epochs epochs, enough
+    that their training costs at least the MACs of the supernet's training plus the fine-tune. Fine-tune seed k
+    is paired with baseline seed k; the supernet itself is the one trained with --seed."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from nas.search.evaluate import finetune_recipe
+    from nas.train import TrainRecipe
+
+    seeds = [args.seed + k for k in range(args.matched_seeds)]
+    data, cache = evaluator.subnet.data, trained.get("cache")
+    ft = finetune_recipe(request)
+    cost = supernet_training_macs(evaluator, request) + max(ss.count_macs(a) for a in searched.values()) * ft.epochs
+    lines = ["", f"## The delivered network vs baselines given at least its training compute (seeds {seeds}; "
+             "mean ± sd)", "",
+             f"The searched networks as `nas search` delivers them: their supernet weights (the supernet trained "
+             f"once, seed {args.seed}), fine-tuned {ft.epochs} epochs (the verify/finalize recipe, fine-tune seeds "
+             f"{seeds}). The baselines from scratch by the stand-alone recipe for {args.matched_epochs} epochs "
+             f"instead of {args.epochs}. Training MACs per image (forward): supernet (every sub-network of every "
+             f"sandwich step, expected) + the largest searched network's fine-tune = {cost / 1e9:.2f} G; a "
+             "baseline's = its MACs x epochs (below). Test images only one of two gets right, seed paired with "
+             "seed, exact sign test.", "",
+             "| network | training | training GMACs per image | val acc | test acc | per-seed test | only this right "
+             "/ only first right (sign test p) | measured int8 latency |", "|---|---|---|---|---|---|---|---|"]
+    rows = {}
+    for name, arch in searched.items():
+        rows[name] = (arch, f"supernet + {ft.epochs}-epoch fine-tune", cost,
+                      [train_cached(arch, replace(ft, seed=sd), data, cache, tag=f"ft-{evaluator.supernet_key}-",
+                                    init=lambda arch=arch: evaluator.subnet.model(arch)) for sd in seeds])
+    for name, arch in baselines.items():
+        rec = [TrainRecipe(epochs=args.matched_epochs, seed=sd, threads=args.threads) for sd in seeds]
+        rows[name] = (arch, f"{args.matched_epochs} epochs from scratch", ss.count_macs(arch) * args.matched_epochs,
+                      [train_cached(arch, r, data, cache) for r in rec])
+    right = {name: np.concatenate([m["test_right"] for m in ms]) for name, (_, _, _, ms) in rows.items()}
+    first = next(iter(rows))
+    for name, (_, how, macs, ms) in rows.items():
+        versus = "-" if name == first else sign_test(right[name], right[first])
+        lines.append(f"| {name} | {how} | {macs / 1e9:.2f} | {mean_sd([m['val_acc'] for m in ms])} | "
+                     f"{mean_sd([m['test_acc'] for m in ms])} | " + " ".join(f"{m['test_acc']:.4f}" for m in ms)
+                     + f" | {versus} | {measured[name]:.3f} ms |")
+        print(lines[-1], flush=True)
+    if len(searched) > 1:
+        lines += ["", "| delivered | " + " | ".join(baselines) + " |", "|---|" + "---|" * len(baselines)]
+        for name in searched:
+            lines.append(f"| {name} | " + " | ".join(sign_test(right[name], right[b]) for b in baselines) + " |")
+    return lines
+
+
+def supernet_training_macs(evaluator, request) -> float:
+    """Forward MACs per training image of the request's supernet recipe: per epoch of each progressive-shrinking
+    phase, the largest network, then (after the first phase) the smallest and the random ones of that phase's
+    space (their expected cost, from 300 seeded draws)."""
+    import random
+
+    from nas.search.evaluate import supernet_recipe
+    from nas.supernet.training import PHASES, phase_space
+
+    recipe = supernet_recipe(request.quick, request.threads, request.supernet_epochs)
+    space = evaluator.subnet.supernet.space
+    total = 0.0
+    for phase, epochs in zip(PHASES, recipe.epochs, strict=True):
+        ps = phase_space(space, phase)
+        rng = random.Random(0)
+        per_step = ss.count_macs(ps.largest())
+        if phase != PHASES[0]:
+            rand = statistics.mean(ss.count_macs(ps.random_arch(rng)) for _ in range(300))
+            per_step += ss.count_macs(ps.smallest()) + recipe.random_in(phase) * rand
+        total += epochs * per_step
+    return total
+
+
 def table(title: str, contenders: dict, measured: dict, args, data, trained: dict) -> list[str]:
     """The stand-alone comparison the flags ask for: K-fold cross-validation (--cv K) or seeds on one split."""
     fn = cv_table if args.cv else standalone_table
@@ -197,20 +273,19 @@ def together(contenders: dict, request) -> dict:
     return dict(zip(contenders, measure_all(list(contenders.values()), request), strict=True))
 
 
-def equal_latency(best: ss.Arch, args, request, space, data, trained: dict) -> list[str]:
+def equal_latency(best: ss.Arch, args, request, space, data, trained: dict, name: str = "searched") -> list[str]:
     """Section 3: MobileNetV2/V3 width-scaled to the searched network's measured latency, trained the same way."""
     def ms(arch: ss.Arch) -> float:
         return statistics.median(measure_ms(arch, request) for _ in range(3))
 
     searched_ms = statistics.median(measure_ms(best, request) for _ in range(5))
     baselines = width_scaled_baselines(searched_ms, space.largest(), cost=ms)
-    contenders = {"searched": best, **baselines}
+    contenders = {name: best, **baselines}
     measured = together(contenders, request)
-    return ["", f"Baselines width-scaled (bisection on the width, measured latency) to the searched network's "
-            f"measured latency, {searched_ms:.3f} ms (medians of 20 runs; the table's figures are measured "
-            "together).", ""] + table(
-        "## Stand-alone training, same recipe, baselines at the searched network's latency", contenders, measured,
-        args, data, trained)
+    return ["", f"Baselines width-scaled (bisection on the width, measured latency) to the measured latency of "
+            f"{name}, {searched_ms:.3f} ms (medians of 20 runs; the table's figures are measured together).",
+            ""] + table(f"## Stand-alone training, same recipe, baselines at the latency of {name}", contenders,
+                        measured, args, data, trained)
 
 
 def compare(args, request, space, limits, evaluator, predictor, store: Path) -> list[str]:
@@ -293,11 +368,13 @@ def compare(args, request, space, limits, evaluator, predictor, store: Path) -> 
         for name in searched:
             lines.append(f"| {name} | " + " | ".join(sign_test(trained["right", name], trained["right", b])
                                                     for b in baselines) + " |")
-    best = next(iter(searched.values()))
+    if args.matched_epochs:
+        lines += delivered_table(searched, baselines, measured, args, request, evaluator, trained)
     lines += [""] + [f"Searched architecture, {name}: `{arch}`" for name, arch in searched.items()]
-    if not args.equal_latency:
-        return lines
-    return lines + equal_latency(best, args, request, space, data, trained)
+    if args.equal_latency:  # each searched network against the baselines scaled to its own latency
+        for name, arch in searched.items():
+            lines += equal_latency(arch, args, request, space, data, trained, name)
+    return lines
 
 
 def main() -> None:
@@ -324,7 +401,12 @@ def main() -> None:
     ap.add_argument("--no-supernet-pick", dest="supernet_pick", action="store_false",
                     help="do not train the supernet's own pick (the network chosen without --verify) stand-alone")
     ap.add_argument("--no-equal-latency", dest="equal_latency", action="store_false",
-                    help="skip the baselines width-scaled to the searched network's latency (section 3)")
+                    help="skip the baselines width-scaled to each searched network's latency (section 3)")
+    ap.add_argument("--matched-epochs", type=int, default=0, metavar="E",
+                    help="also compare the searched networks as delivered (fine-tuned from the supernet) with the "
+                         "baselines trained E epochs from scratch, E chosen to cover the supernet's training MACs")
+    ap.add_argument("--matched-seeds", type=int, default=2, metavar="N",
+                    help="fine-tune and baseline training seeds of the --matched-epochs section")
     ap.add_argument("--data", default="digits")
     ap.add_argument("--train-images", type=int, default=None, metavar="N",
                     help="a stratified subset of N training images (as `nas search --train-images`)")
@@ -360,6 +442,8 @@ def main() -> None:
              + (f" --compare-seeds {args.compare_seeds}" if args.compare_seeds > 1 else "")
              + (" --no-supernet-pick" if not args.supernet_pick else "")
              + (" --no-equal-latency" if not args.equal_latency else "")
+             + (f" --matched-epochs {args.matched_epochs} --matched-seeds {args.matched_seeds}"
+                if args.matched_epochs else "")
              + (f" --train-images {args.train_images}" if args.train_images else "")
              + (f" --val-images {args.val_images}" if args.val_images else "")
              + (f" --data {args.data}" if args.data != "digits" else "") + f"`; load average at start "
