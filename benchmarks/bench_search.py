@@ -183,12 +183,13 @@ def cv_table(title: str, contenders: dict, measured: dict, args, data, trained: 
     return lines
 
 
-def delivered_table(searched: dict, baselines: dict, measured: dict, args, request, evaluator,
+def delivered_table(searched: dict, costs: dict, baselines: dict, measured: dict, args, request, evaluator,
                     trained: dict) -> list[str]:
     """Section 2b: the searched networks as `nas search` delivers them (fine-tuned from their supernet weights by
-    the verify/finalize recipe) against the baselines trained from scratch for --matched-epochs epochs, enough
-    that their training costs at least the MACs of the supernet's training plus the fine-tune. Fine-tune seed k
-    is paired with baseline seed k; the supernet itself is the one trained with --seed."""
+    the verify/finalize recipe) against the baselines trained from scratch for --matched-epochs epochs. `costs`
+    holds what each searched network cost to make, in training MACs per training image (`pipeline_macs`), so
+    the report shows whether the baselines got at least as much. Fine-tune seed k is paired with baseline seed k;
+    the supernet itself is the one trained with --seed."""
     from dataclasses import replace
 
     import numpy as np
@@ -199,63 +200,86 @@ def delivered_table(searched: dict, baselines: dict, measured: dict, args, reque
     seeds = [args.seed + k for k in range(args.matched_seeds)]
     data, cache = evaluator.subnet.data, trained.get("cache")
     ft = finetune_recipe(request)
-    cost = supernet_training_macs(evaluator, request) + max(ss.count_macs(a) for a in searched.values()) * ft.epochs
+    enough = all(ss.count_macs(b) * args.matched_epochs >= max(costs.values()) for b in baselines.values())
     lines = ["", f"## The delivered network vs baselines given at least its training compute (seeds {seeds}; "
              "mean ± sd)", "",
              f"The searched networks as `nas search` delivers them: their supernet weights (the supernet trained "
              f"once, seed {args.seed}), fine-tuned {ft.epochs} epochs (the verify/finalize recipe, fine-tune seeds "
-             f"{seeds}). The baselines from scratch by the stand-alone recipe for {args.matched_epochs} epochs "
-             f"instead of {args.epochs}. Training MACs per image (forward): supernet (every sub-network of every "
-             f"sandwich step, expected) + the largest searched network's fine-tune = {cost / 1e9:.2f} G; a "
-             "baseline's = its MACs x epochs (below). Test images only one of two gets right, seed paired with "
-             "seed, exact sign test.", "",
+             f"{seeds}). The baselines" + (f" (and the first {args.matched_standalone} searched network(s), "
+             "\"from scratch\")" if args.matched_standalone else "") + " from scratch by the stand-alone recipe "
+             f"for {args.matched_epochs} epochs instead of {args.epochs}. Compute in forward MACs per training "
+             "image, a training pass counted once and an inference-only pass a third (no backward): for a "
+             "searched network, its whole making "
+             "(the supernet's training, every sub-network of every sandwich step, expected; the search's trials, "
+             "each scoring the val split after recalibrating batch norm; every verify candidate's fine-tune), all "
+             "charged to it; for a baseline, its MACs x epochs. "
+             + ("Every baseline gets at least the most any searched network cost." if enough else
+                "**Some baseline gets less than a searched network cost: raise --matched-epochs.**")
+             + " Test images only one of two gets right, seed paired with seed, exact sign test.", "",
              "| network | training | training GMACs per image | val acc | test acc | per-seed test | only this right "
              "/ only first right (sign test p) | measured int8 latency |", "|---|---|---|---|---|---|---|---|"]
-    rows = {}
+    def scratch(arch: ss.Arch) -> list[dict]:
+        return [train_cached(arch, TrainRecipe(epochs=args.matched_epochs, seed=sd, threads=args.threads), data,
+                             cache) for sd in seeds]
+
+    rows = {}  # name: (how it was trained, training MACs per image, metrics per seed, measured latency)
     for name, arch in searched.items():
-        rows[name] = (arch, f"supernet + {ft.epochs}-epoch fine-tune", cost,
+        rows[name] = (f"supernet + search + verify ({ft.epochs}-epoch fine-tunes)", costs[name],
                       [train_cached(arch, replace(ft, seed=sd), data, cache, tag=f"ft-{evaluator.supernet_key}-",
-                                    init=lambda arch=arch: evaluator.subnet.model(arch)) for sd in seeds])
+                                    init=lambda arch=arch: evaluator.subnet.model(arch)) for sd in seeds],
+                      measured[name])
+    # the first --matched-standalone searched networks also by the baselines' own recipe: the same-recipe
+    # comparison of the architectures, with training long enough that it is not a race to learn fastest
+    for name, arch in list(searched.items())[:args.matched_standalone]:
+        rows[f"{name}, from scratch"] = (f"{args.matched_epochs} epochs from scratch",
+                                         ss.count_macs(arch) * args.matched_epochs, scratch(arch), measured[name])
     for name, arch in baselines.items():
-        rec = [TrainRecipe(epochs=args.matched_epochs, seed=sd, threads=args.threads) for sd in seeds]
-        rows[name] = (arch, f"{args.matched_epochs} epochs from scratch", ss.count_macs(arch) * args.matched_epochs,
-                      [train_cached(arch, r, data, cache) for r in rec])
-    right = {name: np.concatenate([m["test_right"] for m in ms]) for name, (_, _, _, ms) in rows.items()}
+        rows[name] = (f"{args.matched_epochs} epochs from scratch", ss.count_macs(arch) * args.matched_epochs,
+                      scratch(arch), measured[name])
+    right = {name: np.concatenate([m["test_right"] for m in ms]) for name, (_, _, ms, _) in rows.items()}
     first = next(iter(rows))
-    for name, (_, how, macs, ms) in rows.items():
+    for name, (how, macs, ms, ms_lat) in rows.items():
         versus = "-" if name == first else sign_test(right[name], right[first])
         lines.append(f"| {name} | {how} | {macs / 1e9:.2f} | {mean_sd([m['val_acc'] for m in ms])} | "
                      f"{mean_sd([m['test_acc'] for m in ms])} | " + " ".join(f"{m['test_acc']:.4f}" for m in ms)
-                     + f" | {versus} | {measured[name]:.3f} ms |")
+                     + f" | {versus} | {ms_lat:.3f} ms |")
         print(lines[-1], flush=True)
-    if len(searched) > 1:
-        lines += ["", "| delivered | " + " | ".join(baselines) + " |", "|---|" + "---|" * len(baselines)]
-        for name in searched:
+    ours = [name for name in rows if name not in baselines]
+    if len(ours) > 1:
+        lines += ["", "Each searched network against each baseline (test images only the searched one gets right / "
+                  "only the baseline gets right, paired seeds pooled; exact sign test):", "",
+                  "| searched | " + " | ".join(baselines) + " |", "|---|" + "---|" * len(baselines)]
+        for name in ours:
             lines.append(f"| {name} | " + " | ".join(sign_test(right[name], right[b]) for b in baselines) + " |")
     return lines
 
 
-def supernet_training_macs(evaluator, request) -> float:
-    """Forward MACs per training image of the request's supernet recipe: per epoch of each progressive-shrinking
-    phase, the largest network, then (after the first phase) the smallest and the random ones of that phase's
-    space (their expected cost, from 300 seeded draws)."""
+def pipeline_macs(evaluator, request, trials, verified) -> float:
+    """What one `nas search` run cost to deliver its network, in forward MACs per training image, a training pass
+    counted once and an inference-only pass (no backward) a third. The supernet's training: per epoch of each
+    progressive-shrinking phase its largest network, then (after the first phase) the smallest and the random
+    ones of that phase's space (their expected cost, from 300 seeded draws); its per-epoch probes (at most the
+    largest, the smallest and two random sub-networks, each recalibrating batch norm and scoring the val split);
+    the trials (`trials_frame`; each recalibrates and scores likewise) and the fine-tunes of every verify
+    candidate (`verified`)."""
     import random
 
-    from nas.search.evaluate import supernet_recipe
+    from nas.search.evaluate import finetune_recipe, supernet_recipe
     from nas.supernet.training import PHASES, phase_space
 
+    sub = evaluator.subnet
+    scored = (len(sub.data.splits.val) + len(sub.calib_index)) / len(sub.data.splits.train) / 3
     recipe = supernet_recipe(request.quick, request.threads, request.supernet_epochs)
-    space = evaluator.subnet.supernet.space
     total = 0.0
     for phase, epochs in zip(PHASES, recipe.epochs, strict=True):
-        ps = phase_space(space, phase)
+        ps = phase_space(sub.supernet.space, phase)
         rng = random.Random(0)
-        per_step = ss.count_macs(ps.largest())
-        if phase != PHASES[0]:
-            rand = statistics.mean(ss.count_macs(ps.random_arch(rng)) for _ in range(300))
-            per_step += ss.count_macs(ps.smallest()) + recipe.random_in(phase) * rand
-        total += epochs * per_step
-    return total
+        rand = statistics.mean(ss.count_macs(ps.random_arch(rng)) for _ in range(300))
+        largest, smallest = ss.count_macs(ps.largest()), ss.count_macs(ps.smallest())
+        per_step = largest if phase == PHASES[0] else largest + smallest + recipe.random_in(phase) * rand
+        total += epochs * (per_step + (largest + smallest + 2 * rand) * scored)
+    total += float(trials["macs"].sum()) * scored
+    return total + float(verified["macs"].sum()) * finetune_recipe(request).epochs
 
 
 def table(title: str, contenders: dict, measured: dict, args, data, trained: dict) -> list[str]:
@@ -324,7 +348,7 @@ def compare(args, request, space, limits, evaluator, predictor, store: Path) -> 
     data = evaluator.subnet.data
     baselines = width_scaled_baselines(limits.macs, space.largest())
     target = min(together(baselines, request).values())
-    searched, supernet_picks, candidates = {}, {}, []
+    searched, supernet_picks, candidates, costs = {}, {}, [], {}
     for k in range(args.compare_seeds):
         df = frames["tpe", k][0]
         feasible = df[df["latency_ms"] <= target]
@@ -334,6 +358,7 @@ def compare(args, request, space, limits, evaluator, predictor, store: Path) -> 
         pick = pool[pool["trial"] == int(verified.loc[verified["chosen"], "trial"].iloc[0])].iloc[0]
         name = f"searched (TPE, seed {args.seed + k})"
         searched[name] = ss.decode(pick["arch"])
+        costs[name] = pipeline_macs(evaluator, request, df, verified)
         supernet_pick = ss.decode(choose(pool)["arch"])
         if supernet_pick != searched[name] and args.supernet_pick:
             # what the search would have chosen without verification
@@ -369,7 +394,7 @@ def compare(args, request, space, limits, evaluator, predictor, store: Path) -> 
             lines.append(f"| {name} | " + " | ".join(sign_test(trained["right", name], trained["right", b])
                                                     for b in baselines) + " |")
     if args.matched_epochs:
-        lines += delivered_table(searched, baselines, measured, args, request, evaluator, trained)
+        lines += delivered_table(searched, costs, baselines, measured, args, request, evaluator, trained)
     lines += [""] + [f"Searched architecture, {name}: `{arch}`" for name, arch in searched.items()]
     if args.equal_latency:  # each searched network against the baselines scaled to its own latency
         for name, arch in searched.items():
@@ -404,9 +429,13 @@ def main() -> None:
                     help="skip the baselines width-scaled to each searched network's latency (section 3)")
     ap.add_argument("--matched-epochs", type=int, default=0, metavar="E",
                     help="also compare the searched networks as delivered (fine-tuned from the supernet) with the "
-                         "baselines trained E epochs from scratch, E chosen to cover the supernet's training MACs")
+                         "baselines trained E epochs from scratch; the report says whether E covers what the "
+                         "search cost (supernet, trials, verify fine-tunes)")
     ap.add_argument("--matched-seeds", type=int, default=2, metavar="N",
                     help="fine-tune and baseline training seeds of the --matched-epochs section")
+    ap.add_argument("--matched-standalone", type=int, default=0, metavar="K",
+                    help="in the --matched-epochs section, also train the first K searched networks from scratch for "
+                         "E epochs, the baselines' recipe")
     ap.add_argument("--data", default="digits")
     ap.add_argument("--train-images", type=int, default=None, metavar="N",
                     help="a stratified subset of N training images (as `nas search --train-images`)")
@@ -444,6 +473,7 @@ def main() -> None:
              + (" --no-equal-latency" if not args.equal_latency else "")
              + (f" --matched-epochs {args.matched_epochs} --matched-seeds {args.matched_seeds}"
                 if args.matched_epochs else "")
+             + (f" --matched-standalone {args.matched_standalone}" if args.matched_standalone else "")
              + (f" --train-images {args.train_images}" if args.train_images else "")
              + (f" --val-images {args.val_images}" if args.val_images else "")
              + (f" --data {args.data}" if args.data != "digits" else "") + f"`; load average at start "
