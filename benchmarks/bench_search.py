@@ -218,6 +218,7 @@ def delivered_table(searched: dict, costs: dict, baselines: dict, measured: dict
              + " Test images only one of two gets right, seed paired with seed, exact sign test.", "",
              "| network | training | training GMACs per image | val acc | test acc | per-seed test | only this right "
              "/ only first right (sign test p) | measured int8 latency |", "|---|---|---|---|---|---|---|---|"]
+
     def scratch(arch: ss.Arch) -> list[dict]:
         return [train_cached(arch, TrainRecipe(epochs=args.matched_epochs, seed=sd, threads=args.threads), data,
                              cache) for sd in seeds]
@@ -358,7 +359,8 @@ def compare(args, request, space, limits, evaluator, predictor, store: Path) -> 
         pick = pool[pool["trial"] == int(verified.loc[verified["chosen"], "trial"].iloc[0])].iloc[0]
         name = f"searched (TPE, seed {args.seed + k})"
         searched[name] = ss.decode(pick["arch"])
-        costs[name] = pipeline_macs(evaluator, request, df, verified)
+        if args.matched_epochs:  # only that section reports it
+            costs[name] = pipeline_macs(evaluator, request, df, verified)
         supernet_pick = ss.decode(choose(pool)["arch"])
         if supernet_pick != searched[name] and args.supernet_pick:
             # what the search would have chosen without verification
@@ -458,6 +460,15 @@ def main() -> None:
         ap.error(f"--cv: expected 0 (off) or at least 2 folds, got {args.cv}")
     if args.cv_seed is not None and not args.cv:
         ap.error("--cv-seed: only meaningful with --cv K")
+    if args.matched_epochs < 0:
+        ap.error(f"--matched-epochs: expected 0 (off) or a number of epochs, got {args.matched_epochs}")
+    if args.matched_seeds < 1:
+        ap.error(f"--matched-seeds: expected at least 1, got {args.matched_seeds}")
+    if args.matched_standalone and not args.matched_epochs:
+        ap.error("--matched-standalone: only meaningful with --matched-epochs E")
+    if not 0 <= args.matched_standalone <= args.compare_seeds:
+        ap.error(f"--matched-standalone: expected 0..--compare-seeds ({args.compare_seeds}), got "
+                 f"{args.matched_standalone}")
     if not 1 <= args.compare_seeds <= args.seeds:
         ap.error(f"--compare-seeds: expected 1..--seeds ({args.seeds}), got {args.compare_seeds}")
 
