@@ -439,6 +439,7 @@ def main() -> None:
                     help="in the --matched-epochs section, also train the first K searched networks from scratch for "
                          "E epochs, the baselines' recipe")
     ap.add_argument("--data", default="digits")
+    ap.add_argument("--space", default=ss.DEFAULT_SPACE, choices=sorted(ss.SPACES))
     ap.add_argument("--train-images", type=int, default=None, metavar="N",
                     help="a stratified subset of N training images (as `nas search --train-images`)")
     ap.add_argument("--val-images", type=int, default=None, metavar="N",
@@ -472,8 +473,8 @@ def main() -> None:
     if not 1 <= args.compare_seeds <= args.seeds:
         ap.error(f"--compare-seeds: expected 1..--seeds ({args.seeds}), got {args.compare_seeds}")
 
-    request = SearchRequest(budget=args.budget, data=args.data, seed=args.seed, out=args.out, threads=args.threads,
-                            train_images=args.train_images, val_images=args.val_images)
+    request = SearchRequest(budget=args.budget, data=args.data, space=args.space, seed=args.seed, out=args.out,
+                            threads=args.threads, train_images=args.train_images, val_images=args.val_images)
     limits, _ = _limits(request)
     lines = [f"# Search benchmark ({args.data}, budget {args.budget}, {args.trials} trials per sampler and seed)",
              "", f"`python benchmarks/bench_search.py --budget {args.budget} --trials {args.trials} --seeds "
@@ -487,7 +488,8 @@ def main() -> None:
              + (f" --matched-standalone {args.matched_standalone}" if args.matched_standalone else "")
              + (f" --train-images {args.train_images}" if args.train_images else "")
              + (f" --val-images {args.val_images}" if args.val_images else "")
-             + (f" --data {args.data}" if args.data != "digits" else "") + f"`; load average at start "
+             + (f" --data {args.data}" if args.data != "digits" else "")
+             + (f" --space {args.space}" if args.space != ss.DEFAULT_SPACE else "") + f"`; load average at start "
              f"{os.getloadavg()[0]:.1f}.", ""]
     data, space = load_data_and_space(request, limits.macs, print)
     predictor = load_latency(request, space, print)  # profiled before training, as `nas search` does

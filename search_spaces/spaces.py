@@ -221,6 +221,16 @@ SPACES: dict[str, SearchSpace] = {
         stages=_stages([(1, 16, 1, "relu6"), (2, 24, 1, "relu6"), (3, 32, 2, "relu6"), (4, 64, 2, "relu6"),
                         (3, 96, 1, "relu6"), (3, 160, 2, "relu6"), (1, 320, 1, "relu6")], se=(0.0, 0.25)),
     ),
+    "small32-v3": SearchSpace(
+        name="small32-v3",
+        description="MobileNetV3-Large skeleton for 24-32 px inputs, as small32 is MobileNetV2's: stem stride 1, "
+                    "one fewer early stride, ReLU then hard-swish stages, optional SE, V3's head (960 conv, "
+                    "1280 hidden linear); defaults to 1 input channel and 10 classes",
+        resolutions=(24, 28, 32), stem_channels=16, stem_stride=1, head_channels=960, head_hidden=1280,
+        stem_act="hswish", head_act="hswish", num_classes=10, in_channels=1,
+        stages=_stages([(1, 16, 1, "relu", (0.0,)), (2, 24, 1, "relu"), (3, 40, 2, "relu"), (4, 80, 2, "hswish"),
+                        (2, 112, 1, "hswish"), (3, 160, 2, "hswish")], se=(0.0, 0.25)),
+    ),
 }
 
 DEFAULT_SPACE = "small32"

@@ -80,7 +80,8 @@ def _randomise(net: nn.Module, seed: int = 0) -> None:
                     p.add_(torch.randn(p.shape, generator=g) * 0.05)
 
 
-@pytest.mark.parametrize("space", [TINY, ss.get_space("small32")], ids=["tiny", "small32"])
+@pytest.mark.parametrize("space", [TINY, ss.get_space("small32"), ss.get_space("small32-v3")],
+                         ids=["tiny", "small32", "small32-v3"])
 def test_extract_matches_supernet_forward(space: ss.SearchSpace) -> None:
     torch.manual_seed(0)
     net = Supernet(space).eval()

@@ -8,6 +8,7 @@ import torch
 
 import search_spaces as ss
 from search_spaces import Block
+from search_spaces.presets import small_input
 
 
 @pytest.mark.parametrize("kernel, expand, se, act, stride", list(itertools.product(
@@ -47,6 +48,22 @@ def test_space_choices_are_on_the_grid(name):
         assert set(stage.expands) <= {1.0, 3.0, 4.0, 6.0}
     for arch in ss.sample(space, n=20, seed=1):
         assert space.contains(arch)
+
+
+@pytest.mark.parametrize("space_name, preset_name", [("small32", "mobilenetv2"), ("small32-v3", "mobilenetv3-large")])
+def test_small_input_spaces_follow_their_reference_skeleton(space_name, preset_name):
+    """small32 / small32-v3 are MobileNetV2 / V3-Large in their small-input form: the same strides, activations,
+    stem and head, so a search in them and the width-scaled reference differ only in the searched choices."""
+    space = ss.get_space(space_name)
+    ref = small_input(ss.preset(preset_name), space.resolutions[0])
+    assert [st.stride for st in space.stages] == [stage[0].stride for stage in ref.stages]
+    assert [st.act for st in space.stages] == [stage[0].act for stage in ref.stages]
+    assert all(stage[0].out_channels in st.widths for st, stage in zip(space.stages, ref.stages, strict=True))
+    for field in ("stem_stride", "stem_act", "stem_channels", "head_act", "head_channels", "head_hidden",
+                  "in_channels", "num_classes", "se_base"):
+        assert getattr(space.smallest(), field) == getattr(ref, field), field
+    # MobileNetV2 itself is one of small32's networks; V3-Large's e2.5 / e2.3 blocks are not choices of small32-v3
+    assert space.contains(ref) == (preset_name == "mobilenetv2")
 
 
 def test_contains_rejects_outside_archs():
