@@ -489,7 +489,8 @@ def main() -> None:
              + (f" --train-images {args.train_images}" if args.train_images else "")
              + (f" --val-images {args.val_images}" if args.val_images else "")
              + (f" --data {args.data}" if args.data != "digits" else "")
-             + (f" --space {args.space}" if args.space != ss.DEFAULT_SPACE else "") + f"`; load average at start "
+             + (f" --space {args.space}" if args.space != ss.DEFAULT_SPACE else "")
+             + (" --no-ray" if args.no_ray else "") + f"`; load average at start "
              f"{os.getloadavg()[0]:.1f}.", ""]
     data, space = load_data_and_space(request, limits.macs, print)
     predictor = load_latency(request, space, print)  # profiled before training, as `nas search` does

@@ -2,18 +2,21 @@
 
 import json
 
+import pytest
+
 from nas.cli import main
 
 
 def test_space_list(capsys):
     assert main(["space", "list"]) == 0
     out = capsys.readouterr().out
-    for name in ("mobilenetv2", "mobilenetv3", "efficientnet", "small32", "efficientnet-b0"):
+    for name in ("mobilenetv2", "mobilenetv3", "efficientnet", "small32", "small32-v3", "efficientnet-b0"):
         assert name in out
 
 
-def test_space_sample_json(capsys):
-    assert main(["space", "sample", "--space", "small32", "--budget", "50MFLOPs", "-n", "4", "--json"]) == 0
+@pytest.mark.parametrize("space", ["small32", "small32-v3"])
+def test_space_sample_json(capsys, space):
+    assert main(["space", "sample", "--space", space, "--budget", "50MFLOPs", "-n", "4", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 4 and all(r["macs"] <= 50e6 for r in rows)
 
