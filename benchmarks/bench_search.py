@@ -57,6 +57,20 @@ def sign_test(right, first_right) -> str:
     return f"{a} / {b} (p = {binomtest(a, a + b).pvalue:.2g})" if a + b else "0 / 0"
 
 
+def seed_test(accs: list[float], first_accs: list[float]) -> str:
+    """The difference of mean test accuracy over training seeds, with Welch's two-sided t-test over the per-seed
+    accuracies. The sign test pools the images of all seeds and so leaves the seed-to-seed spread out (here often as
+    large as the gap between networks); this one counts it, so it is the stricter of the two."""
+    import statistics
+
+    from scipy.stats import ttest_ind
+
+    d = statistics.mean(accs) - statistics.mean(first_accs)
+    if min(len(accs), len(first_accs)) < 2:
+        return f"{d:+.4f} (1 seed)"
+    return f"{d:+.4f} (Welch p = {ttest_ind(accs, first_accs, equal_var=False).pvalue:.2g})"
+
+
 def train_cached(arch: ss.Arch, recipe, data, cache: Path | None, init=None, tag: str = "") -> dict:
     """Train `arch` from scratch with `recipe`; its metrics with the per-image test results ("test_right"). With
     a `cache` folder (one per data) the result is kept there (written atomically, keyed by architecture and
@@ -94,8 +108,9 @@ def standalone_table(title: str, contenders: dict, measured: dict, args, data, t
     """Train every contender from scratch with one recipe over several seeds; a Markdown table. `trained` keeps
     the metrics and the per-image test results by (architecture, seed), so a network in two tables (the searched
     one) is trained once, and `trained["cache"]` (a folder, optional) keeps them across runs. Against the first
-    contender: the test images only one of the two gets right, over all seeds, with an exact two-sided sign test.
-    `trained["right", name]` keeps each contender's per-image results, pooled over the seeds."""
+    contender: the test images only one of the two gets right, over all seeds, with an exact two-sided sign test,
+    and the difference of mean test accuracy with Welch's t-test over the seeds. `trained["right", name]` keeps each
+    contender's per-image results, pooled over the seeds, and `trained["tests", name]` its test accuracy per seed."""
     import numpy as np
 
     from nas.train import TrainRecipe
@@ -103,10 +118,11 @@ def standalone_table(title: str, contenders: dict, measured: dict, args, data, t
     seeds = [args.seed + k for k in range(args.train_seeds)]
     lines = [f"{title} ({args.epochs} epochs from scratch, SGD, cosine; seeds {seeds}; mean ± sd)", "",
              "| network | MMACs | Mparams | val acc | test acc | per-seed val | only this right / only first right "
-             "(sign test p) | measured int8 latency (kernels, together: p10 of 5 round-robin passes x 9) | train time "
+             "(sign test p) | test acc - first's (over seeds, Welch p) | measured int8 latency (kernels, together: "
+             "p10 of 5 round-robin passes x 9) | train time "
              "per run |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    first_right = None
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    first_right = first_tests = None
     for name, arch in contenders.items():
         vals, tests, secs, right = [], [], [], []
         for sd in seeds:
@@ -119,15 +135,15 @@ def standalone_table(title: str, contenders: dict, measured: dict, args, data, t
             secs.append(m["wall_s"])
             right.append(m["test_right"])
         right = np.concatenate(right)
-        trained["right", name] = right
+        trained["right", name], trained["tests", name] = right, tests
         if first_right is None:
-            first_right, versus = right, "-"
+            first_right, first_tests, versus, by_seed = right, tests, "-", "-"
         else:
-            versus = sign_test(right, first_right)
+            versus, by_seed = sign_test(right, first_right), seed_test(tests, first_tests)
         c = ss.count(arch)
         lines.append(f"| {name} | {c.mmacs:.1f} | {c.mparams:.3f} | {mean_sd(vals)} | {mean_sd(tests)} | "
                      + " ".join(f"{v:.4f}" for v in vals)
-                     + f" | {versus} | {measured[name]:.3f} ms | {statistics.mean(secs):.0f} s |")
+                     + f" | {versus} | {by_seed} | {measured[name]:.3f} ms | {statistics.mean(secs):.0f} s |")
         print(lines[-1], flush=True)
     return lines
 
@@ -174,7 +190,7 @@ def cv_table(title: str, contenders: dict, measured: dict, args, data, trained: 
     first = next(iter(results))
     for name, (right, per_fold, secs) in results.items():
         c = ss.count(contenders[name])
-        trained["right", name] = right
+        trained["right", name], trained["tests", name] = right, per_fold
         versus = "-" if name == first else sign_test(right, results[first][0])
         lines.append(f"| {name} | {c.mmacs:.1f} | {c.mparams:.3f} | {right.mean():.4f} ({int((~right).sum())}) | "
                      + " ".join(f"{v:.4f}" for v in per_fold) + f" | {versus} | {measured[name]:.3f} ms | "
@@ -217,7 +233,8 @@ def delivered_table(searched: dict, costs: dict, baselines: dict, measured: dict
                 "**Some baseline gets less than a searched network cost: raise --matched-epochs.**")
              + " Test images only one of two gets right, seed paired with seed, exact sign test.", "",
              "| network | training | training GMACs per image | val acc | test acc | per-seed test | only this right "
-             "/ only first right (sign test p) | measured int8 latency |", "|---|---|---|---|---|---|---|---|"]
+             "/ only first right (sign test p) | test acc - first's (over seeds, Welch p) | measured int8 latency |",
+             "|---|---|---|---|---|---|---|---|---|"]
 
     def scratch(arch: ss.Arch) -> list[dict]:
         return [train_cached(arch, TrainRecipe(epochs=args.matched_epochs, seed=sd, threads=args.threads), data,
@@ -238,20 +255,24 @@ def delivered_table(searched: dict, costs: dict, baselines: dict, measured: dict
         rows[name] = (f"{args.matched_epochs} epochs from scratch", ss.count_macs(arch) * args.matched_epochs,
                       scratch(arch), measured[name])
     right = {name: np.concatenate([m["test_right"] for m in ms]) for name, (_, _, ms, _) in rows.items()}
+    tests = {name: [m["test_acc"] for m in ms] for name, (_, _, ms, _) in rows.items()}
     first = next(iter(rows))
     for name, (how, macs, ms, ms_lat) in rows.items():
-        versus = "-" if name == first else sign_test(right[name], right[first])
+        versus, by_seed = (("-", "-") if name == first else
+                           (sign_test(right[name], right[first]), seed_test(tests[name], tests[first])))
         lines.append(f"| {name} | {how} | {macs / 1e9:.2f} | {mean_sd([m['val_acc'] for m in ms])} | "
-                     f"{mean_sd([m['test_acc'] for m in ms])} | " + " ".join(f"{m['test_acc']:.4f}" for m in ms)
-                     + f" | {versus} | {ms_lat:.3f} ms |")
+                     f"{mean_sd(tests[name])} | " + " ".join(f"{t:.4f}" for t in tests[name])
+                     + f" | {versus} | {by_seed} | {ms_lat:.3f} ms |")
         print(lines[-1], flush=True)
     ours = [name for name in rows if name not in baselines]
     if len(ours) > 1:
         lines += ["", "Each searched network against each baseline (test images only the searched one gets right / "
-                  "only the baseline gets right, paired seeds pooled; exact sign test):", "",
+                  "only the baseline gets right, paired seeds pooled; exact sign test; then the difference of mean "
+                  "test accuracy over seeds, Welch's t-test):", "",
                   "| searched | " + " | ".join(baselines) + " |", "|---|" + "---|" * len(baselines)]
         for name in ours:
-            lines.append(f"| {name} | " + " | ".join(sign_test(right[name], right[b]) for b in baselines) + " |")
+            lines.append(f"| {name} | " + " | ".join(f"{sign_test(right[name], right[b])}; "
+                                                    f"{seed_test(tests[name], tests[b])}" for b in baselines) + " |")
     return lines
 
 
@@ -390,11 +411,13 @@ def compare(args, request, space, limits, evaluator, predictor, store: Path) -> 
                    contenders, measured, args, data, trained)
     if len(searched) > 1:  # every searched network against every baseline, not only the first
         lines += ["", "Each searched network against each baseline (test images only the searched one gets right "
-                  "/ only the baseline gets right, pooled over the seeds or folds; exact sign test):", "",
+                  "/ only the baseline gets right, pooled over the seeds or folds; exact sign test; then the "
+                  "difference of mean test accuracy over seeds, Welch's t-test):", "",
                   "| searched | " + " | ".join(baselines) + " |", "|---|" + "---|" * len(baselines)]
         for name in searched:
-            lines.append(f"| {name} | " + " | ".join(sign_test(trained["right", name], trained["right", b])
-                                                    for b in baselines) + " |")
+            lines.append(f"| {name} | " + " | ".join(
+                f"{sign_test(trained['right', name], trained['right', b])}; "
+                f"{seed_test(trained['tests', name], trained['tests', b])}" for b in baselines) + " |")
     if args.matched_epochs:
         lines += delivered_table(searched, costs, baselines, measured, args, request, evaluator, trained)
     lines += [""] + [f"Searched architecture, {name}: `{arch}`" for name, arch in searched.items()]
