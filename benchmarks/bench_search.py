@@ -71,6 +71,19 @@ def seed_test(accs: list[float], first_accs: list[float]) -> str:
     return f"{d:+.4f} (Welch p = {ttest_ind(accs, first_accs, equal_var=False).pvalue:.2g})"
 
 
+def cross_table(ours: list[str], baselines, right: dict, tests: dict, pooled: str) -> list[str]:
+    """Each of `ours` against each baseline: the sign test over the test images (`right`, pooled over `pooled`),
+    then the difference of mean test accuracy with Welch's t-test (`tests`, one accuracy per seed or fold)."""
+    lines = ["", "Each searched network against each baseline (test images only the searched one gets right / only "
+             f"the baseline gets right, {pooled}; exact sign test; then the difference of mean test accuracy over "
+             "seeds or folds, Welch's t-test):", "",
+             "| searched | " + " | ".join(baselines) + " |", "|---|" + "---|" * len(baselines)]
+    for name in ours:
+        lines.append(f"| {name} | " + " | ".join(f"{sign_test(right[name], right[b])}; "
+                                                f"{seed_test(tests[name], tests[b])}" for b in baselines) + " |")
+    return lines
+
+
 def train_cached(arch: ss.Arch, recipe, data, cache: Path | None, init=None, tag: str = "") -> dict:
     """Train `arch` from scratch with `recipe`; its metrics with the per-image test results ("test_right"). With
     a `cache` folder (one per data) the result is kept there (written atomically, keyed by architecture and
@@ -266,13 +279,7 @@ def delivered_table(searched: dict, costs: dict, baselines: dict, measured: dict
         print(lines[-1], flush=True)
     ours = [name for name in rows if name not in baselines]
     if len(ours) > 1:
-        lines += ["", "Each searched network against each baseline (test images only the searched one gets right / "
-                  "only the baseline gets right, paired seeds pooled; exact sign test; then the difference of mean "
-                  "test accuracy over seeds, Welch's t-test):", "",
-                  "| searched | " + " | ".join(baselines) + " |", "|---|" + "---|" * len(baselines)]
-        for name in ours:
-            lines.append(f"| {name} | " + " | ".join(f"{sign_test(right[name], right[b])}; "
-                                                    f"{seed_test(tests[name], tests[b])}" for b in baselines) + " |")
+        lines += cross_table(ours, baselines, right, tests, "paired seeds pooled")
     return lines
 
 
@@ -410,14 +417,9 @@ def compare(args, request, space, limits, evaluator, predictor, store: Path) -> 
     lines += table(f"## Stand-alone training, same recipe, baselines at the {args.budget} budget",
                    contenders, measured, args, data, trained)
     if len(searched) > 1:  # every searched network against every baseline, not only the first
-        lines += ["", "Each searched network against each baseline (test images only the searched one gets right "
-                  "/ only the baseline gets right, pooled over the seeds or folds; exact sign test; then the "
-                  "difference of mean test accuracy over seeds, Welch's t-test):", "",
-                  "| searched | " + " | ".join(baselines) + " |", "|---|" + "---|" * len(baselines)]
-        for name in searched:
-            lines.append(f"| {name} | " + " | ".join(
-                f"{sign_test(trained['right', name], trained['right', b])}; "
-                f"{seed_test(trained['tests', name], trained['tests', b])}" for b in baselines) + " |")
+        names = [*searched, *baselines]
+        lines += cross_table(list(searched), baselines, {n: trained["right", n] for n in names},
+                             {n: trained["tests", n] for n in names}, "pooled over the seeds or folds")
     if args.matched_epochs:
         lines += delivered_table(searched, costs, baselines, measured, args, request, evaluator, trained)
     lines += [""] + [f"Searched architecture, {name}: `{arch}`" for name, arch in searched.items()]
