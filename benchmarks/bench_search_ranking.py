@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from bench_search import mean_sd, seed_test, sign_test, train_cached
+from bench_supernet_ranking import spread_archs
 from scipy import stats
 
 import search_spaces as ss
@@ -55,23 +56,6 @@ def draw_toward(space: ss.SearchSpace, rng: random.Random, bias: float) -> ss.Ar
         stages.append(tuple(Block(pick(st.kernels), pick(st.expands), width, st.stride if i == 0 else 1,
                                   pick(st.se), st.act) for i in range(pick(st.depths))))
     return space.arch(pick(space.resolutions), tuple(stages))
-
-
-def spread_archs(space: ss.SearchSpace, n: int, lo: float, hi: float, seed: int) -> list[ss.Arch]:
-    """`n` architectures of `space`, one per equal-width MAC bin of [lo, hi]: the first seeded draw (`draw_toward`
-    with a bias drawn uniformly from [0, 1] each time) that lands in each bin."""
-    rng = random.Random(seed)
-    chosen: dict[int, ss.Arch] = {}
-    for _ in range(200_000):
-        arch = draw_toward(space, rng, rng.random())
-        b = int((ss.count_macs(arch) - lo) / (hi - lo) * n)
-        if 0 <= b < n and b not in chosen:
-            chosen[b] = arch
-            if len(chosen) == n:
-                break
-    if len(chosen) < n:
-        raise ValueError(f"only {len(chosen)} of {n} MAC bins in [{lo:g}, {hi:g}] reached in {space.name}")
-    return [chosen[b] for b in range(n)]
 
 
 def tau_rho(x, y) -> str:
@@ -128,7 +112,8 @@ def main() -> None:
                     f"t{args.trials}", evaluator.supernet_key])
     cache = Path(args.out) / "bench-search" / key / "standalone" / dataset_fingerprint(data.splits)["sha256"]
     lo, hi = ss.count_macs(space.smallest()), limits.macs
-    drawn = spread_archs(space, args.archs, lo, hi, args.seed)
+    # one draw per MAC bin, each with its own bias toward the largest choices
+    drawn = spread_archs(space, args.archs, lo, hi, args.seed, lambda rng: draw_toward(space, rng, rng.random()))
     rows = []
     for arch in drawn:
         score = evaluator(arch)
@@ -176,7 +161,8 @@ def main() -> None:
              + "".join(f" --extra '{a}'" for a in args.extra) + "`", "",
              f"Supernet {evaluator.supernet_key} (the one `nas search` and bench_search use for these arguments). "
              f"{len(chosen)} architectures of {space.name} drawn over {lo / 1e6:.1f}..{hi / 1e6:.1f}M MACs, one per "
-             f"equal MAC bin (seed {args.seed}); trial score = the sub-network's accuracy on the "
+             f"equal MAC bin (seed {args.seed}; each choice at its maximum with a probability drawn uniformly per "
+             "architecture); trial score = the sub-network's accuracy on the "
              f"{len(data.splits.val)} val images, as in a search. Stand-alone: {args.epochs} epochs from scratch "
              f"(bench_search's recipe), seeds {seeds}, mean ± sd; {len(data.splits.test)} test images.", "",
              "| architecture | MMACs | predicted ms | trial score (supernet val acc) | stand-alone val acc | "

@@ -16,6 +16,7 @@ import argparse
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -28,13 +29,16 @@ from nas.supernet import SubnetEvaluator, SupernetRecipe, train_supernet
 from nas.train import TrainRecipe, train_standalone
 
 
-def spread_archs(space: ss.SearchSpace, n: int, lo: float, hi: float, seed: int) -> list[ss.Arch]:
-    """`n` architectures of `space`, one per equal-width MAC bin of [lo, hi] (first seeded draw in each bin)."""
+def spread_archs(space: ss.SearchSpace, n: int, lo: float, hi: float, seed: int,
+                 draw: Callable[[random.Random], ss.Arch] | None = None) -> list[ss.Arch]:
+    """`n` architectures of `space`, one per equal-width MAC bin of [lo, hi] (first seeded draw in each bin);
+    `draw` makes one architecture from the generator (default: uniform per choice, `space.random_arch`)."""
     rng = random.Random(seed)
     width = (hi - lo) / n
+    draw = draw or space.random_arch
     chosen: dict[int, ss.Arch] = {}
     for _ in range(200_000):
-        arch = space.random_arch(rng)
+        arch = draw(rng)
         b = int((ss.count_macs(arch) - lo) // width)
         if 0 <= b < n and b not in chosen:
             chosen[b] = arch
