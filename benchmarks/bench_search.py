@@ -84,6 +84,21 @@ def cross_table(ours: list[str], baselines, right: dict, tests: dict, pooled: st
     return lines
 
 
+def store_dir(args, space: ss.SearchSpace, supernet_key: str) -> Path:
+    """The folder of this benchmark's studies, verify fine-tunes and trained networks, keyed by what changes their
+    trials (so a rerun resumes them, and bench_search_ranking.py shares the trained networks)."""
+    key = "-".join([space.name, Path(args.data).name, args.budget, f"tr{args.train_images}", f"va{args.val_images}",
+                    f"t{args.trials}", supernet_key])
+    return Path(args.out) / "bench-search" / key
+
+
+def cache_path(arch: ss.Arch, recipe, cache: Path, tag: str = "") -> Path:
+    """Where `train_cached` keeps `arch` trained with `recipe` in the folder `cache`."""
+    from nas.train import recipe_key
+
+    return cache / f"{tag}{arch.hash()}-{recipe_key(recipe)}.npz"
+
+
 def train_cached(arch: ss.Arch, recipe, data, cache: Path | None, init=None, tag: str = "") -> dict:
     """Train `arch` from scratch with `recipe`; its metrics with the per-image test results ("test_right"). With
     a `cache` folder (one per data) the result is kept there (written atomically, keyed by architecture and
@@ -97,9 +112,9 @@ def train_cached(arch: ss.Arch, recipe, data, cache: Path | None, init=None, tag
     import numpy as np
 
     from nas.io import write_atomic
-    from nas.train import predictions, recipe_key, train_standalone
+    from nas.train import predictions, train_standalone
 
-    path = None if cache is None else cache / f"{tag}{arch.hash()}-{recipe_key(recipe)}.npz"
+    path = None if cache is None else cache_path(arch, recipe, cache, tag)
     if path is not None and path.exists():
         with np.load(path) as f:
             metrics = json.loads(str(f["metrics"]))
@@ -531,10 +546,8 @@ def main() -> None:
     if args.equal_latency_only:
         lines += equal_latency(ss.decode(args.equal_latency_only), args, request, space, evaluator.subnet.data, {})
     elif not args.ray_only:
-        # the studies live under --out, keyed by what changes their trials, so a rerun resumes them
-        key = "-".join([space.name, Path(args.data).name, args.budget, f"tr{args.train_images}",
-                        f"va{args.val_images}", f"t{args.trials}", evaluator.supernet_key])
-        lines += compare(args, request, space, limits, evaluator, predictor, Path(args.out) / "bench-search" / key)
+        lines += compare(args, request, space, limits, evaluator, predictor,
+                         store_dir(args, space, evaluator.supernet_key))
 
     # 4. Ray Tune: trials per minute with 1 and 2 workers on the embedded local cluster
     if not args.no_ray and not args.equal_latency_only:

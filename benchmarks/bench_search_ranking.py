@@ -23,14 +23,13 @@ the cache; the report is printed once every job is in the cache.
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from bench_search import mean_sd, seed_test, sign_test, train_cached
+from bench_search import cache_path, mean_sd, seed_test, sign_test, store_dir, train_cached
 from bench_supernet_ranking import spread_archs
 from scipy import stats
 
@@ -38,24 +37,8 @@ import search_spaces as ss
 from nas.search.evaluate import build_evaluator, load_data_and_space, load_latency
 from nas.search.main import SearchRequest, _limits
 from nas.supernet import dataset_fingerprint
-from nas.train import TrainRecipe, recipe_key
-from search_spaces.arch import Block
+from nas.train import TrainRecipe
 from search_spaces.presets import width_scaled_baselines
-
-
-def draw_toward(space: ss.SearchSpace, rng: random.Random, bias: float) -> ss.Arch:
-    """One architecture of `space`: each choice at its maximum with probability `bias`, else drawn uniformly.
-    Uniform draws (bias 0, a search's random start) rarely come near the largest network: in small32-v3 none of
-    200,000 landed in the top tenth of a 100M-MAC budget, so the bias sweeps the draws over the whole range."""
-    def pick(choices):
-        return max(choices) if rng.random() < bias else rng.choice(choices)
-
-    stages = []
-    for st in space.stages:
-        width = pick(st.widths)
-        stages.append(tuple(Block(pick(st.kernels), pick(st.expands), width, st.stride if i == 0 else 1,
-                                  pick(st.se), st.act) for i in range(pick(st.depths))))
-    return space.arch(pick(space.resolutions), tuple(stages))
 
 
 def tau_rho(x, y) -> str:
@@ -98,6 +81,10 @@ def main() -> None:
         ap.error(f"--archs: expected at least 3 (rank correlations), got {args.archs}")
     if args.train_seeds < 1:
         ap.error(f"--train-seeds: expected at least 1, got {args.train_seeds}")
+    try:  # before the supernet loads, so a typo costs nothing
+        extra = {f"extra {a.hash()[:8]}": a for a in map(ss.decode, args.extra)}
+    except ValueError as e:
+        ap.error(f"--extra: not an architecture string ({e})")
 
     request = SearchRequest(budget=args.budget, data=args.data, space=args.space, seed=args.seed, out=args.out,
                             threads=args.threads, train_images=args.train_images, val_images=args.val_images)
@@ -108,12 +95,11 @@ def main() -> None:
     evaluator.latency_ms = predictor.predict_ms
     data = evaluator.subnet.data
     # bench_search's folder for these arguments, so both benchmarks share one cache of trained networks
-    key = "-".join([space.name, Path(args.data).name, args.budget, f"tr{args.train_images}", f"va{args.val_images}",
-                    f"t{args.trials}", evaluator.supernet_key])
-    cache = Path(args.out) / "bench-search" / key / "standalone" / dataset_fingerprint(data.splits)["sha256"]
+    cache = store_dir(args, space, evaluator.supernet_key) / "standalone" / dataset_fingerprint(data.splits)["sha256"]
     lo, hi = ss.count_macs(space.smallest()), limits.macs
     # one draw per MAC bin, each with its own bias toward the largest choices
-    drawn = spread_archs(space, args.archs, lo, hi, args.seed, lambda rng: draw_toward(space, rng, rng.random()))
+    drawn = spread_archs(space, args.archs, lo, hi, args.seed,
+                         lambda rng: space.random_arch(rng, toward_largest=rng.random()))
     rows = []
     for arch in drawn:
         score = evaluator(arch)
@@ -121,10 +107,6 @@ def main() -> None:
                      "latency_ms": score["latency_ms"], "score": score["val_acc"]})
     chosen = pd.DataFrame(rows)
     baselines = width_scaled_baselines(limits.macs, space.largest())
-    try:
-        extra = {f"extra {a.hash()[:8]}": a for a in map(ss.decode, args.extra)}
-    except ValueError as e:
-        raise SystemExit(f"--extra: not an architecture string ({e})") from e
     references = baselines | extra
     archs = dict(zip(chosen["name"], drawn, strict=True)) | references
 
@@ -133,7 +115,7 @@ def main() -> None:
     done: dict = {}
     for i, (name, sd) in enumerate(jobs):
         recipe = TrainRecipe(epochs=args.epochs, seed=sd, threads=args.threads)
-        cached = (cache / f"{archs[name].hash()}-{recipe_key(recipe)}.npz").exists()
+        cached = cache_path(archs[name], recipe, cache).exists()
         if cached or i % n_shard == k_shard:
             t = time.perf_counter()
             done[name, sd] = train_cached(archs[name], recipe, data, cache)

@@ -127,18 +127,26 @@ class SearchSpace:
                     return False
         return True
 
-    def random_arch(self, rng: random.Random) -> Arch:
-        """One architecture drawn uniformly per choice."""
+    def random_arch(self, rng: random.Random, toward_largest: float = 0.0) -> Arch:
+        """One architecture drawn uniformly per choice; with `toward_largest` = b > 0, each choice is instead its
+        maximum with probability b. Uniform draws rarely come near the largest network (in small32-v3 none of
+        200,000 landed in 89-100M of a 100M-MAC budget), so draws with b spread over [0, 1] cover the whole range.
+        b = 0 draws exactly as before (the same random stream)."""
+        if not 0.0 <= toward_largest <= 1.0:
+            raise ValueError(f"toward_largest: expected a probability in [0, 1], got {toward_largest}")
+
+        def pick(choices):
+            return max(choices) if toward_largest and rng.random() < toward_largest else rng.choice(choices)
+
         stages = []
         for st in self.stages:
-            width = rng.choice(st.widths)
+            width = pick(st.widths)
             blocks = tuple(
-                Block(rng.choice(st.kernels), rng.choice(st.expands), width, st.stride if i == 0 else 1,
-                      rng.choice(st.se), st.act)
-                for i in range(rng.choice(st.depths))
+                Block(pick(st.kernels), pick(st.expands), width, st.stride if i == 0 else 1, pick(st.se), st.act)
+                for i in range(pick(st.depths))
             )
             stages.append(blocks)
-        return self.arch(rng.choice(self.resolutions), tuple(stages))
+        return self.arch(pick(self.resolutions), tuple(stages))
 
     def shrink_moves(self, arch: Arch) -> list[Arch]:
         """Every architecture one choice cheaper than `arch` (a lower resolution, fewer blocks, narrower, ...)."""

@@ -75,6 +75,22 @@ def test_contains_rejects_outside_archs():
     assert not space.contains(ss.preset("mobilenetv2"))
 
 
+def test_random_arch_toward_largest():
+    space = ss.get_space("small32-v3")
+    assert space.random_arch(random.Random(0), toward_largest=1.0) == space.largest()
+    # bias 0 is the uniform draw, random stream included
+    a, b = random.Random(3), random.Random(3)
+    assert space.random_arch(a, toward_largest=0.0) == space.random_arch(b)
+    assert a.random() == b.random()
+    rng = random.Random(0)
+    uniform = [ss.count_macs(space.random_arch(rng)) for _ in range(200)]
+    biased = [ss.count_macs(space.random_arch(rng, toward_largest=0.8)) for _ in range(200)]
+    assert all(space.contains(space.random_arch(rng, toward_largest=0.5)) for _ in range(20))
+    assert sum(biased) / len(biased) > 1.5 * sum(uniform) / len(uniform)
+    with pytest.raises(ValueError, match="toward_largest"):
+        space.random_arch(rng, toward_largest=1.5)
+
+
 def test_compound_scaling_follows_efficientnet():
     base = ss.get_space("efficientnet")
     b1 = ss.get_space("efficientnet", phi=1)
