@@ -76,6 +76,8 @@ def _label_names(raw: bytes | None, where: str, key: str) -> tuple[str, ...] | N
     names = _unpickle(raw, where).get(key)
     if names is None:
         raise DatasetError(f"{where}: meta file has no '{key}'")
+    if not isinstance(names, (list, tuple, np.ndarray)):
+        raise DatasetError(f"{where}: '{key}' must be a list of class names, found {type(names).__name__}")
     return tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names)
 
 

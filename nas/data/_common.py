@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from nas.data.dataset import Dataset
+from nas.data.dataset import Dataset, DatasetError
 
-
-class DatasetError(ValueError):
-    """A dataset path that is missing, unreadable, inconsistent or in no recognised format."""
+__all__ = ["DatasetError", "assemble", "check_pair", "digit_names", "to_labels", "to_nchw"]
 
 
 def digit_names(n: int) -> tuple[str, ...]:
@@ -42,20 +40,32 @@ def to_nchw(arr: np.ndarray, where: str) -> np.ndarray:
 
 
 def to_labels(arr: np.ndarray, where: str) -> np.ndarray:
-    """Labels as a 1-d int64 array of non-negative class indices."""
+    """Labels as a 1-d int64 array of non-negative class indices; refuses fractions, NaN, infinities,
+    negative values and values past int64 (which a cast would silently wrap)."""
     arr = np.asarray(arr)
     if arr.ndim != 1:
         raise DatasetError(f"{where}: labels must be 1-d, got shape {arr.shape}")
-    if arr.dtype.kind == "f" and np.array_equal(arr, np.round(arr)):
-        arr = arr.astype(np.int64)
-    if arr.dtype.kind not in "iu":
-        raise DatasetError(f"{where}: labels must be integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise DatasetError(f"{where}: labels must be whole class indices, found {arr[bad][0]} "
+                               f"at position {int(np.flatnonzero(bad)[0])}")
+        frac = arr != np.round(arr)
+        if frac.any():
+            raise DatasetError(f"{where}: labels must be whole class indices, found {arr[frac][0]} "
+                               f"at position {int(np.flatnonzero(frac)[0])}")
+    elif arr.dtype.kind not in "iu":
+        raise DatasetError(f"{where}: labels must be integers (class indices), got dtype {arr.dtype}")
     if arr.size and arr.min() < 0:
-        raise DatasetError(f"{where}: negative label {arr.min()}")
+        raise DatasetError(f"{where}: labels must be class indices 0..K-1, found negative label {arr.min()}")
+    # checked before the cast: uint64 and float values past int64 would wrap to negatives or garbage
+    if arr.size and arr.max() > 2**53:
+        raise DatasetError(f"{where}: label {arr.max()} is far too large for a class index")
     return arr.astype(np.int64)
 
 
 def check_pair(x: np.ndarray, y: np.ndarray, x_where: str, y_where: str) -> None:
+    """Refuse images and labels of different lengths, or none at all."""
     if len(x) != len(y):
         raise DatasetError(f"{y_where}: {len(y)} labels but {x_where} holds {len(x)} images")
     if len(x) == 0:
@@ -69,16 +79,33 @@ def assemble(
     test: tuple[np.ndarray, np.ndarray] | None,
     class_names: tuple[str, ...] | None,
 ) -> Dataset:
-    """Build a Dataset (with its official test part), inferring num_classes from the labels if unnamed."""
+    """Build a Dataset (with its official test part), inferring num_classes from the labels if unnamed.
+
+    Classes are bounded by the images: labels past the image count (say a stray 1000000000) would otherwise
+    allocate a class name per value and a network head that size, so they are refused before anything scales
+    with them.
+    """
     top = int(train[1].max()) + 1
+    images = len(train[1])
     if test is not None:
         top = max(top, int(test[1].max()) + 1)
+        images += len(test[1])
         if test[0].shape[1:] != train[0].shape[1:]:
             raise DatasetError(f"{source}: test images {test[0].shape[1:]} differ from train {train[0].shape[1:]}")
     if class_names is None:
+        if top > images:
+            present = len(np.unique(train[1] if test is None else np.concatenate([train[1], test[1]])))
+            raise DatasetError(
+                f"{source}: label {top - 1} implies {top} classes but there are only {images} images "
+                f"({present} distinct labels); expected class indices 0..K-1 with K at most the number of images "
+                "(renumber the labels)"
+            )
         class_names = digit_names(top)
     elif top > len(class_names):
         raise DatasetError(f"{source}: label {top - 1} but only {len(class_names)} class names")
+    if len(class_names) > images:
+        raise DatasetError(f"{source}: {len(class_names)} class names but only {images} images; "
+                           "expected at most one class per image")
     k = len(class_names)
     test_ds = None
     if test is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +14,66 @@ from nas.data.dataset import Dataset
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
+_READ_CHUNK = 1 << 20  # bytes per read of an .npz member: memory grows with the data present, not the header
+MAX_IMAGE_PIXELS = 1 << 24  # 4096 x 4096; a few-KB PNG can declare far more, and every image is held in memory
+
+
+def _npz_array(zf: zipfile.ZipFile, member: str, where: str) -> np.ndarray:
+    """One ``.npy`` member, allocated only as far as its bytes are really there.
+
+    ``np.load`` allocates the shape a header declares before reading any data: a 600-byte file declaring a
+    billion float64 raised MemoryError. Here the data is read in chunks and its length checked against the header.
+    """
+    with zf.open(member) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise DatasetError(f"{where}: unsupported .npy format version {version[0]}.{version[1]}")
+        except ValueError as exc:
+            if isinstance(exc, DatasetError):
+                raise
+            raise DatasetError(f"{where}: not a readable .npy array ({exc})") from exc
+        if dtype.hasobject:
+            raise DatasetError(f"{where}: holds Python objects (dtype {dtype}); expected a numeric array")
+        count = 1
+        for d in shape:  # Python ints: np.prod could overflow and wrap to a small size
+            count *= int(d)
+        nbytes = count * dtype.itemsize
+        buf = bytearray()
+        while len(buf) < nbytes:
+            chunk = f.read(min(_READ_CHUNK, nbytes - len(buf)))
+            if not chunk:
+                raise DatasetError(f"{where}: truncated: header declares shape {shape} ({nbytes} bytes of "
+                                   f"{dtype}) but only {len(buf)} bytes follow")
+            buf += chunk
+    if dtype.itemsize == 0:
+        raise DatasetError(f"{where}: zero-size dtype {dtype}; expected a numeric array")
+    arr = np.frombuffer(buf, dtype=dtype, count=count)
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
 def load_npz(path: Path) -> Dataset:
     """``.npz`` with ``x``/``y`` or ``x_train``/``y_train`` (+ ``x_test``/``y_test``), ``class_names``."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        with zipfile.ZipFile(path) as zf:
+            members = {n.removesuffix(".npy"): n for n in zf.namelist() if n.endswith(".npy")}
+            if "x" in members and "y" in members:
+                train_keys, test_keys = ("x", "y"), None
+            elif "x_train" in members and "y_train" in members:
+                train_keys, test_keys = ("x_train", "y_train"), ("x_test", "y_test")
+            else:
+                raise DatasetError(f"{path}: .npz needs arrays x and y (or x_train and y_train); "
+                                   f"found {sorted(members)}")
+            wanted = [*train_keys, *(k for k in test_keys or () if k in members)]
+            if "class_names" in members:
+                wanted.append("class_names")
+            arrays = {k: _npz_array(zf, members[k], f"{path}[{k}]") for k in wanted}
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise DatasetError(f"{path}: unreadable .npz ({exc})") from exc
-    if "x" in arrays and "y" in arrays:
-        train_keys, test_keys = ("x", "y"), None
-    elif "x_train" in arrays and "y_train" in arrays:
-        train_keys, test_keys = ("x_train", "y_train"), ("x_test", "y_test")
-    else:
-        raise DatasetError(f"{path}: .npz needs arrays x and y (or x_train and y_train); found {sorted(arrays)}")
 
     def pair(keys: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
         x = to_nchw(arrays[keys[0]], f"{path}[{keys[0]}]")
@@ -38,7 +86,12 @@ def load_npz(path: Path) -> Dataset:
         if not (test_keys[0] in arrays and test_keys[1] in arrays):
             raise DatasetError(f"{path}: has only one of x_test / y_test")
         test = pair(test_keys)
-    names = tuple(str(n) for n in arrays["class_names"]) if "class_names" in arrays else None
+    names = None
+    if "class_names" in arrays:
+        raw = arrays["class_names"]
+        if raw.ndim != 1:
+            raise DatasetError(f"{path}[class_names]: expected a 1-d array of names, got shape {raw.shape}")
+        names = tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in raw.tolist())
     return assemble(path.stem, str(path), pair(train_keys), test, names)
 
 
@@ -59,15 +112,19 @@ def looks_like_image_folder(directory: Path) -> bool:
 
 
 def _read_image_tree(root: Path, class_names: tuple[str, ...] | None) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """Read root/<class>/*; class indices follow ``class_names`` if given, else sorted folder names."""
+    """Read root/<class>/*; class indices follow ``class_names`` if given, else sorted folder names.
+
+    Each image's size is checked from its header before it is decoded (a few-KB PNG can declare 50000 x 50000).
+    """
     from PIL import Image, UnidentifiedImageError
 
     folders = _visible_dirs(root)
     if not folders:
         raise DatasetError(f"{root}: no class folders (expected {root}/<class>/*.png)")
     names = class_names or tuple(d.name for d in folders)
-    images: list[tuple[Path, Image.Image]] = []
+    arrays: list[np.ndarray] = []
     labels: list[int] = []
+    first: tuple[Path, tuple[int, int]] | None = None
     for folder in folders:
         if folder.name not in names:
             raise DatasetError(f"{folder}: class '{folder.name}' is not among the training classes {names}")
@@ -77,23 +134,28 @@ def _read_image_tree(root: Path, class_names: tuple[str, ...] | None) -> tuple[n
         for file in files:
             try:
                 with Image.open(file) as im:
+                    w, h = im.size
+                    if w * h > MAX_IMAGE_PIXELS:
+                        raise DatasetError(f"{file}: declares {w}x{h} pixels, more than the {MAX_IMAGE_PIXELS:,} "
+                                           "an image may have here")
+                    if first is None:
+                        first = (file, (w, h))
+                    elif (w, h) != first[1]:
+                        raise DatasetError(
+                            f"{file}: size {w}x{h} differs from {first[0]} ({first[1][0]}x{first[1][1]}); "
+                            "all images must share one size"
+                        )
                     im.load()
                     gray = im.mode in ("1", "L", "LA", "I", "F") or im.mode.startswith("I;16")
-                    images.append((file, im.convert("L" if gray else "RGB")))
-            except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+                    arrays.append(np.asarray(im.convert("L" if gray else "RGB"), dtype=np.uint8))
+            except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as exc:
                 raise DatasetError(f"{file}: unreadable image ({exc})") from exc
             labels.append(names.index(folder.name))
-    first_file, first = images[0]
-    mode = "RGB" if any(im.mode == "RGB" for _, im in images) else "L"
-    arrays = []
-    for file, im in images:
-        if im.size != first.size:
-            raise DatasetError(
-                f"{file}: size {im.size[0]}x{im.size[1]} differs from {first_file} "
-                f"({first.size[0]}x{first.size[1]}); all images must share one size"
-            )
-        arrays.append(np.asarray(im.convert(mode), dtype=np.uint8))
-    x = to_nchw(np.stack(arrays), str(root)) if mode == "L" else np.stack(arrays).transpose(0, 3, 1, 2)
+    if any(a.ndim == 3 for a in arrays):
+        # PIL's L -> RGB copies the gray value into each channel; so does this, without keeping two decodings
+        x = np.stack([a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2) for a in arrays]).transpose(0, 3, 1, 2)
+    else:
+        x = to_nchw(np.stack(arrays), str(root))
     return np.ascontiguousarray(x), np.asarray(labels, dtype=np.int64), names
 
 

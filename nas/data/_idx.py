@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import re
 import struct
@@ -30,45 +31,69 @@ IDX_NAME = re.compile(r"^(train|t10k)-(images|labels)[-.]idx[13]-ubyte(\.gz)?$",
 _IDX_TYPES: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def _read_maybe_gzip(path: Path) -> bytes:
+_READ_CHUNK = 1 << 20  # bytes per read: a buffered read(n) allocates n up front, whatever the file holds
+
+
+def _open_maybe_gzip(path: Path) -> io.BufferedIOBase:
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as exc:
-            raise DatasetError(f"{path}: truncated or corrupt gzip data ({exc})") from exc
-    return raw
+    # decompressed lazily, so a small .gz cannot inflate past what its header declares
+    return gzip.GzipFile(fileobj=io.BytesIO(raw)) if raw[:2] == b"\x1f\x8b" else io.BytesIO(raw)
+
+
+def _take(stream: io.BufferedIOBase, n: int, path: Path) -> bytearray:
+    """Up to ``n`` bytes of ``stream`` (fewer at its end), read in chunks so memory follows the data present."""
+    buf = bytearray()
+    try:
+        while len(buf) < n:
+            chunk = stream.read(min(_READ_CHUNK, n - len(buf)))
+            if not chunk:
+                break
+            buf += chunk
+    except (EOFError, OSError, zlib.error) as exc:
+        raise DatasetError(f"{path}: truncated or corrupt gzip data ({exc})") from exc
+    return buf
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read one IDX file (gzipped or not), checking the magic number and the exact data length."""
+    """Read one IDX file (gzipped or not), checking the magic number and the exact data length.
+
+    The header's dimensions are checked against the data actually present before the array is built, so a
+    few-byte file declaring (4294967295, 4294967295) costs nothing.
+    """
     path = Path(path)
-    data = _read_maybe_gzip(path)
-    if len(data) < 4:
-        raise DatasetError(f"{path}: truncated: {len(data)} bytes, too short for an IDX header")
-    code, ndim = data[2], data[3]
-    if data[:2] != b"\x00\x00" or code not in _IDX_TYPES or ndim == 0:
-        raise DatasetError(
-            f"{path}: bad IDX magic number 0x{data[:4].hex()} "
-            "(expected 0x0000, a type code, and the number of dimensions, e.g. 0x00000803 for images)"
-        )
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DatasetError(f"{path}: truncated inside the IDX header ({len(data)} of {header} bytes)")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = np.dtype(_IDX_TYPES[code])
-    count = int(np.prod(dims, dtype=np.int64))
-    expected, present = count * dtype.itemsize, len(data) - header
-    if present < expected:
-        raise DatasetError(
-            f"{path}: truncated: header declares shape {dims} ({expected} data bytes) but {present} bytes follow"
-        )
-    if present > expected:
-        raise DatasetError(f"{path}: {present - expected} unexpected bytes after the declared shape {dims}")
-    return np.frombuffer(data, dtype, count=count, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    with _open_maybe_gzip(path) as stream:
+        magic = _take(stream, 4, path)
+        if len(magic) < 4:
+            raise DatasetError(f"{path}: truncated: {len(magic)} bytes, too short for an IDX header")
+        code, ndim = magic[2], magic[3]
+        if magic[:2] != b"\x00\x00" or code not in _IDX_TYPES or ndim == 0:
+            raise DatasetError(
+                f"{path}: bad IDX magic number 0x{magic.hex()} "
+                "(expected 0x0000, a type code, and the number of dimensions, e.g. 0x00000803 for images)"
+            )
+        head = _take(stream, 4 * ndim, path)
+        if len(head) < 4 * ndim:
+            raise DatasetError(f"{path}: truncated inside the IDX header ({4 + len(head)} of {4 + 4 * ndim} bytes)")
+        dims = struct.unpack(f">{ndim}I", head)
+        dtype = np.dtype(_IDX_TYPES[code])
+        count = 1
+        for d in dims:  # Python ints: np.prod in int64 can wrap past 2**63 to a small, plausible size
+            count *= d
+        expected = count * dtype.itemsize
+        data = _take(stream, expected, path)
+        if len(data) < expected:
+            raise DatasetError(
+                f"{path}: truncated: header declares shape {dims} ({expected} data bytes) but {len(data)} bytes follow"
+            )
+        extra = 0
+        while more := _take(stream, _READ_CHUNK, path):
+            extra += len(more)
+    if extra:
+        raise DatasetError(f"{path}: {extra} unexpected bytes after the declared shape {dims}")
+    return np.frombuffer(data, dtype, count=count).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def find_idx(directory: Path) -> dict[tuple[str, str], Path]:

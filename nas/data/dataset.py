@@ -6,7 +6,14 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-__all__ = ["Dataset", "Splits", "split", "split_indices"]
+__all__ = ["Dataset", "DatasetError", "Splits", "split", "split_indices", "stratified_subset"]
+
+MIN_CLASSES = 2  # a split with fewer classes scores any network 1.000 (or says nothing): refused
+
+
+class DatasetError(ValueError):
+    """A dataset path that is missing, unreadable, inconsistent or in no recognised format, or data too small
+    or too uniform to split into usable train / val / test parts."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,6 +117,14 @@ class Splits:
             "test": len(self.test),
         }
 
+    def __post_init__(self) -> None:
+        # every evaluation divides by a part's size: an empty part must never reach training or scoring
+        for part in ("train", "val", "test"):
+            data: Dataset = getattr(self, part)
+            if len(data) == 0:
+                raise DatasetError(f"{data.source or data.name}: the {part} split is empty; "
+                                   "train, val and test each need images")
+
 
 def _stratified_take(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Split positions of ``y`` into (taken, rest), taking ``round(fraction * n_c)`` of each class c."""
@@ -150,7 +165,8 @@ def split(dataset: Dataset, seed: int = 0, val_fraction: float = 0.1, test_fract
     """Split ``dataset`` deterministically by ``seed`` (stratified by class).
 
     If the dataset carries an official test set it becomes ``test`` unchanged, ``test_fraction`` is ignored,
-    and validation is ``val_fraction`` of the official training set.
+    and validation is ``val_fraction`` of the official training set. Raises :class:`DatasetError` when a part
+    would be empty or train / val (and a test taken from the data) would hold fewer than two classes.
     """
     if dataset.test is not None:
         train_idx, val_idx, _ = split_indices(dataset.y, seed, val_fraction, 0.0)
@@ -160,22 +176,89 @@ def split(dataset: Dataset, seed: int = 0, val_fraction: float = 0.1, test_fract
         train_idx, val_idx, test_idx = split_indices(dataset.y, seed, val_fraction, test_fraction)
         test = dataset.subset(test_idx, f"{dataset.name}/test")
         official = False
-    return Splits(
-        train=dataset.subset(train_idx, f"{dataset.name}/train"),
-        val=dataset.subset(val_idx, f"{dataset.name}/val"),
-        test=test,
-        seed=seed,
-        official_test=official,
+    train = dataset.subset(train_idx, f"{dataset.name}/train")
+    val = dataset.subset(val_idx, f"{dataset.name}/val")
+    _check_split(dataset, train, val, test, official, val_fraction, test_fraction)
+    return Splits(train=train, val=val, test=test, seed=seed, official_test=official)
+
+
+def _n_classes(y: np.ndarray) -> int:
+    return len(np.unique(y))
+
+
+def _classes(k: int) -> str:
+    return f"{k} class" if k == 1 else f"{k} classes"
+
+
+def _per_class(data: Dataset) -> str:
+    """Images per class, by name for a few classes, else the range (one line for any class count)."""
+    counts = np.bincount(data.y, minlength=data.num_classes)
+    if data.num_classes <= 10:
+        return ", ".join(f"{name}: {c}" for name, c in zip(data.class_names, counts.tolist(), strict=True))
+    present = counts[counts > 0]
+    if present.size == 0:
+        return "none"
+    return f"{len(present)} of {data.num_classes} classes present, {present.min()}..{present.max()} images each"
+
+
+def _check_split(dataset: Dataset, train: Dataset, val: Dataset, test: Dataset, official: bool,
+                 val_fraction: float, test_fraction: float) -> None:
+    """Refuse a split that cannot train and score a classifier: once, here, before any training."""
+    problems = []
+    for name, p in (("train", train), ("val", val), ("test", test)):
+        if len(p) == 0:
+            problems.append(f"{name} would be empty")
+        elif _n_classes(p.y) < MIN_CLASSES and not (name == "test" and official):  # the user's own test set
+            problems.append(f"{name} would hold {_classes(_n_classes(p.y))}")
+    if not problems:
+        return
+    where = dataset.source or dataset.name
+    if _n_classes(dataset.y) < MIN_CLASSES:  # the root cause; every part's shortfall follows from it
+        problems = [f"the data has {_classes(_n_classes(dataset.y))}"]
+    found = ", ".join(f"{name} {len(p)} images in {_classes(_n_classes(p.y))}"
+                      for name, p in (("train", train), ("val", val), ("test", test)))
+    took = f"val takes {val_fraction:.0%} of each class" + (
+        ", test is the official test set" if official else f", test {test_fraction:.0%}")
+    raise DatasetError(
+        f"{where}: cannot split {len(dataset)} images into non-empty train / val / test parts with at least "
+        f"{MIN_CLASSES} classes each: {'; '.join(problems)} (found {found}; images per class: {_per_class(dataset)}; "
+        f"{took})"
     )
 
 
-def stratified_subset(part: Dataset, n: int, seed: int) -> Dataset:
-    """`n` images of `part`, each class keeping its share (largest remainders, so exactly `n`, unlike
-    `_stratified_take`'s per-class rounding), chosen by `seed`."""
-    rng = np.random.default_rng(seed)
-    classes, counts = np.unique(part.y, return_counts=True)
+def _largest_remainders(counts: np.ndarray, n: int) -> np.ndarray:
+    """Images to take per class so the total is exactly ``n`` and each class keeps its share."""
     share = counts * n / counts.sum()
     take = np.floor(share).astype(int)
     take[np.argsort(share - take)[::-1][: n - take.sum()]] += 1
+    return np.minimum(take, counts)
+
+
+def stratified_subset(part: Dataset, n: int, seed: int, flag: str | None = None) -> Dataset:
+    """`n` images of `part`, each class keeping its share (largest remainders, so exactly `n`, unlike
+    `_stratified_take`'s per-class rounding), chosen by `seed`.
+
+    Raises :class:`DatasetError` naming ``flag`` (default: ``--train-images`` / ``--val-images`` after the part's
+    name) when the subset would keep fewer than two classes, since it could then not train or score anything.
+    """
+    if flag is None:
+        suffix = part.name.rpartition("/")[2]
+        flag = {"train": "--train-images", "val": "--val-images"}.get(suffix, "n")
+    classes, counts = np.unique(part.y, return_counts=True)
+    take = _largest_remainders(counts, n) if n > 0 and len(part) else np.zeros_like(counts)
+    kept = int((take > 0).sum())
+    if kept < MIN_CLASSES:
+        # the smallest n that would do; the search ends by n = len(part), which keeps every class
+        enough = None if len(classes) < MIN_CLASSES else next(
+            (m for m in range(max(n, 1) + 1, len(part) + 1)
+             if (_largest_remainders(counts, m) > 0).sum() >= MIN_CLASSES), None)
+        hint = (f"give at least {enough}" if enough is not None
+                else f"{part.name} itself has {_classes(len(classes))}")
+        raise DatasetError(
+            f"{flag} {n}: a class-stratified subset of the {len(part)} {part.name} images ({_classes(len(classes))}) "
+            f"would keep {int(take.sum())} image(s) of {_classes(kept)}, but needs at least {MIN_CLASSES} classes "
+            f"({hint})"
+        )
+    rng = np.random.default_rng(seed)
     keep = [rng.permutation(np.flatnonzero(part.y == c))[:k] for c, k in zip(classes, take, strict=True)]
     return part.subset(np.sort(np.concatenate(keep)))

@@ -211,20 +211,31 @@ def _read_json(path: Path) -> Any:
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """metadata.json of a checkpoint, with the format and version checked."""
+    """metadata.json of a checkpoint, with the format, the version and every entry `load` relies on checked."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if not path.is_dir():
         raise CheckpointError(f"{path}: expected a checkpoint directory (with metadata.json), got a file")
-    meta = _read_json(path / "metadata.json")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path / 'metadata.json'}: not a {FORMAT} (format={meta.get('format')!r})"
-                              if isinstance(meta, dict) else f"{path / 'metadata.json'}: not a JSON object")
-    ver = str(meta.get("format_version", ""))
+    where = path / "metadata.json"
+    meta = _read_json(where)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{where}: not a JSON object")
+    for entry in ("format", "format_version", "files"):
+        if entry not in meta:
+            raise CheckpointError(f"{where}: missing entry {entry!r} (not a complete nas checkpoint)")
+    if meta["format"] != FORMAT:
+        raise CheckpointError(f"{where}: not a {FORMAT} (format={meta['format']!r})")
+    ver = str(meta["format_version"])
     if ver.split(".")[0] != FORMAT_VERSION.split(".")[0]:
-        raise CheckpointError(f"{path / 'metadata.json'}: format version {ver} is incompatible with this nas "
+        raise CheckpointError(f"{where}: format version {ver} is incompatible with this nas "
                               f"(reads {FORMAT_VERSION.split('.')[0]}.x); re-export it with a matching nas version")
+    files = meta["files"]
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{where}: entry 'files' must map each file to its SHA-256, got {type(files).__name__}")
+    for f in FILES:
+        if not isinstance(files.get(f), str):
+            raise CheckpointError(f"{where}: entry 'files' has no SHA-256 for {f!r} (got {files.get(f)!r})")
     return meta
 
 
@@ -243,7 +254,7 @@ def load(path: str | os.PathLike, verify: bool = True) -> QuantizedModel:
     for f in FILES:
         if not (path / f).is_file():
             raise CheckpointError(f"{path / f}: missing (not a complete nas checkpoint)")
-        if verify and _sha(path / f) != meta.get("files", {}).get(f):
+        if verify and _sha(path / f) != meta["files"][f]:
             raise CheckpointError(f"{path / f}: content does not match its hash in metadata.json (corrupt, "
                                   f"truncated or modified)")
     try:
@@ -266,4 +277,4 @@ def load(path: str | os.PathLike, verify: bool = True) -> QuantizedModel:
         if isinstance(exc, CheckpointError):
             raise
         raise CheckpointError(f"{path / 'network.json'}: malformed ({exc!r})") from exc
-    return QuantizedModel(net, arch, acts, wscales, meta)
+    return QuantizedModel(net, arch, acts, wscales, meta, source=str(path))

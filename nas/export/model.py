@@ -12,6 +12,26 @@ from nas.kernels import QuantizedNetwork
 from search_spaces import Arch
 
 
+class DataMismatchError(ValueError):
+    """Data whose classes or image channels differ from those the network was built for."""
+
+
+@dataclass
+class Evaluation:
+    """Top-1 accuracy of a network on one part of a dataset, with the inputs and predictions behind it."""
+
+    part: str
+    top1: float
+    x: np.ndarray  # the part's images as the network saw them: normalised, resized, float32 NCHW
+    y: np.ndarray
+    pred: np.ndarray
+
+    @property
+    def n(self) -> int:
+        """Number of images scored."""
+        return len(self.y)
+
+
 @dataclass
 class QuantizedModel:
     """Runs on the integer kernels: `model(x)` -> float32 logits, `model.predict(x)` -> labels.
@@ -27,6 +47,7 @@ class QuantizedModel:
     weight_scales: dict[str, np.ndarray]
     metadata: dict[str, Any] = field(default_factory=dict)
     threads: int = 1
+    source: str = ""  # the checkpoint directory it was loaded from, named in errors
 
     def __call__(self, x: Any, batch_size: int = 256) -> np.ndarray:
         x = _numpy(x)
@@ -41,8 +62,53 @@ class QuantizedModel:
         return self(x).argmax(1)
 
     def accuracy(self, x: Any, y: Any) -> float:
-        """Top-1 accuracy on (x, y)."""
-        return float((self.predict(x) == _numpy(y)).mean())
+        """Top-1 accuracy on (x, y); refuses zero images rather than report a mean of nothing."""
+        y = _numpy(y)
+        if len(y) == 0:
+            raise ValueError(f"checkpoint {self._name()}: no images to compute top-1 accuracy on")
+        return float((self.predict(x) == y).mean())
+
+    def check_data(self, data: Any, where: str = "data") -> None:
+        """Refuse `data` (a nas.data `Dataset`, `Splits` or `TensorSplits`) whose number of classes or image
+        channels differ from the network's, or whose class names differ from those the checkpoint records (when it
+        records any): its scores would be meaningless (labels past the head never match) or it would fail deep
+        inside the kernels. The image size may differ; evaluation resizes to the network's."""
+        data = getattr(data, "splits", data)  # TensorSplits -> Splits
+        data = getattr(data, "train", data)  # Splits -> its train part, whose classes and shape all parts share
+        a = self.arch
+        k, c, (h, w) = data.num_classes, data.in_channels, data.resolution
+        if (k, c) == (a.num_classes, a.in_channels):
+            names = self.metadata.get("class_names")  # recorded by checkpoints that carry them
+            if isinstance(names, list) and [str(n) for n in names] != list(data.class_names):
+                diff = [i for i in range(min(len(names), k)) if str(names[i]) != data.class_names[i]]
+                detail = (f"class {diff[0]} is {data.class_names[diff[0]]!r} in the data but {str(names[diff[0]])!r} "
+                          "in the checkpoint's class_names" if diff
+                          else f"the checkpoint's class_names lists {len(names)} names for {k} classes")
+                raise DataMismatchError(f"{where} does not match checkpoint {self._name()}: {detail}")
+            return
+        size = "" if (h, w) == (a.resolution, a.resolution) else f"; images are resized from {h}x{w}"
+        raise DataMismatchError(
+            f"{where} does not match checkpoint {self._name()}: the data has {k} classes and {c}-channel {h}x{w} "
+            f"images, the network predicts {a.num_classes} classes from {a.in_channels}-channel "
+            f"{a.resolution}x{a.resolution} input{size}"
+        )
+
+    def evaluate(self, data: Any, part: str = "test", where: str = "data") -> Evaluation:
+        """Top-1 accuracy on `part` ('train', 'val' or 'test') of `data` (`nas.data.Splits` or `TensorSplits`),
+        after `check_data`. `where` names the data in errors (the CLI passes "--data PATH")."""
+        from nas.data import Splits, TensorSplits
+
+        self.check_data(data, where)  # before TensorSplits computes anything from the data
+        tensors = TensorSplits(data) if isinstance(data, Splits) else data
+        x, y = tensors.tensors(part, self.arch.resolution)
+        if len(y) == 0:
+            raise ValueError(f"{where}: the {part} split has no images to evaluate checkpoint {self._name()} on")
+        pred = self.predict(x)
+        yn = y.numpy()
+        return Evaluation(part, float((pred == yn).mean()), x.numpy(), yn, pred)
+
+    def _name(self) -> str:
+        return self.source or f"with arch {self.arch}"
 
     @property
     def weight_bytes(self) -> int:

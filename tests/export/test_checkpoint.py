@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -9,8 +10,10 @@ from torch import nn
 
 import search_spaces as ss
 from nas.compress.quantize import QuantConfig, quantize_
+from nas.data import Dataset, Splits, TensorSplits, split
 from nas.export import FORMAT_VERSION, CheckpointError, load, run_onnx, save, to_onnx
 from nas.export.checkpoint import pack_int4, unpack_int4
+from nas.export.model import DataMismatchError
 
 ARCH = ss.decode("r16_i1_n10:stem_c16_s1_hs:ds_k3_c16_re6:ir_k3_e3_c24_se0.25_hs,ir_k5_e6_c24_re6:"
                  "ir_k3_s2_e4_c32_se0.25_sw:head_c64_re6:fc_c32_hs")
@@ -91,6 +94,27 @@ def test_corrupt_truncated_and_incompatible_checkpoints(models, tmp_path):
         load(path / "metadata.json")
 
 
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda m: m.pop("files"), "missing entry 'files'"),
+    (lambda m: m.pop("format"), "missing entry 'format'"),
+    (lambda m: m.pop("format_version"), "missing entry 'format_version'"),
+    (lambda m: m.update(files=["arch.json"]), "entry 'files' must map each file to its SHA-256, got list"),
+    (lambda m: m["files"].pop("network.json"), "entry 'files' has no SHA-256 for 'network.json'"),
+])
+def test_metadata_without_a_required_entry_names_metadata_json(models, tmp_path, edit, fragment):
+    """Without `files`, load blamed arch.json ('content does not match its hash'); a list crashed it."""
+    path = tmp_path / "ck"
+    save(models["int8"], path)
+    meta = json.loads((path / "metadata.json").read_text())
+    edit(meta)
+    (path / "metadata.json").write_text(json.dumps(meta))
+    for verify in (True, False):
+        with pytest.raises(CheckpointError) as info:
+            load(path, verify=verify)
+        msg = str(info.value)
+        assert msg.startswith(f"{path / 'metadata.json'}: ") and fragment in msg and "\n" not in msg
+
+
 def test_failed_write_keeps_the_old_checkpoint(models, tmp_path, monkeypatch):
     path = tmp_path / "ck"
     save(models["int8"], path)
@@ -149,3 +173,50 @@ def test_nas_load_is_lazy(models, tmp_path):
             "import numpy as np; print(m.predict(np.zeros((2, 1, 16, 16), np.float32)).shape)")
     out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "(2,)"
+
+
+def _data(n: int, channels: int, classes: int, size: int = 16) -> Splits:
+    """`n` random images in `classes` balanced classes, split (the network only has to run on them)."""
+    x = np.random.default_rng(0).integers(0, 256, (n, channels, size, size), dtype=np.uint8)
+    y = np.arange(n) % classes
+    return split(Dataset("rand", x, y, classes, tuple(map(str, range(classes))), "rand.npz"), seed=0)
+
+
+def test_evaluate_scores_matching_data_like_accuracy(models, tmp_path):
+    model = load(save(models["int8"], tmp_path / "ck"))
+    data = _data(200, 1, 10)
+    ev = model.evaluate(data, "val", where="--data rand.npz")
+    x, y = TensorSplits(data).tensors("val", ARCH.resolution)
+    assert ev.n == len(y) == 20 and ev.top1 == model.accuracy(x, y)
+    assert np.array_equal(ev.pred, model.predict(x)) and np.array_equal(ev.x, x.numpy())
+
+
+@pytest.mark.parametrize("channels, classes, size, fragment", [
+    (1, 11, 16, "the data has 11 classes and 1-channel 16x16 images, the network predicts 10 classes from "
+                "1-channel 16x16 input"),
+    (3, 10, 32, "the data has 10 classes and 3-channel 32x32 images, the network predicts 10 classes from "
+                "1-channel 16x16 input; images are resized from 32x32"),
+])
+def test_evaluate_refuses_data_the_network_was_not_built_for(models, tmp_path, channels, classes, size, fragment):
+    """11-class data was scored by a 10-class network without a word; 3 channels failed inside the kernels."""
+    path = save(models["int8"], tmp_path / "ck")
+    with pytest.raises(DataMismatchError) as info:
+        load(path).evaluate(_data(220, channels, classes, size), where="--data rand.npz")
+    assert str(info.value) == f"--data rand.npz does not match checkpoint {path}: {fragment}"
+    with pytest.raises(DataMismatchError, match="checkpoint with arch r16_i1_n10"):  # in memory: no path to name
+        models["int8"].check_data(_data(220, channels, classes, size))
+
+
+def test_evaluate_checks_recorded_class_names(models, tmp_path):
+    path = save(models["int8"], tmp_path / "ck", class_names=list("abcdefghij"))
+    with pytest.raises(DataMismatchError, match=re.escape(
+            f"--data rand.npz does not match checkpoint {path}: class 0 is '0' in the data but 'a' in the "
+            "checkpoint's class_names")):
+        load(path).evaluate(_data(200, 1, 10), where="--data rand.npz")
+    path = save(models["int8"], tmp_path / "ck", class_names=[str(i) for i in range(10)])
+    assert load(path).evaluate(_data(200, 1, 10)).n == 20
+
+
+def test_accuracy_of_no_images_is_refused_not_nan(models):
+    with pytest.raises(ValueError, match="no images"):
+        models["int8"].accuracy(X[:0], np.zeros(0, np.int64))

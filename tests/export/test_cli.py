@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -53,3 +54,52 @@ def test_export_eval_bench(tmp_path, capsys):
     (out / "int8" / "weights.safetensors").write_bytes(b"\0" * 10)
     assert main(["eval", ck]) == 2
     assert "weights.safetensors" in capsys.readouterr().err
+
+
+def _checkpoint(tmp_path):
+    """A quantized ARCH checkpoint recorded as trained on digits (no training: only its shape matters here)."""
+    from nas.compress.quantize import QuantConfig, quantize_
+    from nas.export import save
+
+    torch.manual_seed(0)
+    q, _ = quantize_(ss.build(ARCH).eval(), QuantConfig(calibration="minmax"), calib=torch.randn(32, 1, 16, 16))
+    return save(q, tmp_path / "ck", dataset="digits@split0")
+
+
+def _npz(path, channels: int, labels: np.ndarray):
+    from nas.data import load_digits
+
+    x = load_digits().x[: len(labels)]
+    np.savez(path, x=np.repeat(x, channels, axis=1), y=labels)
+    return str(path)
+
+
+def test_eval_refuses_data_that_does_not_match_the_checkpoint(tmp_path, capsys):
+    """A 10-class network was scored on 11-class data without a word; RGB data failed inside the kernels."""
+    ck = _checkpoint(tmp_path)
+    labels = np.arange(300) % 10
+    cases = [
+        (_npz(tmp_path / "rgb.npz", 3, labels), "the data has 10 classes and 3-channel 8x8 images, the network "
+         "predicts 10 classes from 1-channel 16x16 input; images are resized from 8x8"),
+        (_npz(tmp_path / "c11.npz", 1, np.arange(300) % 11), "the data has 11 classes and 1-channel 8x8 images"),
+    ]
+    for data, fragment in cases:
+        assert main(["eval", ck, "--data", data]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"nas eval: error: --data {data} does not match checkpoint {ck}: {fragment}")
+        assert err.count("\n") == 1
+    assert main(["eval", ck, "--data", _npz(tmp_path / "ok.npz", 1, labels), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 30
+
+
+def test_eval_refuses_unsplittable_data_and_incomplete_metadata(tmp_path, capsys):
+    ck = _checkpoint(tmp_path)
+    tiny = _npz(tmp_path / "tiny.npz", 1, np.arange(3))
+    assert main(["eval", ck, "--data", tiny]) == 2  # used to print "top-1 nan" on an empty test split and exit 0
+    assert capsys.readouterr().err.startswith(f"nas eval: error: {tiny}: cannot split 3 images")
+    meta = json.loads((tmp_path / "ck" / "metadata.json").read_text())
+    del meta["files"]
+    (tmp_path / "ck" / "metadata.json").write_text(json.dumps(meta))
+    assert main(["eval", ck]) == 2
+    assert capsys.readouterr().err == (f"nas eval: error: {tmp_path / 'ck' / 'metadata.json'}: missing entry 'files' "
+                                       "(not a complete nas checkpoint)\n")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import pickle
 import re
 import struct
 import tarfile
+import tracemalloc
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +25,9 @@ from PIL import Image
 from nas.data import (
     Augment,
     BatchLoader,
+    Dataset,
     DatasetError,
+    Splits,
     TensorSplits,
     channel_stats,
     load_dataset,
@@ -333,6 +339,107 @@ def test_npz_without_known_keys(tmp_path, gray):
         load_dataset(tmp_path / "k.npz")
 
 
+# ------------------------------------------------------- labels and sizes read from files (issue #28)
+
+TWO = np.arange(19) % 2  # 19 good labels; each case appends one more for the 20th image
+
+
+@pytest.mark.parametrize(
+    "last, fragment",
+    [
+        (100_000, "label 100000 implies 100001 classes but there are only 20 images"),
+        (1.5, "found 1.5 at position 19"),
+        (np.nan, "found nan at position 19"),
+        (np.inf, "found inf at position 19"),
+        (np.uint64(2**63 + 5), "label 9223372036854775813 is far too large"),
+    ],
+)
+def test_npz_labels_must_be_class_indices_bounded_by_the_images(tmp_path, gray, last, fragment):
+    """A stray huge label used to allocate one class name per value (1000000000: 24 GB); inf wrapped to a
+    negative int64 and uint64 past int64 likewise, so their errors named the wrong value."""
+    y = np.append(TWO.astype(np.asarray(last).dtype), last)
+    np.savez(tmp_path / "l.npz", x=gray[:20], y=y)
+    with _raises(tmp_path / "l.npz", fragment):
+        load_dataset(tmp_path / "l.npz")
+
+
+def test_labels_bound_covers_the_official_test_part_and_named_classes(tmp_path, digits, gray):
+    np.savez(tmp_path / "t.npz", x_train=gray[:20], y_train=TWO.tolist() + [1], x_test=gray[20:30],
+             y_test=[0] * 9 + [5000])
+    with _raises(tmp_path / "t.npz", "label 5000 implies 5001 classes but there are only 30 images"):
+        load_dataset(tmp_path / "t.npz")
+    np.savez(tmp_path / "n.npz", x=gray[:20], y=TWO.tolist() + [1], class_names=np.array([f"c{i}" for i in range(30)]))
+    with _raises(tmp_path / "n.npz", "30 class names but only 20 images"):
+        load_dataset(tmp_path / "n.npz")
+    (tmp_path / "m").mkdir()
+    write_idx(tmp_path / "m" / "train-images-idx3-ubyte.gz", gray[:20])
+    write_idx(tmp_path / "m" / "train-labels-idx1-ubyte.gz", np.append(TWO, 255))
+    with _raises(tmp_path / "m", "label 255 implies 256 classes but there are only 20 images"):
+        load_dataset(tmp_path / "m")
+
+
+def _idx_header(code: int, dims: tuple[int, ...]) -> bytes:
+    return struct.pack(">BBBB", 0, 0, code, len(dims)) + struct.pack(f">{len(dims)}I", *dims)
+
+
+def test_idx_header_dims_cannot_overflow_into_a_plausible_size(tmp_path):
+    """(2**31)**3 * 1 byte wrapped to 0 in int64, so an empty body 'matched' and reshape failed with a bare
+    ValueError; the declared size is now exact and compared with the bytes present."""
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(_idx_header(0x08, (2**31, 2**31, 2**31)))
+    with _raises(path, "truncated", "(2147483648, 2147483648, 2147483648)", "0 bytes follow"):
+        read_idx(path)
+
+
+def test_gzipped_idx_inflates_no_further_than_the_header_declares(tmp_path):
+    """A 64 KB .gz holding 4 label bytes and then 64 MiB of zeros used to be inflated whole before any check."""
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(_idx_header(0x08, (4,)) + bytes([0, 1, 0, 1]) + bytes(64 << 20), 1))
+    tracemalloc.start()
+    try:
+        with _raises(path, f"{64 << 20} unexpected bytes"):
+            read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"reading a {path.stat().st_size}-byte file peaked at {peak >> 20} MiB"
+
+
+def _npy_header(descr: str, shape: tuple[int, ...]) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def test_npz_header_shape_is_checked_against_the_stored_bytes(tmp_path):
+    """np.load allocates the declared shape first: this 700-byte file asked for 8 TB (MemoryError)."""
+    path = tmp_path / "bomb.npz"
+    labels = io.BytesIO()
+    np.save(labels, np.zeros(10, np.int64))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("x.npy", _npy_header("<f8", (10**12,)) + bytes(80))
+        z.writestr("y.npy", labels.getvalue())
+    with _raises(f"{path}[x]", "truncated", "(1000000000000,)", "only 80 bytes follow"):
+        load_dataset(path)
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A valid PNG signature and IHDR declaring ``width`` x ``height`` 8-bit gray, with no pixel data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    end = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk + end)
+
+
+@pytest.mark.parametrize("side, fragment", [(5000, "declares 5000x5000 pixels"), (50000, "pixels")])
+def test_image_folder_refuses_a_huge_declared_size_before_decoding(tmp_path, side, fragment):
+    """A few-byte PNG can declare any size; 50000x50000 even made PIL raise an exception nothing caught."""
+    (tmp_path / "f" / "a").mkdir(parents=True)
+    _png_header_only(tmp_path / "f" / "a" / "big.png", side, side)
+    with _raises(tmp_path / "f" / "a" / "big.png", fragment):
+        load_dataset(tmp_path / "f")
+
+
 # --------------------------------------------------------------------------------------------- splits
 
 
@@ -375,6 +482,42 @@ def test_split_indices_partition(labels, val, test, seed):
 def test_split_rejects_bad_fractions(digits):
     with pytest.raises(ValueError, match="val_fraction"):
         split(digits, val_fraction=0.6, test_fraction=0.5)
+
+
+@pytest.mark.parametrize(
+    "labels, fragments",
+    [
+        ([3] * 40, ["cannot split 40 images", "the data has 1 class", "train 32 images in 1 class",
+                    "images per class: 0: 0, 1: 0, 2: 0, 3: 40"]),
+        ([0, 1, 2], ["cannot split 3 images", "val would be empty; test would be empty",
+                     "train 3 images in 3 classes, val 0 images in 0 classes, test 0 images in 0 classes",
+                     "images per class: 0: 1, 1: 1, 2: 1"]),
+        ([0] * 30 + [1] * 3, ["val would hold 1 class", "0: 30, 1: 3"]),
+    ],
+)
+def test_split_refuses_parts_that_cannot_train_or_score(tmp_path, gray, labels, fragments):
+    """One class scored every trial 1.000; 3 images gave an empty val split, every trial 0.000 and exit 0."""
+    path = tmp_path / "small.npz"
+    np.savez(path, x=gray[: len(labels)], y=np.array(labels))
+    with _raises(path, *fragments):
+        split(load_dataset(path))
+
+
+def test_split_with_official_test_checks_train_and_val(tmp_path, gray):
+    path = tmp_path / "official.npz"
+    np.savez(path, x_train=gray[:4], y_train=[0, 1, 0, 1], x_test=gray[4:8], y_test=[0, 1, 0, 1])
+    with _raises(path, "val would be empty", "test is the official test set"):
+        split(load_dataset(path))
+
+
+def test_splits_refuse_an_empty_part(digits):
+    """Built by hand (the Python API), an empty part would reach the scorers' division by its size."""
+    s = split(digits, seed=0)
+    with pytest.raises(DatasetError, match="the val split is empty"):
+        Splits(s.train, s.val.subset(np.arange(0)), s.test, seed=0, official_test=False)
+    ds = Dataset("d", digits.x[:0], digits.y[:0], 10, digits.class_names)
+    with pytest.raises(DatasetError, match="cannot split 0 images"):
+        split(ds)
 
 
 # -------------------------------------------------------------------------------------------- tensors
