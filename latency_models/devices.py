@@ -45,6 +45,11 @@ class DeviceSpec:
             raise ValueError(f"bits: device {self.name!r} supports {list(allowed)}, got {self.bits}")
         if self.isa is not None and self.name != "kernels":
             raise ValueError(f"isa: only the 'kernels' device takes a forced ISA, not {self.name!r}")
+        if self.isa is not None:
+            from nas.kernels.isa import ISAS
+
+            if self.isa not in ISAS:
+                raise ValueError(f"isa: expected one of {ISAS}, got {self.isa!r}")
 
     @classmethod
     def make(cls, name: str, bits: int | None = None, threads: int = 1, isa: str | None = None) -> DeviceSpec:

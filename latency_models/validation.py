@@ -24,6 +24,9 @@ from latency_models.predictor import Overhead, Predictor
 from search_spaces import Arch, Budget, SearchSpace, count_macs, sample
 
 FIT_SEED = 10_000
+# the overhead has up to four coefficients (scale, per op, per input element, constant); fewer networks than
+# twice that fit noise, not the machine
+MIN_FIT_SAMPLES = 8
 
 
 def budget_levels(space: SearchSpace, levels: int = 4) -> list[Budget]:
@@ -74,6 +77,8 @@ def measure_archs(device: Device, archs: list[Arch], reps: int = 9, passes: int 
 def fit_overhead(predictor: Predictor, device: Device, space: SearchSpace, n: int = 60, reps: int = 9,
                  passes: int = 10, progress: bool = True) -> tuple[Overhead, dict]:
     """Measure `n` fitting architectures and fit the overhead; returns it and the fitting data."""
+    if n < MIN_FIT_SAMPLES:
+        raise ValueError(f"fit-samples: expected at least {MIN_FIT_SAMPLES} architectures, got {n}")
     archs = sample_archs(space, n, FIT_SEED)
     measured = measure_archs(device, archs, reps, passes, progress, desc="fit overhead", stat=predictor.stat)
     sums, counts = zip(*(predictor.ops_ms(a) for a in archs), strict=True)

@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
-# OpenMP's wait policy is left at libgomp's default (spin briefly, then sleep). PASSIVE (sleep at once) helps only
-# when another busy process shares the cores, and costs a run that has them to itself: 2-core AMD VM, 2026-12-03,
-# the supernet's largest network forward + backward alone 1153 ms default vs 2031 ms PASSIVE; with a second such
-# process running, 4196 vs 1864 ms. Set OMP_WAIT_POLICY=PASSIVE yourself on a shared machine.
+# OpenMP keeps libgomp's default wait policy (fast alone); runs side by side share the cores through nas.cores.
 
 # Modules under nas.commands that each define `register(subparsers)`; add one line per command group.
 COMMAND_MODULES = ["space", "search", "profile", "latency", "finalize", "train"]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error convention: one line naming the flag, exit status 2.
+
+    Values such as `--budget -5M` or `--seed -1` are read as values (then refused by the flag's check with a
+    message saying what was expected), not mistaken for unknown options.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nas import __version__
 
-    parser = argparse.ArgumentParser(prog="nas", description="Hardware-aware neural architecture search.")
+    parser = Parser(prog="nas", description="Hardware-aware neural architecture search.")
     parser.add_argument("--version", action="version", version=f"nas {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -35,11 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"nas {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # output piped into `head` and the like
         return 0
+    except ValueError as exc:  # our user errors: one line naming the flag or file and what was expected
+        print(f"nas {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file or folder that cannot be read or written (missing, read-only, full disk)
+        where = f"{exc.filename}: " if exc.filename and str(exc.filename) not in str(exc) else ""
+        print(f"nas {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"nas {args.command}: interrupted (completed work is saved; rerun with --resume where supported)",
               file=sys.stderr)

@@ -245,11 +245,44 @@ DEFAULT_SPACE = "small32"
 
 
 def get_space(name: str, phi: float = 0.0) -> SearchSpace:
-    """A named space, compound-scaled by `phi` (0 = unscaled)."""
+    """A named space, compound-scaled by `phi` (0 = unscaled); a `phi` whose scaled networks cannot be built
+    (input resolution out of range, no pixels left after the strides) is refused naming the valid range."""
     if name not in SPACES:
         raise ValueError(f"space: expected one of {sorted(SPACES)}, got {name!r}")
     space = SPACES[name]
-    return space.scaled(phi) if phi else space
+    if not phi:
+        return space
+    if not isinstance(phi, int | float) or isinstance(phi, bool) or not math.isfinite(phi) or phi < 0:
+        raise ValueError(f"phi: expected a finite number >= 0, got {phi!r}")
+    problem = _scaling_problem(space, phi)
+    if problem:
+        low, high = phi_range(name)
+        raise ValueError(f"phi: compound scaling {name!r} by {phi:g} gives {problem}; expected phi in "
+                         f"[{low:g}, {high:g}] for this space")
+    return space.scaled(phi)
+
+
+def _scaling_problem(space: SearchSpace, phi: float) -> str | None:
+    """Why `space.scaled(phi)` cannot be built, or None."""
+    try:
+        scaled = space.scaled(phi)
+        scaled.smallest()
+        scaled.largest()
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def phi_range(name: str, step: float = 0.1, limit: float = 100.0) -> tuple[float, float]:
+    """The coefficients (on a `step` grid, from 0 up) for which compound scaling of space `name` can be built.
+
+    Scaling down (phi < 0) is not offered: a budget below the space's networks is what the search is for.
+    """
+    space = SPACES[name]
+    high = 0.0
+    while high + step <= limit and _scaling_problem(space, round(high + step, 6)) is None:
+        high = round(high + step, 6)
+    return 0.0, high
 
 
 def trim_to_budget(space: SearchSpace, max_macs: float, slack: float = 1.25) -> SearchSpace:

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from nas.checks import arg, finite_float, non_negative_int, output_dir, positive_int, seed
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="prune + quantize a trained float model and export a checkpoint")
@@ -13,34 +15,38 @@ def register(sub: argparse._SubParsersAction) -> None:
                                  "directory with best.json and model_fp32.safetensors")
     p.add_argument("--arch", default=None, help="architecture (string, JSON, file or preset) if not beside the model")
     p.add_argument("--data", default="digits", help="'digits' (built in) or a dataset path")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split the model used")
-    p.add_argument("--out", default=None, help="output directory (default: <model dir>/final)")
-    p.add_argument("--prune-ratio", type=float, default=None, help="prune to this fraction of the starting cost")
-    p.add_argument("--prune-target", type=float, default=None, help="prune to this cost (ms, or MACs)")
+    p.add_argument("--split-seed", type=arg(seed), default=0, help="seed of the train/val/test split the model used")
+    p.add_argument("--out", default=None, type=arg(output_dir), help="output directory (default: <model dir>/final)")
+    p.add_argument("--prune-ratio", type=arg(finite_float, 0.0, 1.0, low_open=True), default=None,
+                   help="prune to this fraction of the starting cost")
+    p.add_argument("--prune-target", type=arg(finite_float, 0.0, low_open=True), default=None,
+                   help="prune to this cost (ms, or MACs)")
     p.add_argument("--metric", default="latency", choices=("latency", "macs"), help="pruning cost")
     p.add_argument("--device", default="kernels", help="latency table device for pruning")
     p.add_argument("--table", default=None, help="latency table CSV of --device (default: results/latency/<id>.csv)")
-    p.add_argument("--finetune-steps", type=int, default=60, help="distillation steps after each pruning step")
+    p.add_argument("--finetune-steps", type=arg(non_negative_int), default=60,
+                   help="distillation steps after each pruning step")
     p.add_argument("--calibration", default="percentile", choices=("minmax", "percentile", "mse"))
-    p.add_argument("--w4-qat-steps", type=int, default=0, help="also export W4A8 after this many QAT steps")
+    p.add_argument("--w4-qat-steps", type=arg(non_negative_int), default=0,
+                   help="also export W4A8 after this many QAT steps")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX QDQ export")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=arg(seed), default=0)
     p.set_defaults(func=cmd_export)
 
     q = sub.add_parser("eval", help="top-1 accuracy of an exported checkpoint on the kernels")
     q.add_argument("checkpoint", help="checkpoint directory (e.g. <run>/final/int8)")
     q.add_argument("--data", default=None, help="dataset (default: the one recorded in the checkpoint)")
     q.add_argument("--part", default="test", choices=("train", "val", "test"))
-    q.add_argument("--split-seed", type=int, default=None, help="split seed (default: the recorded one)")
+    q.add_argument("--split-seed", type=arg(seed), default=None, help="split seed (default: the recorded one)")
     q.add_argument("--onnx", action="store_true", help="also run model.onnx under ONNX Runtime and compare")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="measured latency of an exported checkpoint on the kernels")
     b.add_argument("checkpoint")
-    b.add_argument("--threads", type=int, default=1)
-    b.add_argument("--batch", type=int, default=1)
-    b.add_argument("--reps", type=int, default=100)
+    b.add_argument("--threads", type=arg(positive_int, 1024), default=1)
+    b.add_argument("--batch", type=arg(positive_int, 65536), default=1)
+    b.add_argument("--reps", type=arg(positive_int), default=100)
     b.add_argument("--onnx", action="store_true", help="also time model.onnx under ONNX Runtime")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
@@ -92,23 +98,24 @@ def _parse_dataset(meta: str) -> tuple[str, int]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from nas.data import TensorSplits, load_dataset, split
+    from nas.data import load_dataset, split
     from nas.export import load, run_onnx
 
     model = load(args.checkpoint)
     rec_data, rec_seed = _parse_dataset(str(model.metadata.get("dataset") or "digits"))
     data = args.data or rec_data
     seed = rec_seed if args.split_seed is None else args.split_seed
-    x, y = TensorSplits(split(load_dataset(data), seed=seed)).tensors(args.part, model.arch.resolution)
-    pred = model.predict(x)
-    out = {"checkpoint": args.checkpoint, "data": data, "part": args.part, "n": len(y),
-           "top1": float((pred == y.numpy()).mean()), "recorded": model.metadata.get("accuracy")}
+    where = f"--data {data}" if args.data else f"the recorded dataset {data}"
+    ev = model.evaluate(split(load_dataset(data), seed=seed), args.part, where=where)  # checks classes, channels
+    y, pred = ev.y, ev.pred
+    out = {"checkpoint": args.checkpoint, "data": data, "part": args.part, "n": ev.n,
+           "top1": ev.top1, "recorded": model.metadata.get("accuracy")}
     onnx_path = Path(args.checkpoint) / "model.onnx"
     if args.onnx:
         if not onnx_path.is_file():
             raise FileNotFoundError(f"{onnx_path}: no ONNX model in the checkpoint (export without --no-onnx)")
-        o = run_onnx(onnx_path, x.numpy()).argmax(1)
-        out["onnx_top1"] = float((o == y.numpy()).mean())
+        o = run_onnx(onnx_path, ev.x).argmax(1)
+        out["onnx_top1"] = float((o == y).mean())
         out["onnx_agreement"] = float((o == pred).mean())
     if args.json:
         print(json.dumps(out))

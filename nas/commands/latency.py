@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 import search_spaces as ss
+from latency_models.validation import MIN_FIT_SAMPLES
+from nas.checks import arg, output_dir, positive_int
 from nas.commands.profile import add_device_args, device_spec
 
 
@@ -30,18 +32,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         q = lsub.add_parser(name, help=helptext)
         common(q)
         q.add_argument("--space", default=ss.DEFAULT_SPACE, choices=sorted(ss.SPACES))
-        q.add_argument("--reps", type=int, default=9, help="timed runs per architecture and pass")
-        q.add_argument("--passes", type=int, default=10,
+        q.add_argument("--reps", type=arg(positive_int), default=9, help="timed runs per architecture and pass")
+        q.add_argument("--passes", type=arg(positive_int), default=10,
                        help="round-robin passes over the architectures; each keeps its lowest statistic (many "
                             "short passes: a burst of load lasting seconds then slows few of an arch's passes)")
-        q.add_argument("--fit-samples", type=int, default=60, help="architectures for the overhead fit")
+        q.add_argument("--fit-samples", type=arg(positive_int, None, MIN_FIT_SAMPLES), default=60,
+                       help="architectures for the overhead fit")
         q.add_argument("--stat", default=None, choices=("median_ms", "p10_ms", "min_ms"),
                        help="statistic of op and network times to predict (default p10_ms: stable under load)")
         q.add_argument("--no-progress", action="store_true")
         if name == "validate":
-            q.add_argument("--samples", type=int, default=100, help="validation architectures")
+            q.add_argument("--samples", type=arg(positive_int), default=100, help="validation architectures")
             q.add_argument("--refit", action="store_true", help="refit the overhead even if the table has one")
-            q.add_argument("--out", default=None, help="report folder (default results/latency/validate-<id>)")
+            q.add_argument("--out", default=None, type=arg(output_dir),
+                           help="report folder (default results/latency/validate-<id>)")
         q.set_defaults(func=cmd_fit if name == "fit" else cmd_validate)
 
     q = lsub.add_parser("info", help="summary and fingerprint check of a table")
@@ -77,7 +81,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fit(args: argparse.Namespace, spec, table, device) -> dict:
+def _fit(args: argparse.Namespace, table, device) -> tuple:  # -> (Overhead, fitting data)
     from latency_models import Predictor
     from latency_models.validation import fit_overhead
 
@@ -85,23 +89,25 @@ def _fit(args: argparse.Namespace, spec, table, device) -> dict:
     t = time.time()
     overhead, data = fit_overhead(Predictor(table, stat=args.stat), device, space, args.fit_samples, args.reps,
                                   args.passes, not args.no_progress)
-    table.overhead = {**overhead.to_dict(), **data}
-    table.save(table.path)
     print(f"overhead fitted on {overhead.fitted_on} architectures of {space.name} in {time.time() - t:.0f}s: "
           f"{overhead.scale:.4f} x sum(ops) + {overhead.per_op * 1000:.2f} us/op + "
-          f"{overhead.per_input * 1e6:.3f} ns/input element + {overhead.const * 1000:.1f} us "
-          f"-> {table.path.with_suffix('.json')}")
-    return table.overhead
+          f"{overhead.per_input * 1e6:.3f} ns/input element + {overhead.const * 1000:.1f} us")
+    return overhead, data
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    spec, table, device = _load(args)
-    _fit(args, spec, table, device)
+    """Fit the overhead and store it in the table: the one command that changes a table's overhead."""
+    _, table, device = _load(args)
+    overhead, data = _fit(args, table, device)
+    table.overhead = {**overhead.to_dict(), **data}
+    table.save(table.path)
+    print(f"stored in {table.path.with_suffix('.json')}")
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from latency_models import Predictor
+    """Score the predictor on measured architectures; reads the table and never changes it."""
+    from latency_models import Overhead, Predictor
     from latency_models.validation import plot, save_report, validate
 
     if args.samples < 2:
@@ -111,12 +117,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     stale = (not fit or fit.get("space") != args.space or "archs" not in fit
              or (args.stat is not None and fit.get("stat") != args.stat))
     if args.refit or stale:
-        fit = _fit(args, spec, table, device)
+        why = "--refit" if args.refit else (f"the table's overhead was fitted on {fit.get('space')!r}" if fit
+                                            else "the table has no fitted overhead")
+        print(f"{why}: fitting an overhead on {args.space} for this validation only (the table is not changed; "
+              f"`nas latency fit --space {args.space}` stores one)")
+        overhead, data = _fit(args, table, device)
+        fit = {**overhead.to_dict(), **data}
+        pred = Predictor(table, overhead=overhead, stat=data["stat"])
     else:
         print(f"using the overhead fitted on {len(fit['archs'])} architectures stored in the table")
+        pred = Predictor(table, overhead=Overhead.from_dict(fit))
     space = ss.get_space(args.space)
     t = time.time()
-    pred = Predictor(table)
     report, df = validate(pred, device, space, args.samples, fit, args.reps, args.passes, not args.no_progress)
     print(f"validated on {report.n} architectures of {space.name} (disjoint from the {len(fit['archs'])} used "
           f"to fit the overhead) on {spec.table_id} in {time.time() - t:.0f}s; statistic {pred.stat} of "
@@ -127,7 +139,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     title = f"{spec.table_id} on {table.fingerprint.get('cpu_model', '?')} ({report.n} archs of {space.name})"
     png = plot(df, report, title, outdir / "predicted_vs_measured.png")
     save_report(report, df, outdir, {"device": spec.table_id, "space": space.name, "stat": pred.stat,
-                                     "reps": args.reps, "passes": args.passes, "fit_archs": len(fit["archs"]),
+                                     "reps": args.reps, "passes": args.passes, "fit_archs": fit["archs"],
+                                     "overhead": {k: fit[k] for k in ("scale", "per_op", "per_input", "const")
+                                                  if k in fit},
+                                     "overhead_stored_in_table": fit is table.overhead,
                                      "fingerprint": table.fingerprint})
     print(f"plot: {png}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 import search_spaces as ss
+from nas.checks import arg, budget, output_file, positive_int
 
 
 def add_device_args(p: argparse.ArgumentParser) -> None:
@@ -15,14 +16,27 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
                    help=f"one of {', '.join(DEVICE_NAMES)} (or a table id such as kernels-int4-t2)")
     p.add_argument("--bits", type=int, default=None, choices=(4, 8, 32),
                    help="weight bits (kernels: 8 or 4; default: the device's own)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=arg(positive_int, 1024), default=1)
     p.add_argument("--isa", default=None, help="force a kernel ISA (kernels only; default: best for this CPU)")
 
 
 def device_spec(args: argparse.Namespace):  # -> latency_models.DeviceSpec
+    """The device the flags name; a bad value is refused naming its flag (`--device`, `--bits`, `--isa`)."""
+    return make_device_spec(args.device, args.bits, args.threads, args.isa)
+
+
+def make_device_spec(device: str, bits: int | None = None, threads: int = 1, isa: str | None = None,
+                     flag: str | None = None):
+    """`latency_models.DeviceSpec.make`, its one-line errors naming the flag (`flag`, else the field's own)."""
     from latency_models import DeviceSpec
 
-    return DeviceSpec.make(args.device, args.bits, args.threads, args.isa)
+    try:
+        return DeviceSpec.make(device, bits, threads, isa)
+    except ValueError as exc:
+        field, sep, rest = str(exc).partition(": ")
+        if not sep or field not in ("device", "bits", "threads", "isa"):
+            raise
+        raise ValueError(f"{flag or '--' + field}: {rest}") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,16 +44,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device_args(p)
     p.add_argument("--space", action="append", choices=sorted(ss.SPACES),
                    help=f"space(s) whose ops to profile, repeatable (default {ss.DEFAULT_SPACE})")
-    p.add_argument("--resolution", type=int, action="append",
+    p.add_argument("--resolution", type=arg(positive_int), action="append",
                    help="only these input resolutions (repeatable; default all of each space)")
-    p.add_argument("--budget", default=None, help="skip ops that alone cost more than this, e.g. 100MFLOPs")
-    p.add_argument("--out", default=None, help="table path (.csv or .parquet; default results/latency/<id>.csv)")
-    p.add_argument("--reps", type=int, default=30, help="timed repetitions per op (after warm-up)")
-    p.add_argument("--passes", type=int, default=3,
+    p.add_argument("--budget", default=None, type=arg(budget),
+                   help="skip ops that alone cost more than this, e.g. 100MFLOPs")
+    p.add_argument("--out", default=None, type=arg(output_file),
+                   help="table path (.csv or .parquet; default results/latency/<id>.csv)")
+    p.add_argument("--reps", type=arg(positive_int), default=30, help="timed repetitions per op (after warm-up)")
+    p.add_argument("--passes", type=arg(positive_int), default=3,
                    help="measure every op this many times over the table, keeping the lowest of each statistic "
                         "(a burst of load on the machine then slows one pass of an op, not all)")
-    p.add_argument("--max-ops", type=int, default=None, help="stop after this many new ops (rerun to continue)")
-    p.add_argument("--chunk", type=int, default=32, help="ops per save (and per Ray task)")
+    p.add_argument("--max-ops", type=arg(positive_int), default=None,
+                   help="stop after this many new ops (rerun to continue)")
+    p.add_argument("--chunk", type=arg(positive_int), default=32, help="ops per save (and per Ray task)")
     p.add_argument("--dry-run", action="store_true", help="only count the ops and estimate the time")
     p.add_argument("--address", default=None, help="Ray cluster address: profile on a node of that cluster")
     p.add_argument("--resources", default=None,

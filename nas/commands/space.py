@@ -6,6 +6,7 @@ import argparse
 import json
 
 import search_spaces as ss
+from nas.checks import arg, budget, finite_float, phi, positive_int, seed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,10 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = ssub.add_parser("sample", help="draw architectures that fit a budget")
     q.add_argument("--space", default=ss.DEFAULT_SPACE, choices=sorted(ss.SPACES))
-    q.add_argument("--budget", default=None, help="e.g. 100MFLOPs, 0.1GFLOPs, 2.5Mparams")
-    q.add_argument("-n", type=int, default=5, help="how many architectures")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--phi", type=float, default=0.0, help="compound-scaling coefficient")
+    q.add_argument("--budget", default=None, type=arg(budget), help="e.g. 100MFLOPs, 0.1GFLOPs, 2.5Mparams")
+    q.add_argument("-n", type=arg(positive_int, 100_000), default=5, help="how many architectures")
+    q.add_argument("--seed", type=arg(seed), default=0)
+    q.add_argument("--phi", type=arg(finite_float, 0.0), default=0.0, help="compound-scaling coefficient")
     q.add_argument("--json", action="store_true", help="print JSON lines instead of strings")
     q.set_defaults(func=cmd_sample)
 
@@ -42,9 +43,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    if args.n < 1:
-        raise ValueError(f"-n: expected a positive count, got {args.n}")
-    space = ss.get_space(args.space, args.phi)
+    space = ss.get_space(args.space, phi("--phi", args.space, args.phi))
     budget = ss.parse_budget(args.budget) if args.budget else None
     for arch in ss.sample(space, budget, n=args.n, seed=args.seed):
         c = ss.count(arch)

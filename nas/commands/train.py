@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 import search_spaces as ss
+from nas.checks import arg, finite_float, output_dir, output_file, positive_int, seed
+from nas.commands.search import parse_epochs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,32 +18,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = tsub.add_parser("supernet", help="progressive-shrinking supernet training (cached, resumable)")
     q.add_argument("--space", default=ss.DEFAULT_SPACE, choices=sorted(ss.SPACES))
     q.add_argument("--data", default="digits", help="dataset name or path (IDX, CIFAR, npz, image folder)")
-    q.add_argument("--epochs", default="6,3,3,6", help="epochs of phases largest,kernel,depth,width")
-    q.add_argument("--batch-size", type=int, default=64)
-    q.add_argument("--lr", type=float, default=0.05)
-    q.add_argument("--warmup", type=float, default=0.0,
+    q.add_argument("--epochs", default=(6, 3, 3, 6), type=parse_epochs, metavar="L,K,D,W",
+                   help="epochs of phases largest,kernel,depth,width")
+    q.add_argument("--batch-size", type=arg(positive_int), default=64)
+    q.add_argument("--lr", type=arg(finite_float, 0.0, low_open=True), default=0.05)
+    q.add_argument("--warmup", type=arg(finite_float, 0.0, 1.0), default=0.0,
                    help="linear learning-rate warm-up over this fraction of each shrinking phase (nas search: 0.5)")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--root", default="results/supernets")
+    q.add_argument("--seed", type=arg(seed), default=0)
+    q.add_argument("--root", default="results/supernets", type=arg(output_dir))
     q.set_defaults(func=cmd_supernet)
 
     q = tsub.add_parser("arch", help="train one architecture from scratch or from inherited supernet weights")
     q.add_argument("arch", help="compact string, JSON, path to a .json file, or a preset name")
     q.add_argument("--data", default="digits")
-    q.add_argument("--epochs", type=int, default=10)
-    q.add_argument("--lr", type=float, default=0.05)
-    q.add_argument("--batch-size", type=int, default=64)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--epochs", type=arg(positive_int), default=10)
+    q.add_argument("--lr", type=arg(finite_float, 0.0, low_open=True), default=0.05)
+    q.add_argument("--batch-size", type=arg(positive_int), default=64)
+    q.add_argument("--seed", type=arg(seed), default=0)
     q.add_argument("--supernet", default=None, help="supernet directory: fine-tune from its weights")
     q.add_argument("--distill", action="store_true", help="distil from the supernet's largest sub-network")
-    q.add_argument("--out", default=None, help="save the trained weights (.safetensors, arch in the metadata)")
+    q.add_argument("--out", default=None, type=arg(output_file),
+                   help="save the trained weights (.safetensors, arch in the metadata)")
     q.set_defaults(func=cmd_arch)
 
     q = tsub.add_parser("eval", help="validation accuracy of sub-networks of a trained supernet")
     q.add_argument("supernet", help="supernet directory (results/supernets/<key>)")
     q.add_argument("archs", nargs="+", help="architectures (compact strings, JSON, files, presets)")
     q.add_argument("--data", default="digits")
-    q.add_argument("--seed", type=int, default=0, help="split seed (must match the supernet's)")
+    q.add_argument("--seed", type=arg(seed), default=0, help="split seed (must match the supernet's)")
     q.set_defaults(func=cmd_eval)
 
 
@@ -55,8 +58,7 @@ def _splits(data: str, seed: int):
 def cmd_supernet(args: argparse.Namespace) -> int:
     from nas.supernet import SupernetRecipe, train_supernet
 
-    epochs = tuple(int(e) for e in args.epochs.split(","))
-    recipe = SupernetRecipe(epochs=epochs, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup)
+    recipe = SupernetRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup)
     run = train_supernet(ss.get_space(args.space), _splits(args.data, args.seed), recipe, seed=args.seed,
                          root=args.root)
     last = run.history[-1] if run.history else {}
@@ -88,9 +90,11 @@ def cmd_arch(args: argparse.Namespace) -> int:
     if args.out:
         from safetensors.torch import save_file
 
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        from nas.io import write_atomic
+
         meta = {"arch": arch.to_json(), "metrics": json.dumps({k: v for k, v in m.items() if k != "history"})}
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.out, metadata=meta)
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        write_atomic(args.out, lambda tmp: save_file(state, tmp, metadata=meta))
         print(f"saved {args.out}")
     return 0
 

@@ -31,17 +31,37 @@ def test_profile_then_validate_small_subset(tmp_path, capsys) -> None:
     assert main(args) == 0 and "0 to measure" in capsys.readouterr().out  # resumed: nothing left
 
     out = tmp_path / "val"
-    assert main(["latency", "validate", "--device", "torch-fp32", "--table", str(table), "--space", "small32",
-                 "--samples", "4", "--fit-samples", "4", "--reps", "3", "--passes", "1", "--out", str(out),
-                 "--no-progress"]) == 0
+    validate = ["latency", "validate", "--device", "torch-fp32", "--table", str(table), "--space", "small32",
+                "--samples", "4", "--fit-samples", "8", "--reps", "3", "--passes", "1", "--out", str(out),
+                "--no-progress"]
+    before = table.with_suffix(".json").read_bytes()
+    assert main(validate) == 0
     text = capsys.readouterr().out
-    assert "within +-10%" in text and "FLOPs baseline" in text
+    assert "within +-10%" in text and "FLOPs baseline" in text and "for this validation only" in text
+    assert table.with_suffix(".json").read_bytes() == before  # validating never changes the table it reads
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n"] == 4 and 0 <= summary["within_10"] <= 100
+    assert summary["n"] == 4 and 0 <= summary["within_10"] <= 100 and not summary["overhead_stored_in_table"]
     assert (out / "predicted_vs_measured.png").stat().st_size > 1000
-    fit = json.loads(table.with_suffix(".json").read_text())["overhead"]
     validated = set(pd.read_csv(out / "validation.csv")["hash"])
-    assert len(fit["archs"]) == 4 and not validated & set(fit["archs"])  # no train/test leakage
+    assert len(summary["fit_archs"]) == 8 and not validated & set(summary["fit_archs"])  # no train/test leakage
+
+    # refitting is explicit (`nas latency fit`), refuses too few networks, and validate then uses what it stored
+    fit = ["latency", "fit", "--device", "torch-fp32", "--table", str(table), "--space", "small32", "--reps", "3",
+           "--passes", "1", "--no-progress"]
+    with pytest.raises(SystemExit, match="2"):
+        main([*fit, "--fit-samples", "2"])
+    assert "--fit-samples: expected an integer of at least 8" in capsys.readouterr().err
+    assert table.with_suffix(".json").read_bytes() == before
+    assert main([*fit, "--fit-samples", "8"]) == 0
+    stored = json.loads(table.with_suffix(".json").read_text())["overhead"]
+    assert stored["space"] == "small32" and len(stored["archs"]) == 8
+    after_fit = table.with_suffix(".json").read_bytes()
+    assert main(validate) == 0 and "stored in the table" in capsys.readouterr().out
+    assert table.with_suffix(".json").read_bytes() == after_fit
+    assert json.loads((out / "summary.json").read_text())["overhead_stored_in_table"]
+    # a validation of another space fits its own overhead in memory and leaves the stored one alone
+    assert main([*validate[:7], "small32-v3", *validate[8:]]) == 0
+    assert table.with_suffix(".json").read_bytes() == after_fit
 
 
 def test_bad_arguments_are_one_line_errors(capsys) -> None:
