@@ -41,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `nas` console script; user errors print one clear line and exit with status 2."""
+    from nas import cores
     from nas.memory import keep_heap
 
+    cores.start()  # start-up is the first window, so the first torch work already runs at the fair thread count
     keep_heap()  # training steps reuse their activation buffers instead of page-faulting them in each time
     parser = build_parser()
     args = parser.parse_args(argv)

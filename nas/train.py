@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 import search_spaces as ss
+from nas.cores import fair_threads, tick
 from nas.data import BatchLoader, Splits, TensorSplits
 from nas.kernels.training import fast_depthwise
 
@@ -134,9 +135,16 @@ def train_standalone(arch: ss.Arch, splits: Splits | TensorSplits, recipe: Train
 
     `teacher` (e.g. the supernet with its largest sub-network active) adds `kd_weight` x distillation loss; it
     sees the same images at its own resolution. Returns the model (eval mode) and metrics: val/test accuracy,
-    final train loss, per-epoch history, wall time, MACs and parameters.
+    final train loss, per-epoch history, wall time, MACs and parameters. Runs `recipe.threads` torch threads,
+    fewer while other processes keep the cores busy (`nas.cores`).
     """
-    torch.set_num_threads(recipe.threads)
+    with fair_threads(recipe.threads):  # restores the caller's thread count afterwards
+        return _train_standalone(arch, splits, recipe, init, teacher, progress)
+
+
+def _train_standalone(arch: ss.Arch, splits: Splits | TensorSplits, recipe: TrainRecipe,
+                      init: nn.Module | dict[str, torch.Tensor] | None, teacher: nn.Module | None,
+                      progress: bool) -> tuple[ss.MBConvNet, dict]:
     torch.manual_seed(recipe.seed)
     data = as_tensor_splits(splits)
     start = time.perf_counter()
@@ -161,6 +169,7 @@ def train_standalone(arch: ss.Arch, splits: Splits | TensorSplits, recipe: Train
             model.train()
             loss_sum = correct = seen = 0.0
             for idx, yb in loader:
+                tick()  # between steps: re-size the threads to the cores other processes leave free
                 set_lr(opt, cosine_lr(recipe.lr, step, total))
                 out = model(x[idx])
                 loss = F.cross_entropy(out, yb, label_smoothing=recipe.label_smoothing)

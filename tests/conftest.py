@@ -14,7 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# As in nas/cli.py: passive OpenMP waiting, set before torch is imported by any test module.
+# Passive OpenMP waiting for the tests, set before torch is imported by any test module: the suite starts Ray
+# workers and CLI subprocesses beside the pytest process, and spinning threads would slow them all.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Test clusters run on loopback only; without this, a token written by an earlier embedded `ray.init`
 # (~/.ray/auth_token) makes a later `ray start` head and worker disagree about authentication.

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas.cores import fair_threads, tick
 from nas.data import BatchLoader
 from nas.kernels.training import fast_depthwise
 from nas.train import cosine_lr, kd_loss, make_optimizer, set_lr, teacher_logits
@@ -35,7 +36,8 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, tea
     if extra_params:
         opt.add_param_group({"params": extra_params, "weight_decay": 0.0})
     model.to(memory_format=torch.channels_last)  # oneDNN's NHWC kernels (NCHW depthwise backward is ~4x slower)
-    with fast_depthwise(model):
+    # the caller's thread count at most, fewer while other processes keep the cores busy (nas.cores)
+    with fast_depthwise(model), fair_threads():
         _run_steps(model, x, loader, opt, steps, soft, lr, kd_weight, bn_frozen)
     return model.to(memory_format=torch.contiguous_format).eval()
 
@@ -47,6 +49,7 @@ def _run_steps(model: nn.Module, x: torch.Tensor, loader: BatchLoader, opt: torc
         for idx, yb in loader:
             if step >= steps:
                 break
+            tick()  # between steps: re-size the threads to the cores other processes leave free
             model.train()
             if bn_frozen:
                 for m in model.modules():

@@ -7,6 +7,7 @@ import time
 import torch
 
 import search_spaces as ss
+from nas.cores import fair_threads
 from nas.data import Splits, TensorSplits
 from nas.supernet.model import Supernet
 from nas.train import accuracy, as_tensor_splits, recalibrate_bn
@@ -37,7 +38,8 @@ class SubnetEvaluator:
 
     def model(self, arch: ss.Arch) -> ss.MBConvNet:
         """The extracted sub-network with recalibrated batch norm, in eval mode."""
-        return self._channels_last(arch).to(memory_format=torch.contiguous_format)
+        with fair_threads():  # the caller's thread count at most, fewer while other processes keep the cores busy
+            return self._channels_last(arch).to(memory_format=torch.contiguous_format)
 
     def _channels_last(self, arch: ss.Arch) -> ss.MBConvNet:
         # oneDNN's NHWC kernels: a trial (recalibration + scoring) takes ~0.7 s instead of ~1.1 s
@@ -48,7 +50,8 @@ class SubnetEvaluator:
     def __call__(self, arch: ss.Arch) -> float:
         """Top-1 accuracy of sub-network `arch` on the evaluator's split."""
         x, y = self.data.tensors(self.part, arch.resolution)
-        return accuracy(self._channels_last(arch), x, y)
+        with fair_threads():  # the caller's thread count at most, fewer while other processes keep the cores busy
+            return accuracy(self._channels_last(arch), x, y)
 
     def evaluate_many(self, archs: list[ss.Arch]) -> tuple[list[float], float]:
         """Accuracies of `archs` and the throughput in sub-networks evaluated per second."""
