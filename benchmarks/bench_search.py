@@ -116,7 +116,7 @@ def train_cached(arch: ss.Arch, recipe, data, cache: Path | None, init=None, tag
 
     path = None if cache is None else cache_path(arch, recipe, cache, tag)
     if path is not None and path.exists():
-        with np.load(path) as f:
+        with np.load(path, allow_pickle=False) as f:
             metrics = json.loads(str(f["metrics"]))
             metrics["test_right"] = f["test_right"]
         return metrics

@@ -123,19 +123,49 @@ def load_fp32(path: str | os.PathLike, arch: ss.Arch | None = None) -> tuple[nn.
         raise ValueError(f"{path}: no architecture found (arch.json / best.json); pass --arch")
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such model file")
-    try:
-        state = load_file(str(p)) if p.suffix == ".safetensors" else torch.load(p, map_location="cpu",
-                                                                               weights_only=True)
-    except (SafetensorError, RuntimeError, OSError, ValueError) as exc:
-        raise ValueError(f"{p}: unreadable model file ({exc})") from exc
+    if p.suffix == ".safetensors":
+        try:
+            state = load_file(str(p))
+        except (SafetensorError, RuntimeError, OSError, ValueError) as exc:
+            raise ValueError(f"{p}: unreadable model file ({' '.join(str(exc).split())[:200]})") from exc
+    else:
+        state = _load_pt(p)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise ValueError(f"{p}: expected a state dict (parameter names -> tensors), found {type(state).__name__}")
     model = ss.build(arch)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ValueError(f"{p}: weights do not match the architecture {arch} ({str(exc).splitlines()[0]})") from exc
     return model.eval(), arch
+
+
+def _load_pt(path: Path) -> Any:
+    """A `.pt` file through torch's weights-only unpickler, which builds tensors and plain containers and refuses
+    any other global (a pickle that would run code); a refusal or a damaged file becomes one line naming it."""
+    import pickle
+    import re
+
+    try:
+        with warnings.catch_warnings():  # "pickle protocol 4" notices about files we refuse or accept anyway
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError) as exc:  # a damaged zip archive, an unreadable file
+        raise ValueError(f"{path}: unreadable model file ({' '.join(str(exc).split())[:200]})") from exc
+    except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ImportError, IndexError, KeyError,
+            ValueError) as exc:
+        # torch's message opens with advice to retry with weights_only=False (which would run the file's code)
+        # and spans paragraphs with terminal colours: keep only its reason, e.g. "Unsupported global: GLOBAL ..."
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+        if "WeightsUnpickler error:" in text:
+            text = text.split("WeightsUnpickler error:", 1)[1]
+        elif "\n\n" in text:
+            text = text.split("\n\n", 1)[1]
+        reason = " ".join(text.strip().split("\n\n")[0].split(". ")[0].split())[:200] or type(exc).__name__
+        raise ValueError(f"{path}: not a plain state dict of tensors, refused to unpickle it ({reason})") from exc
 
 
 def _arch_from_file(path: Path) -> ss.Arch:

@@ -52,18 +52,32 @@ def save(net: torch.nn.Module, meta: dict[str, Any], directory: str | os.PathLik
 
 
 def load_state(path: str | os.PathLike[str], reference: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """A checkpoint dict (as `train_supernet` writes) from a pretrained file: weights cast to the dtypes of
-    `reference` (the state dict of a freshly built supernet of the same space), history from its JSON."""
+    """A pretrained file's state for `train_supernet` (model, epoch, history, origin): weights cast to the
+    dtypes of `reference` (the state dict of a freshly built supernet of the same space), history from its JSON.
+    Both files are plain data (safetensors, JSON); an unreadable one is refused with one line naming it."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    stored = load_file(path)
+    try:
+        stored = load_file(path)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types; any means unreadable
+        raise ValueError(f"{path}: not a readable safetensors file ({' '.join(str(exc).split())[:200]}); "
+                         "reinstall nas or pass --no-pretrained") from exc
     missing, extra = sorted(set(reference) - set(stored)), sorted(set(stored) - set(reference))
     if missing or extra:
         raise ValueError(f"{path}: does not fit this supernet (missing {missing[:3]}, unexpected {extra[:3]})")
     for k, v in stored.items():
         if v.shape != reference[k].shape:
             raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, this supernet {tuple(reference[k].shape)}")
-    meta = json.loads(path.with_suffix(".json").read_text())
+    side = path.with_suffix(".json")
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+        epochs, history = meta["epochs"], meta["history"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise ValueError(f"{side}: expected the JSON beside {path.name} with 'epochs' and 'history' "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from exc
+    if not (isinstance(epochs, int) and isinstance(history, list) and len(history) == epochs
+            and all(isinstance(h, dict) for h in history)):
+        raise ValueError(f"{side}: expected an epoch count and one history record per epoch")
     return {"model": {k: v.to(reference[k].dtype) for k, v in stored.items()}, "optimizer": None,
-            "epoch": int(meta["epochs"]), "history": meta["history"], "pretrained": str(path)}
+            "epoch": epochs, "history": history, "pretrained": str(path)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import signal
@@ -298,15 +299,15 @@ def test_resume_after_kill_runs_no_finished_epoch_again(digits: TensorSplits, tm
     ckpt = None
     deadline = time.time() + 90
     while time.time() < deadline and child.poll() is None:
-        found = list((tmp_path / "a").glob("*/checkpoint.pt"))
-        if found and torch.load(found[0], weights_only=False)["epoch"] >= 1:
+        found = list((tmp_path / "a").glob("*/state.json"))  # replaced atomically: never half written
+        if found and json.loads(found[0].read_text())["epoch"] >= 1:
             ckpt = found[0]
             break
         time.sleep(0.02)
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert ckpt is not None, "the child finished or never checkpointed"
-    killed_at = torch.load(ckpt, weights_only=False)["epoch"]
+    killed_at = json.loads(ckpt.read_text())["epoch"]
     assert 1 <= killed_at < 4
     seen: list[int] = []
     run = train_supernet(TINY, digits, FAST, root=tmp_path / "a", progress=False,

@@ -73,6 +73,24 @@ def test_a_file_that_does_not_fit_is_refused_by_name(tmp_path: Path) -> None:
         pt.save(net, {"key": "cd" * 8, "epochs": 1}, tmp_path)
 
 
+def test_a_damaged_packaged_file_is_refused_in_one_line_naming_it(tmp_path: Path) -> None:
+    net = Supernet(TINY)
+    weights = pt.save(net, {"key": "ef" * 8, "epochs": 1, "history": [{}]}, tmp_path)
+    blob = weights.read_bytes()
+    weights.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="not a readable safetensors file") as err:
+        pt.load_state(weights, net.state_dict())
+    assert str(weights) in str(err.value) and len(str(err.value).splitlines()) == 1
+    weights.write_bytes(blob)
+    side = weights.with_suffix(".json")
+    for text, problem in (('{"epochs": 1', "expected the JSON beside"), ('{"epochs": 2, "history": [{}]}',
+                                                                         "one history record per epoch")):
+        side.write_text(text)
+        with pytest.raises(ValueError, match=problem) as err:
+            pt.load_state(weights, net.state_dict())
+        assert str(side) in str(err.value) and len(str(err.value).splitlines()) == 1
+
+
 def test_the_default_search_has_a_packaged_supernet_that_scores_well() -> None:
     # the default `nas search --budget 100MFLOPs` would train for minutes without it; any change to its space,
     # data split, recipe or seed changes the key: re-run `python benchmarks/pretrain_supernet.py` then
