@@ -168,3 +168,28 @@ def phi(name: str, space: str, value: Any) -> float:
     except ValueError as exc:
         raise ValueError(f"{name}: {str(exc).removeprefix('phi: ')}") from None
     return v
+
+
+def supernet_epochs(name: str, value: Any) -> tuple[int, int, int, int]:
+    """Supernet epochs per progressive-shrinking phase: `L,K,D,W` (text or four counts), largest >= 1, the others
+    >= 0."""
+    what = "four counts L,K,D,W (largest >= 1, the others >= 0), e.g. 2,1,2,6"
+    items = str(value).split(",") if isinstance(value, str) else value
+    try:
+        epochs = tuple(non_negative_int(name, v, 10_000) for v in items)
+    except (TypeError, ValueError):
+        epochs = ()
+    if len(epochs) != 4 or epochs[0] < 1:
+        raise ValueError(f"{name}: expected {what}, got {value!r}")
+    return epochs  # type: ignore[return-value]
+
+
+def device(name: str, value: Any) -> str:
+    """A latency device name such as `kernels`, `torch-fp32` or a table id like `kernels-int4-t2`."""
+    from latency_models import DeviceSpec
+
+    try:
+        DeviceSpec.make(str(value))
+    except ValueError as exc:
+        raise ValueError(f"{name}: {str(exc).partition(': ')[2] or exc}") from None
+    return str(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from search_spaces.cost import count, count_macs
 from search_spaces.spaces import SearchSpace
 
 _UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
-_NUMBER = r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*"
+_NUMBER = r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*"  # a sign is read so that "-5M" is refused as negative
 _TIME = re.compile(_NUMBER + r"(ms|us|s)\s*$", re.IGNORECASE)
 _BUDGET = re.compile(_NUMBER + r"([kmg]?)\s*(flops?|macs?|params?)?\s*$", re.IGNORECASE)
 
@@ -35,27 +36,37 @@ class Budget:
         return f"{self.value / 1e6:g}{unit}"
 
 
+def _shown(text: str) -> str:
+    """`text` quoted for an error message, cut short so that the message stays one readable line."""
+    text = str(text)
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
 def parse_budget(text: str) -> Budget:
-    """Parse `100MFLOPs`, `100M` (MACs), `0.1GFLOPs`, `300MMACs`, `3ms`, `500us`, `2.5Mparams`."""
+    """Parse `100MFLOPs`, `100M` (MACs), `0.1GFLOPs`, `300MMACs`, `3ms`, `500us`, `2.5Mparams`.
+
+    The amount must be positive and finite: a number written with hundreds of digits overflows to infinity,
+    which no budget means (and `str()` of the budget names run folders, so it must stay short).
+    """
     t = _TIME.match(str(text))
     if t:
-        number, unit = float(t.group(1)), t.group(2).lower()
-        if number <= 0:
-            raise BudgetError(f"budget: expected a positive amount, got {text!r}")
-        return Budget("latency_ms", number * {"ms": 1.0, "s": 1e3, "us": 1e-3}[unit])
-    m = _BUDGET.match(str(text))
-    if not m:
-        raise BudgetError(
-            f"budget: cannot parse {text!r}; expected a number with a unit, e.g. '100MFLOPs', '100M' (MACs), "
-            "'0.1GFLOPs', '3ms' or '2.5Mparams'"
-        )
-    number, prefix, unit = float(m.group(1)), m.group(2).lower(), (m.group(3) or "").lower()
-    if number <= 0:
-        raise BudgetError(f"budget: expected a positive amount, got {text!r}")
-    if not prefix and not unit:
-        raise BudgetError(f"budget: {text!r} has no unit; write e.g. '{text}M' or '{text}MFLOPs'")
-    kind = "params" if unit.startswith("param") else "macs"
-    return Budget(kind, number * _UNITS[prefix])
+        budget = Budget("latency_ms", float(t.group(1)) * {"ms": 1.0, "s": 1e3, "us": 1e-3}[t.group(2).lower()])
+    else:
+        m = _BUDGET.match(str(text))
+        if not m:
+            raise BudgetError(
+                f"budget: cannot parse {_shown(text)}; expected a number with a unit, e.g. '100MFLOPs', '100M' "
+                "(MACs), '0.1GFLOPs', '3ms' or '2.5Mparams'"
+            )
+        number, prefix, unit = float(m.group(1)), m.group(2).lower(), (m.group(3) or "").lower()
+        if number > 0 and not prefix and not unit:
+            raise BudgetError(f"budget: {_shown(text)} has no unit; write e.g. '{number:g}M' or '{number:g}MFLOPs'")
+        budget = Budget("params" if unit.startswith("param") else "macs", number * _UNITS[prefix])
+    if not math.isfinite(budget.value):
+        raise BudgetError(f"budget: expected a finite amount, got {_shown(text)}")
+    if budget.value <= 0:
+        raise BudgetError(f"budget: expected a positive amount, got {_shown(text)}")
+    return budget
 
 
 def cost_fn(budget: Budget, latency_ms: Callable[[Arch], float] | None = None) -> Callable[[Arch], float]:
@@ -69,14 +80,19 @@ def cost_fn(budget: Budget, latency_ms: Callable[[Arch], float] | None = None) -
     return latency_ms
 
 
-def check_reachable(space: SearchSpace, budget: Budget, cost: Callable[[Arch], float]) -> None:
-    """Raise `BudgetError` saying the smallest reachable cost when no architecture of `space` fits."""
+def check_reachable(space: SearchSpace, budget: Budget, cost: Callable[[Arch], float], name: str = "budget",
+                    where: str = "", note: str = "") -> None:
+    """Raise `BudgetError` saying the smallest reachable cost when no architecture of `space` fits.
+
+    `name` starts the message (the flag the budget came from, e.g. `--latency`); `where` follows the budget (e.g.
+    " on device kernels") and `note` the smallest cost (e.g. " even with 1 input channel").
+    """
     smallest = cost(space.smallest())
     if smallest > budget.value:
         shown = Budget(budget.kind, smallest)
         raise BudgetError(
-            f"budget: nothing in space {space.name!r} fits {budget}; the smallest architecture costs {shown} "
-            f"(raise the budget or use a smaller space / resolution)"
+            f"{name}: nothing in space {space.name!r} fits {budget}{where}; the smallest architecture costs "
+            f"{shown}{note} (raise the budget or use a smaller space / resolution)"
         )
 
 

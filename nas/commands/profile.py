@@ -25,9 +25,8 @@ def device_spec(args: argparse.Namespace):  # -> latency_models.DeviceSpec
     return make_device_spec(args.device, args.bits, args.threads, args.isa)
 
 
-def make_device_spec(device: str, bits: int | None = None, threads: int = 1, isa: str | None = None,
-                     flag: str | None = None):
-    """`latency_models.DeviceSpec.make`, its one-line errors naming the flag (`flag`, else the field's own)."""
+def make_device_spec(device: str, bits: int | None = None, threads: int = 1, isa: str | None = None):
+    """`latency_models.DeviceSpec.make`, its one-line errors naming the flag of the field at fault."""
     from latency_models import DeviceSpec
 
     try:
@@ -36,7 +35,7 @@ def make_device_spec(device: str, bits: int | None = None, threads: int = 1, isa
         field, sep, rest = str(exc).partition(": ")
         if not sep or field not in ("device", "bits", "threads", "isa"):
             raise
-        raise ValueError(f"{flag or '--' + field}: {rest}") from None
+        raise ValueError(f"--{field}: {rest}") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 import search_spaces as ss
-from nas.checks import arg, budget, finite_float, latency, output_dir, phi, plain_name, positive_int, seed
+from nas.checks import arg, budget, finite_float, latency, plain_name, positive_int, seed, supernet_epochs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
     p.add_argument("--finalize", action=argparse.BooleanOptionalAction, default=True,
                    help="train, quantize and export the chosen architecture (default on)")
-    p.add_argument("--supernet-epochs", default=None, metavar="L,K,D,W", type=parse_epochs,
+    p.add_argument("--supernet-epochs", default=None, metavar="L,K,D,W", type=arg(supernet_epochs),
                    help="supernet epochs per progressive-shrinking phase: largest, kernel+SE, depth, expand+width "
                         "(default 1,1,1,2; 2,0,0,0 with --quick; 2,1,1,4 trains the sub-networks further)")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
@@ -69,12 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from nas.commands.profile import make_device_spec
     from nas.search.main import SearchRequest, search
 
-    phi("--phi", args.space, args.phi)
-    make_device_spec(args.device, flag="--device")
-    output_dir("--out", args.out)
     request = SearchRequest(
         budget=args.budget, latency=args.latency, device=args.device, table=args.table, space=args.space,
         phi=args.phi, data=args.data, trials=args.trials, sampler=args.sampler, objective=args.objective,
@@ -85,15 +81,3 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     search(request)
     return 0
-
-
-def parse_epochs(text: str) -> tuple[int, int, int, int]:
-    """`--supernet-epochs 2,1,2,6` as a tuple; argparse reports a bad value with the flag's name."""
-    try:
-        epochs = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        epochs = ()
-    if len(epochs) != 4 or min(epochs) < 0 or epochs[0] < 1:
-        raise argparse.ArgumentTypeError(f"expected four counts L,K,D,W (largest >= 1, the others >= 0), e.g. "
-                                         f"2,1,2,6; got {text!r}")
-    return epochs  # type: ignore[return-value]

@@ -7,8 +7,7 @@ import json
 import time
 
 import search_spaces as ss
-from nas.checks import arg, finite_float, output_dir, output_file, positive_int, seed
-from nas.commands.search import parse_epochs
+from nas.checks import arg, finite_float, output_dir, output_file, positive_int, seed, supernet_epochs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = tsub.add_parser("supernet", help="progressive-shrinking supernet training (cached, resumable)")
     q.add_argument("--space", default=ss.DEFAULT_SPACE, choices=sorted(ss.SPACES))
     q.add_argument("--data", default="digits", help="dataset name or path (IDX, CIFAR, npz, image folder)")
-    q.add_argument("--epochs", default=(6, 3, 3, 6), type=parse_epochs, metavar="L,K,D,W",
+    q.add_argument("--epochs", default=(6, 3, 3, 6), type=arg(supernet_epochs), metavar="L,K,D,W",
                    help="epochs of phases largest,kernel,depth,width")
     q.add_argument("--batch-size", type=arg(positive_int), default=64)
     q.add_argument("--lr", type=arg(finite_float, 0.0, low_open=True), default=0.05)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import search_spaces as ss
+from nas.cores import fair_threads
 
 if TYPE_CHECKING:  # nas.data imports torch: keep this module light to import
     from nas.data import TensorSplits
@@ -26,9 +27,11 @@ class Evaluator:
     latency_ms: Callable[[ss.Arch], float] | None = None
     supernet_key: str = ""  # the cache key of the supernet behind `subnet`: what a trial's accuracy depends on
     supernet_pretrained: bool = False  # loaded from the package's pretrained supernets, not trained in this run
+    threads: int | None = None  # torch threads of a trial at most (None: the caller's count), see `nas.cores`
 
     def __call__(self, arch: ss.Arch) -> dict[str, float]:
-        acc = self.subnet(arch)
+        with fair_threads(self.threads):  # fewer while other processes keep the cores busy; restored afterwards
+            acc = self.subnet(arch)
         lat = self.latency_ms(arch) if self.latency_ms is not None else float("nan")
         return {"val_acc": float(acc), "latency_ms": float(lat)}
 
@@ -83,18 +86,23 @@ def load_splits(request: Any) -> Any:
     return TensorSplits(splits)
 
 
-def load_data_and_space(request: Any, max_macs: float | None,
-                        log: Callable[[str], None]) -> tuple[TensorSplits, ss.SearchSpace]:
+def load_data_and_space(request: Any, max_macs: float | None, log: Callable[[str], None],
+                        check: Callable[[ss.SearchSpace], None] | None = None) -> tuple[TensorSplits, ss.SearchSpace]:
     """The request's data and its search space, sized to the data's channels and classes.
 
-    With a MAC budget the space is trimmed to it (`search_spaces.trim_to_budget`), so the supernet trains only
-    networks near or under the budget; --quick trims it to `QUICK_SPACE_FRACTION` of the budget.
+    `check` (default: the MAC budget's reachability) sees the space as soon as the data's channels and classes
+    are known, before it is trimmed: trimming drops only top choices, so the smallest network, and with it
+    whether a budget is reachable, stays the same. With a MAC budget the space is trimmed to it
+    (`search_spaces.trim_to_budget`), so the supernet trains only networks near or under the budget; --quick
+    trims it to `QUICK_SPACE_FRACTION` of the budget.
     """
     data = load_splits(request)
     train = data.splits.train
     space = ss.get_space(request.space, request.phi).with_io(train.in_channels, train.num_classes)
+    if check is not None:
+        check(space)
     if max_macs:
-        ss.check_reachable(space, ss.Budget("macs", max_macs), ss.count_macs)
+        ss.check_reachable(space, ss.Budget("macs", max_macs), ss.count_macs, name="--budget")
         trim = max(max_macs * QUICK_SPACE_FRACTION, ss.count_macs(space.smallest())) if request.quick else max_macs
         space = ss.trim_to_budget(space, trim)
     log(f"data {request.data}: {len(train)} train / {len(data.splits.val)} val / {len(data.splits.test)} test, "
@@ -125,7 +133,7 @@ def build_evaluator(request: Any, data: TensorSplits, space: ss.SearchSpace,
     # trials recalibrate batch norm on as many images as the supernet's own per-epoch probes
     return Evaluator(SubnetEvaluator(run.supernet, data, "val", calib_images=recipe.calib_images,
                                      seed=request.seed), supernet_key=run.key,
-                     supernet_pretrained=run.pretrained is not None)
+                     supernet_pretrained=run.pretrained is not None, threads=request.threads)
 
 
 def load_latency(request: Any, space: ss.SearchSpace, log: Callable[[str], None]) -> Any:
@@ -155,14 +163,24 @@ def load_latency(request: Any, space: ss.SearchSpace, log: Callable[[str], None]
         log(f"no latency table for {request.device} at {path}: profiling the ops of space {space.name} first")
         # 3 passes: shared machines slow down 1.6-1.9x for seconds at a time (2-core VM, 2026-12-03); one pass
         # left such bursts in the table
-        lm.profile(spec, lm.enumerate_ops([space]), path, reps=10 if request.quick else 30,
-                   passes=1 if request.quick else 3)
+        with fair_threads(request.threads):  # see `measure_all`
+            lm.profile(spec, lm.enumerate_ops([space]), path, reps=10 if request.quick else 30,
+                       passes=1 if request.quick else 3)
     table = lm.LatencyTable.load(path, request.device)
+    if request.table:  # a table of another device, bit width or thread count would predict the wrong latency
+        fp = table.fingerprint
+        diffs = [f"{k} {fp[k]!r} in the table, {getattr(spec, 'name' if k == 'device' else k)!r} for --device"
+                 for k in ("device", "bits", "threads")
+                 if k in fp and fp[k] != getattr(spec, "name" if k == "device" else k)]
+        if diffs:
+            raise ValueError(f"--table: {path} was not measured on --device {request.device} ({'; '.join(diffs)}); "
+                             f"pass the --device it was profiled for")
     if table.overhead is None and not request.table:
         n = 16 if request.quick else 30
         log(f"fitting the per-network latency overhead on {n} measured networks")
-        overhead, data = fit_overhead(lm.Predictor(table), lm.get_device(spec), space, n=n, reps=5,
-                                      passes=2 if request.quick else 6, progress=False)
+        with fair_threads(request.threads):  # see `measure_all`
+            overhead, data = fit_overhead(lm.Predictor(table), lm.get_device(spec), space, n=n, reps=5,
+                                          passes=2 if request.quick else 6, progress=False)
         table.overhead = {**overhead.to_dict(), **data}
         table.save(table.path)
     return lm.load_predictor(request.device, str(path))
@@ -176,7 +194,10 @@ def measure_all(archs: list[ss.Arch], request: Any, reps: int = 9, passes: int =
     from latency_models.validation import measure_archs
 
     device = lm.get_device(lm.DeviceSpec.make(request.device))
-    return measure_archs(device, archs, reps=reps, passes=passes, progress=False, stat="p10_ms")
+    # building the networks runs torch ops, sized by nas.cores like training (a spinning OpenMP team builds them
+    # several times slower while another run is busy); the timed runs use the device's fixed thread count anyway
+    with fair_threads(request.threads):
+        return measure_archs(device, archs, reps=reps, passes=passes, progress=False, stat="p10_ms")
 
 
 def measure_ms(arch: ss.Arch, request: Any, reps: int = 20) -> float:
@@ -184,7 +205,8 @@ def measure_ms(arch: ss.Arch, request: Any, reps: int = 20) -> float:
     import latency_models as lm
 
     device = lm.get_device(lm.DeviceSpec.make(request.device))
-    return float(statistics.median(device.time_arch(arch, reps)))
+    with fair_threads(request.threads):  # see `measure_all`
+        return float(statistics.median(device.time_arch(arch, reps)))
 
 
 def finetune(arch: ss.Arch, evaluator: Evaluator, request: Any) -> tuple[Any, dict[str, Any]]:
@@ -211,5 +233,6 @@ def finalize_best(arch: ss.Arch, model: Any, metrics: dict[str, Any], data: Tens
 
     out: dict[str, Any] = {"fp32_val_acc": metrics["val_acc"], "fp32_test_acc": metrics.get("test_acc"),
                            "finetune_seconds": metrics.get("wall_s")}
-    out.update(compress_and_export(model, arch, data, request, run_dir, log))
+    with fair_threads(request.threads):  # its fine-tuning steps; latency is measured at fixed thread counts
+        out.update(compress_and_export(model, arch, data, request, run_dir, log))
     return out

@@ -12,35 +12,45 @@ from optuna.trial import TrialState
 import search_spaces as ss
 from nas.io import write_atomic
 from nas.search.pareto import pareto_mask
-from nas.search.runner import MNASNET_W, SearchSettings, arch_for
+from nas.search.runner import SearchSettings, arch_for, trial_scores
 
 
 def trials_frame(study: optuna.Study, s: SearchSettings,
                  latency_ms: Callable[[ss.Arch], float] | None) -> pd.DataFrame:
-    """One row per completed trial. The architecture is re-derived from the parameters (the repair is
-    deterministic), so trials run by Ray workers, whose user attributes Optuna never saw, report the same."""
+    """One row per completed trial, in trial order. The architecture is re-derived from the parameters (the repair
+    is deterministic), so trials run by Ray workers, whose user attributes Optuna never saw, report the same.
+
+    `duplicate_of` is the number of the first trial of the same architecture (empty for that first one): such a
+    trial repeats its scores and is left out of the Pareto front (`pareto` False) and the choice (`ranked`).
+    """
     rows = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    first: dict[str, int] = {}
+    for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
         arch = arch_for(s, t.params, latency_ms)
         cost = ss.count(arch)
-        if s.objective == "pareto":
-            acc, lat = t.values
-        else:
-            lat = t.user_attrs.get("latency_ms") or (latency_ms(arch) if latency_ms else float("nan"))
-            acc = t.values[0] / (lat / s.target_ms) ** MNASNET_W
+        acc, lat = trial_scores(s, t, arch, latency_ms)
+        repeats = first.setdefault(arch.hash(), t.number)
         rows.append({
             "trial": t.number, "val_acc": acc, "latency_ms": lat, "macs": cost.macs, "params": cost.params,
             "resolution": arch.resolution, "depth": len(arch.blocks()), "arch_hash": arch.hash(), "arch": str(arch),
             "seconds": t.user_attrs.get("seconds", (t.duration.total_seconds() if t.duration else float("nan"))),
+            "duplicate_of": repeats if repeats != t.number else None,
         })
     df = pd.DataFrame(rows)
     if len(df):
-        df["pareto"] = pareto_mask(df["val_acc"].tolist(), df["latency_ms"].tolist())
+        df["duplicate_of"] = df["duplicate_of"].astype("Int64")
+        firsts = df["duplicate_of"].isna()
+        df["pareto"] = False
+        df.loc[firsts, "pareto"] = pareto_mask(df.loc[firsts, "val_acc"].tolist(),
+                                               df.loc[firsts, "latency_ms"].tolist())
     return df
 
 
 def ranked(df: pd.DataFrame, acc: str = "val_acc") -> pd.DataFrame:
-    """`df` most accurate first by column `acc`; ties go to the lower predicted latency."""
+    """`df` most accurate first by column `acc`; ties go to the lower predicted latency. Trials that repeat an
+    earlier trial's architecture (`duplicate_of`) are left out: each architecture appears once."""
+    if "duplicate_of" in df:
+        df = df[df["duplicate_of"].isna()]
     if df.empty:
         raise ValueError("search: no completed trials to choose from")
     return df.sort_values([acc, "latency_ms"], ascending=[False, True])

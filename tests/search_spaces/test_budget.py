@@ -63,3 +63,28 @@ def test_sampling_is_deterministic_by_seed():
     b = ss.parse_budget("100MFLOPs")
     assert ss.sample(space, b, n=5, seed=3) == ss.sample(space, b, n=5, seed=3)
     assert ss.sample(space, b, n=5, seed=3) != ss.sample(space, b, n=5, seed=4)
+
+
+@pytest.mark.parametrize("text", ["9" * 400 + "M", "1" * 305 + "GFLOPs", "1" * 310 + "ms", "1" * 308 + "s",
+                                  "1" * 400 + "params"])
+def test_amounts_that_overflow_are_refused_as_not_finite(text):
+    with pytest.raises(BudgetError, match=r"^budget: expected a finite amount, got '9{37}\.\.\.'$|"
+                                          r"^budget: expected a finite amount, got '1{37}\.\.\.'$"):
+        ss.parse_budget(text)
+
+
+def test_the_canonical_budget_is_short_whatever_was_written():
+    assert str(ss.parse_budget("0" * 400 + "100M")) == "100MFLOPs"
+    assert str(ss.parse_budget("0.1 gflops")) == "100MFLOPs"
+    assert len(str(ss.parse_budget("1" * 300 + "M"))) < 30  # the largest finite amounts still print short
+    with pytest.raises(BudgetError) as err:
+        ss.parse_budget("x" * 500)
+    assert len(str(err.value)) < 200  # the text is quoted cut short
+
+
+def test_unreachable_budget_names_the_flag_and_where():
+    fake_ms = lambda a: ss.count_macs(a) / 20e6  # noqa: E731
+    with pytest.raises(BudgetError, match=r"^--latency: nothing in space 'small32' fits 0\.1ms on device x; the "
+                                          r"smallest architecture costs 0\.64\d*ms"):
+        ss.check_reachable(ss.get_space("small32"), ss.parse_budget("100us"), fake_ms, name="--latency",
+                           where=" on device x")
