@@ -313,10 +313,10 @@ def finalize(model: nn.Module, arch: ss.Arch, splits: Splits | TensorSplits, con
             int4 = f"{config.device}-int4"
             lat["w4a8_predicted"] = _predicted(arch, int4, table_path(config, int4))
         quant[name] = {k: v for k, v in qrep.to_dict().items() if k != "ranges"}
-        meta = {"dataset": config.dataset, "accuracy": {"fp32_val": acc.get("pruned_val", acc["fp32_val"]),
-                                                        "fp32_test": acc.get("pruned_test", acc["fp32_test"]),
-                                                        "quant_val": acc[f"{name}_val"],
-                                                        "quant_test": acc[f"{name}_test"]},
+        meta = {"dataset": config.dataset, "class_names": [str(c) for c in data.splits.train.class_names],
+                "accuracy": {"fp32_val": acc.get("pruned_val", acc["fp32_val"]),
+                             "fp32_test": acc.get("pruned_test", acc["fp32_test"]),
+                             "quant_val": acc[f"{name}_val"], "quant_test": acc[f"{name}_test"]},
                 "latency_ms": {"predicted": lat.get("pruned_int8_predicted", lat["int8_predicted"])
                                if name == "int8" else lat.get("w4a8_predicted"), "measured": bench},
                 "quant_config": asdict(qcfg)}

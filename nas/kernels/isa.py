@@ -38,7 +38,10 @@ def active_isa() -> str:
         return _forced
     env = os.environ.get(ENV_VAR, "").strip()
     if env:
-        return check_isa(env)
+        try:
+            return check_isa(env)
+        except ValueError as exc:  # name the variable: the user set it, no flag did
+            raise ValueError(f"{ENV_VAR}={env}: {str(exc).removeprefix('isa: ')}") from None
     return available_isas()[-1]
 
 

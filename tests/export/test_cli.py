@@ -44,6 +44,15 @@ def test_export_eval_bench(tmp_path, capsys):
     assert 0 < lat["int8_measured"] < float("inf") and 0 < lat["int8_measured_median"] < float("inf")
     assert "round-robin" in report["latency_unit_note"]
     ck = str(out / "int8")
+    # the class names are recorded, so data of as many classes that mean something else is refused
+    assert json.loads((out / "int8" / "metadata.json").read_text())["class_names"] == [str(i) for i in range(10)]
+    from nas.data import load_digits
+
+    digits = load_digits()
+    other = tmp_path / "letters.npz"
+    np.savez(other, x=digits.x, y=digits.y, class_names=np.array(list("abcdefghij")))
+    assert main(["eval", ck, "--data", str(other)]) == 2
+    assert "class 0 is 'a' in the data but '0' in the checkpoint's class_names" in capsys.readouterr().err
     assert main(["eval", ck, "--onnx", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["top1"] == report["accuracy"]["int8_test"] == res["recorded"]["quant_test"]

@@ -21,6 +21,7 @@ CASES = [
     (["search", "--budget", "100MFLOPs", "--phi", "50"], ["--phi", "expected phi in [0, 24.8]"]),
     (["search", "--budget", "-5M"], ["--budget", "positive"]),
     (["search", "--budget", "100 bananas"], ["--budget", "cannot parse"]),
+    (["search", "--budget", "1" + "0" * 400 + "MFLOPs"], ["--budget", "expected a finite amount"]),
     (["search", "--budget", "100MFLOPs", "--latency", "100MFLOPs"], ["--latency", "expected a time"]),
     (["search", "--budget", "100MFLOPs", "--latency", "-3ms"], ["--latency", "positive"]),
     (["search", "--budget", "100MFLOPs", "--threads", "0"], ["--threads", "positive integer"]),
