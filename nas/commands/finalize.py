@@ -56,21 +56,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     import search_spaces as ss
     from nas.compress.netadapt import NetAdaptConfig
     from nas.compress.quantize import QuantConfig
-    from nas.data import TensorSplits, load_dataset, split
+    from nas.data import DataSpec, TensorSplits
     from nas.export.pipeline import FinalizeConfig, finalize, load_fp32
 
     if args.table and not Path(args.table).exists():  # before any loading: a typo should cost nothing
         raise FileNotFoundError(f"table: {args.table} does not exist")
     arch = ss.parse_arch(args.arch) if args.arch else None
     model, arch = load_fp32(args.model, arch)
-    data = TensorSplits(split(load_dataset(args.data), seed=args.split_seed))
+    splits, spec = DataSpec.of(args.data, args.split_seed).load()
+    data = TensorSplits(splits)
     out = args.out or str((Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent) / "final")
     cfg = FinalizeConfig(prune_target=args.prune_target, prune_ratio=args.prune_ratio, prune_metric=args.metric,
                          device=args.device, table=args.table,
                          netadapt=NetAdaptConfig(finetune_steps=args.finetune_steps),
                          int8=QuantConfig(calibration=args.calibration), w4_qat_steps=args.w4_qat_steps,
                          w4=QuantConfig(weight_bits=4, lsq=True, calibration=args.calibration),
-                         onnx=not args.no_onnx, dataset=_dataset_meta(args.data, args.split_seed), seed=args.seed)
+                         onnx=not args.no_onnx, data=spec, seed=args.seed)
     rep = finalize(model, arch, data, cfg, out)
     a = rep.accuracy
     print(f"arch    {rep.start_arch}\n     -> {rep.arch}")
@@ -88,27 +89,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dataset_meta(data: str, seed: int) -> str:
-    return f"{data}@split{seed}"
-
-
-def _parse_dataset(meta: str) -> tuple[str, int]:
-    name, _, seed = meta.rpartition("@split")
-    return (name, int(seed)) if name and seed.isdigit() else (meta, 0)
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    from nas.data import load_dataset, split
+    from nas.data import DataSpec
     from nas.export import load, run_onnx
 
     model = load(args.checkpoint)
-    rec_data, rec_seed = _parse_dataset(str(model.metadata.get("dataset") or "digits"))
-    data = args.data or rec_data
-    seed = rec_seed if args.split_seed is None else args.split_seed
+    # the data the checkpoint records (source, split seed, subsets, fingerprints); older checkpoints: "name@splitN"
+    recorded = DataSpec.from_metadata(model.metadata.get("data") or model.metadata.get("dataset"))
+    spec = recorded
+    if args.data is not None or args.split_seed is not None:  # other data asked for: no fingerprint to match
+        spec = DataSpec.of(args.data or recorded.source,
+                           recorded.split_seed if args.split_seed is None else args.split_seed,
+                           recorded.train_images, recorded.val_images)
+    data = spec.source
+    splits, _ = spec.load()
+    spec.check(splits, args.part, args.checkpoint)
     where = f"--data {data}" if args.data else f"the recorded dataset {data}"
-    ev = model.evaluate(split(load_dataset(data), seed=seed), args.part, where=where)  # checks classes, channels
+    ev = model.evaluate(splits, args.part, where=where)  # checks classes, channels
     y, pred = ev.y, ev.pred
-    out = {"checkpoint": args.checkpoint, "data": data, "part": args.part, "n": ev.n,
+    out = {"checkpoint": args.checkpoint, "data": data, "split_seed": spec.split_seed, "part": args.part, "n": ev.n,
            "top1": ev.top1, "recorded": model.metadata.get("accuracy")}
     onnx_path = Path(args.checkpoint) / "model.onnx"
     if args.onnx:
@@ -120,7 +119,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{args.checkpoint}: top-1 {out['top1']:.4f} on {data} {args.part} ({len(y)} images)")
+        print(f"{args.checkpoint}: top-1 {out['top1']:.4f} on {data} {args.part}, split seed {spec.split_seed} "
+              f"({len(y)} images)")
         if args.onnx:
             print(f"onnx runtime: top-1 {out['onnx_top1']:.4f}, agreement with the kernels {out['onnx_agreement']:.4f}")
     return 0

@@ -7,11 +7,13 @@
 
 from nas.data.dataset import Dataset, Splits, split, split_indices, stratified_subset
 from nas.data.formats import DatasetError, data_roots, load_dataset, load_digits, read_idx
+from nas.data.spec import DataSpec
 from nas.data.tensors import Augment, BatchLoader, TensorSplits, channel_stats, to_tensors
 
 __all__ = [
     "Augment",
     "BatchLoader",
+    "DataSpec",
     "Dataset",
     "DatasetError",
     "Splits",

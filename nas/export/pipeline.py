@@ -29,7 +29,7 @@ from torch import nn
 import search_spaces as ss
 from nas.compress.netadapt import NetAdaptConfig, cost_function, netadapt
 from nas.compress.quantize import QuantConfig, QuantReport, quantize_
-from nas.data import Splits, TensorSplits
+from nas.data import DataSpec, Splits, TensorSplits
 from nas.export.checkpoint import save
 from nas.export.model import QuantizedModel
 from nas.export.onnx_qdq import run_onnx, to_onnx
@@ -58,7 +58,7 @@ class FinalizeConfig:
     onnx: bool = True
     bench_reps: int = 50
     threads: int = 1
-    dataset: str = ""
+    data: DataSpec | None = None  # recorded in the checkpoints, so `nas eval` reads the same test split
     seed: int = 0
 
 
@@ -66,7 +66,7 @@ class FinalizeConfig:
 class FinalizeReport:
     arch: str
     start_arch: str
-    dataset: str
+    data: dict | None
     macs: dict[str, int]
     params: dict[str, int]
     accuracy: dict[str, float]
@@ -313,7 +313,8 @@ def finalize(model: nn.Module, arch: ss.Arch, splits: Splits | TensorSplits, con
             int4 = f"{config.device}-int4"
             lat["w4a8_predicted"] = _predicted(arch, int4, table_path(config, int4))
         quant[name] = {k: v for k, v in qrep.to_dict().items() if k != "ranges"}
-        meta = {"dataset": config.dataset, "class_names": [str(c) for c in data.splits.train.class_names],
+        meta = {"data": config.data.to_dict() if config.data else None,
+                "class_names": [str(c) for c in data.splits.train.class_names],
                 "accuracy": {"fp32_val": acc.get("pruned_val", acc["fp32_val"]),
                              "fp32_test": acc.get("pruned_test", acc["fp32_test"]),
                              "quant_val": acc[f"{name}_val"], "quant_test": acc[f"{name}_test"]},
@@ -333,7 +334,7 @@ def finalize(model: nn.Module, arch: ss.Arch, splits: Splits | TensorSplits, con
                 measure_round_robin(qmodels, config.bench_reps, config.threads, rounds).items()})
     cost = ss.count(arch)
     report = FinalizeReport(
-        arch=str(arch), start_arch=str(start_arch), dataset=config.dataset,
+        arch=str(arch), start_arch=str(start_arch), data=config.data.to_dict() if config.data else None,
         macs={"start": ss.count(start_arch).macs, "final": cost.macs},
         params={"start": ss.count(start_arch).params, "final": cost.params}, accuracy=acc, latency_ms=lat,
         latency_unit_note="batch 1 on this machine; fp32 measured = median; int8/w4a8 measured = lowest 10th "

@@ -5,12 +5,13 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import search_spaces as ss
 from nas.cores import fair_threads
+from nas.data.spec import DataSpec
 
 if TYPE_CHECKING:  # nas.data imports torch: keep this module light to import
     from nas.data import TensorSplits
@@ -72,17 +73,18 @@ def supernet_recipe(quick: bool, threads: int = 2, epochs: tuple[int, int, int, 
                           warmup=SUPERNET_WARMUP)
 
 
-def load_splits(request: Any) -> Any:
-    """Seeded train/val/test splits as cached tensors. `request.train_images` / `val_images` keep a seeded,
-    class-stratified subset of those splits (--quick: 512 training images); the test split stays whole."""
-    from nas.data import TensorSplits, load_dataset, split, stratified_subset
-
-    splits = split(load_dataset(request.data), seed=request.seed)
+def data_spec(request: Any) -> DataSpec:
+    """The request's data: source, split seed (--seed) and the seeded, class-stratified subsets of the train /
+    validation splits (`--train-images`, 512 with --quick; `--val-images`); the test split stays whole."""
     train_n = request.train_images or (QUICK_TRAIN_IMAGES if request.quick else None)
-    if train_n and len(splits.train) > train_n:
-        splits = replace(splits, train=stratified_subset(splits.train, train_n, request.seed))
-    if request.val_images and len(splits.val) > request.val_images:
-        splits = replace(splits, val=stratified_subset(splits.val, request.val_images, request.seed))
+    return DataSpec.of(request.data, request.seed, train_n, request.val_images)
+
+
+def load_splits(request: Any) -> Any:
+    """The request's splits (`data_spec`) as cached tensors."""
+    from nas.data import TensorSplits
+
+    splits, _ = data_spec(request).load()
     return TensorSplits(splits)
 
 

@@ -18,6 +18,7 @@ def compress_and_export(model: Any, arch: Any, data: Any, request: Any, run_dir:
     point of val accuracy, half the 2-point W4A8 target; one point is under two images of digits' 179 val images),
     export (--quick: int8 PTQ only)."""
     from nas.export.pipeline import FinalizeConfig, finalize
+    from nas.search.evaluate import data_spec
 
     device = request.device if request.device.startswith("kernels") else "kernels"
     # the search's own table (--table, or the one it profiled under --out) prices the pruning steps
@@ -25,7 +26,7 @@ def compress_and_export(model: Any, arch: Any, data: Any, request: Any, run_dir:
     config = FinalizeConfig(prune_ratio=None if request.quick else 0.85, device=device, table=table,
                             table_root=request.out,
                             w4_qat_steps=0 if request.quick else QAT_STEPS, w4_qat_skip_within=0.01,
-                            dataset=request.data, seed=request.seed, onnx=True)
+                            data=data_spec(request).fingerprinted(data.splits), seed=request.seed, onnx=True)
     steps = "int8 PTQ" if request.quick else (f"pruning to 85% of the latency on {device}, int8 PTQ, W4A8 PTQ "
                                               "(+ QAT if PTQ loses more than 1 point)")
     log(f"finalize: {steps}, export to {run_dir / 'final'}")

@@ -206,3 +206,24 @@ def test_verify_fine_tunes_candidates_chooses_the_best_and_resumes(run):
         proc = nas("--budget", BUDGET, "--verify", bad, out=out)
         text, _ = proc.communicate(timeout=120)
         assert proc.returncode == 2 and "--verify" in text and "expected a positive integer" in text
+
+
+def test_eval_of_a_searched_checkpoint_reproduces_its_test_accuracy(run, capsys):
+    """A run with --seed 1 splits its data by seed 1: the checkpoint records that (and its subsets and the splits'
+    fingerprints), so `nas eval CKPT` with no flags scores the very test split the search reported on."""
+    from nas.cli import main
+
+    out, _ = run
+    finish(nas("--budget", BUDGET, "--quick", "--device", "torch-fp32", "--trials", "4", "--seed", "1", "--study",
+               "seed1", out=out))
+    summary = json.loads((out / "seed1" / "summary.json").read_text())
+    ck = summary["finalized"]["checkpoint"]
+    meta = json.loads((Path(ck) / "metadata.json").read_text())
+    assert meta["data"]["split_seed"] == 1 and meta["data"]["train_images"] == 512
+    assert set(meta["data"]["fingerprints"]) == {"train", "val", "test"}
+    capsys.readouterr()
+    assert main(["eval", ck, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["split_seed"] == 1 and res["top1"] == summary["finalized"]["accuracy"]["int8_test"]
+    assert main(["eval", ck, "--part", "val", "--json"]) == 0  # the val subset the search scored on, too
+    assert json.loads(capsys.readouterr().out)["top1"] == summary["finalized"]["accuracy"]["int8_val"]
