@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from nas.checks import arg, finite_float, non_negative_int, output_dir, positive_int, seed
+from nas.commands import flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="model_fp32.safetensors (arch.json beside it), a .pt state dict, or a search run "
                                  "directory with best.json and model_fp32.safetensors")
     p.add_argument("--arch", default=None, help="architecture (string, JSON, file or preset) if not beside the model")
-    p.add_argument("--data", default="digits", help="'digits' (built in) or a dataset path")
+    flags.add_data(p)
     p.add_argument("--split-seed", type=arg(seed), default=0, help="seed of the train/val/test split the model used")
     p.add_argument("--out", default=None, type=arg(output_dir), help="output directory (default: <model dir>/final)")
     p.add_argument("--prune-ratio", type=arg(finite_float, 0.0, 1.0, low_open=True), default=None,
@@ -30,12 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--w4-qat-steps", type=arg(non_negative_int), default=0,
                    help="also export W4A8 after this many QAT steps")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX QDQ export")
-    p.add_argument("--seed", type=arg(seed), default=0)
+    flags.add_seed(p, help="seed of pruning's fine-tuning and calibration sampling")
     p.set_defaults(func=cmd_export)
 
     q = sub.add_parser("eval", help="top-1 accuracy of an exported checkpoint on the kernels")
     q.add_argument("checkpoint", help="checkpoint directory (e.g. <run>/final/int8)")
-    q.add_argument("--data", default=None, help="dataset (default: the one recorded in the checkpoint)")
+    flags.add_data(q, default=None, help="dataset (default: the one recorded in the checkpoint)")
     q.add_argument("--part", default="test", choices=("train", "val", "test"))
     q.add_argument("--split-seed", type=arg(seed), default=None, help="split seed (default: the recorded one)")
     q.add_argument("--onnx", action="store_true", help="also run model.onnx under ONNX Runtime and compare")

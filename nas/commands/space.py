@@ -6,7 +6,8 @@ import argparse
 import json
 
 import search_spaces as ss
-from nas.checks import arg, budget, finite_float, phi, positive_int, seed
+from nas.checks import arg, budget, phi, positive_int
+from nas.commands import flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,11 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cmd_list)
 
     q = ssub.add_parser("sample", help="draw architectures that fit a budget")
-    q.add_argument("--space", default=ss.DEFAULT_SPACE, choices=sorted(ss.SPACES))
+    flags.add_space(q)
     q.add_argument("--budget", default=None, type=arg(budget), help="e.g. 100MFLOPs, 0.1GFLOPs, 2.5Mparams")
     q.add_argument("-n", type=arg(positive_int, 100_000), default=5, help="how many architectures")
-    q.add_argument("--seed", type=arg(seed), default=0)
-    q.add_argument("--phi", type=arg(finite_float, 0.0), default=0.0, help="compound-scaling coefficient")
+    flags.add_seed(q, help="sampling seed")
     q.add_argument("--json", action="store_true", help="print JSON lines instead of strings")
     q.set_defaults(func=cmd_sample)
 

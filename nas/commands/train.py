@@ -7,33 +7,39 @@ import json
 import time
 
 import search_spaces as ss
-from nas.checks import arg, finite_float, output_dir, output_file, positive_int, seed, supernet_epochs
+from nas.checks import arg, finite_float, output_file, positive_int
+from nas.commands import flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a supernet or one architecture; evaluate sub-networks")
     tsub = p.add_subparsers(dest="train_command", required=True, metavar="ACTION")
 
-    q = tsub.add_parser("supernet", help="progressive-shrinking supernet training (cached, resumable)")
-    q.add_argument("--space", default=ss.DEFAULT_SPACE, choices=sorted(ss.SPACES))
-    q.add_argument("--data", default="digits", help="dataset name or path (IDX, CIFAR, npz, image folder)")
-    q.add_argument("--epochs", default=(6, 3, 3, 6), type=arg(supernet_epochs), metavar="L,K,D,W",
-                   help="epochs of phases largest,kernel,depth,width")
-    q.add_argument("--batch-size", type=arg(positive_int), default=64)
-    q.add_argument("--lr", type=arg(finite_float, 0.0, low_open=True), default=0.05)
-    q.add_argument("--warmup", type=arg(finite_float, 0.0, 1.0), default=0.0,
-                   help="linear learning-rate warm-up over this fraction of each shrinking phase (nas search: 0.5)")
-    q.add_argument("--seed", type=arg(seed), default=0)
-    q.add_argument("--root", default="results/supernets", type=arg(output_dir))
+    q = tsub.add_parser("supernet", help="train the supernet `nas search` would use for the same flags (cached, "
+                        "resumable under --out/supernets)")
+    flags.add_budget(q, required=False, help="a MAC budget trims the space as `nas search --budget` does "
+                     "(parameter and latency budgets do not change the supernet)")
+    flags.add_space(q)
+    flags.add_data(q)
+    flags.add_supernet(q)
+    q.add_argument("--batch-size", type=arg(positive_int), default=None, help="override the search's recipe")
+    q.add_argument("--lr", type=arg(finite_float, 0.0, low_open=True), default=None,
+                   help="override the search's recipe (peak learning rate of the first phase)")
+    q.add_argument("--warmup", type=arg(finite_float, 0.0, 1.0), default=None,
+                   help="override the search's recipe: linear learning-rate warm-up over this fraction of each "
+                        "shrinking phase")
+    flags.add_seed(q)
+    flags.add_threads(q, 2)
+    flags.add_out(q)
     q.set_defaults(func=cmd_supernet)
 
     q = tsub.add_parser("arch", help="train one architecture from scratch or from inherited supernet weights")
     q.add_argument("arch", help="compact string, JSON, path to a .json file, or a preset name")
-    q.add_argument("--data", default="digits")
+    flags.add_data(q)
     q.add_argument("--epochs", type=arg(positive_int), default=10)
     q.add_argument("--lr", type=arg(finite_float, 0.0, low_open=True), default=0.05)
     q.add_argument("--batch-size", type=arg(positive_int), default=64)
-    q.add_argument("--seed", type=arg(seed), default=0)
+    flags.add_seed(q)
     q.add_argument("--supernet", default=None, help="supernet directory: fine-tune from its weights")
     q.add_argument("--distill", action="store_true", help="distil from the supernet's largest sub-network")
     q.add_argument("--out", default=None, type=arg(output_file),
@@ -43,8 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = tsub.add_parser("eval", help="validation accuracy of sub-networks of a trained supernet")
     q.add_argument("supernet", help="supernet directory (results/supernets/<key>)")
     q.add_argument("archs", nargs="+", help="architectures (compact strings, JSON, files, presets)")
-    q.add_argument("--data", default="digits")
-    q.add_argument("--seed", type=arg(seed), default=0, help="split seed (must match the supernet's)")
+    flags.add_data(q)
+    flags.add_seed(q, help="split seed (must match the supernet's)")
     q.set_defaults(func=cmd_eval)
 
 
@@ -55,11 +61,21 @@ def _splits(data: str, seed: int):
 
 
 def cmd_supernet(args: argparse.Namespace) -> int:
-    from nas.supernet import SupernetRecipe, train_supernet
+    from dataclasses import replace
 
-    recipe = SupernetRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup)
-    run = train_supernet(ss.get_space(args.space), _splits(args.data, args.seed), recipe, seed=args.seed,
-                         root=args.root)
+    from nas.data import DataSpec, TensorSplits
+    from nas.search.evaluate import QUICK_TRAIN_IMAGES, data_space, search_supernet, supernet_recipe
+
+    budget = ss.parse_budget(args.budget) if args.budget else None
+    max_macs = budget.value if budget and budget.kind == "macs" else None
+    train_n = args.train_images or (QUICK_TRAIN_IMAGES if args.quick else None)
+    splits, _ = DataSpec.of(args.data, args.seed, train_n, args.val_images).load()
+    data = TensorSplits(splits)
+    space = data_space(data, args.space, args.phi, max_macs, args.quick, print)
+    recipe = supernet_recipe(args.quick, args.threads, args.supernet_epochs)
+    overrides = {k: getattr(args, k) for k in ("batch_size", "lr", "warmup") if getattr(args, k) is not None}
+    recipe = replace(recipe, **overrides)
+    run = search_supernet(space, data, recipe, args.seed, args.out, args.pretrained, print)
     last = run.history[-1] if run.history else {}
     print(f"supernet {run.path} ({run.epochs_done}/{run.total_epochs} epochs): val accuracy largest "
           f"{last.get('val_acc_largest', float('nan')):.4f}, smallest {last.get('val_acc_smallest', float('nan')):.4f}")

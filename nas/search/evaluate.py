@@ -99,30 +99,48 @@ def load_data_and_space(request: Any, max_macs: float | None, log: Callable[[str
     trims it to `QUICK_SPACE_FRACTION` of the budget.
     """
     data = load_splits(request)
+    return data, data_space(data, request.space, request.phi, max_macs, request.quick, log, check)
+
+
+def data_space(data: TensorSplits, space: str, phi: float, max_macs: float | None, quick: bool,
+               log: Callable[[str], None], check: Callable[[ss.SearchSpace], None] | None = None) -> ss.SearchSpace:
+    """The space `space` (compound-scaled by `phi`) sized to the data's channels and classes and trimmed to the
+    MAC budget (to `QUICK_SPACE_FRACTION` of it with `quick`): what the search's supernet is trained on."""
     train = data.splits.train
-    space = ss.get_space(request.space, request.phi).with_io(train.in_channels, train.num_classes)
+    sp = ss.get_space(space, phi).with_io(train.in_channels, train.num_classes)
     if check is not None:
-        check(space)
+        check(sp)
     if max_macs:
-        ss.check_reachable(space, ss.Budget("macs", max_macs), ss.count_macs, name="--budget")
-        trim = max(max_macs * QUICK_SPACE_FRACTION, ss.count_macs(space.smallest())) if request.quick else max_macs
-        space = ss.trim_to_budget(space, trim)
-    log(f"data {request.data}: {len(train)} train / {len(data.splits.val)} val / {len(data.splits.test)} test, "
-        f"{train.num_classes} classes; space {space.name} ({ss.count_macs(space.smallest()) / 1e6:.1f}.."
-        f"{ss.count_macs(space.largest()) / 1e6:.1f}M MACs)")
-    return data, space
+        ss.check_reachable(sp, ss.Budget("macs", max_macs), ss.count_macs, name="--budget")
+        trim = max(max_macs * QUICK_SPACE_FRACTION, ss.count_macs(sp.smallest())) if quick else max_macs
+        sp = ss.trim_to_budget(sp, trim)
+    log(f"data {train.name.rpartition('/')[0] or train.name}: {len(train)} train / {len(data.splits.val)} val / "
+        f"{len(data.splits.test)} test, {train.num_classes} classes; space {sp.name} "
+        f"({ss.count_macs(sp.smallest()) / 1e6:.1f}..{ss.count_macs(sp.largest()) / 1e6:.1f}M MACs)")
+    return sp
 
 
 def build_evaluator(request: Any, data: TensorSplits, space: ss.SearchSpace,
                     log: Callable[[str], None]) -> Evaluator:
     """Train (or load from cache, or resume) the supernet of `space` on `data` and wrap it as the trial scorer."""
-    from nas.supernet import SubnetEvaluator, train_supernet
+    from nas.supernet import SubnetEvaluator
 
     recipe = supernet_recipe(request.quick, request.threads, request.supernet_epochs)
+    run = search_supernet(space, data, recipe, request.seed, request.out, request.pretrained, log)
+    return Evaluator(SubnetEvaluator(run.supernet, data, "val", calib_images=recipe.calib_images,
+                                     seed=request.seed), supernet_key=run.key,
+                     supernet_pretrained=run.pretrained is not None, threads=request.threads)
+
+
+def search_supernet(space: ss.SearchSpace, data: TensorSplits, recipe: Any, seed: int, out: str | Path,
+                    pretrained: bool, log: Callable[[str], None]) -> Any:
+    """Train (or load from `out`/supernets, or resume, or load the packaged one) the supernet the search uses;
+    `nas train supernet` calls this too, so the same settings give the same supernet."""
+    from nas.supernet import train_supernet
     from nas.supernet.pretrained import PACKAGED
 
-    run = train_supernet(space, data, recipe, seed=request.seed, root=Path(request.out) / "supernets",
-                         pretrained=PACKAGED if request.pretrained else None)
+    run = train_supernet(space, data, recipe, seed=seed, root=Path(out) / "supernets",
+                         pretrained=PACKAGED if pretrained else None)
     log(f"supernet {run.key}: {run.epochs_done} epochs, cached in {run.path}")
     if run.pretrained is not None:
         log(f"  (pretrained: trained once with this space, data, recipe and seed and shipped with nas, "
@@ -132,10 +150,7 @@ def build_evaluator(request: Any, data: TensorSplits, space: ss.SearchSpace,
         log("note: this supernet trained only its largest network, so the trials' sub-network accuracies are near "
             "chance and rank little; the fine-tuned chosen network's accuracy is the real figure (drop --quick for "
             "a supernet trained with progressive shrinking)")
-    # trials recalibrate batch norm on as many images as the supernet's own per-epoch probes
-    return Evaluator(SubnetEvaluator(run.supernet, data, "val", calib_images=recipe.calib_images,
-                                     seed=request.seed), supernet_key=run.key,
-                     supernet_pretrained=run.pretrained is not None, threads=request.threads)
+    return run
 
 
 def load_latency(request: Any, space: ss.SearchSpace, log: Callable[[str], None]) -> Any:

@@ -80,16 +80,24 @@ def test_bad_flag_is_one_line_naming_it(argv, words, capsys, tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []  # refused before anything was written
 
 
+def _code(argv: list[str]) -> int:
+    """`nas ARGV`'s exit status, whether argparse or the command refused it."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
 def test_out_that_is_a_file_or_unwritable(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("x")
     for out, words in ((tmp_path / "afile", ["--out", "is a file"]),
                        (tmp_path / "afile" / "sub", ["--out", "is a file"])):
-        assert main([*SEARCH, "--out", str(out)]) == 2
+        assert _code([*SEARCH, "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and all(w in err for w in words), err
     if os.path.isdir("/proc/self"):  # a folder nobody can create anything in, root included
-        assert main([*SEARCH, "--out", "/proc/self/nas-results"]) == 2
+        assert _code([*SEARCH, "--out", "/proc/self/nas-results"]) == 2
         err = capsys.readouterr().err.strip()
         assert "--out: cannot write in '/proc/self'" in err and len(err.splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

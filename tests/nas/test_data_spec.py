@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nas.data import DataSpec, DatasetError, load_digits
+from nas.data import DatasetError, DataSpec, load_digits
 
 
 def _npz(path, labels_shift: int = 0) -> str:

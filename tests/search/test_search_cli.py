@@ -227,3 +227,21 @@ def test_eval_of_a_searched_checkpoint_reproduces_its_test_accuracy(run, capsys)
     assert res["split_seed"] == 1 and res["top1"] == summary["finalized"]["accuracy"]["int8_test"]
     assert main(["eval", ck, "--part", "val", "--json"]) == 0  # the val subset the search scored on, too
     assert json.loads(capsys.readouterr().out)["top1"] == summary["finalized"]["accuracy"]["int8_val"]
+
+
+def test_train_supernet_builds_the_supernet_the_search_uses(run, capsys, monkeypatch):
+    """`nas train supernet` with the search's flags finds the very supernet `nas search` trained (same cache key
+    under --out/supernets), so it trains nothing."""
+    from nas.cli import main
+
+    out, _ = run
+    key = json.loads((out / "first" / "summary.json").read_text())["supernet"]["key"]
+
+    def refuse(*_a, **_k):
+        pytest.fail("nas train supernet trained again a supernet the search had cached")
+
+    monkeypatch.setattr("nas.supernet.training._train_epoch", refuse)
+    capsys.readouterr()
+    assert main(["train", "supernet", "--budget", BUDGET, "--quick", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"supernet {key}:" in text and str(out / "supernets" / key) in text
