@@ -21,6 +21,7 @@ import pandas as pd
 from latency_models.devices import Device
 from latency_models.measure import summarize, time_calls
 from latency_models.predictor import Overhead, Predictor
+from nas.io import write_atomic
 from search_spaces import Arch, Budget, SearchSpace, count_macs, sample
 
 FIT_SEED = 10_000
@@ -173,15 +174,18 @@ def plot(df: pd.DataFrame, report: Report, title: str, path: Path) -> Path:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        # the temporary file keeps path's suffix, so matplotlib picks the same format as for path itself
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120))
+    finally:
+        plt.close(fig)
     return path
 
 
 def save_report(report: Report, df: pd.DataFrame, outdir: Path, extra: dict,
                 log: Callable[[str], None] = print) -> None:
-    outdir.mkdir(parents=True, exist_ok=True)
-    df.to_csv(outdir / "validation.csv", index=False)
-    (outdir / "summary.json").write_text(json.dumps({**asdict(report), **extra}, indent=2) + "\n")
+    """Write `outdir`/validation.csv (one row per network) and `outdir`/summary.json (`report` + `extra`)."""
+    write_atomic(outdir / "validation.csv", lambda tmp: df.to_csv(tmp, index=False))
+    text = json.dumps({**asdict(report), **extra}, indent=2) + "\n"
+    write_atomic(outdir / "summary.json", lambda tmp: Path(tmp).write_text(text))
     log(f"wrote {outdir / 'validation.csv'}, {outdir / 'summary.json'}")

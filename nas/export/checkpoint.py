@@ -6,7 +6,7 @@
     <dir>/metadata.json        format + version, dataset, accuracies, MACs, params, bytes, latencies, versions,
                                per-file SHA-256 and a content hash over all of them
 
-`save` writes into a temporary sibling directory and moves it into place with `os.replace`; `load` checks the
+`save` writes the directory with `nas.io.write_dir_atomic` (temporary sibling, then swapped in); `load` checks the
 format version and every file's hash, and names the file in any error (`CheckpointError`).
 """
 
@@ -16,8 +16,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from nas.export.model import QuantizedModel
+from nas.io import write_dir_atomic
 from nas.kernels import ops as kops
 from nas.kernels.executor import QuantizedLayer, QuantizedNetwork
 from nas.kernels.quant import QParams
@@ -157,8 +156,9 @@ def save(model: QuantizedModel, path: str | os.PathLike, **metadata: Any) -> str
         "weight_scales": {k: _encode(np.asarray(v, dtype=np.float32), f"weight_scales.{k}", arrays)
                           for k, v in model.weight_scales.items()},
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    meta: dict[str, Any] = {}
+
+    def fill(tmp: Path) -> None:
         (tmp / "arch.json").write_text(model.arch.to_json(indent=1) + "\n")
         (tmp / "network.json").write_text(json.dumps(structure, indent=1) + "\n")
         save_file(arrays, str(tmp / "weights.safetensors"))
@@ -167,28 +167,18 @@ def save(model: QuantizedModel, path: str | os.PathLike, **metadata: Any) -> str
         from search_spaces import count
 
         cost = count(model.arch)
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                           time.gmtime()),
-                "arch": str(model.arch), "arch_hash": model.arch.hash(), "macs": cost.macs, "params": cost.params,
-                "weight_bytes": model.weight_bytes, "bits": net.bits, "versions": _versions(),
-                **{k: v for k, v in model.metadata.items() if k not in ("format", "format_version", "files")},
-                **metadata}
+        meta.update({"format": FORMAT, "format_version": FORMAT_VERSION,
+                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     "arch": str(model.arch), "arch_hash": model.arch.hash(), "macs": cost.macs,
+                     "params": cost.params, "weight_bytes": model.weight_bytes, "bits": net.bits,
+                     "versions": _versions(),
+                     **{k: v for k, v in model.metadata.items() if k not in ("format", "format_version", "files")},
+                     **metadata})
         meta["file_bytes"] = sum((tmp / f).stat().st_size for f in FILES)
         meta["files"], meta["content_hash"] = hashes, content
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=1, default=_json_default) + "\n")
-        for f in (*FILES, "metadata.json"):
-            with open(tmp / f, "rb") as fh:
-                os.fsync(fh.fileno())
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_dir_atomic(path, fill)
     model.metadata = meta
     return str(path)
 

@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from nas.export.model import QuantizedModel
+from nas.io import write_atomic
 from nas.kernels.ops import ConvSpec, DepthwiseSpec, GemmSpec, PoolSpec, SESpec
 
 OPSET = 17
@@ -181,9 +182,7 @@ def to_onnx(model: QuantizedModel, path: str | os.PathLike) -> str:
                                    producer_name="nas.export")
     onnx_model.ir_version = 8
     onnx.checker.check_model(onnx_model)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    onnx.save(onnx_model, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: onnx.save(onnx_model, tmp))
     return str(path)
 
 

@@ -33,6 +33,7 @@ from nas.data import DataSpec, Splits, TensorSplits
 from nas.export.checkpoint import save
 from nas.export.model import QuantizedModel
 from nas.export.onnx_qdq import run_onnx, to_onnx
+from nas.io import write_atomic
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,9 @@ def save_fp32(model: nn.Module, arch: ss.Arch, directory: str | os.PathLike) -> 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    tmp = d / f".model_fp32.safetensors.tmp-{os.getpid()}"
-    save_file(state, str(tmp))
-    os.replace(tmp, d / "model_fp32.safetensors")
-    (d / "arch.json").write_text(arch.to_json(indent=1) + "\n")
+    write_atomic(d / "model_fp32.safetensors", lambda tmp: save_file(state, tmp))
+    text = arch.to_json(indent=1) + "\n"
+    write_atomic(d / "arch.json", lambda tmp: Path(tmp).write_text(text))
     return str(d)
 
 
@@ -207,14 +207,16 @@ def measure_fp32_ms(model: nn.Module, arch: ss.Arch, reps: int = 30, threads: in
     torch.set_num_threads(threads)
     x = torch.randn(1, arch.in_channels, arch.resolution, arch.resolution)
     times = []
-    with torch.inference_mode():
-        model.eval()
-        for i in range(reps + 3):
-            t = time.perf_counter()
-            model(x)
-            if i >= 3:
-                times.append((time.perf_counter() - t) * 1e3)
-    torch.set_num_threads(prev)
+    try:
+        with torch.inference_mode():
+            model.eval()
+            for i in range(reps + 3):
+                t = time.perf_counter()
+                model(x)
+                if i >= 3:
+                    times.append((time.perf_counter() - t) * 1e3)
+    finally:  # the caller's thread count, also after an error
+        torch.set_num_threads(prev)
     return float(np.median(times))
 
 
@@ -344,7 +346,8 @@ def finalize(model: nn.Module, arch: ss.Arch, splits: Splits | TensorSplits, con
                           f"{config.device!r} (None without a table)",
         bytes={**sizes, "fp32_params_x4": 4 * cost.params}, checkpoint=checkpoints["int8"], checkpoints=checkpoints,
         onnx_agreement=onnx_agree, netadapt=na_report, quant=quant, seconds=time.perf_counter() - t0)
-    (out / "finalize.json").write_text(json.dumps(report.to_dict(), indent=1, default=_default) + "\n")
+    text = json.dumps(report.to_dict(), indent=1, default=_default) + "\n"
+    write_atomic(out / "finalize.json", lambda tmp: Path(tmp).write_text(text))
     return report
 
 

@@ -11,6 +11,7 @@ import json
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from nas.io import write_atomic
 from nas.kernels import ops
 from nas.kernels.executor import QuantizedLayer, QuantizedNetwork
 from nas.kernels.quant import QParams
@@ -78,7 +79,8 @@ def save_network(net: QuantizedNetwork, path: str) -> None:
     """Write ``net`` to a safetensors file (structure and integer parameters in its metadata)."""
     tensors: dict[str, np.ndarray] = {}
     structure = _encode(net, "net", tensors)
-    save_file(tensors, path, metadata={"nas.kernels.QuantizedNetwork": json.dumps(structure)})
+    meta = {"nas.kernels.QuantizedNetwork": json.dumps(structure)}
+    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_network(path: str) -> QuantizedNetwork:
