@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import platform
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -122,35 +123,59 @@ class TorchDevice:
                   engine="x86" if self.int8 else "eager-fp32")
         return fp
 
+    @contextmanager
+    def scoped(self) -> Iterator[None]:
+        """The spec's thread count (and for int8 the x86 quantized engine) inside the block, the caller's after.
+
+        Cheap when nested or already in force (nothing is set), so runners can enter it on every call.
+        """
+        import torch
+
+        from latency_models.torch_ops import ENGINE, quantized_engine
+
+        saved = torch.get_num_threads()
+        if saved != self.spec.threads:
+            torch.set_num_threads(self.spec.threads)
+        try:
+            with quantized_engine(ENGINE) if self.int8 else nullcontext():
+                yield
+        finally:
+            if torch.get_num_threads() != saved:
+                torch.set_num_threads(saved)
+
     def _time(self, fn: Callable[[], object], reps: int) -> list[float]:
         import torch
 
-        torch.set_num_threads(self.spec.threads)
-        with torch.inference_mode():
+        with self.scoped(), torch.inference_mode():
             return time_calls(fn, reps=reps)
 
     def time_op(self, op: OpKey, reps: int) -> list[float]:
         from latency_models.torch_ops import op_runner
 
-        module, inputs = op_runner(op, self.int8)
+        with self.scoped():  # built at the thread count it is timed at, as before the scoping
+            module, inputs = op_runner(op, self.int8)
         return self._time(lambda: module(*inputs), reps)
 
     def prepare_arch(self, arch: Arch) -> Callable[[], object]:
-        """A zero-argument call running the whole network once (built and quantized up front)."""
+        """A zero-argument call running the whole network once (built and quantized up front); each call runs
+        at the spec's thread count (and engine) and leaves the caller's in place."""
         import torch
 
         from latency_models.torch_ops import network_runner
 
-        module, inputs = network_runner(arch, self.int8)
+        with self.scoped():
+            module, inputs = network_runner(arch, self.int8)
 
         def run() -> object:
-            torch.set_num_threads(self.spec.threads)
-            with torch.inference_mode():
+            # callers (validation.measure_archs) time this directly, outside `_time`
+            with self.scoped(), torch.inference_mode():
                 return module(*inputs)
         return run
 
     def time_arch(self, arch: Arch, reps: int) -> list[float]:
-        return self._time(self.prepare_arch(arch), reps)
+        """Per-call times (ms) of the whole network; the caller's thread count and engine are kept."""
+        with self.scoped():  # one scope for the whole timing, so the per-call scopes inside set nothing
+            return self._time(self.prepare_arch(arch), reps)
 
 
 def _kernels_module() -> Any:

@@ -7,6 +7,8 @@ torch.ao exactly as it is inside a whole network.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -78,22 +80,39 @@ def fold_bn(model: nn.Module) -> nn.Module:
     return model
 
 
+ENGINE = "x86"  # the torch.ao quantized engine int8 modules are built for and must run on
+
+
+@contextmanager
+def quantized_engine(name: str = ENGINE) -> Iterator[str]:
+    """`torch.backends.quantized.engine` set to `name` inside a ``with`` block, the caller's engine after it."""
+    previous = torch.backends.quantized.engine
+    if previous != name:  # skip the setter when nested or already set: runners enter this per timed call
+        torch.backends.quantized.engine = name
+    try:
+        yield name
+    finally:
+        if torch.backends.quantized.engine != previous:
+            torch.backends.quantized.engine = previous
+
+
 def quantize_int8(model: nn.Module, example: tuple[torch.Tensor, ...], strip_io: bool
                   ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """torch.ao FX post-training int8 quantization on the x86 engine, calibrated on `example`.
 
     With `strip_io` the input quantize and output dequantize are removed so that a single op is timed on
     quantized data, as it runs inside a quantized network; the returned input is then already quantized.
+    The engine is set only while building: run the module inside `quantized_engine(ENGINE)`.
     """
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-    torch.backends.quantized.engine = "x86"
     model = copy.deepcopy(model).eval()
-    prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), example)
-    with torch.no_grad():
-        prepared(*example)
-    gm = convert_fx(prepared)
+    with quantized_engine(ENGINE):  # observers, qconfig and weight packing all follow the engine
+        prepared = prepare_fx(model, get_default_qconfig_mapping(ENGINE), example)
+        with torch.no_grad():
+            prepared(*example)
+        gm = convert_fx(prepared)
     if not strip_io:
         return gm, example
     inputs = list(example)
@@ -116,7 +135,7 @@ def quantize_int8(model: nn.Module, example: tuple[torch.Tensor, ...], strip_io:
 
 
 def op_runner(op: OpKey, int8: bool) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """A ready-to-time (module, inputs) pair for one op."""
+    """A ready-to-time (module, inputs) pair for one op (int8: time it inside `quantized_engine(ENGINE)`)."""
     m, shapes = op_module(op)
     _randomize_bn(m)
     xs = tuple(torch.randn(*s) for s in shapes)
@@ -126,7 +145,8 @@ def op_runner(op: OpKey, int8: bool) -> tuple[nn.Module, tuple[torch.Tensor, ...
 
 
 def network_runner(arch: Arch, int8: bool) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """A ready-to-time (module, inputs) pair for a whole network (random weights)."""
+    """A ready-to-time (module, inputs) pair for a whole network (random weights; int8: run it inside
+    `quantized_engine(ENGINE)`)."""
     torch.manual_seed(0)
     m = build(arch).eval()
     _randomize_bn(m)

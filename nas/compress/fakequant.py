@@ -98,6 +98,9 @@ class ActObserver(nn.Module):
         self.observe, self.enabled, self.momentum = True, False, 0.0
         self.samples: list[np.ndarray] = []
         self.keep_samples = False
+        # Draws the value sample; `QuantSim.calibrate` sets a freshly seeded one so that a calibration's ranges
+        # depend only on its inputs and seed, not on what sampled before it in the process.
+        self.generator: torch.Generator | None = None
 
     def set_range(self, lo: float, hi: float) -> None:
         self.lo.fill_(lo)
@@ -119,15 +122,15 @@ class ActObserver(nn.Module):
                 if self.keep_samples:
                     flat = x.detach().flatten()
                     if flat.numel() > _SAMPLES:
-                        flat = flat[torch.randint(0, flat.numel(), (_SAMPLES,), generator=_GEN)]
+                        if self.generator is None:  # sampling outside `calibrate`: still never the global RNG
+                            self.generator = torch.Generator().manual_seed(0)
+                        idx = torch.randint(0, flat.numel(), (_SAMPLES,), generator=self.generator)
+                        flat = flat[idx]
                     self.samples.append(flat.numpy().astype(np.float32))
         if not self.enabled:
             return x
         scale, zp = self.qparams()
         return fake_quantize(x, scale, zp, 0, 255)
-
-
-_GEN = torch.Generator().manual_seed(0)
 
 
 class WeightFakeQuant(nn.Module):
@@ -280,22 +283,29 @@ class QuantSim(nn.Module):
                 mod.enabled = weight_quant
 
     @torch.no_grad()
-    def calibrate(self, batches: list[torch.Tensor], method: str = "minmax", percentile: float = 99.99) -> None:
-        """Observe activations on float batches (weights quantized), then fix each range by `method`."""
+    def calibrate(self, batches: list[torch.Tensor], method: str = "minmax", percentile: float = 99.99,
+                  seed: int = 0) -> None:
+        """Observe activations on float batches (weights quantized), then fix each range by `method`.
+
+        `seed` seeds the sampling of values for percentile / MSE ranges: equal inputs and seed give equal ranges.
+        """
         if method not in CALIBRATORS:
             raise ValueError(f"calibration: expected one of {CALIBRATORS}, got {method!r}")
         self.eval()
         self.set_mode(observe=True, act_quant=False)
+        # One generator shared in forward order, seeded per call: the first calibration in a process draws what
+        # the former module-wide generator drew, and every later one draws the same again.
+        gen = torch.Generator().manual_seed(seed)
         for o in self.observers.values():
             o.lo.fill_(math.inf)
             o.hi.fill_(-math.inf)
-            o.samples, o.keep_samples = [], method != "minmax"
+            o.samples, o.keep_samples, o.generator = [], method != "minmax", gen
         for x in batches:
             self(x)
         for o in self.observers.values():
             samples = np.concatenate(o.samples) if o.samples else np.zeros(0, np.float32)
             o.set_range(*choose_range(samples, float(o.lo), float(o.hi), method, percentile))
-            o.samples, o.keep_samples = [], False
+            o.samples, o.keep_samples, o.generator = [], False, None
         self.set_mode(observe=False, act_quant=True)
 
     def ranges(self) -> dict[str, tuple[float, float]]:

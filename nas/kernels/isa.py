@@ -46,7 +46,10 @@ def active_isa() -> str:
 
 
 def set_isa(isa: str | None) -> None:
-    """Force the default ISA for ops built afterwards (``None`` restores env var / best available)."""
+    """Force the default ISA process-wide for ops built afterwards (``None`` restores env var / best available).
+
+    Public API kept for interactive use; library code and tests scope the choice with ``use_isa`` instead.
+    """
     global _forced
     _forced = None if isa is None else check_isa(isa)
 
