@@ -41,10 +41,11 @@ def add_threads(p: argparse.ArgumentParser, default: int, help: str | None = Non
     p.add_argument("--threads", type=arg(positive_int, 1024), default=default, help=help)
 
 
-def add_supernet(p: argparse.ArgumentParser) -> None:
+def add_supernet(p: argparse.ArgumentParser, epochs_aliases: tuple[str, ...] = ()) -> None:
     """What the supernet is trained on and how: the flags `nas search` and `nas train supernet` share, so the same
-    values give the same supernet (one cache under --out/supernets)."""
-    p.add_argument("--supernet-epochs", "--epochs", dest="supernet_epochs", default=None, metavar="L,K,D,W",
+    values give the same supernet (one cache under --out/supernets). `epochs_aliases`: other names of
+    --supernet-epochs (`nas train supernet` keeps its older --epochs)."""
+    p.add_argument("--supernet-epochs", *epochs_aliases, dest="supernet_epochs", default=None, metavar="L,K,D,W",
                    type=arg(supernet_epochs),
                    help="supernet epochs per progressive-shrinking phase: largest, kernel+SE, depth, expand+width "
                         "(default 1,1,1,2; 2,0,0,0 with --quick; 2,1,1,4 trains the sub-networks further)")

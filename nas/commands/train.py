@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "(parameter and latency budgets do not change the supernet)")
     flags.add_space(q)
     flags.add_data(q)
-    flags.add_supernet(q)
+    flags.add_supernet(q, epochs_aliases=("--epochs",))
     q.add_argument("--batch-size", type=arg(positive_int), default=None, help="override the search's recipe")
     q.add_argument("--lr", type=arg(finite_float, 0.0, low_open=True), default=None,
                    help="override the search's recipe (peak learning rate of the first phase)")

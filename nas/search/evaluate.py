@@ -251,5 +251,6 @@ def finalize_best(arch: ss.Arch, model: Any, metrics: dict[str, Any], data: Tens
     out: dict[str, Any] = {"fp32_val_acc": metrics["val_acc"], "fp32_test_acc": metrics.get("test_acc"),
                            "finetune_seconds": metrics.get("wall_s")}
     with fair_threads(request.threads):  # its fine-tuning steps; latency is measured at fixed thread counts
-        out.update(compress_and_export(model, arch, data, request, run_dir, log))
+        out.update(compress_and_export(model, arch, data, data_spec(request).fingerprinted(data.splits), request,
+                                       run_dir, log))
     return out

@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import nas.supernet.pretrained as _pretrained
 import search_spaces as ss
 from nas.cores import fair_threads, tick
 from nas.data import BatchLoader, Splits, TensorSplits
 from nas.io import write_atomic
-from nas.supernet import pretrained as _pretrained
 from nas.supernet.evaluate import SubnetEvaluator
 from nas.supernet.model import Supernet
 from nas.train import as_tensor_splits, cosine_lr, kd_loss, make_optimizer, set_lr
