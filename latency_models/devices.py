@@ -44,11 +44,11 @@ class DeviceSpec:
         allowed = {"kernels": (8, 4), "torch-fp32": (32,), "torch-int8": (8,)}[self.name]
         if self.bits not in allowed:
             raise ValueError(f"bits: device {self.name!r} supports {list(allowed)}, got {self.bits}")
-        if self.isa is not None and self.name != "kernels":
-            raise ValueError(f"isa: only the 'kernels' device takes a forced ISA, not {self.name!r}")
         if self.isa is not None:
             from nas.kernels.isa import ISAS
 
+            if self.name != "kernels":
+                raise ValueError(f"isa: only the 'kernels' device takes a forced ISA, not {self.name!r}")
             if self.isa not in ISAS:
                 raise ValueError(f"isa: expected one of {ISAS}, got {self.isa!r}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from search_spaces.arch import Arch, Block, make_divisible
 
@@ -81,6 +82,16 @@ class SearchSpace:
             stages=stages,
             scaling=s,
         )
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SearchSpace:
+        """A space from its `dataclasses.asdict` form read back from JSON (lists become tuples again); a dict that
+        is not one raises TypeError, KeyError or AttributeError."""
+        def tuples(d: dict) -> dict:
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+        stages = tuple(StageSpace(**tuples(st)) for st in data["stages"])
+        return cls(**{**tuples(data), "stages": stages, "scaling": CompoundScaling(**data["scaling"])})
 
     def with_io(self, in_channels: int, num_classes: int) -> SearchSpace:
         """The same space for a dataset with `in_channels` input channels and `num_classes` classes."""

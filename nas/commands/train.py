@@ -63,13 +63,12 @@ def _splits(data: str, seed: int):
 def cmd_supernet(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from nas.data import DataSpec, TensorSplits
-    from nas.search.evaluate import QUICK_TRAIN_IMAGES, data_space, search_supernet, supernet_recipe
+    from nas.data import TensorSplits
+    from nas.search.evaluate import data_space, data_spec, search_supernet, supernet_recipe
 
     budget = ss.parse_budget(args.budget) if args.budget else None
     max_macs = budget.value if budget and budget.kind == "macs" else None
-    train_n = args.train_images or (QUICK_TRAIN_IMAGES if args.quick else None)
-    splits, _ = DataSpec.of(args.data, args.seed, train_n, args.val_images).load()
+    splits, _ = data_spec(args).load()  # the flags are the search's: --data, --seed, subsets, --quick
     data = TensorSplits(splits)
     space = data_space(data, args.space, args.phi, max_macs, args.quick, print)
     recipe = supernet_recipe(args.quick, args.threads, args.supernet_epochs)

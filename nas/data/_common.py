@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
 from nas.data.dataset import Dataset, DatasetError
 
-__all__ = ["DatasetError", "assemble", "check_pair", "digit_names", "to_labels", "to_nchw"]
+__all__ = ["READ_CHUNK", "DatasetError", "assemble", "check_pair", "digit_names", "read_upto", "to_labels", "to_nchw"]
+
+
+READ_CHUNK = 1 << 20  # bytes per read: a read(n) allocates n up front, whatever the file really holds
+
+
+def read_upto(stream: io.BufferedIOBase, n: int) -> bytearray:
+    """Up to `n` bytes of `stream` (fewer at its end), read in chunks so that memory follows the bytes present,
+    not a size a file's header declares."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = stream.read(min(READ_CHUNK, n - len(buf)))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
 
 
 def digit_names(n: int) -> tuple[str, ...]:

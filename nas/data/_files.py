@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from nas.data._common import DatasetError, assemble, check_pair, to_labels, to_nchw
+from nas.data._common import DatasetError, assemble, check_pair, read_upto, to_labels, to_nchw
 from nas.data.dataset import Dataset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
-_READ_CHUNK = 1 << 20  # bytes per read of an .npz member: memory grows with the data present, not the header
 MAX_IMAGE_PIXELS = 1 << 24  # 4096 x 4096; a few-KB PNG can declare far more, and every image is held in memory
 
 
@@ -39,17 +39,12 @@ def _npz_array(zf: zipfile.ZipFile, member: str, where: str) -> np.ndarray:
             raise DatasetError(f"{where}: not a readable .npy array ({exc})") from exc
         if dtype.hasobject:
             raise DatasetError(f"{where}: holds Python objects (dtype {dtype}); expected a numeric array")
-        count = 1
-        for d in shape:  # Python ints: np.prod could overflow and wrap to a small size
-            count *= int(d)
+        count = math.prod(int(d) for d in shape)  # Python ints: np.prod could overflow and wrap to a small size
         nbytes = count * dtype.itemsize
-        buf = bytearray()
-        while len(buf) < nbytes:
-            chunk = f.read(min(_READ_CHUNK, nbytes - len(buf)))
-            if not chunk:
-                raise DatasetError(f"{where}: truncated: header declares shape {shape} ({nbytes} bytes of "
-                                   f"{dtype}) but only {len(buf)} bytes follow")
-            buf += chunk
+        buf = read_upto(f, nbytes)
+        if len(buf) < nbytes:
+            raise DatasetError(f"{where}: truncated: header declares shape {shape} ({nbytes} bytes of "
+                               f"{dtype}) but only {len(buf)} bytes follow")
     if dtype.itemsize == 0:
         raise DatasetError(f"{where}: zero-size dtype {dtype}; expected a numeric array")
     arr = np.frombuffer(buf, dtype=dtype, count=count)

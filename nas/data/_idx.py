@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import re
 import struct
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nas.data._common import DatasetError, assemble, check_pair, to_labels, to_nchw
+from nas.data._common import READ_CHUNK, DatasetError, assemble, check_pair, read_upto, to_labels, to_nchw
 from nas.data.dataset import Dataset
 
 FASHION_MNIST_CLASSES = (
@@ -31,9 +32,6 @@ IDX_NAME = re.compile(r"^(train|t10k)-(images|labels)[-.]idx[13]-ubyte(\.gz)?$",
 _IDX_TYPES: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-_READ_CHUNK = 1 << 20  # bytes per read: a buffered read(n) allocates n up front, whatever the file holds
-
-
 def _open_maybe_gzip(path: Path) -> io.BufferedIOBase:
     try:
         raw = path.read_bytes()
@@ -44,17 +42,11 @@ def _open_maybe_gzip(path: Path) -> io.BufferedIOBase:
 
 
 def _take(stream: io.BufferedIOBase, n: int, path: Path) -> bytearray:
-    """Up to ``n`` bytes of ``stream`` (fewer at its end), read in chunks so memory follows the data present."""
-    buf = bytearray()
+    """`read_upto`, a damaged gzip stream named as such."""
     try:
-        while len(buf) < n:
-            chunk = stream.read(min(_READ_CHUNK, n - len(buf)))
-            if not chunk:
-                break
-            buf += chunk
+        return read_upto(stream, n)
     except (EOFError, OSError, zlib.error) as exc:
         raise DatasetError(f"{path}: truncated or corrupt gzip data ({exc})") from exc
-    return buf
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
@@ -79,9 +71,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
             raise DatasetError(f"{path}: truncated inside the IDX header ({4 + len(head)} of {4 + 4 * ndim} bytes)")
         dims = struct.unpack(f">{ndim}I", head)
         dtype = np.dtype(_IDX_TYPES[code])
-        count = 1
-        for d in dims:  # Python ints: np.prod in int64 can wrap past 2**63 to a small, plausible size
-            count *= d
+        count = math.prod(dims)  # Python ints: np.prod in int64 can wrap past 2**63 to a small, plausible size
         expected = count * dtype.itemsize
         data = _take(stream, expected, path)
         if len(data) < expected:
@@ -89,7 +79,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
                 f"{path}: truncated: header declares shape {dims} ({expected} data bytes) but {len(data)} bytes follow"
             )
         extra = 0
-        while more := _take(stream, _READ_CHUNK, path):
+        while more := _take(stream, READ_CHUNK, path):
             extra += len(more)
     if extra:
         raise DatasetError(f"{path}: {extra} unexpected bytes after the declared shape {dims}")

@@ -30,6 +30,7 @@ import search_spaces as ss
 from nas.compress.netadapt import NetAdaptConfig, cost_function, netadapt
 from nas.compress.quantize import QuantConfig, QuantReport, quantize_
 from nas.data import DataSpec, Splits, TensorSplits
+from nas.errors import one_line
 from nas.export.checkpoint import save
 from nas.export.model import QuantizedModel
 from nas.export.onnx_qdq import run_onnx, to_onnx
@@ -127,7 +128,7 @@ def load_fp32(path: str | os.PathLike, arch: ss.Arch | None = None) -> tuple[nn.
         try:
             state = load_file(str(p))
         except (SafetensorError, RuntimeError, OSError, ValueError) as exc:
-            raise ValueError(f"{p}: unreadable model file ({' '.join(str(exc).split())[:200]})") from exc
+            raise ValueError(f"{p}: unreadable model file ({one_line(exc)})") from exc
     else:
         state = _load_pt(p)
     if isinstance(state, dict) and "state_dict" in state:
@@ -154,7 +155,7 @@ def _load_pt(path: Path) -> Any:
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError) as exc:  # a damaged zip archive, an unreadable file
-        raise ValueError(f"{path}: unreadable model file ({' '.join(str(exc).split())[:200]})") from exc
+        raise ValueError(f"{path}: unreadable model file ({one_line(exc)})") from exc
     except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ImportError, IndexError, KeyError,
             ValueError) as exc:
         # torch's message opens with advice to retry with weights_only=False (which would run the file's code)

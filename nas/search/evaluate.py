@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import search_spaces as ss
 from nas.cores import fair_threads
-from nas.data.spec import DataSpec
 
 if TYPE_CHECKING:  # nas.data imports torch: keep this module light to import
-    from nas.data import TensorSplits
+    from nas.data import DataSpec, TensorSplits
 
 
 @dataclass
@@ -76,6 +75,8 @@ def supernet_recipe(quick: bool, threads: int = 2, epochs: tuple[int, int, int, 
 def data_spec(request: Any) -> DataSpec:
     """The request's data: source, split seed (--seed) and the seeded, class-stratified subsets of the train /
     validation splits (`--train-images`, 512 with --quick; `--val-images`); the test split stays whole."""
+    from nas.data import DataSpec
+
     train_n = request.train_images or (QUICK_TRAIN_IMAGES if request.quick else None)
     return DataSpec.of(request.data, request.seed, train_n, request.val_images)
 
@@ -92,8 +93,8 @@ def load_data_and_space(request: Any, max_macs: float | None, log: Callable[[str
                         check: Callable[[ss.SearchSpace], None] | None = None) -> tuple[TensorSplits, ss.SearchSpace]:
     """The request's data and its search space, sized to the data's channels and classes.
 
-    `check` (default: the MAC budget's reachability) sees the space as soon as the data's channels and classes
-    are known, before it is trimmed: trimming drops only top choices, so the smallest network, and with it
+    `check` (the MAC budget's reachability is checked in any case) sees the space as soon as the data's channels
+    and classes are known, before it is trimmed: trimming drops only top choices, so the smallest network, and with it
     whether a budget is reachable, stays the same. With a MAC budget the space is trimmed to it
     (`search_spaces.trim_to_budget`), so the supernet trains only networks near or under the budget; --quick
     trims it to `QUICK_SPACE_FRACTION` of the budget.
@@ -185,10 +186,7 @@ def load_latency(request: Any, space: ss.SearchSpace, log: Callable[[str], None]
                        passes=1 if request.quick else 3)
     table = lm.LatencyTable.load(path, request.device)
     if request.table:  # a table of another device, bit width or thread count would predict the wrong latency
-        fp = table.fingerprint
-        diffs = [f"{k} {fp[k]!r} in the table, {getattr(spec, 'name' if k == 'device' else k)!r} for --device"
-                 for k in ("device", "bits", "threads")
-                 if k in fp and fp[k] != getattr(spec, "name" if k == "device" else k)]
+        diffs = table.fingerprint_diffs({"device": spec.name, "bits": spec.bits, "threads": spec.threads})
         if diffs:
             raise ValueError(f"--table: {path} was not measured on --device {request.device} ({'; '.join(diffs)}); "
                              f"pass the --device it was profiled for")

@@ -159,9 +159,9 @@ class SearchRequest:
         --workers, --address, --storage, --out, --resume, and --verify and --finalize, which act on the
         finished trials and are redone by each run.
         """
-        data = self.data
-        if data != "digits" and Path(data).expanduser().exists():
-            data = str(Path(data).expanduser().resolve())
+        from nas.data import DataSpec
+
+        data = DataSpec.of(self.data).source  # a path resolved, so the same data under another name is the same
         return {
             "--budget": str(ss.parse_budget(self.budget)),
             "--latency": str(ss.parse_budget(self.latency)) if self.latency else None,

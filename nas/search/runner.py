@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 import search_spaces as ss
+from nas.errors import one_line
 from nas.search.evolution import RegularizedEvolutionSampler
 from nas.search.params import arch_from_params, distributions, repair, suggest_params
 
@@ -102,6 +103,11 @@ def shown_url(url: str) -> str:
         return url.split("://", 1)[0] + "://..."
 
 
+def _database_family(url: str) -> str:
+    """The database of a URL without its driver: `mysql+pymysql://...` -> `mysql`."""
+    return url.split("://", 1)[0].split("+", 1)[0].lower()
+
+
 def _sqlite_path(url: str) -> Path | None:
     """The file of a `sqlite:///path` URL; None for an in-memory database."""
     rest = url.split("://", 1)[1]
@@ -130,7 +136,7 @@ def check_storage(url: str) -> None:
         output_file("--storage", path)
         return
     scheme = text.split("://", 1)[0]
-    if scheme.split("+", 1)[0].lower() not in DATABASE_SCHEMES:
+    if _database_family(text) not in DATABASE_SCHEMES:
         raise StorageError(f"--storage: unknown scheme {scheme + '://'!r}; expected a .journal file path or a "
                            f"database URL starting {', '.join(s + '://' for s in DATABASE_SCHEMES)}")
     import sqlalchemy
@@ -139,7 +145,7 @@ def check_storage(url: str) -> None:
         sqlalchemy.engine.make_url(text)
     except sqlalchemy.exc.ArgumentError as exc:
         raise StorageError(f"--storage: cannot parse the database URL {shown_url(text)!r}: {exc}") from None
-    path = _sqlite_path(text) if scheme.split("+", 1)[0].lower() == "sqlite" else None
+    path = _sqlite_path(text) if _database_family(text) == "sqlite" else None
     if path is not None:
         if path.is_dir():
             raise StorageError(f"--storage: {str(path)!r} is a folder; expected a SQLite database file")
@@ -151,7 +157,7 @@ def store_file(url: str) -> Path | None:
     in-memory SQLite database)."""
     if _is_journal(url):
         return Path(url).expanduser()
-    return _sqlite_path(url) if url.split("://", 1)[0].split("+", 1)[0].lower() == "sqlite" else None
+    return _sqlite_path(url) if _database_family(url) == "sqlite" else None
 
 
 def store_exists(url: str) -> bool:
@@ -251,8 +257,9 @@ def make_sampler(s: SearchSettings) -> optuna.samplers.BaseSampler:
                                        tournament=min(4, max(2, s.trials // 16)), seed=s.seed)
 
 
-def directions(s: SearchSettings) -> list[str]:
-    return ["maximize", "minimize"] if s.objective == "pareto" else ["maximize"]
+def directions(objective: str) -> list[str]:
+    """The study's optimization directions: pareto, accuracy up and latency down; mnasnet, the reward up."""
+    return ["maximize", "minimize"] if objective == "pareto" else ["maximize"]
 
 
 def study_exists(storage_url: str, name: str) -> bool:
@@ -310,7 +317,7 @@ def check_compatible(storage_url: str, name: str, space: ss.SearchSpace, objecti
         return
     storage = make_storage(storage_url)
     study_id = storage.get_study_id_from_name(name)
-    wanted = ["maximize", "minimize"] if objective == "pareto" else ["maximize"]
+    wanted = directions(objective)
     have = [d.name.lower() for d in storage.get_study_directions(study_id)]
     if have != wanted:
         raise ValueError(f"--objective: study {name!r} in {shown_url(storage_url)} optimizes {have}, the "
@@ -335,18 +342,13 @@ def open_study(s: SearchSettings, resume: bool) -> optuna.Study:
     check_study(s.storage, s.study_name, resume, s.identity)
     storage = make_storage(s.storage)
     study = optuna.create_study(storage=storage, study_name=s.study_name, sampler=make_sampler(s),
-                                directions=directions(s), load_if_exists=True)
+                                directions=directions(s.objective), load_if_exists=True)
     if s.identity and "settings" not in study.user_attrs:  # a new study, or one from before settings were stored
         study.set_user_attr("settings", json.loads(json.dumps(s.identity)))
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(t.number, state=TrialState.FAIL)  # interrupted mid-evaluation: its result was never recorded
     study.set_user_attr("space", s.space.name)
     return study
-
-
-def completed(study: optuna.Study) -> int:
-    """The number of completed trials, architectures proposed again included (see `first_trials`)."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
 def arch_for(s: SearchSettings, params: dict[str, Any], latency_ms: Callable[[ss.Arch], float] | None) -> ss.Arch:
@@ -513,10 +515,9 @@ def connect_ray(address: str | None, workers: int, cpus_per_trial: float = 1.0) 
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  **({} if address else {"num_cpus": max(workers * cpus_per_trial, 1)}))
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-        reason = " ".join(str(exc).split())[:300]
         where = f"--address: cannot join a Ray cluster at {address!r}" if address else \
             "--backend ray: cannot start a local Ray instance"
-        raise ValueError(f"{where} ({type(exc).__name__}: {reason})") from None
+        raise ValueError(f"{where} ({one_line(exc, 300, with_type=True)})") from None
 
 
 def run_ray(s: SearchSettings, evaluate: Callable[[ss.Arch], dict[str, float]],

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from nas.errors import one_line
 from nas.io import write_atomic
 
 PACKAGED = Path(__file__).parent / "weights"
@@ -61,7 +62,7 @@ def load_state(path: str | os.PathLike[str], reference: dict[str, torch.Tensor])
     try:
         stored = load_file(path)
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types; any means unreadable
-        raise ValueError(f"{path}: not a readable safetensors file ({' '.join(str(exc).split())[:200]}); "
+        raise ValueError(f"{path}: not a readable safetensors file ({one_line(exc)}); "
                          "reinstall nas or pass --no-pretrained") from exc
     missing, extra = sorted(set(reference) - set(stored)), sorted(set(stored) - set(reference))
     if missing or extra:
@@ -75,7 +76,7 @@ def load_state(path: str | os.PathLike[str], reference: dict[str, torch.Tensor])
         epochs, history = meta["epochs"], meta["history"]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError) as exc:
         raise ValueError(f"{side}: expected the JSON beside {path.name} with 'epochs' and 'history' "
-                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from exc
+                         f"({one_line(exc, with_type=True)})") from exc
     if not (isinstance(epochs, int) and isinstance(history, list) and len(history) == epochs
             and all(isinstance(h, dict) for h in history)):
         raise ValueError(f"{side}: expected an epoch count and one history record per epoch")

@@ -35,6 +35,7 @@ import nas.supernet.pretrained as _pretrained
 import search_spaces as ss
 from nas.cores import fair_threads, tick
 from nas.data import BatchLoader, Splits, TensorSplits
+from nas.errors import one_line
 from nas.io import write_atomic
 from nas.supernet.evaluate import SubnetEvaluator
 from nas.supernet.model import Supernet
@@ -180,12 +181,6 @@ def _fix(cache: Path) -> str:
     return f"delete {cache} to retrain"
 
 
-def _one_line(exc: BaseException) -> str:
-    """An exception as one short line (safetensors and torch messages span several)."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
-
-
 def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     """Write `tensors` as a safetensors file, atomically; returns its sha256 (for state.json)."""
     from safetensors.torch import save
@@ -212,7 +207,7 @@ def _read_tensors(cache: Path, entry: Any, field: str) -> tuple[Path, dict[str, 
     try:
         blob = path.read_bytes()
     except OSError as exc:
-        raise SupernetCacheError(f"{path}: cannot read it ({exc.strerror or _one_line(exc)}), though "
+        raise SupernetCacheError(f"{path}: cannot read it ({exc.strerror or one_line(exc, with_type=True)}), though "
                                  f"{STATE_FILE} names it; {_fix(cache)}") from exc
     if hashlib.sha256(blob).hexdigest() != digest:
         raise SupernetCacheError(f"{path}: contents do not match the sha256 in {STATE_FILE} (truncated, replaced "
@@ -220,17 +215,8 @@ def _read_tensors(cache: Path, entry: Any, field: str) -> tuple[Path, dict[str, 
     try:
         return path, load(blob)
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types; any means unreadable
-        raise SupernetCacheError(f"{path}: not a readable safetensors file ({_one_line(exc)}); "
+        raise SupernetCacheError(f"{path}: not a readable safetensors file ({one_line(exc, with_type=True)}); "
                                  f"{_fix(cache)}") from exc
-
-
-def _space_from_dict(data: Any) -> ss.SearchSpace:
-    """A `SearchSpace` from its `dataclasses.asdict` form read back from JSON (lists become tuples again)."""
-    def tuples(d: dict) -> dict:
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
-    stages = tuple(ss.StageSpace(**tuples(st)) for st in data["stages"])
-    return ss.SearchSpace(**{**tuples(data), "stages": stages, "scaling": ss.CompoundScaling(**data["scaling"])})
 
 
 def _read_cache(cache: Path) -> dict[str, Any] | None:
@@ -249,7 +235,7 @@ def _read_cache(cache: Path) -> dict[str, Any] | None:
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SupernetCacheError(f"{state_file}: unreadable or not JSON ({_one_line(exc)}); "
+        raise SupernetCacheError(f"{state_file}: unreadable or not JSON ({one_line(exc, with_type=True)}); "
                                  f"{_fix(cache)}") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else None
@@ -262,9 +248,9 @@ def _read_cache(cache: Path) -> dict[str, Any] | None:
         raise SupernetCacheError(f"{state_file}: expected an epoch count, one history record per epoch, a key and "
                                  f"the pretrained origin (or null); {_fix(cache)}")
     try:
-        space = _space_from_dict(state.get("space"))
+        space = ss.SearchSpace.from_dict(state.get("space"))
     except (TypeError, KeyError, AttributeError, ValueError) as exc:
-        raise SupernetCacheError(f"{state_file}: 'space' is not a search space ({_one_line(exc)}); "
+        raise SupernetCacheError(f"{state_file}: 'space' is not a search space ({one_line(exc, with_type=True)}); "
                                  f"{_fix(cache)}") from exc
     model_file, model = _read_tensors(cache, state.get("model"), "model")
     return {"epoch": epoch, "history": history, "key": key, "space": space, "pretrained": origin,
@@ -276,8 +262,8 @@ def _build(space: ss.SearchSpace, cache: Path) -> Supernet:
     try:
         return Supernet(space)
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
-        raise SupernetCacheError(f"{cache / STATE_FILE}: its space does not build a supernet ({_one_line(exc)}); "
-                                 f"{_fix(cache)}") from exc
+        raise SupernetCacheError(f"{cache / STATE_FILE}: its space does not build a supernet "
+                                 f"({one_line(exc, with_type=True)}); {_fix(cache)}") from exc
 
 
 def _load_model(net: Supernet, state: dict[str, Any], cache: Path) -> None:
@@ -286,7 +272,7 @@ def _load_model(net: Supernet, state: dict[str, Any], cache: Path) -> None:
         net.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise SupernetCacheError(f"{state['model_file']}: does not fit the supernet of the space in {STATE_FILE} "
-                                 f"({_one_line(exc)}); {_fix(cache)}") from exc
+                                 f"({one_line(exc, with_type=True)}); {_fix(cache)}") from exc
 
 
 def _optimizer_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -320,7 +306,7 @@ def _load_optimizer(opt: torch.optim.Optimizer, entry: Any, cache: Path) -> None
                     raise ValueError(f"a momentum buffer of shape {tuple(buf.shape)} for a parameter of shape "
                                      f"{tuple(p.shape)}")
     except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as exc:
-        raise SupernetCacheError(f"{path}: does not fit this supernet's optimizer ({_one_line(exc)}); "
+        raise SupernetCacheError(f"{path}: does not fit this supernet's optimizer ({one_line(exc, with_type=True)}); "
                                  f"{_fix(cache)}") from exc
 
 

@@ -144,3 +144,12 @@ def test_width_scaled_baselines_fit_the_budget_at_the_data_size():
     imagenet = width_scaled_baselines(150e6, ss.preset("mobilenetv2"))  # stem stride 2: the ImageNet form
     assert all(a.stem_stride == 2 and a.resolution == 224 for a in imagenet.values())
     assert width_scaled_baselines(1e5, like) == {}  # nothing fits: left out, no error
+
+
+@pytest.mark.parametrize("name", sorted(ss.SPACES))
+def test_space_round_trips_through_json(name):
+    import json
+    from dataclasses import asdict
+
+    space = ss.get_space(name, 1.0).with_io(3, 7)
+    assert ss.SearchSpace.from_dict(json.loads(json.dumps(asdict(space)))) == space
