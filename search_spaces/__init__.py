@@ -4,10 +4,10 @@ Public API: `Arch`, `Block`, `decode`/`encode` (the compact string), `build` (Py
 (exact per-layer MACs and parameters), `get_space`/`SPACES`, `parse_budget`/`sample`, `preset`/`scale`.
 """
 
-from search_spaces.arch import Arch, ArchError, Block, make_divisible
+from search_spaces.arch import Arch, ArchError, Block, encode, make_divisible
 from search_spaces.budget import Budget, BudgetError, check_reachable, cost_fn, parse_budget, sample
 from search_spaces.cost import Cost, Layer, count, count_macs, layers
-from search_spaces.encoding import decode, encode
+from search_spaces.encoding import decode
 from search_spaces.model import MBConvNet, build, init_weights
 from search_spaces.presets import PRESETS, preset, scale
 from search_spaces.spaces import (

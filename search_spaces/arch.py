@@ -109,8 +109,6 @@ class Arch:
         return replace(self, **changes)
 
     def __str__(self) -> str:
-        from search_spaces.encoding import encode
-
         return encode(self)
 
 
@@ -203,3 +201,57 @@ def _arch_from_dict(data: Any) -> Arch:
                "a non-empty list of blocks", stage)
         parsed.append(tuple(_block_from_dict(b, f"arch.stages[{i}][{j}]") for j, b in enumerate(stage)))
     return Arch(**{**data, "stages": tuple(parsed)})
+
+
+# The compact string form (grammar in search_spaces/encoding.py, which parses it).
+ACT_TOKENS = {"relu": "re", "relu6": "re6", "hswish": "hs", "swish": "sw"}
+
+
+def _num(x: float) -> str:
+    text = repr(float(x))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _encode_block(b: Block, repeat: int) -> str:
+    parts = ["ds" if b.expand == 1 else "ir"]
+    if repeat > 1:
+        parts.append(f"r{repeat}")
+    parts.append(f"k{b.kernel}")
+    if b.stride != 1:
+        parts.append(f"s{b.stride}")
+    if b.expand != 1:
+        parts.append(f"e{_num(b.expand)}")
+    parts.append(f"c{b.out_channels}")
+    if b.se:
+        parts.append(f"se{_num(b.se)}")
+    if b.mid_channels:
+        parts.append(f"m{b.mid_channels}")
+    parts.append(ACT_TOKENS[b.act])
+    return "_".join(parts)
+
+
+def _encode_stage(stage: tuple[Block, ...]) -> str:
+    out = []
+    i = 0
+    while i < len(stage):
+        first = stage[i]
+        follower = replace(first, stride=1)
+        j = i + 1
+        while j < len(stage) and stage[j] == follower:
+            j += 1
+        out.append(_encode_block(first, j - i))
+        i = j
+    return ",".join(out)
+
+
+def encode(arch: Arch) -> str:
+    """The compact string of an architecture; `decode(encode(a)) == a` for every valid `a`."""
+    head = f"r{arch.resolution}_i{arch.in_channels}_n{arch.num_classes}"
+    if arch.se_base == "in":
+        head += "_sein"
+    segs = [head, f"stem_c{arch.stem_channels}_s{arch.stem_stride}_{ACT_TOKENS[arch.stem_act]}"]
+    segs += [_encode_stage(s) for s in arch.stages]
+    segs.append(f"head_c{arch.head_channels}_{ACT_TOKENS[arch.head_act]}")
+    if arch.head_hidden:
+        segs.append(f"fc_c{arch.head_hidden}_{ACT_TOKENS[arch.head_act]}")
+    return ":".join(segs)
