@@ -1,6 +1,6 @@
 """Train the supernet a `nas search` request uses and store it with the package (`nas/supernet/weights/`).
 
-    python benchmarks/pretrain_supernet.py                      # the default search: --budget 100MFLOPs, digits
+    python tools/pretrain_supernet.py                      # the default search: --budget 100MFLOPs, digits
 
 It trains with `nas` itself (space, data, recipe and seed exactly as `nas search` builds them, the supernet cached
 under `--out`/supernets, so a finished search's cache is reused), checks that the stored float16 copy scores its
@@ -16,8 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import search_spaces as ss
-from nas.search.evaluate import load_data_and_space, supernet_recipe
-from nas.search.main import SearchRequest
+from nas.search.plan import plan
+from nas.search.prepare import prepare
+from nas.search.request import SearchRequest
 from nas.supernet import SubnetEvaluator, Supernet, train_supernet
 from nas.supernet import pretrained as pt
 
@@ -35,8 +36,10 @@ def main() -> None:
     budget = ss.parse_budget(args.budget)
     if budget.kind != "macs":
         ap.error(f"--budget: expected a FLOPs/MACs budget such as 100MFLOPs, got {args.budget!r}")
-    data, space = load_data_and_space(request, budget.value, print)
-    recipe = supernet_recipe(False, request.threads)
+    search = plan(request)
+    prepared = prepare(search.data, search.space, search.budgets, print)
+    data, space = prepared.data, prepared.space
+    recipe = search.supernet.recipe
     t0 = time.perf_counter()
     run = train_supernet(space, data, recipe, seed=args.seed, root=Path(args.out) / "supernets", pretrained=None)
     print(f"supernet {run.key}: {run.epochs_done} epochs in {run.path} "
@@ -44,7 +47,7 @@ def main() -> None:
 
     meta = {"key": run.key, "epochs": run.epochs_done, "history": run.history, "request": {
         "budget": args.budget, "space": args.space, "data": request.data, "seed": args.seed},
-        "recipe": asdict(recipe), "command": "python benchmarks/pretrain_supernet.py"}
+        "recipe": asdict(recipe), "command": "python tools/pretrain_supernet.py"}
     weights = pt.save(run.supernet, meta, args.dest)
 
     # the stored copy must score as the trained supernet does (float16 weights, same batch-norm recalibration)
