@@ -14,7 +14,9 @@ if sys.platform == "win32":
 else:
     FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
 
-SOURCES = ["module.cpp", "threadpool.cpp", "ref.cpp", "avx2.cpp", "avx512.cpp"]
+# bindings, input validation, weight packing, the per-ISA kernel tables, then the kernels (one file per ISA)
+SOURCES = ["module.cpp", "validate.cpp", "pack.cpp", "config.cpp", "threadpool.cpp",
+           "ref.cpp", "avx2.cpp", "avx512.cpp"]
 
 ext = Pybind11Extension(
     "nas.kernels._C",

@@ -1,4 +1,5 @@
-"""Runtime ISA selection: ``reference`` (portable scalar), ``avx2`` and ``avx512vnni``.
+"""Runtime ISA selection among the ISAs built into the kernel extension (``reference``, the portable scalar
+path, then the vector paths, weakest first; the list is defined once, in ``csrc/config.cpp``).
 
 The default is the best ISA the CPU supports, or ``NAS_KERNELS_ISA`` when set. Forcing an ISA the CPU lacks
 raises ``ValueError``.
@@ -12,7 +13,7 @@ from contextlib import contextmanager
 
 from nas.kernels import _C
 
-ISAS = ("reference", "avx2", "avx512vnni")
+ISAS: tuple[str, ...] = tuple(_C.isas)  # weakest first, as the C++ kernel tables list them
 ENV_VAR = "NAS_KERNELS_ISA"
 
 _forced: str | None = None

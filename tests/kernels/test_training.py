@@ -13,7 +13,7 @@ import search_spaces as ss
 from nas.kernels import _C, available_isas, use_isa
 from nas.kernels.training import FastDepthwiseConv2d, depthwise_conv2d, depthwise_weight_grad, fast_depthwise
 
-FLOAT_ISAS = [i for i in ("reference", "avx2", "avx512vnni") if i in available_isas()]
+FLOAT_ISAS = available_isas()
 
 # (batch, channels, size, kernel, stride): tails of 16 and 8 channels and of 8-image chunks, kernels larger than
 # the input, a kernel with no AVX-512/AVX2 specialisation (11), stride 2 with odd sizes; the last two are past

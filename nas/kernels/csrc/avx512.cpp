@@ -603,22 +603,6 @@ int64_t quantize_rgb(const float* x, int64_t hw, float scale, float zp, uint8_t*
   return p;
 }
 
-int64_t vnni_loop(int64_t iters) {
-  // kVnniChains independent chains, all in registers (fully unrolled loops; see tile()).
-  __m512i acc[kVnniChains];
-#pragma GCC unroll 32
-  for (int i = 0; i < kVnniChains; ++i) acc[i] = _mm512_set1_epi32(i);
-  const __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(2);
-  for (int64_t it = 0; it < iters; ++it) {
-#pragma GCC unroll 32
-    for (int i = 0; i < kVnniChains; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
-  }
-  __m512i s = acc[0];
-#pragma GCC unroll 32
-  for (int i = 1; i < kVnniChains; ++i) s = _mm512_add_epi32(s, acc[i]);
-  return _mm512_reduce_add_epi32(s);
-}
-
 namespace {
 
 // One chunk of images of the depthwise weight gradient. For each output row and kernel row, every block of 16

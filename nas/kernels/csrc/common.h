@@ -27,8 +27,6 @@
 
 namespace nask {
 
-enum class Isa : int { reference = 0, avx2 = 1, avx512vnni = 2 };
-
 constexpr int kResidualBits = 8;  // the residual-path multipliers carry 2^kResidualBits (divided out exactly)
 
 // Float32 scale of a fixed-point multiplier: float32(M * 2^(shift - 31)) (exact in double, one RNE rounding).
@@ -119,10 +117,9 @@ struct Requant {
 
 // Weights of a GEMM (N outputs x K inputs) packed for one ISA.
 struct PackedWeights {
-  Isa isa = Isa::reference;
   int n = 0, k = 0, bits = 8, group = 0, ngroups = 1;
   bool grouped = false;
-  AlignedBuf w;     // layout depends on isa/bits (see pack.cpp)
+  AlignedBuf w;     // layout depends on the ISA's packer and bits (see pack.h)
   AlignedBuf subs;  // int32 group sub-scales in the isa's layout (grouped only)
 };
 
@@ -213,12 +210,14 @@ inline void par(int threads, int tasks, F f) { parallel_for_raw(threads, tasks, 
 template <class F>
 inline void par_fresh(int threads, int tasks, F f) { parallel_for_fresh(threads, tasks, &tramp<F>, &f); }
 
+// The kernels every ISA's source file defines (its row in config.cpp points at them).
 #define NASK_DECLARE_ISA(ns)                                   \
   namespace ns {                                               \
   void gemm(const GemmArgs& a, int threads);                   \
   void depthwise(const DwArgs& a, int threads);                \
   void pool(const PoolArgs& a, int threads);                   \
   void channel_scale(const ScaleArgs& a, int threads);         \
+  void dw_weight_grad(const DwGradArgs& a, int threads);       \
   }
 
 NASK_DECLARE_ISA(ref)
@@ -235,10 +234,6 @@ inline uint8_t quantize_value(float x, float scale, float zp) {
   return static_cast<uint8_t>(static_cast<int32_t>(v));
 }
 
-namespace ref {
-void dw_weight_grad(const DwGradArgs& a, int threads);
-}
-
 // Fake quantization (training): per element, q = rne(x * inv_scale) + zp; out = (clamp(q, qmin, qmax) - zp) *
 // scale and mask = (qmin <= q <= qmax), the formula of PyTorch's fake_quantize_per_tensor_affine_cachemask.
 inline void fake_quant_value(float x, float scale, float inv_scale, float zp, float qmin, float qmax, float* out,
@@ -249,16 +244,12 @@ inline void fake_quant_value(float x, float scale, float inv_scale, float zp, fl
 }
 
 namespace avx2 {
-void dw_weight_grad(const DwGradArgs& a, int threads);  // AVX2 + FMA; any k
 // fake_quant_value over elements [0, n) of x; returns the first element not done (a multiple of 8)
 int64_t fake_quant(const float* x, int64_t n, float scale, float inv_scale, float zp, float qmin, float qmax,
                    float* out, uint8_t* mask);
 }
 
 namespace avx512 {
-void dw_weight_grad(const DwGradArgs& a, int threads);  // AVX-512F; any k
-constexpr int kVnniChains = 16;
-int64_t vnni_loop(int64_t iters);  // kVnniChains independent vpdpbusd chains x iters; returns a checksum
 // Planes of batch item b: pixels [p0, p1) of hw, C = 3, p0 a multiple of 16; returns the first pixel not done.
 int64_t quantize_rgb(const float* x, int64_t hw, float scale, float zp, uint8_t* out);
 }

@@ -1,14 +1,13 @@
-// pybind11 bindings: argument validation, weight packing per ISA, dispatch, GIL release.
+// pybind11 bindings: the op objects (validate, pack for their ISA's kernel table, run without the GIL).
+// Validation helpers: validate.h; packing: pack.h; the per-ISA kernel tables: config.cpp.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <chrono>
-#include <optional>
-
 #include "common.h"
-
-namespace py = pybind11;
+#include "config.h"
+#include "pack.h"
+#include "validate.h"
 
 #ifndef NASK_BUILD_FLAGS
 #define NASK_BUILD_FLAGS "unknown"
@@ -19,171 +18,6 @@ namespace {
 
 using Task = std::function<void(int)>;  // one bound kernel call: threads -> void
 
-// ---------------------------------------------------------------- validation helpers
-std::string shape_str(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-  return s + (a.ndim() == 1 ? ",)" : ")");
-}
-
-template <class T>
-const char* dtype_name() {
-  if (std::is_same<T, uint8_t>::value) return "uint8";
-  if (std::is_same<T, int8_t>::value) return "int8";
-  if (std::is_same<T, float>::value) return "float32";
-  return "int32";
-}
-
-// Checks dtype (exact, no casting), C-contiguity, rank and the given dims (-1 = any).
-template <class T>
-py::array need(const py::object& obj, const char* name, std::vector<py::ssize_t> dims) {
-  if (!py::isinstance<py::array>(obj))
-    throw py::type_error(std::string(name) + ": expected a numpy array of " + dtype_name<T>());
-  py::array a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(py::dtype::of<T>()))
-    throw py::type_error(std::string(name) + ": expected dtype " + dtype_name<T>() + ", got " +
-                         std::string(py::str(a.dtype())));
-  if (a.ndim() != static_cast<py::ssize_t>(dims.size()))
-    throw py::value_error(std::string(name) + ": expected " + std::to_string(dims.size()) + "-d array, got shape " +
-                          shape_str(a));
-  for (size_t i = 0; i < dims.size(); ++i)
-    if (dims[i] >= 0 && a.shape(i) != dims[i])
-      throw py::value_error(std::string(name) + ": bad shape " + shape_str(a) + " (dim " + std::to_string(i) +
-                            " must be " + std::to_string(dims[i]) + ")");
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + ": array must be C-contiguous (use np.ascontiguousarray)");
-  return a;
-}
-
-void need_writeable(const py::array& a, const char* name) {
-  if (!a.writeable()) throw py::value_error(std::string(name) + ": array is read-only");
-}
-
-void check_range(int64_t v, int64_t lo, int64_t hi, const char* name) {
-  if (v < lo || v > hi)
-    throw py::value_error(std::string(name) + "=" + std::to_string(v) + " outside [" + std::to_string(lo) + ", " +
-                          std::to_string(hi) + "]");
-}
-
-Isa parse_isa(const std::string& s) {
-  if (s == "reference") return Isa::reference;
-  if (s == "avx2") return Isa::avx2;
-  if (s == "avx512vnni") return Isa::avx512vnni;
-  throw py::value_error("isa: expected 'reference', 'avx2' or 'avx512vnni', got '" + s + "'");
-}
-
-bool isa_supported(Isa isa) {
-  if (isa == Isa::reference) return true;
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  if (isa == Isa::avx2) return __builtin_cpu_supports("avx2");
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512vnni");
-#else
-  return false;
-#endif
-}
-
-std::string isa_name(Isa isa) {
-  return isa == Isa::reference ? "reference" : (isa == Isa::avx2 ? "avx2" : "avx512vnni");
-}
-
-Isa checked_isa(const std::string& s) {
-  const Isa isa = parse_isa(s);
-  if (!isa_supported(isa)) throw py::value_error("isa '" + s + "' is not supported by this CPU");
-  return isa;
-}
-
-// Fill requantization params shared by every op from python arguments.
-void fill_requant(Requant& q, int n, const py::object& mult_o, const py::object& shift_o, int out_zp, int act_min,
-                  int act_max, const py::object& lut_o) {
-  py::array mult = need<int32_t>(mult_o, "multiplier", {n});
-  py::array shift = need<int32_t>(shift_o, "shift", {n});
-  check_range(out_zp, 0, 255, "out_zp");
-  check_range(act_min, 0, 255, "act_min");
-  check_range(act_max, act_min, 255, "act_max");
-  q.resize(n);
-  const int32_t* m = static_cast<const int32_t*>(mult.data());
-  const int32_t* s = static_cast<const int32_t*>(shift.data());
-  for (int c = 0; c < n; ++c) {
-    check_range(m[c], 0, INT32_MAX, "multiplier");
-    check_range(s[c], -31, 30, "shift");
-    q.scale[c] = scale_of(m[c], s[c]);
-  }
-  q.zp = out_zp;
-  q.lo = act_min;
-  q.hi = act_max;
-  if (!lut_o.is_none()) {
-    py::array lut = need<uint8_t>(lut_o, "lut", {256});
-    const uint8_t* l = static_cast<const uint8_t*>(lut.data());
-    q.lut32.assign(l, l + 256);
-  }
-}
-
-// ---------------------------------------------------------------- GEMM packing
-// reference:  int8 [N][K]; subs int32 [N][G]
-// avx2:       int8 [N/8][K/2][8 ch][2 k]; int4: 8 bytes per step, byte i = v[i] | v[i+8] << 4; subs [N/8][G][8]
-// avx512vnni: int8 [N/16][K/4][16 ch][4 k]; int4: 32 bytes per step, byte i = v[i] | v[i+32] << 4;
-//             subs [N/16][G][16]
-void pack(PackedWeights& pw, const int8_t* w, const int32_t* subs) {
-  const int n = pw.n, k = pw.k;
-  auto W = [&](int j, int i) -> int8_t { return (j < n && i < k) ? w[static_cast<int64_t>(j) * k + i] : 0; };
-  if (pw.isa == Isa::reference) {
-    pw.w.resize(static_cast<size_t>(n) * k);
-    std::memcpy(pw.w.ptr, w, static_cast<size_t>(n) * k);
-    if (pw.grouped) {
-      pw.subs.resize(static_cast<size_t>(n) * pw.ngroups * 4);
-      std::memcpy(pw.subs.ptr, subs, static_cast<size_t>(n) * pw.ngroups * 4);
-    }
-    return;
-  }
-  const int vw = pw.isa == Isa::avx2 ? 8 : 16;  // channels per vector
-  const int kg = pw.isa == Isa::avx2 ? 2 : 4;   // k values per channel per step
-  const int nvec = (n + vw - 1) / vw, steps = (k + kg - 1) / kg;
-  const int step_bytes = vw * kg;                // int8 bytes per step
-  const int half = step_bytes / 2;
-  const size_t per_step = pw.bits == 4 ? static_cast<size_t>(half) : static_cast<size_t>(step_bytes);
-  pw.w.resize(static_cast<size_t>(nvec) * steps * per_step);
-  std::vector<int8_t> v(step_bytes);
-  for (int b = 0; b < nvec; ++b) {
-    for (int s = 0; s < steps; ++s) {
-      for (int c = 0; c < vw; ++c)
-        for (int t = 0; t < kg; ++t) v[c * kg + t] = W(b * vw + c, s * kg + t);
-      uint8_t* dst = pw.w.ptr + (static_cast<size_t>(b) * steps + s) * per_step;
-      if (pw.bits == 8) {
-        std::memcpy(dst, v.data(), step_bytes);
-      } else {
-        for (int i = 0; i < half; ++i)
-          dst[i] = static_cast<uint8_t>((v[i] & 0x0F) | ((v[i + half] & 0x0F) << 4));
-      }
-    }
-  }
-  if (pw.grouped) {
-    pw.subs.resize(static_cast<size_t>(nvec) * pw.ngroups * vw * 4);
-    int32_t* d = pw.subs.as<int32_t>();
-    for (int b = 0; b < nvec; ++b)
-      for (int g = 0; g < pw.ngroups; ++g)
-        for (int c = 0; c < vw; ++c) {
-          const int j = b * vw + c;
-          d[(static_cast<size_t>(b) * pw.ngroups + g) * vw + c] = j < n ? subs[j * pw.ngroups + g] : 0;
-        }
-  }
-}
-
-void run_gemm(const PackedWeights& pw, const GemmArgs& a, int threads) {
-  switch (pw.isa) {
-    case Isa::reference: ref::gemm(a, threads); break;
-    case Isa::avx2: avx2::gemm(a, threads); break;
-    case Isa::avx512vnni: avx512::gemm(a, threads); break;
-  }
-}
-
-int check_threads(int threads) {
-  check_range(threads, 1, 1024, "threads");
-  return threads;
-}
-
 // ---------------------------------------------------------------- ops
 // y[m, n] = requant(sum_k x[m, k] * w[n, k] + bias[n]); x uint8 (zero point in_zp), w int8 or int4.
 class Gemm {
@@ -192,7 +26,7 @@ class Gemm {
        const py::object& shift, int out_zp, int act_min, int act_max, const py::object& lut, int bits,
        const py::object& sub_scales, int group_size, const std::string& isa, bool out_int32,
        const py::object& residual) {
-    pw_.isa = checked_isa(isa);
+    isa_ = &checked_isa(isa);
     if (bits != 8 && bits != 4) throw py::value_error("bits: expected 8 or 4, got " + std::to_string(bits));
     py::array w = need<int8_t>(weight, "weight", {-1, -1});
     const int n = static_cast<int>(w.shape(0)), k = static_cast<int>(w.shape(1));
@@ -255,7 +89,7 @@ class Gemm {
       for (int j = 0; j < n; ++j) q_.scale[j] = std::ldexp(q_.scale[j], -kResidualBits);
     }
     q_.check_overflow(bound);
-    pack(pw_, wp, subs);
+    isa_->kernels.pack_gemm(pw_, wp, subs);
     view_ = q_.view();
   }
 
@@ -263,10 +97,11 @@ class Gemm {
   int k() const { return pw_.k; }
   bool residual() const { return q_.residual; }
   bool out_int32() const { return q_.out_int32; }
-  std::string isa() const { return isa_name(pw_.isa); }
+  const Isa& isa() const { return *isa_; }
+  std::string isa_name() const { return isa_->name; }
   size_t packed_bytes() const { return pw_.w.size; }
 
-  // Direct convolution rows (ConvGeom, AVX-512 only; weights packed as [N][k * seg4]).
+  // Direct convolution rows (ConvGeom; ISAs with direct_conv only, weights packed by pack_conv_rows).
   void run_conv(const ConvGeom& g, int m, void* out, int threads) const {
     GemmArgs a;
     a.m = m;
@@ -275,7 +110,7 @@ class Gemm {
     a.q = view_;
     a.out = out;
     a.ldo = pw_.n;
-    avx512::gemm(a, threads);
+    isa_->kernels.gemm(a, threads);
   }
 
   // Raw entry (no checks, GIL must already be released by the caller if desired).
@@ -290,7 +125,7 @@ class Gemm {
     a.ldo = pw_.n;
     a.res = res;
     a.ldr = pw_.n;
-    run_gemm(pw_, a, threads);
+    isa_->kernels.gemm(a, threads);
   }
 
   // Validates the arrays and returns the kernel call on their raw pointers (run without the GIL).
@@ -322,6 +157,7 @@ class Gemm {
   }
 
  private:
+  const Isa* isa_ = nullptr;
   PackedWeights pw_;
   Requant q_;
   RqView view_{};
@@ -341,18 +177,12 @@ class Conv {
     if (stride != 1 && stride != 2) throw py::value_error("stride: expected 1 or 2, got " + std::to_string(stride));
     stride_ = stride;
     in_zp_ = in_zp;
-    direct_ = parse_isa(isa) == Isa::avx512vnni;
+    direct_ = parse_isa(isa).kernels.direct_conv;
     py::array w2 = w.attr("reshape")(cout_, k_ * k_ * cin_);
     if (direct_) {  // [Cout][k][seg4]: each kernel row padded with zeros to a multiple of 4 bytes
-      seg4_ = (k_ * cin_ + 3) / 4 * 4;
+      seg4_ = conv_seg4(k_, cin_);
       py::array_t<int8_t> wd({cout_, k_ * seg4_});
-      int8_t* d = wd.mutable_data();
-      const int8_t* src = static_cast<const int8_t*>(w2.data());
-      std::memset(d, 0, static_cast<size_t>(cout_) * k_ * seg4_);
-      for (int n = 0; n < cout_; ++n)
-        for (int ky = 0; ky < k_; ++ky)
-          std::memcpy(d + (static_cast<size_t>(n) * k_ + ky) * seg4_, src + (static_cast<size_t>(n) * k_ + ky) * k_ * cin_,
-                      static_cast<size_t>(k_) * cin_);
+      pack_conv_rows(static_cast<const int8_t*>(w2.data()), cout_, k_, cin_, wd.mutable_data());
       w2 = wd;
     }
     gemm_ = std::make_unique<Gemm>(w2, bias, in_zp, multiplier, shift, out_zp, act_min, act_max, lut, 8, py::none(),
@@ -468,7 +298,7 @@ class Depthwise {
   Depthwise(const py::object& weight, int stride, const py::object& bias, int in_zp, const py::object& multiplier,
             const py::object& shift, int out_zp, int act_min, int act_max, const py::object& lut,
             const std::string& isa) {
-    isa_ = checked_isa(isa);
+    isa_ = &checked_isa(isa);
     py::array w = need<int8_t>(weight, "weight", {-1, -1, -1});
     c_ = static_cast<int>(w.shape(0));
     k_ = static_cast<int>(w.shape(1));
@@ -482,15 +312,9 @@ class Depthwise {
     fill_requant(q_, c_, multiplier, shift, out_zp, act_min, act_max, lut);
     const int32_t* bp = static_cast<const int32_t*>(b.data());
     for (int c = 0; c < c_; ++c) q_.bias[c] = bp[c];
-    cpad_ = (c_ + 15) / 16 * 16;
-    wt_.assign(static_cast<size_t>(k_) * k_ * cpad_, 0);
     const int8_t* wp = static_cast<const int8_t*>(w.data());
-    for (int c = 0; c < c_; ++c)
-      for (int t = 0; t < k_ * k_; ++t) {
-        const int8_t v = wp[c * k_ * k_ + t];
-        if (v == -128) throw py::value_error("weight: values must lie in [-127, 127]");
-        wt_[static_cast<size_t>(t) * cpad_ + c] = static_cast<int32_t>(static_cast<uint16_t>(static_cast<int16_t>(v)));
-      }
+    for (int64_t i = 0; i < static_cast<int64_t>(c_) * k_ * k_; ++i)
+      if (wp[i] == -128) throw py::value_error("weight: values must lie in [-127, 127]");
     std::vector<int64_t> bound(c_);
     for (int c = 0; c < c_; ++c) {
       int64_t wabs = 0;
@@ -498,7 +322,7 @@ class Depthwise {
       bound[c] = 255 * wabs + std::abs(static_cast<int64_t>(bp[c]));
     }
     q_.check_overflow(bound);
-    if (isa_ == Isa::avx512vnni) pack_vnni(wp);
+    isa_->kernels.pack_depthwise(packed_, wp, c_, k_, in_zp_, q_);
     view_ = q_.view();
   }
 
@@ -518,21 +342,15 @@ class Depthwise {
     need_writeable(out, "out");
     a.in_zp = in_zp_;
     a.x = static_cast<const uint8_t*>(x.data());
-    a.wt = wt_.data();
-    a.dw_w = vw_.as<int8_t>();
-    a.dw_init = vinit_.as<int32_t>();
-    a.dw_scale = vscale_.as<float>();
-    a.cpad = cpad_;
+    a.wt = packed_.taps.data();
+    a.dw_w = packed_.vw.as<int8_t>();
+    a.dw_init = packed_.vinit.as<int32_t>();
+    a.dw_scale = packed_.vscale.as<float>();
+    a.cpad = packed_.cpad;
     a.q = view_;
     a.out = static_cast<uint8_t*>(out.mutable_data());
-    const Isa isa = isa_;
-    return [a, isa](int threads) {
-      switch (isa) {
-        case Isa::reference: ref::depthwise(a, threads); break;
-        case Isa::avx2: avx2::depthwise(a, threads); break;
-        case Isa::avx512vnni: avx512::depthwise(a, threads); break;
-      }
-    };
+    const auto depthwise = isa_->kernels.depthwise;
+    return [a, depthwise](int threads) { depthwise(a, threads); };
   }
 
   void run(const py::object& x_o, const py::object& out_o, int threads) const {
@@ -543,59 +361,18 @@ class Depthwise {
   }
 
  private:
-  // AVX512-VNNI layout (avx512.cpp): per 64-channel block, zmm j holds channel 16L + 4j + i in dword 4L + i
-  // (a tail block of <= 32 channels: 2 zmm, dword d of zmm j = channel 16 ((d % 8) / 4) + 4 (2j + d / 8) + d % 4).
-  void pack_vnni(const int8_t* wp) {
-    const int nblk = (c_ + 63) / 64, ng = (k_ + 3) / 4;
-    vw_.resize(static_cast<size_t>(nblk) * k_ * ng * 256);
-    vinit_.resize(static_cast<size_t>(nblk) * 64 * 4);
-    vscale_.resize(static_cast<size_t>(nblk) * 64 * 4);
-    int8_t* dw = vw_.as<int8_t>();
-    int32_t* init = vinit_.as<int32_t>();
-    float* scale = vscale_.as<float>();
-    for (int blk = 0; blk < nblk; ++blk)
-      for (int j = 0; j < 4; ++j)
-        for (int d = 0; d < 16; ++d) {
-          const bool narrow = c_ - blk * 64 <= 32;  // 32-channel block (channel tail): 2 zmm
-          if (narrow && j >= 2) continue;
-          // channel of dword d of zmm j
-          const int c = blk * 64 + (narrow ? 16 * ((d % 8) / 4) + 4 * (2 * j + d / 8) + d % 4
-                                            : 16 * (d / 4) + 4 * j + d % 4);
-          const int slot = blk * 64 + 16 * j + d;
-          if (c >= c_) continue;
-          int32_t sum = 0;
-          for (int t = 0; t < k_ * k_; ++t) sum += wp[c * k_ * k_ + t];
-          init[slot] = q_.bias[c] - in_zp_ * sum;
-          scale[slot] = q_.scale[c];
-          for (int kx = 0; kx < k_; ++kx)
-            for (int g = 0; g < ng; ++g)
-              for (int t = 0; t < 4; ++t) {
-                const int ky = 4 * g + t;
-                dw[((((static_cast<size_t>(blk) * k_ + kx) * ng + g) * 4 + j) * 16 + d) * 4 + t] =
-                    ky < k_ ? wp[(c * k_ + ky) * k_ + kx] : 0;
-              }
-        }
-  }
-
-  Isa isa_ = Isa::reference;
-  int c_ = 0, k_ = 0, stride_ = 1, in_zp_ = 0, cpad_ = 0;
+  const Isa* isa_ = nullptr;
+  int c_ = 0, k_ = 0, stride_ = 1, in_zp_ = 0;
   Requant q_;
   RqView view_{};
-  std::vector<int32_t> wt_;
-  AlignedBuf vw_, vinit_, vscale_;
+  DwPacked packed_;
 };
-
-float checked_scale(int32_t multiplier, int32_t shift) {
-  check_range(multiplier, 0, INT32_MAX, "multiplier");
-  check_range(shift, -31, 30, "shift");
-  return scale_of(multiplier, shift);
-}
 
 // Global average pool: out[b, c] = rne(clamp(float32(sum_p x[b, p, c] - hw * in_zp) * scale)) + out_zp.
 class Pool {
  public:
   Pool(int hw, int in_zp, int32_t multiplier, int32_t shift, int out_zp, const std::string& isa) {
-    isa_ = checked_isa(isa);
+    isa_ = &checked_isa(isa);
     check_range(hw, 1, 1 << 22, "hw");
     check_range(in_zp, 0, 255, "in_zp");
     check_range(out_zp, 0, 255, "out_zp");
@@ -612,11 +389,7 @@ class Pool {
     a.c = c;
     a.x = x;
     a.out = out;
-    switch (isa_) {
-      case Isa::reference: ref::pool(a, threads); break;
-      case Isa::avx2: avx2::pool(a, threads); break;
-      case Isa::avx512vnni: avx512::pool(a, threads); break;
-    }
+    isa_->kernels.pool(a, threads);
   }
 
   Task bind(const py::object& x_o, const py::object& out_o) const {
@@ -640,7 +413,7 @@ class Pool {
   }
 
  private:
-  Isa isa_ = Isa::reference;
+  const Isa* isa_ = nullptr;
   PoolArgs a_;
 };
 
@@ -650,12 +423,12 @@ class SqueezeExcite {
   SqueezeExcite(std::shared_ptr<Pool> pool, std::shared_ptr<Gemm> fc1, std::shared_ptr<Gemm> fc2, int in_zp,
                 int32_t multiplier, int32_t shift, int out_zp, const std::string& isa)
       : pool_(std::move(pool)), fc1_(std::move(fc1)), fc2_(std::move(fc2)) {
-    isa_ = checked_isa(isa);
+    isa_ = &checked_isa(isa);
     if (fc1_->k() != fc2_->n() || fc1_->n() != fc2_->k())
       throw py::value_error("fc1/fc2: shapes do not chain (C -> S -> C)");
     if (fc1_->residual() || fc2_->residual() || fc1_->out_int32() || fc2_->out_int32())
       throw py::value_error("fc1/fc2: must be plain uint8-output GEMMs");
-    if (fc1_->isa() != isa_name(isa_) || fc2_->isa() != isa_name(isa_))
+    if (&fc1_->isa() != isa_ || &fc2_->isa() != isa_)
       throw py::value_error("fc1/fc2: must be built for the same isa as the SE op");
     check_range(in_zp, 0, 255, "in_zp");
     check_range(out_zp, 0, 255, "out_zp");
@@ -698,15 +471,11 @@ class SqueezeExcite {
     a.x = xp;
     a.gate = gate.data();
     a.out = op;
-    switch (isa_) {
-      case Isa::reference: ref::channel_scale(a, threads); break;
-      case Isa::avx2: avx2::channel_scale(a, threads); break;
-      case Isa::avx512vnni: avx512::channel_scale(a, threads); break;
-    }
+    isa_->kernels.channel_scale(a, threads);
   }
 
  private:
-  Isa isa_ = Isa::reference;
+  const Isa* isa_ = nullptr;
   std::shared_ptr<Pool> pool_;
   std::shared_ptr<Gemm> fc1_, fc2_;
   ScaleArgs s_;
@@ -757,10 +526,14 @@ void quantize_nchw(const py::object& x_o, float scale, int zp, const py::object&
   if (!(scale > 0.0f)) throw py::value_error("scale: must be > 0");
   const float* xp = static_cast<const float*>(x.data());
   uint8_t* op = static_cast<uint8_t*>(out.mutable_data());
+  // The strongest supported ISA with a vector RGB path, whatever the active ISA: the result is the same bits.
+  decltype(KernelTable::quantize_rgb) quantize_rgb = nullptr;
+  for (const Isa& isa : all_isas())
+    if (isa.kernels.quantize_rgb && isa.supported()) quantize_rgb = isa.kernels.quantize_rgb;
   py::gil_scoped_release nogil;
   const float fzp = static_cast<float>(zp);
   const size_t hw = static_cast<size_t>(h) * w;
-  const bool fast = c == 3 && isa_supported(Isa::avx512vnni);
+  const bool fast = c == 3 && quantize_rgb;
   std::vector<uint8_t> tmp(hw);
   uint8_t* t = tmp.data();
   for (int b = 0; b < n; ++b) {
@@ -768,7 +541,7 @@ void quantize_nchw(const py::object& x_o, float scale, int zp, const py::object&
     uint8_t* ob = op + static_cast<size_t>(b) * hw * c;
     size_t p0 = 0;
     if (fast) {
-      p0 = static_cast<size_t>(avx512::quantize_rgb(xb, static_cast<int64_t>(hw), scale, fzp, ob));
+      p0 = static_cast<size_t>(quantize_rgb(xb, static_cast<int64_t>(hw), scale, fzp, ob));
       for (size_t p = p0; p < hw; ++p)
         for (int ch = 0; ch < 3; ++ch) ob[p * 3 + ch] = quantize_value(xb[ch * hw + p], scale, fzp);
       continue;
@@ -796,8 +569,7 @@ void depthwise_weight_grad(const py::object& x_o, const py::object& g_o, int k, 
   py::array out = need<float>(out_o, "out", {k * k, c});
   need_writeable(out, "out");
   if (threads < 1) throw py::value_error("threads: must be >= 1");
-  Isa isa = parse_isa(isa_name);
-  if (!isa_supported(isa)) throw py::value_error("isa: '" + isa_name + "' is not supported by this CPU");
+  const auto dw_weight_grad = checked_isa(isa_name).kernels.dw_weight_grad;
   const int chunks = (n + kDwGradChunk - 1) / kDwGradChunk;
   std::vector<float> partial(static_cast<size_t>(chunks) * k * k * c);
   DwGradArgs a;
@@ -807,9 +579,7 @@ void depthwise_weight_grad(const py::object& x_o, const py::object& g_o, int k, 
   a.partial = partial.data();
   a.out = static_cast<float*>(out.mutable_data());
   py::gil_scoped_release nogil;
-  if (isa == Isa::avx512vnni) avx512::dw_weight_grad(a, threads);
-  else if (isa == Isa::avx2) avx2::dw_weight_grad(a, threads);
-  else ref::dw_weight_grad(a, threads);
+  dw_weight_grad(a, threads);
 }
 
 // Fake quantization of a float32 array (any shape, C-contiguous) on the grid [qmin, qmax]: out and a 0/1 mask of
@@ -827,35 +597,23 @@ void fake_quant(const py::object& x_o, float scale, int zero_point, int qmin, in
   if (!(scale > 0.0f) || !std::isfinite(scale)) throw py::value_error("scale: expected a positive finite value");
   if (qmin > qmax) throw py::value_error("qmin: must not exceed qmax");
   if (threads < 1) throw py::value_error("threads: must be >= 1");
-  Isa isa = parse_isa(isa_name);
-  if (!isa_supported(isa)) throw py::value_error("isa: '" + isa_name + "' is not supported by this CPU");
+  const auto vec = checked_isa(isa_name).kernels.fake_quant;  // nullptr: scalar loop only
   const int64_t n = static_cast<int64_t>(x.size());
   const float* xp = static_cast<const float*>(x.data());
   float* op = static_cast<float*>(out.mutable_data());
   uint8_t* mp = static_cast<uint8_t*>(mask.mutable_data());
   const float inv = 1.0f / scale, zp = static_cast<float>(zero_point);
   const float lo = static_cast<float>(qmin), hi = static_cast<float>(qmax);
-  const bool vec = isa != Isa::reference;  // AVX-512 machines run the AVX2 form (memory-bound either way)
   constexpr int64_t kChunk = 1 << 16;
   const int tasks = static_cast<int>((n + kChunk - 1) / kChunk);
   py::gil_scoped_release nogil;
   par(threads, tasks, [&](int t0, int t1) {
     for (int t = t0; t < t1; ++t) {
       const int64_t b = t * kChunk, e = std::min(n, b + kChunk);
-      int64_t i = vec ? b + avx2::fake_quant(xp + b, e - b, scale, inv, zp, lo, hi, op + b, mp + b) : b;
+      int64_t i = vec ? b + vec(xp + b, e - b, scale, inv, zp, lo, hi, op + b, mp + b) : b;
       for (; i < e; ++i) fake_quant_value(xp[i], scale, inv, zp, lo, hi, op + i, mp + i);
     }
   });
-}
-
-double vnni_peak(int64_t iters) {
-  if (!isa_supported(Isa::avx512vnni)) throw py::value_error("vnni_peak: CPU lacks AVX512-VNNI");
-  py::gil_scoped_release nogil;
-  const auto t0 = std::chrono::steady_clock::now();
-  volatile int64_t sink = avx512::vnni_loop(iters);
-  (void)sink;
-  const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return static_cast<double>(iters) * avx512::kVnniChains * 64 / dt;
 }
 
 }  // namespace
@@ -867,7 +625,11 @@ PYBIND11_MODULE(_C, m) {
   m.attr("build_flags") = NASK_BUILD_FLAGS;
   m.attr("compiler") = __VERSION__;
   m.attr("residual_bits") = kResidualBits;
-  m.def("isa_supported", [](const std::string& s) { return isa_supported(parse_isa(s)); }, py::arg("isa"));
+  py::tuple isas(all_isas().size());
+  for (size_t i = 0; i < all_isas().size(); ++i) isas[i] = all_isas()[i].name;
+  m.attr("isas") = isas;  // weakest first: nas.kernels.isa.ISAS
+  m.def("isa_supported", [](const std::string& s) { return parse_isa(s).supported(); }, py::arg("isa"),
+        "Whether this CPU can run the kernels of the named ISA.");
   m.def("quantize_nchw", &quantize_nchw, py::arg("x"), py::arg("scale"), py::arg("zero_point"), py::arg("out"),
         "float32 NCHW -> uint8 NHWC on an affine grid (round half to even).");
   m.def("depthwise_weight_grad", &depthwise_weight_grad, py::arg("x"), py::arg("grad_out"), py::arg("k"),
@@ -878,8 +640,6 @@ PYBIND11_MODULE(_C, m) {
         py::arg("qmax"), py::arg("out"), py::arg("mask"), py::arg("threads"), py::arg("isa"),
         "Float32 fake quantization: out = (clamp(rne(x / scale) + zp, qmin, qmax) - zp) * scale (x times the float "
         "reciprocal of scale, as PyTorch) and mask = 1 where rne(x / scale) + zp lies in [qmin, qmax].");
-  m.def("vnni_peak", &vnni_peak, py::arg("iters"),
-        "Multiply-accumulates per second of a 16-chain vpdpbusd zmm loop (registers only) on one thread.");
   py::class_<Gemm, std::shared_ptr<Gemm>>(m, "Gemm")
       .def(py::init<const py::object&, const py::object&, int, const py::object&, const py::object&, int, int, int,
                     const py::object&, int, const py::object&, int, const std::string&, bool, const py::object&>(),
@@ -889,7 +649,7 @@ PYBIND11_MODULE(_C, m) {
       .def("run", &Gemm::run, py::arg("x"), py::arg("out"), py::arg("residual"), py::arg("threads"))
       .def_property_readonly("n", &Gemm::n)
       .def_property_readonly("k", &Gemm::k)
-      .def_property_readonly("isa", &Gemm::isa)
+      .def_property_readonly("isa", &Gemm::isa_name)
       .def_property_readonly("packed_bytes", &Gemm::packed_bytes);
   py::class_<Conv>(m, "Conv")
       .def(py::init<const py::object&, int, const py::object&, int, const py::object&, const py::object&, int, int, int,
