@@ -29,7 +29,7 @@ import search_spaces as ss  # noqa: E402
 from nas.compress._train import loss_and_accuracy  # noqa: E402
 from nas.compress.mixed import mixed_precision  # noqa: E402
 from nas.compress.netadapt import NetAdaptConfig  # noqa: E402
-from nas.compress.quantize import QuantConfig, quantize_  # noqa: E402
+from nas.compress.quantize import QuantConfig, quantize_model  # noqa: E402
 from nas.data import TensorSplits, load_dataset, split  # noqa: E402
 from nas.export import load, run_onnx  # noqa: E402
 from nas.export.pipeline import (  # noqa: E402
@@ -40,6 +40,7 @@ from nas.export.pipeline import (  # noqa: E402
     load_fp32,
     measure_fp32_ms,
 )
+from nas.io import results_dir  # noqa: E402
 from nas.train import TrainRecipe, evaluate, train_standalone  # noqa: E402
 
 
@@ -60,7 +61,7 @@ def main() -> int:
                                                  "(e.g. <out>/unpruned/fp32 of an earlier run)")
     ap.add_argument("--prune-only", action="store_true", help="with --fp32: only the NetAdapt section")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="results/bench_finalize")
+    ap.add_argument("--out", default=str(results_dir() / "bench_finalize"))
     args = ap.parse_args()
     t_start = time.perf_counter()
     torch.manual_seed(args.seed)
@@ -109,7 +110,7 @@ def main() -> int:
                       ("int8 MSE", QuantConfig(calibration="mse", weight_calibration="mse")),
                       ("W4A8 PTQ min-max", QuantConfig(weight_bits=4)),
                       ("W4A8 PTQ MSE", QuantConfig(weight_bits=4, calibration="mse", weight_calibration="mse"))]:
-        qm, rep = quantize_(model, cfg, calib=calib, evaluate=(xv, yv))
+        qm, rep = quantize_model(model, cfg, calib=calib, evaluate=(xv, yv))
         ptq[name] = {"val": rep.quant_acc, "test": qm.accuracy(xs, ys), "weight_bytes": qm.weight_bytes,
                      "sim_agreement": rep.agreement, "seconds": rep.seconds}
         print(f"{name:<18} val {rep.quant_acc:.4f} test {ptq[name]['test']:.4f}", flush=True)
@@ -146,7 +147,8 @@ def main() -> int:
     # 4. mixed precision under a latency budget (half-way between all-int8 and all-int4 pointwise layers)
     t = time.perf_counter()
     bits, mrep = mixed_precision(model, arch, calib, xv, budget_savings=0.5)
-    qm, rep = quantize_(model, QuantConfig(layer_bits=bits, calibration="percentile"), calib=calib, evaluate=(xv, yv))
+    qm, rep = quantize_model(model, QuantConfig(layer_bits=bits, calibration="percentile"), calib=calib,
+                             evaluate=(xv, yv))
     res["mixed"] = {**mrep.to_dict(), "val": rep.quant_acc, "test": qm.accuracy(xs, ys),
                     "weight_bytes": qm.weight_bytes, "measured_ms": qm.bench(reps=50)["median_ms"],
                     "seconds": time.perf_counter() - t}

@@ -18,9 +18,23 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from latency_models.measure import time_calls
+import torch
+
+from latency_models import torch_ops
 from latency_models.ops import OpKey
+from nas import __version__
+from nas.timing import time_calls
 from search_spaces import Arch
+
+try:  # the compiled kernel library: without it the PyTorch devices still work and the kernels device says why
+    import nas.kernels as _kernels
+except ImportError as _exc:
+    _kernels = kernel_runner = None
+    _KERNELS_ERROR: ImportError | None = _exc
+else:  # outside the `try`: an error in the runner itself is a bug to show, not a missing library
+    from latency_models import kernel_runner
+
+    _KERNELS_ERROR = None
 
 DEVICE_NAMES = ("kernels", "torch-fp32", "torch-int8")
 # Fingerprint fields that must agree for a table to describe this machine and library.
@@ -45,12 +59,11 @@ class DeviceSpec:
         if self.bits not in allowed:
             raise ValueError(f"bits: device {self.name!r} supports {list(allowed)}, got {self.bits}")
         if self.isa is not None:
-            from nas.kernels.isa import ISAS
-
             if self.name != "kernels":
                 raise ValueError(f"isa: only the 'kernels' device takes a forced ISA, not {self.name!r}")
-            if self.isa not in ISAS:
-                raise ValueError(f"isa: expected one of {ISAS}, got {self.isa!r}")
+            isas = _kernels_module().ISAS
+            if self.isa not in isas:
+                raise ValueError(f"isa: expected one of {isas}, got {self.isa!r}")
 
     @classmethod
     def make(cls, name: str, bits: int | None = None, threads: int = 1, isa: str | None = None) -> DeviceSpec:
@@ -96,8 +109,6 @@ def cpu_model() -> str:
 
 
 def _base_fingerprint(spec: DeviceSpec) -> dict[str, Any]:
-    from nas import __version__
-
     return {"device": spec.name, "table_id": spec.table_id, "bits": spec.bits, "threads": spec.threads,
             "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
             "hostname": platform.node(), "nas_version": __version__}
@@ -115,8 +126,6 @@ class TorchDevice:
         return self.spec.name == "torch-int8"
 
     def fingerprint(self) -> dict[str, Any]:
-        import torch
-
         fp = _base_fingerprint(self.spec)
         fp.update(isa=torch.backends.cpu.get_cpu_capability(), library="torch", library_version=torch.__version__,
                   build_hash=torch.version.git_version[:12],
@@ -129,42 +138,31 @@ class TorchDevice:
 
         Cheap when nested or already in force (nothing is set), so runners can enter it on every call.
         """
-        import torch
-
-        from latency_models.torch_ops import ENGINE, quantized_engine
-
         saved = torch.get_num_threads()
         if saved != self.spec.threads:
             torch.set_num_threads(self.spec.threads)
         try:
-            with quantized_engine(ENGINE) if self.int8 else nullcontext():
+            with torch_ops.quantized_engine(torch_ops.ENGINE) if self.int8 else nullcontext():
                 yield
         finally:
             if torch.get_num_threads() != saved:
                 torch.set_num_threads(saved)
 
     def _time(self, fn: Callable[[], object], reps: int) -> list[float]:
-        import torch
-
         with self.scoped(), torch.inference_mode():
             return time_calls(fn, reps=reps)
 
     def time_op(self, op: OpKey, reps: int) -> list[float]:
-        from latency_models.torch_ops import op_runner
-
         with self.scoped():  # built at the thread count it is timed at, as before the scoping
-            module, inputs = op_runner(op, self.int8)
+            module, inputs = torch_ops.op_runner(op, self.int8)
         return self._time(lambda: module(*inputs), reps)
 
     def prepare_arch(self, arch: Arch) -> Callable[[], object]:
         """A zero-argument call running the whole network once (built and quantized up front); each call runs
         at the spec's thread count (and engine) and leaves the caller's in place."""
-        import torch
-
-        from latency_models.torch_ops import network_runner
-
         with self.scoped():
-            module, inputs = network_runner(arch, self.int8)
+
+            module, inputs = torch_ops.network_runner(arch, self.int8)
 
         def run() -> object:
             # callers (validation.measure_archs) time this directly, outside `_time`
@@ -179,12 +177,10 @@ class TorchDevice:
 
 
 def _kernels_module() -> Any:
-    try:
-        import nas.kernels as k
-    except ImportError as exc:
-        raise ValueError(f"device 'kernels': the kernel library nas.kernels cannot be imported ({exc}); build it "
-                         "(pip install -e .) or use --device torch-int8 / torch-fp32") from exc
-    return k
+    if _kernels is None:
+        raise ValueError(f"device 'kernels': the kernel library nas.kernels cannot be imported ({_KERNELS_ERROR}); "
+                         "build it (pip install -e .) or use --device torch-int8 / torch-fp32") from _KERNELS_ERROR
+    return _kernels
 
 
 @dataclass
@@ -207,14 +203,11 @@ class KernelDevice:
         return fp
 
     def time_op(self, op: OpKey, reps: int) -> list[float]:
-        from latency_models.kernel_runner import time_kernel_op
-
-        return time_kernel_op(op, self.spec, reps)
+        return kernel_runner.time_kernel_op(op, self.spec, reps)
 
     def prepare_arch(self, arch: Arch) -> Callable[[], object]:
-        from latency_models.kernel_runner import prepare_kernel_network
+        return kernel_runner.prepare_kernel_network(arch, self.spec)
 
-        return prepare_kernel_network(arch, self.spec)
 
     def time_arch(self, arch: Arch, reps: int) -> list[float]:
         return time_calls(self.prepare_arch(arch), reps=reps, min_sample_s=0)

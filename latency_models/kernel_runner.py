@@ -3,34 +3,43 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from latency_models.devices import DeviceSpec
+import numpy as np
+import torch
+
 from latency_models.ops import OpKey
-from search_spaces import Arch
+from nas.kernels import QuantizedNetwork, lower, minmax_calibration
+from nas.kernels.timing import time_layer
+from search_spaces import Arch, build
+
+if TYPE_CHECKING:  # devices imports this module for its kernels device
+    from latency_models.devices import DeviceSpec
 
 
 def time_kernel_op(op: OpKey, spec: DeviceSpec, reps: int) -> list[float]:
     """Per-run times (ms) of one op, as the fused variant the kernel executor runs (`nas.kernels.time_layer`)."""
-    from nas.kernels.timing import time_layer
-
     # OpKey carries every field time_layer reads from a search_spaces Layer (op, sizes, kernel, act, residual...)
     secs = time_layer(op, bits=spec.bits, isa=spec.isa, threads=spec.threads, reps=reps, warmup=5)
     return [s * 1e3 for s in secs]
 
 
+def kernel_network(arch: Arch, bits: int = 8) -> QuantizedNetwork:
+    """The quantized network the profiler times for `arch`: the float model with its seeded random initial
+    weights, lowered by `nas.kernels.lower` (the lowering every exported network goes through) on min/max ranges
+    of noise images; `bits` 4 is W4A8 (int4 pointwise and linear weights). Values are random, structure is what
+    `finalize` exports for the arch: same ops, fusions and layouts."""
+    with torch.random.fork_rng():  # seeded weights without moving the caller's random stream
+        torch.manual_seed(0)
+        model = build(arch).eval()
+        calib = torch.randn(4, arch.in_channels, arch.resolution, arch.resolution)
+    return lower(model, arch, minmax_calibration(model, calib, bits=bits)).network
+
+
 def prepare_kernel_network(arch: Arch, spec: DeviceSpec) -> Callable[[], object]:
-    """A zero-argument call running the whole quantized network once on the kernel executor (random weights,
-    calibrated on noise; packed for the ISA up front)."""
-    import numpy as np
-    import torch
-
-    from nas.kernels import quantize
-    from search_spaces import build
-
-    torch.manual_seed(0)
-    model = build(arch).eval()
-    calib = torch.randn(4, arch.in_channels, arch.resolution, arch.resolution)
-    net = quantize(model, arch, calib, bits=spec.bits)
+    """A zero-argument call running `kernel_network(arch, spec.bits)` once on the kernel executor (packed for the
+    ISA up front)."""
+    net = kernel_network(arch, spec.bits)
     net.compile(spec.isa)
     x = np.random.default_rng(0).standard_normal((1, arch.in_channels, arch.resolution, arch.resolution),
                                                  dtype=np.float32)

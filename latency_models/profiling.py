@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from latency_models.devices import DeviceSpec, get_device
-from latency_models.measure import summarize
 from latency_models.ops import OpKey
 from latency_models.table import LatencyTable, LatencyTableError
+from nas.timing import summarize
 
 # rough per-op set-up cost (s) and throughput (MAC/s) used only for the up-front time estimate
 _SETUP_S = {"kernels": 0.002, "torch-fp32": 0.005, "torch-int8": 0.04}

@@ -17,8 +17,9 @@ from typing import Any
 
 import pandas as pd
 
+from latency_models.devices import MATCH_FIELDS, DeviceSpec
 from latency_models.ops import KEY_COLUMNS, OpKey
-from nas.io import write_atomic
+from nas.io import results_dir, write_atomic
 
 FORMAT = "nas-latency-table/1"
 STAT_COLUMNS = ("median_ms", "p10_ms", "mad_ms", "min_ms", "max_ms", "n", "rejected", "passes")
@@ -26,7 +27,6 @@ STATS = ("median_ms", "p10_ms", "min_ms")  # what a predictor may sum
 COLUMNS = KEY_COLUMNS + ("bits", "macs") + STAT_COLUMNS
 OP_TYPES = ("conv", "pw", "dw", "se", "pool", "linear")
 ACTS = ("none", "relu", "relu6", "hswish", "swish")
-RESULTS_DIR = Path("results") / "latency"
 
 
 class LatencyTableError(ValueError):
@@ -38,16 +38,13 @@ class FingerprintMismatch(UserWarning):
 
 
 def default_table_path(device: str = "kernels", root: str | os.PathLike | None = None) -> Path:
-    """Where `nas profile --device <device>` writes its table: `results/latency/<table id>.csv`.
+    """Where `nas profile --device <device>` writes its table: `<results>/latency/<table id>.csv`.
 
-    `device` is a device name or table id (`kernels`, `kernels-int4`, `torch-int8-t2`); `root` defaults to the
-    `NAS_RESULTS` environment variable or `results/` under the current directory.
+    `device` is a device name or table id (`kernels`, `kernels-int4`, `torch-int8-t2`); `root` is the results
+    folder, resolved by `nas.io.results_dir` (`root`, else $NAS_RESULTS, else `results/`).
     """
-    from latency_models.devices import DeviceSpec
-
     table_id = DeviceSpec.make(device).table_id
-    base = Path(root) if root is not None else Path(os.environ.get("NAS_RESULTS", "results"))
-    return base / "latency" / f"{table_id}.csv"
+    return results_dir(root) / "latency" / f"{table_id}.csv"
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -55,8 +52,6 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 
 
 def profile_command(device: str) -> str:
-    from latency_models.devices import DeviceSpec
-
     spec = DeviceSpec.make(device)
     cmd = f"nas profile --device {spec.name}"
     natural = 32 if spec.name == "torch-fp32" else 8
@@ -177,8 +172,6 @@ class LatencyTable:
 
     def fingerprint_diffs(self, current: dict[str, Any]) -> list[str]:
         """The fingerprint fields that differ from `current` (CPU, ISA, threads, bits, library, build)."""
-        from latency_models.devices import MATCH_FIELDS
-
         return [f"{k}: table {self.fingerprint.get(k)!r} vs here {current.get(k)!r}" for k in MATCH_FIELDS
                 if k in current and str(self.fingerprint.get(k)) != str(current.get(k))]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from latency_models.devices import Device
-from latency_models.measure import summarize, time_calls
 from latency_models.predictor import Overhead, Predictor
 from nas.io import write_atomic
+from nas.timing import round_robin
 from search_spaces import Arch, Budget, SearchSpace, count_macs, sample
 
 FIT_SEED = 10_000
@@ -63,16 +63,15 @@ def measure_archs(device: Device, archs: list[Arch], reps: int = 9, passes: int 
         from tqdm import tqdm
 
         it = tqdm(archs, desc=f"{desc}: build", unit="arch", file=sys.stderr, dynamic_ncols=True)
-    runners = [device.prepare_arch(a) for a in it]
-    best = [math.inf] * len(archs)
-    for p in range(passes):
-        it = range(len(archs))
-        if progress:
-            it = tqdm(it, desc=f"{desc}: pass {p + 1}/{passes}", unit="arch", file=sys.stderr, dynamic_ncols=True)
-        for i in it:
-            t = summarize(time_calls(runners[i], reps=reps, min_sample_s=0))
-            best[i] = min(best[i], getattr(t, stat))
-    return best
+    runners = dict(enumerate(device.prepare_arch(a) for a in it))
+
+    def bar(p: int, keys: Iterable[int]) -> Iterable[int]:
+        return tqdm(keys, desc=f"{desc}: pass {p + 1}/{passes}", unit="arch", file=sys.stderr, dynamic_ncols=True)
+
+    best = round_robin(runners, reps=reps, rounds=passes, warmup=5, max_round_s=2.0, stat=stat,
+                       progress=bar if progress else None)
+    return [getattr(best[i], stat) for i in range(len(archs))]
+
 
 
 def fit_overhead(predictor: Predictor, device: Device, space: SearchSpace, n: int = 60, reps: int = 9,

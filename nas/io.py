@@ -1,7 +1,8 @@
-"""File writing shared by every part of nas: results, tables and checkpoints are written atomically.
+"""Files shared by every part of nas: where results go, and writing them atomically.
 
-`write_atomic` writes one file, `write_dir_atomic` a whole directory; both fill a hidden temporary sibling,
-flush it to disk and rename it into place, so a reader sees the old version or the new one, never a mixture.
+`results_dir` is the one place that decides the results folder. `write_atomic` writes one file,
+`write_dir_atomic` a whole directory; both fill a hidden temporary sibling, flush it to disk and rename it into
+place, so a reader sees the old version or the new one, never a mixture.
 """
 
 from __future__ import annotations
@@ -11,6 +12,21 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+RESULTS_ENV = "NAS_RESULTS"  # environment variable naming the results folder when no flag does
+DEFAULT_RESULTS = "results"  # the results folder, under the current directory, when neither does
+
+
+def results_dir(override: str | os.PathLike | None = None) -> Path:
+    """The folder results go in (run outputs, latency tables, supernet caches, benchmark outputs).
+
+    Precedence: `override` (a flag such as --out, or a config field) when given, else the `NAS_RESULTS`
+    environment variable when set and not empty, else `results` under the current directory. Read at call time,
+    so a flag default of None and a change of the variable both take effect.
+    """
+    if override is not None and str(override) != "":
+        return Path(override)
+    return Path(os.environ.get(RESULTS_ENV) or DEFAULT_RESULTS)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -3,13 +3,10 @@
 A training step on the CPU allocates and frees the same few-to-30 MB activation buffers hundreds of times. With
 glibc's defaults each of those is a fresh `mmap` (or the heap top is trimmed after it is freed), so every step
 page-faults its activations in again: 18% of a default search's CPU time was system time. Raising the mmap
-threshold to its maximum and never trimming keeps the buffers mapped for reuse (measured on the 2-core Intel
-machine, 2026-12-02, default `nas search`: supernet stage 650 -> 515 s with identical losses, system time 3.5 ->
-2.0 min; single-step timings were too noisy there to quote). Buffers above glibc's 32 MB ceiling (batch-norm
-recalibration of a trial at 256 images, evaluation at 500) would still be mmapped afresh, so mmap is switched off
-for malloc altogether: a search trial 1.07 -> 0.84 s, 166k -> 13k page faults, system time 0.47 -> 0.04 s per
-trial, peak memory of that benchmark 1.33 -> 1.45 GB (same machine). The price is that the process keeps its peak
-heap resident.
+threshold to its maximum and never trimming keeps the buffers mapped for reuse. Buffers above glibc's 32 MB ceiling
+(batch-norm recalibration of a trial at 256 images, evaluation at 500) would still be mmapped afresh, so mmap is
+switched off for malloc altogether (supernet and trial times, page faults and peak memory before and after:
+benchmarks/RESULTS_default_run.md). The price is that the process keeps its peak heap resident.
 """
 
 from __future__ import annotations

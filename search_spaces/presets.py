@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from search_spaces.arch import Arch, make_divisible
+from search_spaces.cost import count_macs
 from search_spaces.encoding import decode
 
 MOBILENET_V2 = (
@@ -95,8 +96,6 @@ def fit_width(arch: Arch, max_macs: float, lo: float = 0.05, hi: float = 4.0,
     `cost` replaces the MAC count, e.g. a measured latency in ms with `max_macs` then a time; it should grow with
     the width (noise only makes the bisection stop at a slightly different width).
     """
-    from search_spaces.cost import count_macs
-
     cost = cost or count_macs
     if cost(scale(arch, width=lo)) > max_macs:
         raise ValueError(f"max_macs: even width {lo} of this network costs more than {max_macs:g}")

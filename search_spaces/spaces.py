@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from search_spaces.arch import Arch, Block, make_divisible
+from search_spaces.cost import count_macs
 
 
 @dataclass(frozen=True)
@@ -304,8 +305,6 @@ def trim_to_budget(space: SearchSpace, max_macs: float, slack: float = 1.25) -> 
     the budget allows. A supernet trained on it spends no time on networks far beyond the budget; the few
     members still over it are repaired by the search.
     """
-    from search_spaces.cost import count_macs
-
     if slack < 1:
         raise ValueError(f"slack: expected >= 1, got {slack}")
     if count_macs(space.smallest()) > max_macs:

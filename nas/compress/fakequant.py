@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from nas.kernels.lower import Calibration, gemm_layers, weight_layers
 from nas.kernels.training import depthwise_conv2d, fake_quantize, is_depthwise, memory_order
+from search_spaces import build
 
 CALIBRATORS = ("minmax", "percentile", "mse")
 _SAMPLES = 1 << 16  # values kept per observed tensor per batch for percentile / MSE calibration
@@ -165,23 +167,9 @@ class WeightFakeQuant(nn.Module):
         return torch.fake_quantize_per_channel_affine(w, self.current_scale(w), self.zero, 0, -q, q)
 
 
-def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every conv / linear layer of an `MBConvNet` by module name (the units of per-layer bit widths)."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-
-
-def gemm_layers(model: nn.Module) -> list[str]:
-    """Layers the kernels can run with int4 weights: 1x1 convolutions and linear layers (not stem, depthwise, SE)."""
-    out = []
-    for n, m in weight_layers(model).items():
-        if isinstance(m, nn.Linear) or (m.kernel_size == (1, 1) and m.groups == 1 and ".se." not in n):
-            out.append(n)
-    return out
-
-
 class QuantSim(nn.Module):
     """A fake-quantized copy of an `MBConvNet`: every tensor the kernel executor stores as uint8 is observed and
-    (once calibrated) fake-quantized, with the executor's names (`nas.kernels.convert`): `input`, `stem`,
+    (once calibrated) fake-quantized, with the executor's names (`nas.kernels.lower.Calibration`): `input`, `stem`,
     `stem.pre` (before a lookup-table activation), `blocks.i.expand`, `blocks.i.dw`, `blocks.i.se.pool`,
     `blocks.i.se.fc1`, `blocks.i.se.fc2.pre`, `blocks.i.se`, `blocks.i.project` or `blocks.i.out` (after the
     residual add), `head`, `pool`, `hidden`. The SE gate uses the executor's fixed grid (1/255).
@@ -321,11 +309,20 @@ class QuantSim(nn.Module):
             out[n] = (w, fq.current_scale(w).detach(), fq.bits)
         return out
 
-    def export_float(self) -> nn.Module:
-        """A plain model whose weights are the fake-quantized values (dequantized), batch norms unchanged."""
-        from torch.nn.utils import parametrize
+    def calibration(self, group_size: int = 0) -> Calibration:
+        """The grid this simulator models, for `nas.kernels.lower`: its activation ranges, per-layer bits and
+        per-channel weight scales (min-max, MSE or learned); int4 layers get `group_size` sub-scales when > 0."""
+        scales = {n: s.double().numpy() for n, (_, s, _) in self.fp_weights_scales().items()}
+        return Calibration(self.ranges(), dict(self.bits), scales, group_size)
 
-        m = copy.deepcopy(self.model)
-        for mod in weight_layers(m).values():
-            parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)
-        return m
+    def float_model(self) -> nn.Module:
+        """A plain model with this simulator's float weights (as trained, not fake-quantized) and batch norms: what
+        gets lowered. Built afresh from the arch: removing a parametrization from a deep copy would also strip it
+        from this simulator (the copy shares the parametrized class)."""
+        suffix = ".parametrizations.weight.original"
+        state = {k.replace(suffix, ".weight"): v for k, v in self.model.state_dict().items()
+                 if ".parametrizations.weight." not in k or k.endswith(suffix)}
+        with torch.random.fork_rng():  # build() initialises weights from the global stream; leave it untouched
+            m = build(self.arch)
+        m.load_state_dict(state)
+        return m.eval()

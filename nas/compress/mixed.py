@@ -19,16 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import latency_models
 import search_spaces as ss
+from latency_models import OpKey
 from nas.compress.fakequant import QuantSim, WeightFakeQuant, gemm_layers
+from nas.kernels import time_layer
 
 log = logging.getLogger(__name__)
 
 
 def _predictor(table_id: str) -> object | None:  # a latency_models.Predictor
     try:
-        import latency_models
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return latency_models.load_predictor(table_id)
@@ -42,16 +43,12 @@ def layer_latency_ms(arch: ss.Arch, bits: int, device: str = "kernels", reps: in
     """Latency (ms) of every layer of `arch` at `bits` weights (pointwise / linear; others stay int8), and its
     source: the latency table of `device` (`kernels` or `kernels-int4`), else measured on the kernels here
     (cached per process)."""
-    from latency_models import OpKey
-
     predictor = _predictor(device if bits == 8 else f"{device}-int4")
     out = {}
     if predictor is not None:
         for layer in ss.layers(arch):
             out[layer.name] = predictor.op_ms(OpKey.of(layer))
         return out, f"table {device}{'' if bits == 8 else '-int4'}"
-    from nas.kernels import time_layer
-
     for layer in ss.layers(arch):
         out[layer.name] = float(np.median(time_layer(layer, bits=bits, reps=reps))) * 1e3
     return out, "measured on the kernels"

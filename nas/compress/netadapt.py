@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+import latency_models
 import search_spaces as ss
 from nas.compress._train import finetune, loss_and_accuracy
 from nas.compress.prune import channel_groups, importance, prune_channels, pruned_arch
@@ -36,8 +37,6 @@ def cost_function(metric: str = "latency", device: str = "kernels",
         raise ValueError(f"metric: expected one of {METRICS}, got {metric!r}")
     if metric == "latency":
         try:
-            import latency_models
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a fingerprint mismatch still gives a usable relative cost
                 predictor = latency_models.load_predictor(device, table)

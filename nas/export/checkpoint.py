@@ -22,11 +22,14 @@ from typing import Any
 
 import numpy as np
 
+import nas
+import nas.kernels
 from nas.export.model import QuantizedModel
 from nas.io import write_dir_atomic
 from nas.kernels import ops as kops
 from nas.kernels.executor import QuantizedLayer, QuantizedNetwork
 from nas.kernels.quant import QParams
+from search_spaces import Arch, ArchError, count
 
 FORMAT = "nas-quantized-checkpoint"
 FORMAT_VERSION = "1.0"
@@ -124,9 +127,6 @@ def _versions() -> dict[str, str]:
 
     import torch
 
-    import nas
-    import nas.kernels
-
     out = {"nas": nas.__version__, "kernels": nas.kernels.version, "torch": torch.__version__,
            "numpy": np.__version__, "python": platform.python_version()}
     try:
@@ -164,8 +164,6 @@ def save(model: QuantizedModel, path: str | os.PathLike, **metadata: Any) -> str
         save_file(arrays, str(tmp / "weights.safetensors"))
         hashes = {f: _sha(tmp / f) for f in FILES}
         content = hashlib.sha256("".join(hashes[f] for f in FILES).encode()).hexdigest()
-        from search_spaces import count
-
         cost = count(model.arch)
         meta.update({"format": FORMAT, "format_version": FORMAT_VERSION,
                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -236,8 +234,6 @@ def load(path: str | os.PathLike, verify: bool = True) -> QuantizedModel:
     """
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
-
-    from search_spaces import Arch, ArchError
 
     path = Path(path)
     meta = read_metadata(path)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import time
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from nas.data import Splits, TensorSplits
 from nas.kernels import QuantizedNetwork
+from nas.timing import time_calls
 from search_spaces import Arch
 
 
@@ -96,8 +99,6 @@ class QuantizedModel:
     def evaluate(self, data: Any, part: str = "test", where: str = "data") -> Evaluation:
         """Top-1 accuracy on `part` ('train', 'val' or 'test') of `data` (`nas.data.Splits` or `TensorSplits`),
         after `check_data`. `where` names the data in errors (the CLI passes "--data PATH")."""
-        from nas.data import Splits, TensorSplits
-
         self.check_data(data, where)  # before TensorSplits computes anything from the data
         tensors = TensorSplits(data) if isinstance(data, Splits) else data
         x, y = tensors.tensors(part, self.arch.resolution)
@@ -114,33 +115,21 @@ class QuantizedModel:
     def weight_bytes(self) -> int:
         return self.network.weight_bytes()
 
-    def bench(self, batch: int = 1, threads: int = 1, reps: int = 50, warmup: int = 5) -> dict[str, float]:
-        """Measured latency on the kernels (median and 10th/90th percentile, ms) for `batch` random inputs."""
+    def runner(self, batch: int = 1, threads: int = 1) -> Callable[[], object]:
+        """A zero-argument call running the integer network once on `batch` random (pre-quantized) inputs: what
+        `bench` and `nas.export.pipeline.measure_round_robin` time."""
         rng = np.random.default_rng(0)
         a = self.arch
         x = self.network.quantize_input(rng.standard_normal((batch, a.in_channels, a.resolution, a.resolution))
                                         .astype(np.float32))
-        for _ in range(warmup):
-            self.network.run(x, threads=threads)
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            self.network.run(x, threads=threads)
-            times.append((time.perf_counter() - t) * 1e3)
+        return lambda: self.network.run(x, threads=threads)
+
+    def bench(self, batch: int = 1, threads: int = 1, reps: int = 50, warmup: int = 5) -> dict[str, float]:
+        """Measured latency on the kernels (median and 10th/90th percentile, ms) for `batch` random inputs."""
+        times = time_calls(self.runner(batch, threads), reps=reps, warmup=warmup, min_sample_s=0,
+                           max_total_s=math.inf)
         return {"median_ms": float(np.median(times)), "p10_ms": float(np.percentile(times, 10)),
                 "p90_ms": float(np.percentile(times, 90)), "batch": batch, "threads": threads, "reps": reps}
-
-    def save(self, path: str, **metadata: Any) -> str:
-        """Write a checkpoint directory (atomically); see `nas.export.save`."""
-        from nas.export.checkpoint import save
-
-        return save(self, path, **metadata)
-
-    def to_onnx(self, path: str) -> str:
-        """Write an ONNX QDQ model of this network; see `nas.export.to_onnx`."""
-        from nas.export.onnx_qdq import to_onnx
-
-        return to_onnx(self, path)
 
 
 def _numpy(x: Any) -> np.ndarray:

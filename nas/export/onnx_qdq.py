@@ -5,8 +5,8 @@ are uint8 initializers with zero point 128 (int8 and int4 values plus 128: the s
 channel; biases are float. ONNX Runtime fuses the pairs into its own int8 kernels. Unsigned weights matter: with
 int8 weights ONNX Runtime picks its u8 x s8 kernels, which on CPUs without VNNI (AVX2, AVX-512 before Cascade Lake)
 add pairs of products in saturating 16-bit arithmetic (VPMADDUBSW; ONNX Runtime's quantization guide names it and
-suggests U8U8). On the AVX2 machine of 2026-12-02 that changed 7 of 179 digits predictions of a searched network
-(top-1 0.994 -> 0.955); with uint8 weights ORT agrees on all of them (and ran 4.3 ms instead of 3.6). Results differ
+suggests U8U8), which changed a searched network's predictions on an AVX2 machine; with uint8 weights ORT agrees
+(benchmarks/RESULTS_finalize.md). Results differ
 from our executor only where ONNX Runtime's float requantization rounds differently from our fixed-point
 multipliers. Weights with int4 group sub-scales are
 exported pre-dequantized (float), since per-group DequantizeLinear needs a newer opset than ORT fuses.

@@ -1,11 +1,11 @@
 """`finalize`: what the search calls on its chosen architecture: prune -> quantize -> evaluate -> export.
 
 >>> report = finalize(model_fp32, arch, splits, FinalizeConfig(prune_ratio=0.7, w4_qat_steps=300), "results/r/final")
->>> import nas; qmodel = nas.load(report.checkpoint)
+>>> from nas.export import load; qmodel = load(report.checkpoint)
 
 Output directory:
     fp32/            model_fp32.safetensors + arch.json (the float model after pruning and fine-tuning)
-    int8/            the int8 checkpoint (`nas.load`), with model.onnx (QDQ)
+    int8/            the int8 checkpoint (`nas.export.load`), with model.onnx (QDQ)
     w4a8/            the W4A8 checkpoint after QAT (when `w4_qat_steps` > 0)
     finalize.json    the `FinalizeReport`
 """
@@ -26,15 +26,18 @@ import numpy as np
 import torch
 from torch import nn
 
+import latency_models
 import search_spaces as ss
+from nas.compress._train import loss_and_accuracy
 from nas.compress.netadapt import NetAdaptConfig, cost_function, netadapt
-from nas.compress.quantize import QuantConfig, QuantReport, quantize_
+from nas.compress.quantize import QuantConfig, QuantReport, quantize_model
 from nas.data import DataSpec, Splits, TensorSplits
 from nas.errors import one_line
 from nas.export.checkpoint import save
 from nas.export.model import QuantizedModel
 from nas.export.onnx_qdq import run_onnx, to_onnx
 from nas.io import write_atomic
+from nas.timing import round_robin, time_calls
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,8 @@ class FinalizeConfig:
     prune_metric: str = "latency"  # latency (kernels table; MACs fallback) | macs
     device: str = "kernels"
     # where the latency tables are: `table` is the int8 table of `device` (None: its default path under
-    # `table_root`, which defaults to $NAS_RESULTS or results/); the W4A8 prediction reads `<device>-int4` there
+    # `table_root`, the results folder `nas.io.results_dir` resolves); the W4A8 prediction reads `<device>-int4` there
+
     table: str | None = None
     table_root: str | None = None
     netadapt: NetAdaptConfig = NetAdaptConfig()
@@ -190,16 +194,10 @@ def measure_round_robin(models: dict[str, Any], reps: int = 50, threads: int = 1
     rounds, the models taking turns, so that a burst of load on a shared machine (seconds of 1.6-1.9x slowness
     seen on a 2-core VM) slows a few rounds of every model rather than all of one. Each round runs a model at
     least `reps / rounds` times and for at least `round_s` seconds: the rounds of a sub-millisecond model
-    would otherwise all fall inside one burst."""
-    per = {}
-    for name, m in models.items():
-        ms = m.bench(reps=3, threads=threads, warmup=1)["median_ms"]
-        per[name] = max(5, reps // rounds, math.ceil(round_s * 1e3 / max(ms, 1e-3)))
-    best = {name: math.inf for name in models}
-    for _ in range(rounds):
-        for name, m in models.items():
-            best[name] = min(best[name], m.bench(reps=per[name], threads=threads, warmup=2)["p10_ms"])
-    return best
+    would otherwise all fall inside one burst (`nas.timing.round_robin`)."""
+    best = round_robin({name: m.runner(threads=threads) for name, m in models.items()}, reps=max(5, reps // rounds),
+                       rounds=rounds, warmup=2, round_s=round_s, stat="p10_ms")
+    return {name: t.p10_ms for name, t in best.items()}
 
 
 def measure_fp32_ms(model: nn.Module, arch: ss.Arch, reps: int = 30, threads: int = 1) -> float:
@@ -207,33 +205,25 @@ def measure_fp32_ms(model: nn.Module, arch: ss.Arch, reps: int = 30, threads: in
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     x = torch.randn(1, arch.in_channels, arch.resolution, arch.resolution)
-    times = []
     try:
         with torch.inference_mode():
             model.eval()
-            for i in range(reps + 3):
-                t = time.perf_counter()
-                model(x)
-                if i >= 3:
-                    times.append((time.perf_counter() - t) * 1e3)
+            times = time_calls(lambda: model(x), reps=reps, warmup=3, min_sample_s=0, max_total_s=math.inf)
     finally:  # the caller's thread count, also after an error
+
         torch.set_num_threads(prev)
     return float(np.median(times))
 
 
 def table_path(config: FinalizeConfig, device: str) -> str:
     """The latency table `finalize` reads for `device` (`config.device`, or its `-int4` variant)."""
-    from latency_models import default_table_path
-
     if device == config.device and config.table:
         return config.table
-    return str(default_table_path(device, root=config.table_root))
+    return str(latency_models.default_table_path(device, root=config.table_root))
 
 
 def _predicted(arch: ss.Arch, device: str, path: str | None = None) -> float | None:
     try:
-        import latency_models
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return float(latency_models.load_predictor(device, path).predict_ms(arch))
@@ -244,15 +234,15 @@ def _predicted(arch: ss.Arch, device: str, path: str | None = None) -> float | N
 def _quantize_variant(model: nn.Module, qcfg: QuantConfig, calib: torch.Tensor,
                       train: tuple[torch.Tensor, torch.Tensor] | None, val: tuple[torch.Tensor, torch.Tensor],
                       fp32_val: float, skip_within: float | None) -> tuple[QuantizedModel, QuantReport]:
-    """`quantize_` of one variant; with QAT and `skip_within`, PTQ first, and QAT only if PTQ loses more than
+    """`quantize_model` of one variant; with QAT and `skip_within`, PTQ first, and QAT only if PTQ loses more than
     `skip_within` of val accuracy (QAT is most of finalize's time)."""
     if train is not None and qcfg.qat_steps > 0 and skip_within is not None:
-        qmodel, qrep = quantize_(model, replace(qcfg, qat_steps=0), calib=calib, evaluate=val)
+        qmodel, qrep = quantize_model(model, replace(qcfg, qat_steps=0), calib=calib, evaluate=val)
         if fp32_val - float(qrep.quant_acc) <= skip_within:
             qrep.qat.append({"steps": 0, "skipped": f"PTQ val accuracy {qrep.quant_acc:.4f} is within "
                                                     f"{skip_within:g} of fp32 {fp32_val:.4f}"})
             return qmodel, qrep
-    return quantize_(model, qcfg, calib=calib, train=train, evaluate=val)
+    return quantize_model(model, qcfg, calib=calib, train=train, evaluate=val)
 
 
 def finalize(model: nn.Module, arch: ss.Arch, splits: Splits | TensorSplits, config: FinalizeConfig = FinalizeConfig(),
@@ -260,7 +250,7 @@ def finalize(model: nn.Module, arch: ss.Arch, splits: Splits | TensorSplits, con
     """Prune (optional) -> int8 PTQ (+ optional W4A8 QAT) -> evaluate on val/test -> export checkpoints to `out_dir`.
 
     `model` is the trained float `MBConvNet` of `arch`; it is not modified. Accuracies are top-1 on the val and
-    test splits; the int8 checkpoint (`report.checkpoint`) is the deliverable, loadable with `nas.load`.
+    test splits; the int8 checkpoint (`report.checkpoint`) is the deliverable, loadable with `nas.export.load`.
     """
     t0 = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -276,8 +266,6 @@ def finalize(model: nn.Module, arch: ss.Arch, splits: Splits | TensorSplits, con
     model = copy.deepcopy(model).eval()
     start_arch = arch
     acc: dict[str, float] = {}
-    from nas.compress._train import loss_and_accuracy
-
     acc["fp32_val"], acc["fp32_test"] = loss_and_accuracy(model, xv, yv)[1], loss_and_accuracy(model, xs, ys)[1]
     int8_table = table_path(config, config.device)
     lat: dict[str, float | None] = {"fp32_measured": measure_fp32_ms(model, arch, threads=config.threads),

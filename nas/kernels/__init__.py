@@ -5,8 +5,8 @@ Public API::
     active_isa(), available_isas(), set_isa(name), use_isa(name), build_hash(), version
     compile_op(spec, isa=None).run(x, residual=None, threads=1)      # specs: GemmSpec, ConvSpec, ...
     pointwise_conv / depthwise_conv / conv2d / global_avg_pool / squeeze_excite / linear (functional)
-    quantize(model, arch, calib, bits=8) -> QuantizedNetwork; QuantizedNetwork.run(x, threads=1)
-    save_network(net, path) / load_network(path)                       # safetensors, int4 packed
+    lower(model, arch, minmax_calibration(model, images, bits=8)).network -> QuantizedNetwork   # the one lowering
+    QuantizedNetwork.run(x, threads=1)
     time_layer(layer, bits=8, isa=None, threads=1, batch=1, reps=50) -> list[float] seconds
 """
 
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from nas.kernels import _C
-from nas.kernels.convert import quantize
 from nas.kernels.executor import QuantizedLayer, QuantizedNetwork
 from nas.kernels.isa import ISAS, active_isa, available_isas, set_isa, use_isa
+from nas.kernels.lower import Calibration, LoweredNetwork, lower, minmax_calibration
 from nas.kernels.ops import (
     CompiledOp,
     ConvSpec,
@@ -33,7 +33,6 @@ from nas.kernels.ops import (
     compile_op,
 )
 from nas.kernels.quant import QParams
-from nas.kernels.serialize import load_network, save_network
 from nas.kernels.timing import time_layer
 
 version = "0.1.0"
@@ -86,10 +85,12 @@ def squeeze_excite(x: np.ndarray, spec: SESpec, threads: int = 1, isa: str | Non
 
 __all__ = [
     "ISAS",
+    "Calibration",
     "CompiledOp",
     "ConvSpec",
     "DepthwiseSpec",
     "GemmSpec",
+    "LoweredNetwork",
     "PoolSpec",
     "QParams",
     "QuantizedLayer",
@@ -105,10 +106,9 @@ __all__ = [
     "depthwise_conv",
     "global_avg_pool",
     "linear",
-    "load_network",
+    "lower",
+    "minmax_calibration",
     "pointwise_conv",
-    "quantize",
-    "save_network",
     "set_isa",
     "squeeze_excite",
     "time_layer",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import time
+import math
 
 import numpy as np
 
 from nas.kernels.ops import compile_op
 from nas.kernels.random_specs import spec_for_layer
+from nas.timing import time_calls
 
 
 def time_layer(
@@ -31,11 +32,7 @@ def time_layer(
     if getattr(spec, "residual", None) is not None:
         res = rng.integers(0, 256, size=(batch, *shape[:-1], layer.out_channels), dtype=np.uint8)
     out = op.run(x, residual=res, threads=threads)
-    for _ in range(warmup):
-        op.run(x, residual=res, out=out, threads=threads)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        op.run(x, residual=res, out=out, threads=threads)
-        times.append(time.perf_counter() - t0)
-    return times
+    ms = time_calls(lambda: op.run(x, residual=res, out=out, threads=threads), reps=reps, warmup=warmup,
+                    min_sample_s=0, max_total_s=math.inf)
+    return [t / 1e3 for t in ms]
+

@@ -6,7 +6,7 @@ from torch import nn
 import search_spaces as ss
 from nas.compress.fakequant import QuantSim, _qdq_error, choose_range, gemm_layers, weight_scales
 from nas.compress.mixed import layer_latency_ms, mixed_precision, sensitivities
-from nas.compress.quantize import QuantConfig, qat, quantize_
+from nas.compress.quantize import QuantConfig, qat, quantize_model
 
 ARCH = ss.decode("r16_i1_n10:stem_c16_s1_hs:ds_k3_c16_re6:ir_k3_e3_c24_se0.25_hs,ir_k5_e6_c24_re6:"
                  "ir_k3_s2_e4_c32_se0.25_sw:head_c64_re6:fc_c32_hs")
@@ -61,7 +61,7 @@ def test_weight_scales_minmax_and_mse():
                                  QuantConfig(weight_bits=4)])
 def test_executor_follows_the_fake_quant_model(cfg):
     model = _model()
-    qmodel, rep = quantize_(model, cfg, calib=X[:64], evaluate=(X, torch.zeros(len(X), dtype=torch.long)))
+    qmodel, rep = quantize_model(model, cfg, calib=X[:64], evaluate=(X, torch.zeros(len(X), dtype=torch.long)))
     sim = QuantSim(model, cfg.bits_for(model), weight_method=cfg.weight_calibration)
     sim.calibrate([X[:64]], cfg.calibration, cfg.percentile)
     with torch.no_grad():
@@ -77,8 +77,8 @@ def test_executor_follows_the_fake_quant_model(cfg):
 
 def test_int4_weights_stored_in_half_the_bytes():
     model = _model()
-    q8, _ = quantize_(model, QuantConfig(), calib=X[:64])
-    q4, _ = quantize_(model, QuantConfig(weight_bits=4), calib=X[:64])
+    q8, _ = quantize_model(model, QuantConfig(), calib=X[:64])
+    q4, _ = quantize_model(model, QuantConfig(weight_bits=4), calib=X[:64])
     sizes = [dict(model.named_modules())[n].weight.numel() for n in gemm_layers(model)]
     assert q8.weight_bytes - q4.weight_bytes == sum(n - n // 2 for n in sizes)
 
@@ -103,15 +103,15 @@ def test_qat_with_lsq_recovers_w4_predictions():
     qat(sim, x, y, steps=15, teacher=model, lr=0.01, batch_size=32)
     assert agreement() > a0
     assert any(not torch.equal(a, b) for a, b in zip(before, lsq, strict=True))  # scales were learned
-    qmodel, rep = quantize_(sim, QuantConfig(weight_bits=4), evaluate=(x, y))
+    qmodel, rep = quantize_model(sim, QuantConfig(weight_bits=4), evaluate=(x, y))
     assert rep.agreement >= 0.95 and rep.quant_acc > a0 - 0.02
 
 
 def test_quantize_requires_data():
     with pytest.raises(ValueError, match="calib"):
-        quantize_(_model(), QuantConfig())
+        quantize_model(_model(), QuantConfig())
     with pytest.raises(ValueError, match="QAT"):
-        quantize_(_model(), QuantConfig(qat_steps=5), calib=X[:32])
+        quantize_model(_model(), QuantConfig(qat_steps=5), calib=X[:32])
     with pytest.raises(ValueError, match="int4"):
         QuantSim(_model(), {"blocks.1.dw.conv": 4})
 
@@ -148,7 +148,7 @@ def test_mixed_precision_meets_budget_greedily():
     assert rep.predicted_ms + saved[rep.order[-1]] > rep.budget_ms
     bits, rep = mixed_precision(model, ARCH, X[:64], X[64:], budget_ms=0.0, sensitivity=sens, layer_ms=lat)
     assert not rep.met and set(bits.values()) == {4}
-    q, _ = quantize_(model, QuantConfig(layer_bits=bits), calib=X[:64])
+    q, _ = quantize_model(model, QuantConfig(layer_bits=bits), calib=X[:64])
     assert {getattr(lyr.spec, "bits", 8) for lyr in q.network.layers} == {4, 8}  # depthwise layers stay int8
     with pytest.raises(ValueError, match=r"layer_ms\[1\].*missing \['classifier'\]"):
         mixed_precision(model, ARCH, X[:64], X[64:], sensitivity=sens,

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import search_spaces as ss
-from nas.compress.quantize import QuantConfig, quantize_
+from nas.compress.quantize import QuantConfig, quantize_model
 from nas.data import Dataset, Splits, TensorSplits, split
 from nas.export import FORMAT_VERSION, CheckpointError, load, run_onnx, save, to_onnx
 from nas.export.checkpoint import pack_int4, unpack_int4
@@ -30,7 +30,7 @@ def models():
             mod.bias.data.uniform_(-0.5, 0.5)
         elif isinstance(mod, nn.Linear):
             nn.init.normal_(mod.weight, 0, 0.3)
-    return {name: quantize_(m, cfg, calib=X[:128])[0] for name, cfg in
+    return {name: quantize_model(m, cfg, calib=X[:128])[0] for name, cfg in
             [("int8", QuantConfig()), ("w4", QuantConfig(weight_bits=4)),
              ("w4g", QuantConfig(weight_bits=4, group_size=8))]}
 
@@ -165,11 +165,11 @@ def test_onnx_weights_are_uint8_with_zero_point_128(models, tmp_path):
     got, want = run_onnx(str(tmp_path / "m.onnx"), x.numpy()), q(x)
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
 
-def test_nas_load_is_lazy(models, tmp_path):
+def test_import_nas_is_light_and_nas_export_loads(models, tmp_path):
     import subprocess
 
     path = save(models["int8"], tmp_path / "ck")
-    code = ("import sys, nas; assert 'torch' not in sys.modules; m = nas.load(sys.argv[1]); "
+    code = ("import sys, nas; assert 'torch' not in sys.modules; from nas.export import load; m = load(sys.argv[1]); "
             "import numpy as np; print(m.predict(np.zeros((2, 1, 16, 16), np.float32)).shape)")
     out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "(2,)"

@@ -67,11 +67,12 @@ def test_export_eval_bench(tmp_path, capsys):
 
 def _checkpoint(tmp_path):
     """A quantized ARCH checkpoint recorded as trained on digits (no training: only its shape matters here)."""
-    from nas.compress.quantize import QuantConfig, quantize_
+    from nas.compress.quantize import QuantConfig, quantize_model
     from nas.export import save
 
     torch.manual_seed(0)
-    q, _ = quantize_(ss.build(ARCH).eval(), QuantConfig(calibration="minmax"), calib=torch.randn(32, 1, 16, 16))
+    q, _ = quantize_model(ss.build(ARCH).eval(), QuantConfig(calibration="minmax"),
+                          calib=torch.randn(32, 1, 16, 16))
     return save(q, tmp_path / "ck", dataset="digits@split0")
 
 

@@ -47,26 +47,16 @@ def test_finalize_prices_pruning_with_the_table_it_is_given(tmp_path):
     assert unit == "MACs"
 
 
-class _Timed:
-    """Records the bench calls made on it; its 10th percentile falls as it is called, as a burst passes."""
-
-    def __init__(self, name: str, log: list, ms: float, p10s: list[float]):
-        self.name, self.log, self.ms, self.p10s = name, log, ms, p10s
-
-    def bench(self, reps: int, threads: int, warmup: int) -> dict[str, float]:
-        self.log.append((self.name, reps))
-        p10 = self.p10s.pop(0) if reps > 3 else self.ms
-        return {"median_ms": self.ms, "p10_ms": p10}
-
-
-def test_round_robin_alternates_models_keeps_the_lowest_round_and_lasts_long_enough_per_round():
+def test_round_robin_times_each_exported_model_on_the_kernels():
+    """`measure_round_robin` times each model's integer network (`QuantizedModel.runner`) with `nas.timing`'s
+    round-robin (its turn-taking and best-round logic are tested in tests/test_timing.py)."""
+    from latency_models.kernel_runner import kernel_network
+    from nas.export import QuantizedModel
     from nas.export.pipeline import measure_round_robin
 
-    log: list = []
-    models = {"a": _Timed("a", log, 0.1, [3.0, 2.0, 1.0]), "b": _Timed("b", log, 10.0, [9.0, 30.0, 20.0])}
-    best = measure_round_robin(models, reps=30, rounds=3, round_s=0.15)
-    assert best == {"a": 1.0, "b": 9.0}
-    timed = [e for e in log if e[1] > 3]
-    assert [n for n, _ in timed] == ["a", "b"] * 3
-    # 0.15 s is 1500 runs of a 0.1 ms model and 15 of a 10 ms one (more than reps / rounds = 10)
-    assert {n: r for n, r in timed} == {"a": 1500, "b": 15}
+    big_arch = ss.decode("r32_i1_n10:stem_c32_s1_re6:ds_k3_c32_re6:ir_k5_e6_c64_re6:head_c256_re6")
+    models = {name: QuantizedModel(kernel_network(arch), arch, {}, {}) for name, arch in (("small", ARCH),
+                                                                                         ("big", big_arch))}
+    best = measure_round_robin(models, reps=10, rounds=2, round_s=0.01)
+    assert set(best) == {"small", "big"} and all(0 < ms < float("inf") for ms in best.values())
+    assert best["big"] > best["small"]  # 4x the resolution and wider layers: many times the work

@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from nas.kernels import available_isas, quantize, time_layer
+from nas.kernels import available_isas, lower, minmax_calibration, time_layer
 from search_spaces import build, layers
 from search_spaces.presets import preset, small_input
 
@@ -29,6 +29,11 @@ def net(request):
         model(data[:96])
     model.eval()
     return arch, model, data
+
+
+def quantize(model, arch, calib, bits: int = 8, group_size: int = 0):
+    """PTQ with min/max ranges of `calib`, through the one lowering."""
+    return lower(model, arch, minmax_calibration(model, calib, bits, group_size)).network
 
 
 def test_int8_matches_float_and_reference(net):
@@ -83,25 +88,3 @@ def test_time_layer_covers_every_layer_kind():
             t = time_layer(layer, bits=bits, reps=3, warmup=1, threads=2)
             assert len(t) == 3 and all(0 < v < 1.0 for v in t)
     assert seen == {"conv", "pw", "dw", "se", "pool", "linear"}
-
-
-def test_save_load_roundtrip(net, tmp_path):
-    from nas.kernels.serialize import load_network, save_network
-
-    arch, model, data = net
-    x = data[:4].numpy()
-    sizes = {}
-    for bits, group in ((8, 0), (4, 16)):
-        qn = quantize(model, arch, data[:16], bits=bits, group_size=group)
-        path = tmp_path / f"q{bits}.safetensors"
-        save_network(qn, str(path))
-        back = load_network(str(path))
-        np.testing.assert_array_equal(back.run(x), qn.run(x))
-        sizes[bits] = path.stat().st_size
-        assert sizes[bits] < 1.5 * qn.weight_bytes() + 200_000  # weights dominate the file
-    assert sizes[4] < sizes[8]
-    from safetensors.numpy import save_file
-
-    save_file({"a": np.zeros(3)}, str(tmp_path / "plain.safetensors"))
-    with pytest.raises(ValueError, match="not a nas.kernels quantized network"):
-        load_network(str(tmp_path / "plain.safetensors"))
