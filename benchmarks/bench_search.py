@@ -20,11 +20,16 @@ import time
 from pathlib import Path
 
 import search_spaces as ss
-from nas.search.evaluate import build_evaluator, load_data_and_space, load_latency, measure_all, measure_ms
-from nas.search.main import SearchRequest, _limits
+from nas.backend import CPU
+from nas.io import results_dir
+from nas.search.latency import latency_predictor, measure_all, measure_ms
 from nas.search.pareto import hypervolume
+from nas.search.plan import plan
+from nas.search.prepare import prepare
 from nas.search.report import choose, trials_frame
+from nas.search.request import SearchRequest
 from nas.search.runner import SearchSettings, run_optuna, run_ray, study_exists
+from nas.search.scoring import build_scorer
 from nas.search.verify import VERIFY_CANDIDATES, pick_candidates, verify
 from nas.supernet import dataset_fingerprint
 from search_spaces.presets import width_scaled_baselines
@@ -99,12 +104,12 @@ def cache_path(arch: ss.Arch, recipe, cache: Path, tag: str = "") -> Path:
     return cache / f"{tag}{arch.hash()}-{recipe_key(recipe)}.npz"
 
 
-def train_cached(arch: ss.Arch, recipe, data, cache: Path | None, init=None, tag: str = "") -> dict:
+def train_cached(arch: ss.Arch, recipe, data, cache: Path | None, init=None, tag: str = "", backend=CPU) -> dict:
     """Train `arch` from scratch with `recipe`; its metrics with the per-image test results ("test_right"). With
     a `cache` folder (one per data) the result is kept there (written atomically, keyed by architecture and
     recipe), so a killed benchmark started again trains only what it had not finished, and more seeds can be added
     to a finished one. `init` (a function returning the starting model) trains from given weights instead; `tag`
-    then names where they come from in the cache key."""
+    then names where they come from in the cache key. `backend` is where it trains (not part of the cache key)."""
     import io
     import json
     from dataclasses import asdict
@@ -120,7 +125,7 @@ def train_cached(arch: ss.Arch, recipe, data, cache: Path | None, init=None, tag
             metrics = json.loads(str(f["metrics"]))
             metrics["test_right"] = f["test_right"]
         return metrics
-    model, metrics = train_standalone(arch, data, recipe, init=None if init is None else init())
+    model, metrics = train_standalone(arch, data, recipe, init=None if init is None else init(), backend=backend)
     xs, ys = data.tensors("test", arch.resolution)
     metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
     metrics["test_right"] = (predictions(model, xs) == ys).numpy()
@@ -156,7 +161,7 @@ def standalone_table(title: str, contenders: dict, measured: dict, args, data, t
         for sd in seeds:
             if (str(arch), sd) not in trained:
                 recipe = TrainRecipe(epochs=args.epochs, seed=sd, threads=args.threads)
-                trained[str(arch), sd] = train_cached(arch, recipe, data, trained.get("cache"))
+                trained[str(arch), sd] = train_cached(arch, recipe, data, trained.get("cache"), backend=args.backend)
             m = trained[str(arch), sd]
             vals.append(m["val_acc"])
             tests.append(m["test_acc"])
@@ -208,7 +213,7 @@ def cv_table(title: str, contenders: dict, measured: dict, args, data, trained: 
             right, per_fold, secs = np.zeros(n, bool), [], []
             for test, data_f in fold_data:
                 model, m = train_standalone(arch, data_f, TrainRecipe(epochs=args.epochs, seed=seed,
-                                                                      threads=args.threads))
+                                                                      threads=args.threads), backend=args.backend)
                 xs, ys = data_f.tensors("test", arch.resolution)
                 right[test] = (predictions(model, xs) == ys).numpy()
                 per_fold.append(m["test_acc"])
@@ -238,12 +243,11 @@ def delivered_table(searched: dict, costs: dict, baselines: dict, measured: dict
 
     import numpy as np
 
-    from nas.search.evaluate import finetune_recipe
     from nas.train import TrainRecipe
 
     seeds = [args.seed + k for k in range(args.matched_seeds)]
     data, cache = evaluator.subnet.data, trained.get("cache")
-    ft = finetune_recipe(request)
+    ft = plan(request).finetune
     enough = all(ss.count_macs(b) * args.matched_epochs >= max(costs.values()) for b in baselines.values())
     lines = ["", f"## The delivered network vs baselines given at least its training compute (seeds {seeds}; "
              "mean ± sd)", "",
@@ -266,13 +270,14 @@ def delivered_table(searched: dict, costs: dict, baselines: dict, measured: dict
 
     def scratch(arch: ss.Arch) -> list[dict]:
         return [train_cached(arch, TrainRecipe(epochs=args.matched_epochs, seed=sd, threads=args.threads), data,
-                             cache) for sd in seeds]
+                             cache, backend=args.backend) for sd in seeds]
 
     rows = {}  # name: (how it was trained, training MACs per image, metrics per seed, measured latency)
     for name, arch in searched.items():
         rows[name] = (f"supernet + search + verify ({ft.epochs}-epoch fine-tunes)", costs[name],
                       [train_cached(arch, replace(ft, seed=sd), data, cache, tag=f"ft-{evaluator.supernet_key}-",
-                                    init=lambda arch=arch: evaluator.subnet.model(arch)) for sd in seeds],
+                                    init=lambda arch=arch: evaluator.subnet.model(arch), backend=args.backend)
+                       for sd in seeds],
                       measured[name])
     # the first --matched-standalone searched networks also by the baselines' own recipe: the same-recipe
     # comparison of the architectures, with training long enough that it is not a race to learn fastest
@@ -308,12 +313,11 @@ def pipeline_macs(evaluator, request, trials, verified) -> float:
     candidate (`verified`)."""
     import random
 
-    from nas.search.evaluate import finetune_recipe, supernet_recipe
     from nas.supernet.training import PHASES, phase_space
 
     sub = evaluator.subnet
     scored = (len(sub.data.splits.val) + len(sub.calib_index)) / len(sub.data.splits.train) / 3
-    recipe = supernet_recipe(request.quick, request.threads, request.supernet_epochs)
+    recipe = plan(request).supernet.recipe
     total = 0.0
     for phase, epochs in zip(PHASES, recipe.epochs, strict=True):
         ps = phase_space(sub.supernet.space, phase)
@@ -323,7 +327,7 @@ def pipeline_macs(evaluator, request, trials, verified) -> float:
         per_step = largest if phase == PHASES[0] else largest + smallest + recipe.random_in(phase) * rand
         total += epochs * (per_step + (largest + smallest + 2 * rand) * scored)
     total += float(trials["macs"].sum()) * scored
-    return total + float(verified["macs"].sum()) * finetune_recipe(request).epochs
+    return total + float(verified["macs"].sum()) * plan(request).finetune.epochs
 
 
 def table(title: str, contenders: dict, measured: dict, args, data, trained: dict) -> list[str]:
@@ -338,15 +342,15 @@ def together(contenders: dict, request) -> dict:
     of them alike. Measured one after the other, one network read 2.34 ms in one table and 1.80 ms in the next;
     measured together, the ratios within a table hold, while the same network can still read 15% apart in two
     tables minutes apart (2.35 vs 2.05 ms, AMD EPYC VM, 2026-12-03)."""
-    return dict(zip(contenders, measure_all(list(contenders.values()), request), strict=True))
+    return dict(zip(contenders, measure_all(list(contenders.values()), request.device, request.threads), strict=True))
 
 
 def equal_latency(best: ss.Arch, args, request, space, data, trained: dict, name: str = "searched") -> list[str]:
     """Section 3: MobileNetV2/V3 width-scaled to the searched network's measured latency, trained the same way."""
     def ms(arch: ss.Arch) -> float:
-        return statistics.median(measure_ms(arch, request) for _ in range(3))
+        return statistics.median(measure_ms(arch, request.device, request.threads) for _ in range(3))
 
-    searched_ms = statistics.median(measure_ms(best, request) for _ in range(5))
+    searched_ms = statistics.median(measure_ms(best, request.device, request.threads) for _ in range(5))
     baselines = width_scaled_baselines(searched_ms, space.largest(), cost=ms)
     contenders = {name: best, **baselines}
     measured = together(contenders, request)
@@ -397,8 +401,8 @@ def compare(args, request, space, limits, evaluator, predictor, store: Path) -> 
         df = frames["tpe", k][0]
         feasible = df[df["latency_ms"] <= target]
         pool = feasible if len(feasible) else df
-        verified, _, _ = verify(pick_candidates(pool, args.verify), evaluator, request, store / f"verify-tpe-{k}",
-                                print)
+        verified, _, _ = verify(pick_candidates(pool, args.verify), evaluator, plan(request).finetune,
+                                plan(request).backend, store / f"verify-tpe-{k}", print)
         pick = pool[pool["trial"] == int(verified.loc[verified["chosen"], "trial"].iloc[0])].iloc[0]
         name = f"searched (TPE, seed {args.seed + k})"
         searched[name] = ss.decode(pick["arch"])
@@ -491,7 +495,12 @@ def main() -> None:
     ap.add_argument("--equal-latency-only", metavar="ARCH",
                     help="only section 3, for this searched architecture (string), e.g. from an earlier report")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training (1 on shared cores)")
-    ap.add_argument("--out", default="results")
+    ap.add_argument("--train-device", default="cpu", metavar="auto|cpu|cuda|cuda:N",
+                    help="where the supernet, fine-tunes and stand-alone training run (default cpu)")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    ap.add_argument("--supernet-epochs", default=None, metavar="A,B,C,D",
+                    help="supernet epochs per phase (default: the default run's recipe)")
+    ap.add_argument("--out", default=str(results_dir()))
     ap.add_argument("--write", action="store_true",
                     help="write benchmarks/RESULTS_search.md (RESULTS_search_<data>.md for other data than digits)")
     args = ap.parse_args()
@@ -514,8 +523,13 @@ def main() -> None:
         ap.error(f"--compare-seeds: expected 1..--seeds ({args.seeds}), got {args.compare_seeds}")
 
     request = SearchRequest(budget=args.budget, data=args.data, space=args.space, seed=args.seed, out=args.out,
-                            threads=args.threads, train_images=args.train_images, val_images=args.val_images)
-    limits, _ = _limits(request)
+                            threads=args.threads, train_images=args.train_images, val_images=args.val_images,
+                            train_device=args.train_device, precision=args.precision,
+                            supernet_epochs=None if args.supernet_epochs is None else
+                            tuple(int(e) for e in args.supernet_epochs.split(",")))
+    search = plan(request)
+    args.backend = search.backend
+    limits = search.study.limits
     lines = [f"# Search benchmark ({args.data}, budget {args.budget}, {args.trials} trials per sampler and seed)",
              "", f"`python benchmarks/bench_search.py --budget {args.budget} --trials {args.trials} --seeds "
              f"{args.seeds} --epochs {args.epochs} --train-seeds {args.train_seeds}"
@@ -530,14 +544,18 @@ def main() -> None:
              + (f" --val-images {args.val_images}" if args.val_images else "")
              + (f" --data {args.data}" if args.data != "digits" else "")
              + (f" --space {args.space}" if args.space != ss.DEFAULT_SPACE else "")
-             + (" --no-ray" if args.no_ray else "") + f"`; load average at start "
+             + (" --no-ray" if args.no_ray else "")
+             + (f" --train-device {args.train_device}" if args.train_device != "cpu" else "")
+             + (f" --precision {args.precision}" if args.precision != "fp32" else "")
+             + (f" --supernet-epochs {args.supernet_epochs}" if args.supernet_epochs else "")
+             + f"`; training on {search.backend.to_dict()}; load average at start "
              f"{os.getloadavg()[0]:.1f}.", ""]
-    data, space = load_data_and_space(request, limits.macs, print)
-    predictor = load_latency(request, space, print)  # profiled before training, as `nas search` does
+    prepared = prepare(search.data, search.space, search.budgets, print)
+    data, space = prepared.data, prepared.space
+    predictor = latency_predictor(search.latency, space, print)  # profiled before training, as `nas search` does
     t0 = time.perf_counter()
-    evaluator = build_evaluator(request, data, space, print)
+    evaluator = build_scorer(search.supernet, data, space, predictor.predict_ms, search.backend, print)
     supernet_s = time.perf_counter() - t0
-    evaluator.latency_ms = predictor.predict_ms
     lines += [f"Supernet (the default run's recipe; trained or loaded from cache): {supernet_s:.0f} s. "
               f"Space after trimming to the budget: {space.name}, resolutions {space.resolutions}, "
               f"{ss.count_macs(space.smallest()) / 1e6:.1f}..{ss.count_macs(space.largest()) / 1e6:.1f}M MACs.", ""]

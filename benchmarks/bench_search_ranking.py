@@ -34,8 +34,12 @@ from bench_supernet_ranking import spread_archs
 from scipy import stats
 
 import search_spaces as ss
-from nas.search.evaluate import build_evaluator, load_data_and_space, load_latency
-from nas.search.main import SearchRequest, _limits
+from nas.io import results_dir
+from nas.search.latency import latency_predictor
+from nas.search.plan import plan
+from nas.search.prepare import prepare
+from nas.search.request import SearchRequest
+from nas.search.scoring import build_scorer
 from nas.supernet import dataset_fingerprint
 from nas.train import TrainRecipe
 from search_spaces.presets import width_scaled_baselines
@@ -68,7 +72,7 @@ def main() -> None:
     ap.add_argument("--extra", action="append", default=[], metavar="ARCH",
                     help="also train this architecture (string; repeatable), e.g. a search's pick, shown with the "
                          "baselines and left out of the rank correlations")
-    ap.add_argument("--out", default="results")
+    ap.add_argument("--out", default=str(results_dir()))
     ap.add_argument("--write", action="store_true", help="write benchmarks/RESULTS_search_ranking_<data>.md")
     args = ap.parse_args()
     try:
@@ -88,11 +92,12 @@ def main() -> None:
 
     request = SearchRequest(budget=args.budget, data=args.data, space=args.space, seed=args.seed, out=args.out,
                             threads=args.threads, train_images=args.train_images, val_images=args.val_images)
-    limits, _ = _limits(request)
-    data, space = load_data_and_space(request, limits.macs, print)
-    predictor = load_latency(request, space, print)
-    evaluator = build_evaluator(request, data, space, print)
-    evaluator.latency_ms = predictor.predict_ms
+    search = plan(request)
+    limits = search.study.limits
+    prepared = prepare(search.data, search.space, search.budgets, print)
+    space = prepared.space
+    predictor = latency_predictor(search.latency, space, print)
+    evaluator = build_scorer(search.supernet, prepared.data, space, predictor.predict_ms, search.backend, print)
     data = evaluator.subnet.data
     # bench_search's folder for these arguments, so both benchmarks share one cache of trained networks
     cache = store_dir(args, space, evaluator.supernet_key) / "standalone" / dataset_fingerprint(data.splits)["sha256"]

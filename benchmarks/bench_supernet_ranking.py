@@ -25,6 +25,7 @@ from scipy import stats
 
 import search_spaces as ss
 from nas.data import TensorSplits, load_dataset, split
+from nas.io import results_dir
 from nas.supernet import SubnetEvaluator, SupernetRecipe, train_supernet
 from nas.train import TrainRecipe, train_standalone
 
@@ -78,7 +79,8 @@ def main() -> None:
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=None, help="result JSON (default results/bench_supernet/<data>.json)")
+    p.add_argument("--out", default=None,
+                   help="result JSON (default <results>/bench_supernet/<data>.json, see nas.io.results_dir)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
@@ -96,7 +98,7 @@ def main() -> None:
     data = TensorSplits(splits)
     name = Path(args.data).name if args.data != "digits" else "digits"
     # stand-alone results are cached per (data, epochs) and reused across supernet recipes
-    out = Path(args.out or f"results/bench_supernet/{name}_standalone{args.standalone_epochs}.json")
+    out = Path(args.out or results_dir() / "bench_supernet" / f"{name}_standalone{args.standalone_epochs}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     done = json.loads(out.read_text()) if out.exists() else {}
     print(f"{dataset!r}; train {len(splits.train)} val {len(splits.val)}; space {space.name} at {space.resolutions}")

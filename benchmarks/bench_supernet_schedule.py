@@ -24,7 +24,7 @@ from pathlib import Path
 
 import search_spaces as ss
 from nas.data import TensorSplits, load_dataset, split
-from nas.io import write_atomic
+from nas.io import results_dir, write_atomic
 from nas.supernet import SubnetEvaluator, SupernetRecipe, train_supernet
 
 
@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("--budget", default="100MFLOPs")
     p.add_argument("--archs", type=int, default=24, help="fixed random sub-networks under the budget")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/bench_supernet_schedule")
+    p.add_argument("--out", default=str(results_dir() / "bench_supernet_schedule"))
     args = p.parse_args()
     from nas.memory import keep_heap
 

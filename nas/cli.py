@@ -7,10 +7,13 @@ import importlib
 import re
 import sys
 
+from nas import __version__, cores
+from nas.memory import keep_heap
+
 # OpenMP keeps libgomp's default wait policy (fast alone); runs side by side share the cores through nas.cores.
 
 # Modules under nas.commands that each define `register(subparsers)`; add one line per command group.
-COMMAND_MODULES = ["space", "search", "profile", "latency", "finalize", "train"]
+COMMAND_MODULES = ["space", "search", "profile", "latency", "export", "eval", "bench", "train"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -29,8 +32,6 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nas import __version__
-
     parser = Parser(prog="nas", description="Hardware-aware neural architecture search.")
     parser.add_argument("--version", action="version", version=f"nas {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -41,9 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `nas` console script; user errors print one clear line and exit with status 2."""
-    from nas import cores
-    from nas.memory import keep_heap
-
     cores.start()  # start-up is the first window, so the first torch work already runs at the fair thread count
     keep_heap()  # training steps reuse their activation buffers instead of page-faulting them in each time
     parser = build_parser()

@@ -2,25 +2,33 @@
 
 >>> model, metrics = train_standalone(arch, split(load_dataset("digits")), TrainRecipe(epochs=10))
 >>> tuned, m = train_standalone(arch, splits, recipe, init=supernet.extract(arch), teacher=supernet)
+>>> model, metrics = train_standalone(arch, splits, recipe, backend=resolve("cuda", "bf16"))   # on a GPU
+
+Every loop here and in `nas.supernet.training` / `nas.compress._train` runs on a `nas.backend.TrainBackend`
+(device and precision), which is an argument rather than a recipe field: it does not change what is learnt beyond
+summation order, so it stays out of `recipe_key`, as `threads` does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 import search_spaces as ss
+from nas.backend import CPU, TrainBackend
 from nas.cores import fair_threads, tick
-from nas.data import BatchLoader, Splits, TensorSplits
-from nas.kernels.training import fast_depthwise
+from nas.data import DataSource, Splits, TensorSplits, data_source, to_tensors
 
 
 @dataclass(frozen=True)
@@ -50,9 +58,20 @@ def recipe_key(recipe: TrainRecipe) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def as_tensor_splits(splits: Splits | TensorSplits) -> TensorSplits:
-    """`TensorSplits` for `splits` (unchanged when already tensors, so caches are shared)."""
-    return splits if isinstance(splits, TensorSplits) else TensorSplits(splits)
+def as_source(splits: Splits | DataSource, workers: int = 2) -> DataSource:
+    """The batch source of `splits`: unchanged when already one (so caches are shared), else
+    `nas.data.data_source` (in-memory tensors, or streamed from disk by `workers` decoding processes)."""
+    return data_source(splits, workers) if isinstance(splits, Splits) else splits
+
+
+def train_images(data: DataSource, positions: np.ndarray | torch.Tensor, resolution: int) -> torch.Tensor:
+    """The normalised training images at `positions` of the train split, at `resolution`, as one tensor: a subset
+    small enough to hold (a calibration set). In memory it is a slice of the cached tensor; a streamed source reads
+    just those images (`nas.data.normalise` gives them the same values)."""
+    if isinstance(data, TensorSplits):
+        return data.tensors("train", resolution)[0][positions]
+    part = data.splits.train.subset(np.asarray(positions, dtype=np.int64)).load()
+    return to_tensors(part, resolution, data.mean, data.std)[0]
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -82,43 +101,92 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 
 @torch.no_grad()
-def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 500, backend: TrainBackend = CPU) -> torch.Tensor:
     """Top-1 class of every image of `x` (model put in eval mode), in batches: one forward pass over 10,000
-    Fashion-MNIST test images at 24 px took over 20 GB for a MobileNetV2 x1.46."""
+    Fashion-MNIST test images at 24 px took over 20 GB for a MobileNetV2 x1.46. `model` is on `backend`'s device;
+    `x` and the result are on the CPU."""
     model.eval()
-    return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    """Top-1 accuracy of `model` (put in eval mode) on tensors `x`, `y`."""
-    if len(x) == 0:
-        model.eval()
-        return 0.0
-    return int((predictions(model, x, batch_size) == y).sum()) / len(x)
+    out = []
+    for i in range(0, len(x), batch_size):
+        with backend.autocast():
+            out.append(model(backend.tensor(x[i : i + batch_size])).argmax(1).cpu())
+    return torch.cat(out)
 
 
 @torch.no_grad()
-def teacher_logits(teacher: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def batches_accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     backend: TrainBackend = CPU) -> float:
+    """Top-1 accuracy of `model` (put in eval mode, on `backend`'s device) over CPU batches `(x, y)`; 0.0 for
+    none."""
+    model.eval()
+    correct = seen = 0
+    for x, y in batches:
+        with backend.autocast():
+            correct += int((model(backend.tensor(x)).argmax(1).cpu() == y).sum())
+        seen += len(y)
+    return correct / seen if seen else 0.0
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500,
+             backend: TrainBackend = CPU) -> float:
+    """Top-1 accuracy of `model` (put in eval mode, on `backend`'s device) on CPU tensors `x`, `y`."""
+    return batches_accuracy(model, zip(x.split(batch_size), y.split(batch_size), strict=True), backend)
+
+
+def split_accuracy(model: nn.Module, data: DataSource, part: str, resolution: int, batch_size: int = 500,
+                   backend: TrainBackend = CPU) -> float:
+    """Top-1 accuracy of `model` on the split `part` of `data` at `resolution`, read `batch_size` images at a time
+    (in memory or streamed from disk)."""
+    return batches_accuracy(model, data.eval_batches(part, resolution, batch_size), backend)
+
+
+def _batches(x: torch.Tensor | Iterable[torch.Tensor], batch_size: int) -> Iterable[torch.Tensor]:
+    return x.split(batch_size) if isinstance(x, torch.Tensor) else x
+
+
+@torch.no_grad()
+def teacher_logits(teacher: nn.Module, x: torch.Tensor, batch_size: int = 256,
+                   backend: TrainBackend = CPU) -> torch.Tensor:
     """`teacher`'s outputs (eval mode) for every image of `x`: computed once instead of once per batch and epoch,
-    which is exact because training batches are un-augmented slices of the same tensors."""
+    which is exact because training batches are un-augmented slices of the same tensors. The teacher is moved to
+    `backend`'s device for the pass and back to the CPU; the logits are float32 on the CPU."""
     teacher.eval()
-    return torch.cat([teacher(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    out = []
+    with backend.placed(teacher):
+        for i in range(0, len(x), batch_size):
+            with backend.autocast():
+                out.append(teacher(backend.tensor(x[i : i + batch_size])).float().cpu())
+    return torch.cat(out)
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> None:
-    """Replace every batch norm's running statistics by their exact average over `x`; leaves `model` in eval mode."""
+def recalibrate_bn(model: nn.Module, x: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 256,
+                   backend: TrainBackend = CPU) -> None:
+    """Replace every batch norm's running statistics by their exact average over the images `x` (a CPU tensor,
+    taken `batch_size` at a time, or CPU batches; `model` on `backend`'s device); leaves `model` in eval mode."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average = exact mean over the batches seen
     model.train()
-    for i in range(0, len(x), batch_size):
-        model(x[i : i + batch_size])
+    for xb in _batches(x, batch_size):
+        with backend.autocast():
+            model(backend.tensor(xb))
     for m, momentum in zip(bns, saved, strict=True):
         m.momentum = momentum
     model.eval()
+
+
+def first_train_images(data: DataSource, n: int, resolution: int, batch_size: int = 256) -> Iterator[torch.Tensor]:
+    """The first `n` images of the train split (in split order, un-augmented) at `resolution`, `batch_size` at a
+    time: what `recalibrate_bn` averages over, without holding them all."""
+    left = n
+    for x, _ in data.eval_batches("train", resolution, batch_size):
+        if left <= 0:
+            return
+        yield x[:left]
+        left -= len(x)
 
 
 def _resolution(model: nn.Module) -> int:
@@ -128,78 +196,99 @@ def _resolution(model: nn.Module) -> int:
     return arch.resolution
 
 
-def train_standalone(arch: ss.Arch, splits: Splits | TensorSplits, recipe: TrainRecipe = TrainRecipe(),
+def train_standalone(arch: ss.Arch, splits: Splits | DataSource, recipe: TrainRecipe = TrainRecipe(),
                      init: nn.Module | dict[str, torch.Tensor] | None = None, teacher: nn.Module | None = None,
-                     progress: bool = False) -> tuple[ss.MBConvNet, dict]:
+                     progress: bool = False, backend: TrainBackend = CPU) -> tuple[ss.MBConvNet, dict]:
     """Train `arch` on the train split (from scratch, or fine-tune from `init` weights) and evaluate it.
 
+    `splits`: in memory or streamed from disk (`nas.data.data_source`), the same batches either way.
     `teacher` (e.g. the supernet with its largest sub-network active) adds `kd_weight` x distillation loss; it
     sees the same images at its own resolution. Returns the model (eval mode) and metrics: val/test accuracy,
-    final train loss, per-epoch history, wall time, MACs and parameters. Runs `recipe.threads` torch threads,
-    fewer while other processes keep the cores busy (`nas.cores`).
+    final train loss, per-epoch history, wall time, MACs, parameters and the back end. Trains on `backend`'s
+    device and precision; the model comes back on the CPU. Runs `recipe.threads` torch threads, fewer while other
+    processes keep the cores busy (`nas.cores`).
     """
     with fair_threads(recipe.threads):  # restores the caller's thread count afterwards
-        return _train_standalone(arch, splits, recipe, init, teacher, progress)
+        return _train_standalone(arch, splits, recipe, init, teacher, progress, backend)
 
 
-def _train_standalone(arch: ss.Arch, splits: Splits | TensorSplits, recipe: TrainRecipe,
+def _train_standalone(arch: ss.Arch, splits: Splits | DataSource, recipe: TrainRecipe,
                       init: nn.Module | dict[str, torch.Tensor] | None, teacher: nn.Module | None,
-                      progress: bool) -> tuple[ss.MBConvNet, dict]:
+                      progress: bool, backend: TrainBackend) -> tuple[ss.MBConvNet, dict]:
     torch.manual_seed(recipe.seed)
-    data = as_tensor_splits(splits)
+    data = as_source(splits)
     start = time.perf_counter()
     model = ss.build(arch)
     if init is not None:
         state = init.state_dict() if isinstance(init, nn.Module) else init
         model.load_state_dict(state)
-    model = model.to(memory_format=torch.channels_last)  # oneDNN's NHWC kernels: ~25% faster training steps
-    x, y = data.tensors("train", arch.resolution)
-    # distillation targets for the whole training set in one pass (the largest supernet network costs several
-    # times the student's forward pass; per batch it was ~25% of a fine-tuning step)
-    soft_all = (teacher_logits(teacher, data.tensors("train", _resolution(teacher))[0])
-                if teacher is not None and recipe.kd_weight else None)
-    xv, yv = data.tensors("val", arch.resolution)
-    loader = BatchLoader(torch.arange(len(y)), y, recipe.batch_size, seed=recipe.seed,
-                         drop_last=len(y) > recipe.batch_size)
+    # oneDNN's NHWC kernels: ~25% faster training steps (cuDNN's mixed-precision convolutions prefer NHWC too)
+    model = backend.module(model).to(memory_format=torch.channels_last)
+    res = arch.resolution
+    distil = teacher is not None and bool(recipe.kd_weight)
+    t_res = _resolution(teacher) if distil else res
+    # in memory: distillation targets for the whole training set in one pass (the largest supernet network costs
+    # several times the student's forward pass; per batch it was ~25% of a fine-tuning step). Streamed: per batch,
+    # since one row per image of a set larger than memory need not fit either
+    soft_all = (teacher_logits(teacher, data.tensors("train", t_res)[0], backend=backend)
+                if distil and isinstance(data, TensorSplits) else None)
+    per_batch = distil and soft_all is None
+    n_train = len(data.splits.train)
+    source = data.train_batches(recipe.batch_size, resolutions=(res, t_res) if per_batch and t_res != res else (res,),
+                                seed=recipe.seed, drop_last=n_train > recipe.batch_size)
     opt = make_optimizer(model, recipe.lr, recipe.momentum, recipe.weight_decay)
-    total, step, history = recipe.epochs * len(loader), 0, []
+    scaler = backend.grad_scaler()
+    total, step, history = recipe.epochs * len(source), 0, []
     bar = tqdm(range(recipe.epochs), desc=f"train {arch.hash()}", disable=not progress, leave=False)
-    with fast_depthwise(model):  # depthwise weight gradients on the kernel library (faster than oneDNN's)
+    # CPU fp32: depthwise weight gradients on the kernel library (faster than oneDNN's); a per-batch teacher stays
+    # on the device for the whole loop
+    with backend.training(model), (backend.placed(teacher) if per_batch else contextlib.nullcontext()):
+        if per_batch:
+            teacher.eval()
         for epoch in bar:
             model.train()
             loss_sum = correct = seen = 0.0
-            for idx, yb in loader:
+            for b in source.batches(epoch):
                 tick()  # between steps: re-size the threads to the cores other processes leave free
                 set_lr(opt, cosine_lr(recipe.lr, step, total))
-                out = model(x[idx])
-                loss = F.cross_entropy(out, yb, label_smoothing=recipe.label_smoothing)
+                yd = backend.tensor(b.y)
+                soft = None
                 if soft_all is not None:
-                    loss = loss + recipe.kd_weight * kd_loss(out, soft_all[idx], recipe.kd_temperature)
+                    soft = backend.tensor(soft_all[b.idx])
+                elif per_batch:
+                    with torch.no_grad(), backend.autocast():
+                        soft = teacher(backend.tensor(b.at(t_res))).float()
+                with backend.autocast():
+                    out = model(backend.tensor(b.at(res)))
+                    loss = F.cross_entropy(out, yd, label_smoothing=recipe.label_smoothing)
+                    if soft is not None:
+                        loss = loss + recipe.kd_weight * kd_loss(out, soft, recipe.kd_temperature)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 step += 1
-                loss_sum += float(loss.detach()) * len(yb)
-                correct += float((out.argmax(1) == yb).sum())
-                seen += len(yb)
-            val = accuracy(model, xv, yv)
+                loss_sum += float(loss.detach()) * len(b.y)
+                correct += float((out.argmax(1) == yd).sum())
+                seen += len(b.y)
+            val = split_accuracy(model, data, "val", res, backend=backend)
             history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen, "val_acc": val})
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", val=f"{val:.3f}")
+    del source  # a streamed source's decoding processes end with it
     if recipe.recalibrate_bn:
-        recalibrate_bn(model, x[: recipe.recalibrate_bn])
-    xs, ys = data.tensors("test", arch.resolution)
+        recalibrate_bn(model, first_train_images(data, recipe.recalibrate_bn, res), backend=backend)
     cost = ss.count(arch)
     metrics = {
-        "val_acc": accuracy(model, xv, yv), "test_acc": accuracy(model, xs, ys),
+        "val_acc": split_accuracy(model, data, "val", res, backend=backend),
+        "test_acc": split_accuracy(model, data, "test", res, backend=backend),
         "train_loss": history[-1]["loss"] if history else float("nan"), "history": history,
         "wall_s": time.perf_counter() - start, "macs": cost.macs, "params": cost.params,
         "init": "inherited" if init is not None else "scratch", "distilled": teacher is not None,
-        "recipe": asdict(recipe),
+        "recipe": asdict(recipe), "backend": backend.to_dict(),
     }
-    return model.to(memory_format=torch.contiguous_format).eval(), metrics
+    return model.to("cpu", memory_format=torch.contiguous_format).eval(), metrics
 
 
-def evaluate(model: nn.Module, splits: Splits | TensorSplits, part: str = "val") -> float:
-    """Top-1 accuracy of an `MBConvNet` on a split, at the model's own resolution."""
-    x, y = as_tensor_splits(splits).tensors(part, _resolution(model))
-    return accuracy(model, x, y)
+def evaluate(model: nn.Module, splits: Splits | DataSource, part: str = "val") -> float:
+    """Top-1 accuracy of an `MBConvNet` on a split (in memory or streamed), at the model's own resolution."""
+    return split_accuracy(model, as_source(splits), part, _resolution(model))

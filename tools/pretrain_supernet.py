@@ -5,7 +5,7 @@
 It trains with `nas` itself (space, data, recipe and seed exactly as `nas search` builds them, the supernet cached
 under `--out`/supernets, so a finished search's cache is reused), checks that the stored float16 copy scores its
 probe sub-networks as the trained one does, and writes `<key>.safetensors` + `<key>.json`. Re-run it whenever
-`tests/nas/test_supernet_pretrained.py` says the packaged supernet no longer matches the default search's key.
+`tests/supernet/test_pretrained.py` says the packaged supernet no longer matches the default search's key.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from nas.commands import flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from nas.search.request import BACKENDS, OBJECTIVES
     from nas.search.runner import SAMPLERS
 
     p = sub.add_parser("search", help="search the most accurate architecture that fits a budget",
@@ -22,15 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "'torch-int8', or a name profiled with `nas profile --device NAME`")
     p.add_argument("--table", default=None, help="latency table path (default: <out>/latency/<device>.csv)")
     flags.add_space(p)
-    flags.add_data(p)
+    flags.add_data(p, stream=True)
     flags.add_supernet(p)
     p.add_argument("--trials", type=arg(positive_int), default=None,
                    help="number of distinct architectures evaluated (default 60; 12 with --quick)")
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS)
-    p.add_argument("--objective", default="pareto", choices=("pareto", "mnasnet"),
+    p.add_argument("--objective", default="pareto", choices=OBJECTIVES,
                    help="pareto: maximize accuracy, minimize latency; mnasnet: acc*(lat/target)^-0.07")
-    p.add_argument("--backend", default="optuna", choices=("optuna", "ray"))
-    p.add_argument("--address", default=None, help="Ray cluster address to join (default: embedded local Ray)")
+    p.add_argument("--backend", default="optuna", choices=BACKENDS)
     p.add_argument("--workers", type=arg(positive_int), default=2, help="concurrent Ray trials")
     p.add_argument("--storage", default=None, help="Optuna storage: a database URL (sqlite:///study.db, ...) or "
                    "a .journal file (default: <out>/<run>/study.journal)")
@@ -45,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "latency) from their supernet weights and choose the best fine-tuned val accuracy; 1 keeps "
                         "the most accurate trial, fine-tuned only to finalize it (default 3, with --no-finalize too; "
                         "1 with --quick)")
+    flags.add_train_backend(p, workers=True)
     flags.add_seed(p)
     flags.add_threads(p, 2, help="torch threads for training (fewer while other processes keep the cores busy); "
                       "the thread count changes floating-point summation order, so a fresh run's weights, and "
@@ -54,7 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from nas.search.main import SearchRequest, search
+    from nas.search.main import search
+    from nas.search.plan import plan
+    from nas.search.request import SearchRequest
 
     request = SearchRequest(
         budget=args.budget, latency=args.latency, device=args.device, table=args.table, space=args.space,
@@ -63,6 +66,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         resume=args.resume, finalize=args.finalize, quick=args.quick, seed=args.seed, out=str(args.out),
         threads=args.threads, supernet_epochs=args.supernet_epochs, train_images=args.train_images,
         val_images=args.val_images, pretrained=args.pretrained, verify=args.verify,
+        train_device=args.train_device, precision=args.precision, train_workers=args.train_workers,
+        data_memory_limit=args.data_memory_limit, data_workers=args.data_workers,
     )
-    search(request)
+    search(plan(request))
     return 0

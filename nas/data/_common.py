@@ -8,7 +8,8 @@ import numpy as np
 
 from nas.data.dataset import Dataset, DatasetError
 
-__all__ = ["READ_CHUNK", "DatasetError", "assemble", "check_pair", "digit_names", "read_upto", "to_labels", "to_nchw"]
+__all__ = ["READ_CHUNK", "DatasetError", "assemble", "channels_last", "check_pair", "digit_names", "read_upto",
+           "resolve_classes", "to_labels", "to_nchw"]
 
 
 READ_CHUNK = 1 << 20  # bytes per read: a read(n) allocates n up front, whatever the file really holds
@@ -31,18 +32,25 @@ def digit_names(n: int) -> tuple[str, ...]:
     return tuple(str(i) for i in range(n))
 
 
+def channels_last(shape: tuple[int, ...], where: str) -> bool:
+    """Whether images shaped ``shape`` (NHW, NHWC or NCHW) keep their channels last; refuses other shapes."""
+    if len(shape) == 3:
+        return False
+    if len(shape) != 4:
+        raise DatasetError(f"{where}: images must be 3-d (N,H,W) or 4-d, got shape {tuple(shape)}")
+    if shape[3] in (1, 3, 4) and shape[3] < shape[1]:
+        return True
+    if shape[1] not in (1, 3, 4):
+        raise DatasetError(f"{where}: cannot tell the channel axis of images shaped {tuple(shape)}")
+    return False
+
+
 def to_nchw(arr: np.ndarray, where: str) -> np.ndarray:
     """Images as NCHW uint8 (integers within 0..255) or float32; accepts NHW, NHWC and NCHW."""
-    if arr.ndim == 3:
+    if channels_last(arr.shape, where):
+        arr = arr.transpose(0, 3, 1, 2)
+    elif arr.ndim == 3:
         arr = arr[:, None]
-    elif arr.ndim == 4:
-        channels_last = arr.shape[3] in (1, 3, 4) and arr.shape[3] < arr.shape[1]
-        if channels_last:
-            arr = arr.transpose(0, 3, 1, 2)
-        elif arr.shape[1] not in (1, 3, 4):
-            raise DatasetError(f"{where}: cannot tell the channel axis of images shaped {arr.shape}")
-    else:
-        raise DatasetError(f"{where}: images must be 3-d (N,H,W) or 4-d, got shape {arr.shape}")
     if arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
     if arr.dtype.kind in "iub":
@@ -89,6 +97,37 @@ def check_pair(x: np.ndarray, y: np.ndarray, x_where: str, y_where: str) -> None
         raise DatasetError(f"{x_where}: no images")
 
 
+def resolve_classes(source: str, train_y: np.ndarray, test_y: np.ndarray | None,
+                    class_names: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The class names of a dataset with labels `train_y` (and `test_y`): `class_names` checked against the
+    labels, or "0".."K-1" inferred from them.
+
+    Classes are bounded by the images: labels past the image count (say a stray 1000000000) would otherwise
+    allocate a class name per value and a network head that size, so they are refused before anything scales
+    with them.
+    """
+    top = int(train_y.max()) + 1
+    images = len(train_y)
+    if test_y is not None:
+        top = max(top, int(test_y.max()) + 1)
+        images += len(test_y)
+    if class_names is None:
+        if top > images:
+            present = len(np.unique(train_y if test_y is None else np.concatenate([train_y, test_y])))
+            raise DatasetError(
+                f"{source}: label {top - 1} implies {top} classes but there are only {images} images "
+                f"({present} distinct labels); expected class indices 0..K-1 with K at most the number of images "
+                "(renumber the labels)"
+            )
+        return digit_names(top)
+    if top > len(class_names):
+        raise DatasetError(f"{source}: label {top - 1} but only {len(class_names)} class names")
+    if len(class_names) > images:
+        raise DatasetError(f"{source}: {len(class_names)} class names but only {images} images; "
+                           "expected at most one class per image")
+    return class_names
+
+
 def assemble(
     name: str,
     source: str,
@@ -96,33 +135,11 @@ def assemble(
     test: tuple[np.ndarray, np.ndarray] | None,
     class_names: tuple[str, ...] | None,
 ) -> Dataset:
-    """Build a Dataset (with its official test part), inferring num_classes from the labels if unnamed.
-
-    Classes are bounded by the images: labels past the image count (say a stray 1000000000) would otherwise
-    allocate a class name per value and a network head that size, so they are refused before anything scales
-    with them.
-    """
-    top = int(train[1].max()) + 1
-    images = len(train[1])
-    if test is not None:
-        top = max(top, int(test[1].max()) + 1)
-        images += len(test[1])
-        if test[0].shape[1:] != train[0].shape[1:]:
-            raise DatasetError(f"{source}: test images {test[0].shape[1:]} differ from train {train[0].shape[1:]}")
-    if class_names is None:
-        if top > images:
-            present = len(np.unique(train[1] if test is None else np.concatenate([train[1], test[1]])))
-            raise DatasetError(
-                f"{source}: label {top - 1} implies {top} classes but there are only {images} images "
-                f"({present} distinct labels); expected class indices 0..K-1 with K at most the number of images "
-                "(renumber the labels)"
-            )
-        class_names = digit_names(top)
-    elif top > len(class_names):
-        raise DatasetError(f"{source}: label {top - 1} but only {len(class_names)} class names")
-    if len(class_names) > images:
-        raise DatasetError(f"{source}: {len(class_names)} class names but only {images} images; "
-                           "expected at most one class per image")
+    """Build a Dataset (with its official test part), inferring num_classes from the labels if unnamed
+    (`resolve_classes`)."""
+    if test is not None and test[0].shape[1:] != train[0].shape[1:]:
+        raise DatasetError(f"{source}: test images {test[0].shape[1:]} differ from train {train[0].shape[1:]}")
+    class_names = resolve_classes(source, train[1], None if test is None else test[1], class_names)
     k = len(class_names)
     test_ds = None
     if test is not None:

@@ -106,6 +106,44 @@ def looks_like_image_folder(directory: Path) -> bool:
     return any(_image_files(d) for d in _visible_dirs(directory))
 
 
+def tree_files(root: Path, class_names: tuple[str, ...] | None) -> tuple[list[Path], list[int], tuple[str, ...]]:
+    """The image files of root/<class>/* in reading order, their class indices and the class names (``class_names``
+    if given, else the sorted folder names)."""
+    folders = _visible_dirs(root)
+    if not folders:
+        raise DatasetError(f"{root}: no class folders (expected {root}/<class>/*.png)")
+    names = class_names or tuple(d.name for d in folders)
+    files: list[Path] = []
+    labels: list[int] = []
+    for folder in folders:
+        if folder.name not in names:
+            raise DatasetError(f"{folder}: class '{folder.name}' is not among the training classes {names}")
+        found = _image_files(folder)
+        if not found:
+            raise DatasetError(f"{folder}: empty class folder (no {'/'.join(IMAGE_SUFFIXES)} images)")
+        files += found
+        labels += [names.index(folder.name)] * len(found)
+    return files, labels, names
+
+
+def check_image_size(file: Path, size: tuple[int, int], first: tuple[Path, tuple[int, int]] | None) -> None:
+    """Refuse an image whose header declares too many pixels, or a size other than the ``first`` image's."""
+    w, h = size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise DatasetError(f"{file}: declares {w}x{h} pixels, more than the {MAX_IMAGE_PIXELS:,} "
+                           "an image may have here")
+    if first is not None and (w, h) != first[1]:
+        raise DatasetError(
+            f"{file}: size {w}x{h} differs from {first[0]} ({first[1][0]}x{first[1][1]}); "
+            "all images must share one size"
+        )
+
+
+def is_gray(mode: str) -> bool:
+    """Whether PIL images of ``mode`` are read as one gray channel (else as RGB)."""
+    return mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;16")
+
+
 def _read_image_tree(root: Path, class_names: tuple[str, ...] | None) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Read root/<class>/*; class indices follow ``class_names`` if given, else sorted folder names.
 
@@ -113,39 +151,19 @@ def _read_image_tree(root: Path, class_names: tuple[str, ...] | None) -> tuple[n
     """
     from PIL import Image, UnidentifiedImageError
 
-    folders = _visible_dirs(root)
-    if not folders:
-        raise DatasetError(f"{root}: no class folders (expected {root}/<class>/*.png)")
-    names = class_names or tuple(d.name for d in folders)
+    files, labels, names = tree_files(root, class_names)
     arrays: list[np.ndarray] = []
-    labels: list[int] = []
     first: tuple[Path, tuple[int, int]] | None = None
-    for folder in folders:
-        if folder.name not in names:
-            raise DatasetError(f"{folder}: class '{folder.name}' is not among the training classes {names}")
-        files = _image_files(folder)
-        if not files:
-            raise DatasetError(f"{folder}: empty class folder (no {'/'.join(IMAGE_SUFFIXES)} images)")
-        for file in files:
-            try:
-                with Image.open(file) as im:
-                    w, h = im.size
-                    if w * h > MAX_IMAGE_PIXELS:
-                        raise DatasetError(f"{file}: declares {w}x{h} pixels, more than the {MAX_IMAGE_PIXELS:,} "
-                                           "an image may have here")
-                    if first is None:
-                        first = (file, (w, h))
-                    elif (w, h) != first[1]:
-                        raise DatasetError(
-                            f"{file}: size {w}x{h} differs from {first[0]} ({first[1][0]}x{first[1][1]}); "
-                            "all images must share one size"
-                        )
-                    im.load()
-                    gray = im.mode in ("1", "L", "LA", "I", "F") or im.mode.startswith("I;16")
-                    arrays.append(np.asarray(im.convert("L" if gray else "RGB"), dtype=np.uint8))
-            except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as exc:
-                raise DatasetError(f"{file}: unreadable image ({exc})") from exc
-            labels.append(names.index(folder.name))
+    for file in files:
+        try:
+            with Image.open(file) as im:
+                check_image_size(file, im.size, first)
+                if first is None:
+                    first = (file, im.size)
+                im.load()
+                arrays.append(np.asarray(im.convert("L" if is_gray(im.mode) else "RGB"), dtype=np.uint8))
+        except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise DatasetError(f"{file}: unreadable image ({exc})") from exc
     if any(a.ndim == 3 for a in arrays):
         # PIL's L -> RGB copies the gray value into each channel; so does this, without keeping two decodings
         x = np.stack([a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2) for a in arrays]).transpose(0, 3, 1, 2)

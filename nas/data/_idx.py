@@ -57,33 +57,62 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """
     path = Path(path)
     with _open_maybe_gzip(path) as stream:
-        magic = _take(stream, 4, path)
-        if len(magic) < 4:
-            raise DatasetError(f"{path}: truncated: {len(magic)} bytes, too short for an IDX header")
-        code, ndim = magic[2], magic[3]
-        if magic[:2] != b"\x00\x00" or code not in _IDX_TYPES or ndim == 0:
-            raise DatasetError(
-                f"{path}: bad IDX magic number 0x{magic.hex()} "
-                "(expected 0x0000, a type code, and the number of dimensions, e.g. 0x00000803 for images)"
-            )
-        head = _take(stream, 4 * ndim, path)
-        if len(head) < 4 * ndim:
-            raise DatasetError(f"{path}: truncated inside the IDX header ({4 + len(head)} of {4 + 4 * ndim} bytes)")
-        dims = struct.unpack(f">{ndim}I", head)
-        dtype = np.dtype(_IDX_TYPES[code])
+        dtype, dims = read_header(stream, path)
         count = math.prod(dims)  # Python ints: np.prod in int64 can wrap past 2**63 to a small, plausible size
         expected = count * dtype.itemsize
         data = _take(stream, expected, path)
         if len(data) < expected:
-            raise DatasetError(
-                f"{path}: truncated: header declares shape {dims} ({expected} data bytes) but {len(data)} bytes follow"
-            )
+            raise truncated(path, dims, expected, len(data))
         extra = 0
         while more := _take(stream, READ_CHUNK, path):
             extra += len(more)
     if extra:
-        raise DatasetError(f"{path}: {extra} unexpected bytes after the declared shape {dims}")
+        raise trailing(path, dims, extra)
     return np.frombuffer(data, dtype, count=count).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def read_header(stream: io.BufferedIOBase, path: Path) -> tuple[np.dtype, tuple[int, ...]]:
+    """The element type and dimensions from the IDX header at the start of ``stream`` (left just past it)."""
+    magic = _take(stream, 4, path)
+    if len(magic) < 4:
+        raise DatasetError(f"{path}: truncated: {len(magic)} bytes, too short for an IDX header")
+    code, ndim = magic[2], magic[3]
+    if magic[:2] != b"\x00\x00" or code not in _IDX_TYPES or ndim == 0:
+        raise DatasetError(
+            f"{path}: bad IDX magic number 0x{magic.hex()} "
+            "(expected 0x0000, a type code, and the number of dimensions, e.g. 0x00000803 for images)"
+        )
+    head = _take(stream, 4 * ndim, path)
+    if len(head) < 4 * ndim:
+        raise DatasetError(f"{path}: truncated inside the IDX header ({4 + len(head)} of {4 + 4 * ndim} bytes)")
+    return np.dtype(_IDX_TYPES[code]), struct.unpack(f">{ndim}I", head)
+
+
+def truncated(path: Path, dims: tuple[int, ...], expected: int, present: int) -> DatasetError:
+    """The error for an IDX file holding fewer data bytes than its header declares."""
+    return DatasetError(
+        f"{path}: truncated: header declares shape {dims} ({expected} data bytes) but {present} bytes follow"
+    )
+
+
+def trailing(path: Path, dims: tuple[int, ...], extra: int) -> DatasetError:
+    """The error for an IDX file holding more data bytes than its header declares."""
+    return DatasetError(f"{path}: {extra} unexpected bytes after the declared shape {dims}")
+
+
+def open_maybe_gzip(path: Path) -> io.BufferedIOBase:
+    """``path`` opened for reading from disk as it goes, decompressed on the fly if it is gzipped."""
+    try:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+        return gzip.open(path, "rb") if gzipped else open(path, "rb")  # noqa: SIM115 - the caller closes it
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+
+
+def take(stream: io.BufferedIOBase, n: int, path: Path) -> bytearray:
+    """Up to ``n`` bytes of ``stream``, a damaged gzip stream named as such."""
+    return _take(stream, n, path)
 
 
 def find_idx(directory: Path) -> dict[tuple[str, str], Path]:

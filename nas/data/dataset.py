@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # split() and stratified_subset() take streamed datasets too: they read only labels
+    from nas.data.stream import StreamDataset
 
 __all__ = ["Dataset", "DatasetError", "Splits", "split", "split_indices", "stratified_subset"]
 
@@ -161,8 +165,10 @@ def split_indices(
     return rest[train_pos], rest[val_pos], test_idx
 
 
-def split(dataset: Dataset, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1) -> Splits:
-    """Split ``dataset`` deterministically by ``seed`` (stratified by class).
+def split(dataset: Dataset | StreamDataset, seed: int = 0, val_fraction: float = 0.1,
+          test_fraction: float = 0.1) -> Splits:
+    """Split ``dataset`` deterministically by ``seed`` (stratified by class; labels only, so a streamed dataset
+    splits exactly as the same data in memory).
 
     If the dataset carries an official test set it becomes ``test`` unchanged, ``test_fraction`` is ignored,
     and validation is ``val_fraction`` of the official training set. Raises :class:`DatasetError` when a part
@@ -234,7 +240,8 @@ def _largest_remainders(counts: np.ndarray, n: int) -> np.ndarray:
     return np.minimum(take, counts)
 
 
-def stratified_subset(part: Dataset, n: int, seed: int, flag: str | None = None) -> Dataset:
+def stratified_subset(part: Dataset | StreamDataset, n: int, seed: int,
+                      flag: str | None = None) -> Dataset | StreamDataset:
     """`n` images of `part`, each class keeping its share (largest remainders, so exactly `n`, unlike
     `_stratified_take`'s per-class rounding), chosen by `seed`.
 

@@ -17,15 +17,56 @@ import numpy as np
 
 from nas.data.dataset import DatasetError, Splits, split, stratified_subset
 from nas.data.formats import load_dataset
+from nas.data.stream import StreamDataset, default_memory_limit, parse_memory_limit
 
 PARTS = ("train", "val", "test")
+CACHE_FOLDER = "data-cache"  # under --out: decompressed copies of gzipped IDX and deflated npz sources
+
+
+def memory_limit(name: str, value: Any) -> int:
+    """`value` (bytes, or text such as 2GiB, 500MB or 25%: `parse_memory_limit`) as bytes; else ValueError naming
+    `name` (the flag) and what was expected (a check of `nas.checks`' kind, for `nas.checks.arg`)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value > 0:
+            return value
+        raise ValueError(f"{name}: expected a positive memory size, got {value}")
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: expected a memory size such as 2GiB, 500MB or 25%, got {value!r}")
+    try:
+        return parse_memory_limit(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class DataLoading:
+    """How a run reads its data (never what it reads, so no part of a cache key or fingerprint): in memory up to
+    `memory_limit` bytes of the in-memory form (None: always in memory), else streamed from disk by `workers`
+    decoding processes, with decompressed copies of compressed sources kept in `cache_dir` (None: the default).
+    """
+
+    memory_limit: int | None = None
+    workers: int = 2
+    cache_dir: str | None = None
+
+    @classmethod
+    def of(cls, memory_limit: int | None, workers: int, out: str | Path) -> DataLoading:
+        """The CLI's loading: `memory_limit` bytes (None: `default_memory_limit()`, 25% of physical memory),
+        `workers` decoding processes, the cache under `out`/data-cache."""
+        limit = memory_limit if memory_limit is not None else default_memory_limit()
+        return cls(limit, workers, str(Path(out) / CACHE_FOLDER))
+
+
+IN_MEMORY = DataLoading()  # the Python API's default: always in memory
 
 
 def part_fingerprint(splits: Splits, part: str) -> str:
     """16 hex digits of SHA-256 over a split's images and labels."""
     d = getattr(splits, part)
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(d.x).tobytes())
+    # a streamed part is hashed chunk by chunk: the same bytes in the same order, so the same fingerprint
+    for chunk in d.chunks() if isinstance(d, StreamDataset) else [d.x]:
+        h.update(np.ascontiguousarray(chunk).tobytes())
     h.update(np.ascontiguousarray(d.y).tobytes())
     return h.hexdigest()[:16]
 
@@ -49,9 +90,11 @@ class DataSpec:
         text = str(path.resolve()) if source != "digits" and path.exists() else source
         return cls(text, split_seed, train_images, val_images)
 
-    def load(self) -> tuple[Splits, DataSpec]:
-        """The splits this spec describes, and the spec with their fingerprints."""
-        splits = split(load_dataset(self.source), seed=self.split_seed)
+    def load(self, memory_limit: int | None = None,
+             cache_dir: str | Path | None = None) -> tuple[Splits, DataSpec]:
+        """The splits this spec describes, and the spec with their fingerprints (streamed from disk past
+        ``memory_limit`` bytes, as :func:`nas.data.load_dataset` decides; ``DataLoading`` holds both)."""
+        splits = split(load_dataset(self.source, memory_limit, cache_dir), seed=self.split_seed)
         if self.train_images and len(splits.train) > self.train_images:
             splits = replace(splits, train=stratified_subset(splits.train, self.train_images, self.split_seed,
                                                              flag="--train-images"))

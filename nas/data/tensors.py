@@ -6,8 +6,9 @@ so training on two CPU cores spends no time in worker processes or per-sample Py
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -15,7 +16,8 @@ import torch.nn.functional as F
 
 from nas.data.dataset import Dataset, Splits
 
-__all__ = ["Augment", "BatchLoader", "TensorSplits", "channel_stats", "to_tensors"]
+__all__ = ["Augment", "Batch", "BatchLoader", "DataSource", "MemoryBatches", "TensorSplits", "TrainBatches",
+           "channel_stats", "epoch_order", "normalise", "seeded_generator", "to_tensors"]
 
 Resolution = int | tuple[int, int] | None
 _CHUNK = 2048
@@ -33,17 +35,33 @@ def _size(resolution: Resolution, native: tuple[int, int]) -> tuple[int, int]:
 
 def channel_stats(data: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation (float64) of the raw pixel values, computed in chunks."""
-    c = data.in_channels
-    total, total_sq = np.zeros(c), np.zeros(c)
-    for i in range(0, len(data), _CHUNK):
-        part = data.x[i : i + _CHUNK].astype(np.float64)
+    chunks = (data.x[i : i + _CHUNK] for i in range(0, len(data), _CHUNK))
+    return stats_of_chunks(chunks, data.in_channels, len(data) * data.resolution[0] * data.resolution[1], data.name)
+
+
+def stats_of_chunks(chunks: Iterable[np.ndarray], channels: int, pixels: int,
+                    name: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`channel_stats` of the NCHW images in ``chunks`` (``pixels`` per channel in all).
+
+    uint8 images are summed in int64 (squares in uint16, which holds 255**2): exact, so the result does not
+    depend on the chunking, and equal to float64 sums while those stay below 2**53 (they are whole numbers);
+    it needs 3 bytes a pixel where float64 needed 16.
+    """
+    total, total_sq = np.zeros(channels), np.zeros(channels)
+    exact, exact_sq = np.zeros(channels, np.int64), np.zeros(channels, np.int64)
+    for chunk in chunks:
+        if chunk.dtype == np.uint8:
+            exact += chunk.sum(axis=(0, 2, 3), dtype=np.int64)
+            exact_sq += np.square(chunk, dtype=np.uint16).sum(axis=(0, 2, 3), dtype=np.int64)
+            continue
+        part = chunk.astype(np.float64)
         total += part.sum(axis=(0, 2, 3))
         total_sq += np.square(part).sum(axis=(0, 2, 3))
-    count = len(data) * data.resolution[0] * data.resolution[1]
-    if count == 0:
-        raise ValueError(f"{data.name}: cannot compute statistics of an empty dataset")
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    if pixels == 0:
+        raise ValueError(f"{name}: cannot compute statistics of an empty dataset")
+    total, total_sq = total + exact, total_sq + exact_sq  # one of each pair is zero: a dataset has one dtype
+    mean = total / pixels
+    std = np.sqrt(np.maximum(total_sq / pixels - mean**2, 0.0))
     return mean, np.where(std > 1e-12, std, 1.0)
 
 
@@ -57,27 +75,35 @@ def to_tensors(
     h, w = _size(resolution, data.resolution)
     n, c = len(data), data.in_channels
     out = torch.empty((n, c, h, w), dtype=torch.float32)
+    for i in range(0, n, _CHUNK):
+        part = data.x[i : i + _CHUNK]
+        out[i : i + len(part)] = normalise(part, mean, std, (h, w))
+    return out, torch.from_numpy(data.y.copy())
+
+
+def normalise(images: np.ndarray, mean: np.ndarray, std: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """NCHW images (as stored) as ``(x - mean) / std`` float32 resized bilinearly to ``size`` (antialiased when
+    shrinking): the one transform behind :func:`to_tensors` and the streamed batches, so both give equal values."""
+    c, native = images.shape[1], (images.shape[2], images.shape[3])
     m = torch.as_tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32).view(1, c, 1, 1)
-    shrink = h < data.resolution[0] or w < data.resolution[1]
-    for i in range(0, n, _CHUNK):
-        part = torch.from_numpy(np.ascontiguousarray(data.x[i : i + _CHUNK])).to(torch.float32)
-        part = (part - m) / s
-        if (h, w) != data.resolution:
-            part = F.interpolate(part, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
-        out[i : i + len(part)] = part
-    return out, torch.from_numpy(data.y.copy())
+    part = (torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32) - m) / s
+    if size != native:
+        shrink = size[0] < native[0] or size[1] < native[1]
+        part = F.interpolate(part, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    return part
 
 
 class TensorSplits:
     """Train / val / test as normalised tensors, built on first use and cached per (part, resolution).
 
-    Normalisation uses the mean/std of the *train* split only, so nothing leaks from val or test.
+    Normalisation uses the mean/std of the *train* split only, so nothing leaks from val or test; ``stats`` gives
+    them instead (subsets held in memory of larger data, normalised as the whole train split was).
     """
 
-    def __init__(self, splits: Splits) -> None:
+    def __init__(self, splits: Splits, stats: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.splits = splits
-        self.mean, self.std = channel_stats(splits.train)
+        self.mean, self.std = channel_stats(splits.train) if stats is None else stats
         self._cache: dict[tuple[str, tuple[int, int]], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def tensors(self, part: str, resolution: Resolution = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,6 +119,21 @@ class TensorSplits:
     def clear(self) -> None:
         """Drop every cached tensor."""
         self._cache.clear()
+
+    def train_batches(self, batch_size: int, *, resolutions: Sequence[Resolution] = (None,), seed: int = 0,
+                      shuffle: bool = True, drop_last: bool = False, augment: Augment | None = None) -> MemoryBatches:
+        """Training batches of the train split at each of ``resolutions`` (see :class:`TrainBatches`)."""
+        data = self.splits.train
+        xs = {_size(r, data.resolution): self.tensors("train", r)[0] for r in resolutions}
+        return MemoryBatches(xs, self.tensors("train", resolutions[0])[1], batch_size, seed=seed, shuffle=shuffle,
+                             drop_last=drop_last, augment=augment)
+
+    def eval_batches(self, part: str, resolution: Resolution = None,
+                     batch_size: int = 500) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(x, y)`` of ``part`` in order, ``batch_size`` at a time, without augmentation."""
+        x, y = self.tensors(part, resolution)
+        for i in range(0, len(y), batch_size):
+            yield x[i : i + batch_size], y[i : i + batch_size]
 
 
 @dataclass(frozen=True)
@@ -164,8 +205,7 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch, self.epoch = self.epoch, self.epoch + 1
-        state = np.random.SeedSequence([self.seed, epoch]).generate_state(2, dtype=np.uint32)
-        generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        generator = seeded_generator(self.seed, epoch)
         n = len(self.x)
         order = torch.randperm(n, generator=generator).numpy() if self.shuffle else None
         for k in range(len(self)):
@@ -179,3 +219,104 @@ class BatchLoader:
             if self.augment is not None:
                 xb = self.augment(xb, generator)
             yield xb, yb
+
+
+def seeded_generator(*key: int) -> torch.Generator:
+    """A torch generator seeded from ``key`` by NumPy's SeedSequence (e.g. (seed, epoch), (seed, epoch, batch))."""
+    state = np.random.SeedSequence(list(key)).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """The order of ``n`` images in epoch ``epoch``: the permutation :class:`BatchLoader` draws, or 0..n-1."""
+    if not shuffle:
+        return np.arange(n, dtype=np.int64)
+    return torch.randperm(n, generator=seeded_generator(seed, epoch)).numpy()
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    """Batches per epoch of ``n`` images."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training batch: normalised float32 NCHW images per resolution ``(h, w)``, labels, and the positions
+    ``idx`` of the images in the train split (to index per-image tensors such as distillation targets)."""
+
+    xs: dict[tuple[int, int], torch.Tensor]
+    y: torch.Tensor
+    idx: torch.Tensor
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The images, for batches made at a single resolution."""
+        if len(self.xs) != 1:
+            raise ValueError(f"a batch at {len(self.xs)} resolutions: choose one with at(resolution)")
+        return next(iter(self.xs.values()))
+
+    def at(self, resolution: int | tuple[int, int]) -> torch.Tensor:
+        """The images at ``resolution`` (one of those the batches were made at)."""
+        key = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+        if key not in self.xs:
+            raise KeyError(f"resolution {key} not among this batch's {sorted(self.xs)}")
+        return self.xs[key]
+
+
+class TrainBatches(Protocol):
+    """Training batches for epoch after epoch, in memory (:class:`MemoryBatches`) or streamed from disk
+    (``nas.data.loader.StreamBatches``): the same images, order and augmentation for the same (seed, epoch).
+
+    The order of epoch e is :func:`epoch_order` (that of :class:`BatchLoader`); augmentation of batch k draws
+    from ``seeded_generator(seed, e, k)``, so it does not depend on which worker made the batch.
+    """
+
+    def __len__(self) -> int: ...
+
+    def batches(self, epoch: int) -> Iterator[Batch]: ...
+
+
+class DataSource(Protocol):
+    """What the training loops read data through: :class:`TensorSplits` (in memory) or
+    ``nas.data.loader.StreamSplits`` (from disk)."""
+
+    splits: Splits
+    mean: np.ndarray
+    std: np.ndarray
+
+    def train_batches(self, batch_size: int, *, resolutions: Sequence[Resolution] = (None,), seed: int = 0,
+                      shuffle: bool = True, drop_last: bool = False,
+                      augment: Augment | None = None) -> TrainBatches: ...
+
+    def eval_batches(self, part: str, resolution: Resolution = None,
+                     batch_size: int = 500) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+class MemoryBatches:
+    """:class:`TrainBatches` over in-memory tensors (one per resolution, the same images)."""
+
+    def __init__(self, xs: dict[tuple[int, int], torch.Tensor], y: torch.Tensor, batch_size: int, *, seed: int = 0,
+                 shuffle: bool = True, drop_last: bool = False, augment: Augment | None = None) -> None:
+        if any(len(x) != len(y) for x in xs.values()):
+            raise ValueError(f"{len(y)} labels for {[len(x) for x in xs.values()]} images")
+        self._xs = {size: x.detach().cpu().numpy() for size, x in xs.items()}
+        self._y = y.detach().cpu().numpy()
+        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.drop_last, self.augment = drop_last, augment
+        self._len = num_batches(len(y), batch_size, drop_last)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def batches(self, epoch: int) -> Iterator[Batch]:
+        """The batches of epoch ``epoch``."""
+        order = epoch_order(len(self._y), self.seed, epoch, self.shuffle)
+        for k in range(self._len):
+            idx = order[k * self.batch_size : (k + 1) * self.batch_size]
+            xs = {}
+            for size, x in self._xs.items():
+                xb = torch.from_numpy(x.take(idx, axis=0))  # NumPy's take: torch's index_select was far slower
+                xs[size] = xb if self.augment is None else self.augment(xb, seeded_generator(self.seed, epoch, k))
+            yield Batch(xs, torch.from_numpy(self._y.take(idx)), torch.from_numpy(idx))

@@ -28,6 +28,7 @@ from torch import nn
 
 import latency_models
 import search_spaces as ss
+from nas.backend import TrainBackend
 from nas.compress._train import loss_and_accuracy
 from nas.compress.netadapt import NetAdaptConfig, cost_function, netadapt
 from nas.compress.quantize import QuantConfig, QuantReport, quantize_model
@@ -65,6 +66,7 @@ class FinalizeConfig:
     bench_reps: int = 50
     threads: int = 1
     data: DataSpec | None = None  # recorded in the checkpoints, so `nas eval` reads the same test split
+    training: TrainBackend | None = None  # where the network was trained, recorded in the checkpoints' metadata
     seed: int = 0
 
 
@@ -305,6 +307,7 @@ def finalize(model: nn.Module, arch: ss.Arch, splits: Splits | TensorSplits, con
             lat["w4a8_predicted"] = _predicted(arch, int4, table_path(config, int4))
         quant[name] = {k: v for k, v in qrep.to_dict().items() if k != "ranges"}
         meta = {"data": config.data.to_dict() if config.data else None,
+                "training": config.training.to_dict() if config.training else None,
                 "class_names": [str(c) for c in data.splits.train.class_names],
                 "accuracy": {"fp32_val": acc.get("pruned_val", acc["fp32_val"]),
                              "fp32_test": acc.get("pruned_test", acc["fp32_test"]),

@@ -12,12 +12,16 @@ a training run.
 `fake_quantize` is `torch.fake_quantize_per_tensor_affine` (same values, same straight-through gradient) in one
 vectorised pass (`_C.fake_quant`): 0.8 ms against PyTorch's CPU kernel's 13 ms on a 64x48x24x24 activation;
 with `memory_order` for the observers' min/max, a W4A8 QAT step went 0.64 -> 0.37 s (fp32 step 0.30 s).
+
+Both ops use the kernel library only for float32 CPU tensors, and only while `training_kernels` allows it (on by
+default; `nas.backend.TrainBackend.training` turns it off for GPU and mixed-precision runs, benchmarks to compare).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from contextvars import ContextVar
 
 import numpy as np
 import torch
@@ -28,6 +32,19 @@ from nas.kernels import _C
 from nas.kernels.isa import active_isa
 
 MIN_KERNEL = 5  # smaller depthwise kernels keep PyTorch's weight gradient (faster there, measured)
+# a context variable, not a module global: a block's choice ends with the block, and other threads keep theirs
+_KERNELS_ON: ContextVar[bool] = ContextVar("nas_training_kernels", default=True)
+
+
+@contextlib.contextmanager
+def training_kernels(enabled: bool) -> Iterator[None]:
+    """Within the block, `depthwise_conv2d` and `fake_quantize` use the kernel library (`enabled`, the default
+    outside any block) or PyTorch's own ops only."""
+    token = _KERNELS_ON.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _KERNELS_ON.reset(token)
 
 
 def _float_isa() -> str:
@@ -74,8 +91,8 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, pad
     """`F.conv2d(x, weight, None, stride, padding, groups=C)` for a (C, 1, k, k) weight; when the weight needs a
     gradient (float32 on the CPU, kernel >= `MIN_KERNEL`) the backward pass uses the kernel library's
     weight-gradient kernel."""
-    if (weight.requires_grad and torch.is_grad_enabled() and x.dtype == torch.float32 and not x.is_cuda
-            and weight.dtype == torch.float32 and weight.shape[-1] == weight.shape[-2] >= MIN_KERNEL):
+    if (_KERNELS_ON.get() and weight.requires_grad and torch.is_grad_enabled() and x.dtype == torch.float32
+            and not x.is_cuda and weight.dtype == torch.float32 and weight.shape[-1] == weight.shape[-2] >= MIN_KERNEL):
         return _DepthwiseConv.apply(x, weight, stride, padding)
     return F.conv2d(x, weight, None, stride, padding, groups=x.shape[1])
 
@@ -149,8 +166,8 @@ class _FakeQuant(torch.autograd.Function):
 
 def fake_quantize(x: torch.Tensor, scale: float, zero_point: int, qmin: int = 0, qmax: int = 255) -> torch.Tensor:
     """`torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)`, same values and straight-through
-    gradient, in one pass on the kernel library for float32 CPU tensors (PyTorch's CPU kernel was ~30% of a QAT
-    step, measured 2026-12-03)."""
-    if x.dtype != torch.float32 or x.is_cuda or x.dim() == 0:
+    gradient, in one pass on the kernel library for float32 CPU tensors (PyTorch's CPU kernel was a large share
+    of a QAT step: benchmarks/RESULTS_kernels.md)."""
+    if not _KERNELS_ON.get() or x.dtype != torch.float32 or x.is_cuda or x.dim() == 0:
         return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
     return _FakeQuant.apply(x, scale, zero_point, qmin, qmax)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -72,6 +73,34 @@ def baselines_frame(baselines: dict[str, ss.Arch], latency_ms: Callable[[ss.Arch
         rows.append({"name": name, "macs": cost.macs, "params": cost.params, "latency_ms": latency_ms(arch),
                      "measured_ms": measured_ms(arch), "arch": str(arch)})
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class Front:
+    """The report stage's result: the Pareto front (with measured latencies) and the hand-designed baselines."""
+
+    front: pd.DataFrame  # rows of `trials_frame` on the front, fastest first, with `measured_ms`
+    baselines: pd.DataFrame  # `baselines_frame` (empty without a MAC budget)
+
+
+def write_report(trials: pd.DataFrame, baselines: dict[str, ss.Arch], latency_ms: Callable[[ss.Arch], float],
+                 measure: Callable[[list[ss.Arch]], list[float]], run_dir: Path, title: str) -> Front:
+    """Write trials.csv, pareto.csv, baselines.csv (when there are `baselines`) and pareto.png into `run_dir`.
+
+    The front's networks and the baselines are measured together by one call of `measure`, round-robin, so a
+    burst of load slows all alike."""
+    write_atomic(run_dir / "trials.csv", lambda tmp: trials.to_csv(tmp, index=False))
+    front = trials[trials["pareto"]].sort_values("latency_ms").copy()
+    front_archs = [ss.decode(a) for a in front["arch"]]
+    to_measure = front_archs + list(baselines.values())
+    measured = dict(zip((a.hash() for a in to_measure), measure(to_measure), strict=True))
+    front["measured_ms"] = [measured[a.hash()] for a in front_archs]
+    write_atomic(run_dir / "pareto.csv", lambda tmp: front.to_csv(tmp, index=False))
+    table = baselines_frame(baselines, latency_ms, lambda a: measured[a.hash()])
+    if len(table):
+        write_atomic(run_dir / "baselines.csv", lambda tmp: table.to_csv(tmp, index=False))
+    plot_pareto(trials, run_dir / "pareto.png", title, baselines=table, measured=front)
+    return Front(front, table)
 
 
 def plot_pareto(df: pd.DataFrame, path: Path, title: str, baselines: pd.DataFrame | None = None,

@@ -14,7 +14,10 @@ import optuna
 from optuna.trial import TrialState
 
 import search_spaces as ss
+from nas.checks import output_file
+from nas.cores import fair_threads
 from nas.errors import one_line
+from nas.io import write_atomic
 from nas.search.evolution import RegularizedEvolutionSampler
 from nas.search.params import arch_from_params, distributions, repair, suggest_params
 
@@ -122,8 +125,6 @@ def check_storage(url: str) -> None:
     of `DATABASE_SCHEMES` (a driver may follow, `mysql+pymysql://`), a SQLite file not being a folder. Whether a
     database answers is found when it is opened (`make_storage`).
     """
-    from nas.checks import output_file
-
     text = str(url)
     if not text.strip():
         raise StorageError(f"--storage: {STORAGE_EXPECTED}, got {url!r}")
@@ -208,8 +209,6 @@ def repair_journal(path: str | os.PathLike[str], log: Callable[[str], None] = pr
     Runs under the journal's own lock, so a line another process is still writing is not mistaken for a torn one.
     """
     from optuna.storages.journal import JournalFileSymlinkLock
-
-    from nas.io import write_atomic
 
     path = Path(path).expanduser()
     if not path.is_file() or path.stat().st_size == 0:
@@ -476,8 +475,6 @@ def _ray_trial(config: dict[str, Any], evaluate: Any, latency_ms: Any, settings:
     again), reported to Tune; `threads` torch threads at most, fewer while other processes (the other trials among
     them) keep the cores busy (`nas.cores`)."""
     from ray import tune
-
-    from nas.cores import fair_threads
 
     with fair_threads(threads):  # restores the worker's thread count afterwards
         m = run_trial(settings, config, evaluate, latency_ms, known)

@@ -3,10 +3,12 @@
 A short supernet scores its sub-networks nearly flat on a harder dataset (Fashion-MNIST, 5000 images: largest 0.824,
 smallest 0.828 val), so the most accurate trial is close to a random pick among sizes and the search never learns
 that spending the budget pays. Each candidate here is the most accurate trial of one band of predicted latency;
-all are fine-tuned from their supernet weights with the recipe the chosen network gets anyway (`evaluate.finetune`),
+all are fine-tuned from their supernet weights with the recipe the chosen network gets anyway (`finetune`),
 and the one with the best fine-tuned validation accuracy wins. The winner's fine-tuned weights go on to finalize,
 so verification costs the fine-tunes of the other candidates. Each fine-tuned candidate is stored in the run folder
-as it finishes, so an interrupted run resumes without training it again.
+as it finishes, so an interrupted run resumes without training it again. With training workers
+(`--train-workers` above 1) the fine-tunes run in parallel as Ray tasks, up to that many at once, with the same
+results (`finetune_parallel`).
 """
 
 from __future__ import annotations
@@ -14,14 +16,23 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 import search_spaces as ss
+from nas.backend import TrainBackend
 from nas.io import write_atomic
-from nas.search.report import ranked
+from nas.search.report import choose, ranked
+from nas.search.scoring import TrialScorer
+from nas.train import TrainRecipe, recipe_key, train_standalone
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from nas.data import DataSource
 
 VERIFY_CANDIDATES = 3  # default; 1 keeps the supernet's choice (the most accurate trial), fine-tuned
 
@@ -40,10 +51,11 @@ def pick_candidates(df: pd.DataFrame, k: int) -> pd.DataFrame:
     return trials.groupby(band.astype(int), sort=False).head(1).sort_values("latency_ms")
 
 
-def verify(candidates: pd.DataFrame, evaluator: Any, request: Any, store: Path,
-           log: Callable[[str], None]) -> tuple[pd.DataFrame, Any, dict[str, Any]]:
-    """Fine-tune every candidate (rows of `pick_candidates`) as the chosen network is (`evaluate.finetune`); the
-    table of results (`store`/verify.csv, one row per candidate, winner marked), the winner's model and metrics.
+def verify(candidates: pd.DataFrame, scorer: TrialScorer, recipe: TrainRecipe, backend: TrainBackend, store: Path,
+           log: Callable[[str], None]) -> tuple[pd.DataFrame, nn.Module, dict[str, Any]]:
+    """Fine-tune every candidate (rows of `pick_candidates`) with `recipe` on `backend`, as the chosen network is
+    (`finetune`); the table of results (`store`/verify.csv, one row per candidate, winner marked), the winner's
+    model and metrics.
 
     The winner has the best fine-tuned validation accuracy (ties: the lower predicted latency); the test split
     plays no part in the choice. Fine-tuned candidates are kept in `store`/<supernet key>-<recipe hash>/, so an
@@ -51,33 +63,41 @@ def verify(candidates: pd.DataFrame, evaluator: Any, request: Any, store: Path,
     """
     from safetensors.torch import load_file, save_file
 
-    from nas.search.evaluate import finetune, finetune_recipe
-    from nas.train import recipe_key
+    done = store / f"{scorer.supernet_key}-{recipe_key(recipe)}"
 
-    recipe = finetune_recipe(request)
-    done = store / f"{evaluator.supernet_key}-{recipe_key(recipe)}"
-
-    n_val = len(evaluator.subnet.data.splits.val)
-    models: dict[str, Any] = {}
-    rows: list[dict[str, Any]] = []
-    for i, (_, c) in enumerate(candidates.iterrows()):
-        arch = ss.decode(c["arch"])
+    n_val = len(scorer.subnet.data.splits.val)
+    archs = [ss.decode(c["arch"]) for _, c in candidates.iterrows()]
+    finished: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
+    for i, ((_, c), arch) in enumerate(zip(candidates.iterrows(), archs, strict=True)):
         weights, meta = done / f"{arch.hash()}.safetensors", done / f"{arch.hash()}.json"
         if weights.exists() and meta.exists():
-            metrics = json.loads(meta.read_text())
             model = ss.build(arch)
             model.load_state_dict(load_file(str(weights)))
-            model.eval()
+            finished[arch.hash()] = (model.eval(), json.loads(meta.read_text()))
             log(f"verify {i + 1}/{len(candidates)}: {arch.hash()} ({c['macs'] / 1e6:.1f}M MACs) loaded from {done}")
-        else:
-            log(f"verify {i + 1}/{len(candidates)}: fine-tuning {arch.hash()} ({c['macs'] / 1e6:.1f}M MACs, "
-                f"{c['latency_ms']:.3f} ms predicted, supernet val {c['val_acc']:.4f}) for {recipe.epochs} epochs")
-            model, metrics = finetune(arch, evaluator, request)
-            metrics = {k: v for k, v in metrics.items() if k != "history"}
-            state = {k: v.contiguous() for k, v in model.state_dict().items()}
-            write_atomic(weights, lambda tmp, state=state: save_file(state, tmp))
-            write_atomic(meta, lambda tmp, m=metrics: Path(tmp).write_text(json.dumps(m, indent=2)))
-        models[arch.hash()] = (model, metrics)
+
+    def keep(arch: ss.Arch, model: nn.Module, metrics: dict[str, Any]) -> None:
+        metrics = {k: v for k, v in metrics.items() if k != "history"}
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        write_atomic(done / f"{arch.hash()}.safetensors", lambda tmp: save_file(state, tmp))
+        write_atomic(done / f"{arch.hash()}.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
+        finished[arch.hash()] = (model, metrics)
+        log(f"  {arch.hash()} fine-tuned val {metrics['val_acc']:.4f}")
+
+    todo = [(i, c, arch) for i, ((_, c), arch) in enumerate(zip(candidates.iterrows(), archs, strict=True))
+            if arch.hash() not in finished]
+    parallel = backend.workers > 1 and len(todo) > 1
+    for i, c, arch in todo:
+        log(f"verify {i + 1}/{len(candidates)}: fine-tuning {arch.hash()} ({c['macs'] / 1e6:.1f}M MACs, "
+            f"{c['latency_ms']:.3f} ms predicted, supernet val {c['val_acc']:.4f}) for {recipe.epochs} epochs")
+        if not parallel:
+            keep(arch, *finetune(arch, scorer, recipe, backend))
+    if parallel:  # the training workers' resources: up to that many fine-tunes at once
+        log(f"verify: {len(todo)} fine-tunes in parallel, up to {backend.workers} at once (Ray tasks)")
+        finetune_parallel([arch for _, _, arch in todo], scorer, recipe, backend, keep)
+    rows: list[dict[str, Any]] = []
+    for (_, c), arch in zip(candidates.iterrows(), archs, strict=True):
+        metrics = finished[arch.hash()][1]
         rows.append({"trial": int(c["trial"]), "arch_hash": arch.hash(), "macs": c["macs"], "params": c["params"],
                      "latency_ms": c["latency_ms"], "supernet_val_acc": c["val_acc"],
                      "verified_val_acc": metrics["val_acc"],
@@ -86,7 +106,6 @@ def verify(candidates: pd.DataFrame, evaluator: Any, request: Any, store: Path,
                      "val_se": math.sqrt(metrics["val_acc"] * (1 - metrics["val_acc"]) / n_val),
                      "val_images": n_val, "finetune_seconds": metrics.get("wall_s"),
                      "arch": c["arch"]})
-        log(f"  fine-tuned val {metrics['val_acc']:.4f}")
     table = pd.DataFrame(rows)
     order = ranked(table, "verified_val_acc")
     table["chosen"] = table.index == order.index[0]
@@ -96,5 +115,72 @@ def verify(candidates: pd.DataFrame, evaluator: Any, request: Any, store: Path,
             f"({first['val_se']:.4f} on {n_val} images), so the val split does not tell them apart; more val "
             "images (--val-images) would")
     write_atomic(store / "verify.csv", lambda tmp: table.to_csv(tmp, index=False))
-    model, metrics = models[first["arch_hash"]]
+    model, metrics = finished[first["arch_hash"]]
     return table, model, metrics
+
+
+def finetune_parallel(archs: list[ss.Arch], scorer: TrialScorer, recipe: TrainRecipe, backend: TrainBackend,
+                      store: Callable[[ss.Arch, nn.Module, dict[str, Any]], None]) -> None:
+    """`finetune` each of `archs` as a Ray task (Ray connected: `nas.search.runner.connect_ray`), up to
+    `backend.workers` at once, each with one CPU (or one GPU) and `recipe.threads` torch threads, as the
+    sequential path runs them; `store(arch, model, metrics)` gets each as it finishes (in any order). The same
+    code, data and initial weights as the sequential path, so the same results for the same seeds."""
+    import ray
+
+    data = ray.put(scorer.subnet.data)
+    task = ray.remote(_finetune_task).options(num_cpus=1, num_gpus=1 if backend.is_cuda else 0)
+    # a task's GPU is the first its process sees (Ray sets CUDA_VISIBLE_DEVICES)
+    remote_backend = replace(backend, device="cuda:0") if backend.is_cuda else backend
+    waiting, running = list(archs), {}
+    while waiting or running:
+        while waiting and len(running) < backend.workers:
+            arch = waiting.pop(0)
+            # the initial weights are extracted here, as `finetune` does, and travel with the task
+            running[task.remote(arch, data, scorer.subnet.model(arch), recipe, remote_backend)] = arch
+        ready, _ = ray.wait(list(running), num_returns=1)
+        arch = running.pop(ready[0])
+        model, metrics = ray.get(ready[0])
+        store(arch, model, {**metrics, "backend": backend.to_dict()})
+
+
+def _finetune_task(arch: ss.Arch, data: DataSource, init: nn.Module, recipe: TrainRecipe,
+                   backend: TrainBackend) -> tuple[nn.Module, dict[str, Any]]:
+    """A Ray task: `train_standalone` of one verify candidate (what `finetune` runs in the driver)."""
+    return train_standalone(arch, data, recipe, init=init, backend=backend)
+
+
+def finetune(arch: ss.Arch, scorer: TrialScorer, recipe: TrainRecipe,
+             backend: TrainBackend) -> tuple[nn.Module, dict[str, Any]]:
+    """`arch` fine-tuned with `recipe` on `backend` from its supernet weights (batch norm recalibrated first: the shared
+    statistics of a supernet fit no single sub-network); the model and the metrics of
+    `nas.train.train_standalone`."""
+    return train_standalone(arch, scorer.subnet.data, recipe, init=scorer.subnet.model(arch), backend=backend)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The search's chosen network: its trial's row, and, when candidates were fine-tuned, the fine-tuned model,
+    its metrics and the table of candidates."""
+
+    best: pd.Series  # a row of `trials_frame`, with `verified_val_acc` when fine-tuned
+    arch: ss.Arch
+    model: nn.Module | None = None
+    metrics: dict[str, Any] | None = None
+    verified: pd.DataFrame | None = None
+
+
+def choose_network(trials: pd.DataFrame, scorer: TrialScorer, candidates: int, recipe: TrainRecipe | None,
+                   backend: TrainBackend, store: Path, log: Callable[[str], None]) -> Choice:
+    """The choice: with a fine-tuning `recipe` (given when there is more than one candidate, or to finalize the
+    chosen one), up to `candidates` trials are fine-tuned on `backend` and the best fine-tuned validation accuracy
+    wins (`verify`, its records in `store`); without one, the most accurate trial."""
+    if recipe is None:
+        best = choose(trials)
+        return Choice(best, ss.decode(best["arch"]))
+    picked = pick_candidates(trials, candidates)
+    log(f"verify: {len(picked)} candidate(s) spread over the latency range, each fine-tuned from its "
+        "supernet weights; the best fine-tuned val accuracy is chosen")
+    verified, model, metrics = verify(picked, scorer, recipe, backend, store, log)
+    best = trials[trials["trial"] == int(verified.loc[verified["chosen"], "trial"].iloc[0])].iloc[0].copy()
+    best["verified_val_acc"] = metrics["val_acc"]
+    return Choice(best, ss.decode(best["arch"]), model, metrics, verified)

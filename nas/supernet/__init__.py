@@ -5,8 +5,8 @@
 >>> model = run.supernet.extract(arch)                          # a plain search_spaces.MBConvNet
 """
 
-from nas.supernet.evaluate import SubnetEvaluator
 from nas.supernet.model import Supernet, outside_reasons
+from nas.supernet.subnet_eval import SubnetEvaluator
 from nas.supernet.training import (
     PHASES,
     SupernetRecipe,

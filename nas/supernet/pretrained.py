@@ -4,7 +4,7 @@ Training the default search's supernet (`nas search --budget 100MFLOPs`: space s
 built-in digits, the default progressive-shrinking recipe, seed 0) is most of that job's time on 2 cores. What it
 learns depends only on its cache key (`nas.supernet.cache_key`: space, data fingerprint, recipe, seed; up to the
 floating-point summation order that the thread count sets), so
-`benchmarks/pretrain_supernet.py` trains it with `nas` itself and stores it in `nas/supernet/weights/` as
+`tools/pretrain_supernet.py` trains it with `nas` itself and stores it in `nas/supernet/weights/` as
 `<key>.safetensors` (weights in float16, batch-norm statistics in float32) with `<key>.json` (the key's inputs,
 the training history, versions and machine). `train_supernet` loads it when its key matches and no cache of its
 own exists; any change to the space, data, recipe or seed changes the key, and then the supernet is trained.

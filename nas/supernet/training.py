@@ -11,7 +11,9 @@ written atomically; then older epochs' files are removed. `state.json` is the co
 leaves it naming a complete, earlier set. Nothing is pickled, so a planted or tampered cache cannot run code;
 a reader refuses a missing, corrupt or mismatched file with one line naming it. Calling `train_supernet` again
 resumes after the last finished epoch, or just loads the result when all epochs are done. A supernet shipped
-with the package under the same key (`nas.supernet.pretrained`) is loaded instead of trained.
+with the package under the same key (`nas.supernet.pretrained`) is loaded instead of trained. Training runs on a
+`nas.backend.TrainBackend` (device, precision), which is not part of the key: the cache holds CPU tensors, and a
+supernet trained on a GPU resumes or loads on a CPU and vice versa.
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ from tqdm import tqdm
 
 import nas.supernet.pretrained as _pretrained
 import search_spaces as ss
+from nas.backend import CPU, TrainBackend
 from nas.cores import fair_threads, tick
-from nas.data import BatchLoader, Splits, TensorSplits
+from nas.data import Batch, Splits, StreamDataset, TensorSplits, TrainBatches
 from nas.errors import one_line
 from nas.io import write_atomic
-from nas.supernet.evaluate import SubnetEvaluator
 from nas.supernet.model import Supernet
-from nas.train import as_tensor_splits, cosine_lr, kd_loss, make_optimizer, set_lr
+from nas.supernet.subnet_eval import SubnetEvaluator
+from nas.train import as_source, cosine_lr, kd_loss, make_optimizer, set_lr
 
 PHASES = ("largest", "kernel", "depth", "width")
 # bump when the supernet's parameters or the cache files change, so old caches are not loaded into a new layout
@@ -47,6 +50,7 @@ PHASES = ("largest", "kernel", "depth", "width")
 FORMAT = 4
 DEFAULT_ROOT = Path("results/supernets")
 STATE_FILE = "state.json"
+RAY_STORAGE = "ray"  # Ray Train's storage of a distributed run's checkpoints (nas.supernet.distributed)
 OLD_CHECKPOINT = "checkpoint.pt"  # FORMAT <= 3: a pickle, never read (unpickling can run code)
 
 
@@ -121,7 +125,9 @@ def dataset_fingerprint(splits: Splits) -> dict:
     """What identifies the training data in a cache key: name, sizes and a hash of the training images."""
     h = hashlib.sha256()
     for part in (splits.train, splits.val):
-        h.update(np.ascontiguousarray(part.x).tobytes())
+        # a part streamed from disk is hashed chunk by chunk: the same bytes, so the same key as in memory
+        for chunk in part.chunks() if isinstance(part, StreamDataset) else [part.x]:
+            h.update(np.ascontiguousarray(chunk).tobytes())
         h.update(part.y.tobytes())
     return {"name": splits.train.name, "train": len(splits.train), "val": len(splits.val), "seed": splits.seed,
             "sha256": h.hexdigest()[:16]}
@@ -185,8 +191,9 @@ def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     """Write `tensors` as a safetensors file, atomically; returns its sha256 (for state.json)."""
     from safetensors.torch import save
 
-    # contiguous(): safetensors stores dense row-major tensors, and channels_last weights are not
-    blob = save({k: v.detach().contiguous() for k, v in tensors.items()})
+    # contiguous(): safetensors stores dense row-major tensors, and channels_last weights are not; cpu(): a cache
+    # trained on a GPU loads anywhere
+    blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
     write_atomic(path, lambda tmp: Path(tmp).write_bytes(blob))
     return hashlib.sha256(blob).hexdigest()
 
@@ -334,23 +341,45 @@ def _save_cache(cache: Path, model: dict[str, torch.Tensor], opt: torch.optim.Op
 def train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe: SupernetRecipe = SupernetRecipe(),
                    seed: int = 0, root: str | os.PathLike[str] = DEFAULT_ROOT, progress: bool = True,
                    callback: Callable[[dict], None] | None = None,
-                   pretrained: str | os.PathLike[str] | None = _pretrained.PACKAGED) -> SupernetRun:
+                   pretrained: str | os.PathLike[str] | None = _pretrained.PACKAGED,
+                   backend: TrainBackend = CPU) -> SupernetRun:
     """Train (or resume, or load) the supernet of `space` on `splits` with progressive shrinking.
 
     `space` is adapted to the data's channels and classes. `callback` receives each finished epoch's record
     (after its checkpoint is on disk); an exception it raises stops training, which a later call resumes.
     Without a checkpoint under `root`, a pretrained supernet of the same key in the folder `pretrained` (default:
     the package's) is loaded and copied there; `pretrained=None` always trains (over such a copy too).
+    Trains on `backend`'s device and precision (not part of the cache key); the supernet comes back on the CPU.
     Runs `recipe.threads` torch threads, fewer while other processes keep the cores busy (`nas.cores`).
     """
     with fair_threads(recipe.threads):  # restores the caller's thread count afterwards
-        return _train_supernet(space, splits, recipe, seed, root, progress, callback, pretrained)
+        return _train_supernet(space, splits, recipe, seed, root, progress, callback, pretrained, backend)
 
 
 def _train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe: SupernetRecipe, seed: int,
                     root: str | os.PathLike[str], progress: bool, callback: Callable[[dict], None] | None,
-                    pretrained: str | os.PathLike[str] | None) -> SupernetRun:
-    data = as_tensor_splits(splits)
+                    pretrained: str | os.PathLike[str] | None, backend: TrainBackend) -> SupernetRun:
+    data = as_source(splits)  # in memory, or streamed from disk
+    space, key, path = prepare_cache(space, data, recipe, seed, root)
+    net, state = initial_state(space, key, path, seed, pretrained, len(_schedule(recipe)))
+
+    def commit(net: Supernet, opt: torch.optim.Optimizer | None, history: list[dict]) -> None:
+        _save_cache(path, net.state_dict(), opt, len(history), history, space, key, None)
+        if progress:
+            log_epoch(history[-1], len(_schedule(recipe)))
+        if callback is not None:
+            callback(history[-1])
+
+    history = run_epochs(net, state, path, data, space, recipe, seed, backend, progress, SINGLE, commit)
+    net.to("cpu", memory_format=torch.contiguous_format).eval()
+    return SupernetRun(net, path, len(history), history, key, len(_schedule(recipe)),
+                       Path(state["pretrained"]) if state and state.get("pretrained") else None)
+
+
+def prepare_cache(space: ss.SearchSpace, data: TensorSplits, recipe: SupernetRecipe, seed: int,
+                  root: str | os.PathLike[str]) -> tuple[ss.SearchSpace, str, Path]:
+    """`space` adapted to the data's channels and classes, its cache key, and its cache folder under `root`
+    (created, with meta.json describing the key's inputs)."""
     train = data.splits.train
     space = space.with_io(train.in_channels, train.num_classes)
     fingerprint = dataset_fingerprint(data.splits)
@@ -360,10 +389,17 @@ def _train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe
     meta = json.dumps({"space": asdict(space), "dataset": fingerprint, "recipe": asdict(recipe), "seed": seed,
                        "key": key}, indent=1, default=str)
     write_atomic(path / "meta.json", lambda tmp: Path(tmp).write_text(meta, encoding="utf-8"))
+    return space, key, path
 
+
+def initial_state(space: ss.SearchSpace, key: str, path: Path, seed: int,
+                  pretrained: str | os.PathLike[str] | None, epochs: int) -> tuple[Supernet, dict[str, Any] | None]:
+    """The supernet to train, seeded by `seed` and loaded from the cache folder `path` (a newer epoch that a
+    distributed run reported first taken in, `adopt_checkpoints`) or from a packaged supernet of the same key
+    (copied into `path`); and the state it was loaded from (None: a fresh start)."""
+    adopt_checkpoints(path)
     torch.manual_seed(seed)
     net = Supernet(space)
-    schedule = _schedule(recipe)
     state = _read_cache(path)
     if state is not None and (state["key"] != key or state["space"] != space):
         raise SupernetCacheError(f"{path / STATE_FILE}: records supernet {state['key']}, not {key} (a copied or "
@@ -373,20 +409,37 @@ def _train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe
     found = _pretrained.find(key, pretrained) if state is None and pretrained is not None else None
     if found is not None:
         state = _pretrained.load_state(found, net.state_dict())
-        if state["epoch"] != len(schedule):
-            raise ValueError(f"{found}: {state['epoch']} epochs, but its recipe has {len(schedule)}")
+        if state["epoch"] != epochs:
+            raise ValueError(f"{found}: {state['epoch']} epochs, but its recipe has {epochs}")
         _save_cache(path, state["model"], None, state["epoch"], state["history"], space, key, state["pretrained"])
-    done, history = 0, []
-    if state is not None:
-        if found is not None:
-            net.load_state_dict(state["model"])  # load_state checked every name and shape
-        else:
-            _load_model(net, state, path)
-        done, history = state["epoch"], state["history"]
-    net.to(memory_format=torch.channels_last)  # oneDNN's NHWC kernels: ~25% faster training steps
-    y = data.tensors("train")[1]
-    loader = BatchLoader(torch.arange(len(y)), y, recipe.batch_size, seed=seed, drop_last=len(y) > recipe.batch_size)
-    evaluator = SubnetEvaluator(net, data, "val", recipe.calib_images, seed)
+        net.load_state_dict(state["model"])  # load_state checked every name and shape
+    elif state is not None:
+        _load_model(net, state, path)
+    return net, state
+
+
+def log_epoch(record: dict, total: int) -> None:
+    """One line about a finished epoch (loss, probes, time)."""
+    probe = (f"val largest {record['val_acc_largest']:.3f} smallest {record['val_acc_smallest']:.3f} "
+             f"random {record['val_acc_random']:.3f} " if "val_acc_largest" in record else "")
+    tqdm.write(f"supernet epoch {record['epoch']}/{total} [{record['phase']}] loss {record['loss']:.3f} {probe}"
+               f"({record['wall_s']:.0f}s)")
+
+
+def run_epochs(net: Supernet, state: dict[str, Any] | None, folder: Path, data: TensorSplits, space: ss.SearchSpace,
+               recipe: SupernetRecipe, seed: int, backend: TrainBackend, progress: bool, shard: Shard,
+               commit: Callable[[Supernet, torch.optim.Optimizer | None, list[dict]], None]) -> list[dict]:
+    """The epochs of the schedule after those `state` records (its files in `folder`), on this process's `shard`
+    of every batch; after each, `commit(net, optimizer or None, history)` stores it (the optimizer only when the
+    next epoch continues its phase). The history of every epoch. The distributed workers run this too
+    (`nas.supernet.distributed`): only the first probes the validation split."""
+    schedule = _schedule(recipe)
+    done, history = (state["epoch"], list(state["history"])) if state is not None else (0, [])
+    # weights loaded on the CPU, then onto the device before the optimizer is made (its state follows them there)
+    backend.module(net).to(memory_format=torch.channels_last)  # oneDNN's NHWC kernels: ~25% faster training steps
+    evaluator = SubnetEvaluator(net, data, "val", recipe.calib_images, seed, backend=backend) if shard.first \
+        else None
+    scaler = backend.grad_scaler()
     opt = None
     for epoch in range(done, len(schedule)):
         phase, k, n = schedule[epoch]
@@ -398,27 +451,56 @@ def _train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe
         if opt is None or k == 0:
             opt = make_optimizer(net, peak, recipe.momentum, recipe.weight_decay)
             if k > 0 and state is not None and state.get("optimizer") is not None:
-                _load_optimizer(opt, state["optimizer"], path)
-        record = _train_epoch(net, opt, data, loader, pspace, recipe, seed, epoch, k, n, peak, progress,
-                              recipe.random_in(phase))
+                _load_optimizer(opt, state["optimizer"], folder)
+        with backend.training(net):
+            record = _train_epoch(net, opt, data, pspace, recipe, seed, epoch, k, n, peak, progress and shard.first,
+                                  recipe.random_in(phase), backend, scaler, shard)
+        shard.average_buffers(net)
         record.update(epoch=epoch + 1, phase=phase)
         net.eval()
-        if recipe.probe_each_epoch or k == n - 1:
+        if evaluator is not None and (recipe.probe_each_epoch or k == n - 1):
             record.update(_probe(evaluator, pspace, seed))
         history.append(record)
         # momentum is needed only to resume within a phase: a new phase starts a new optimizer
         continues = epoch + 1 < len(schedule) and schedule[epoch + 1][1] > 0
-        _save_cache(path, net.state_dict(), opt if continues else None, epoch + 1, history, space, key, None)
-        if progress:
-            probe = (f"val largest {record['val_acc_largest']:.3f} smallest {record['val_acc_smallest']:.3f} "
-                     f"random {record['val_acc_random']:.3f} " if "val_acc_largest" in record else "")
-            tqdm.write(f"supernet epoch {epoch + 1}/{len(schedule)} [{phase}] loss {record['loss']:.3f} {probe}"
-                       f"({record['wall_s']:.0f}s)")
-        if callback is not None:
-            callback(record)
-    net.to(memory_format=torch.contiguous_format).eval()
-    return SupernetRun(net, path, len(history), history, key, len(schedule),
-                       Path(state["pretrained"]) if state and state.get("pretrained") else None)
+        commit(net, opt if continues else None, history)
+    return history
+
+
+def adopt_checkpoints(path: Path) -> None:
+    """Take into the cache folder `path` the newest complete epoch that a distributed run reported to Ray Train's
+    storage (`path`/ray, `nas.supernet.distributed`), when it is newer than the cache's own: a run whose driver
+    was killed loses nothing, whichever way it is resumed. The checkpoints are in the cache's format and are
+    checked as the cache is (sha256 of each file); one that does not check is skipped."""
+    storage = path / RAY_STORAGE
+    if not storage.is_dir():
+        return
+    current = _read_cache(path) if (path / STATE_FILE).is_file() else None
+    best, best_epoch = None, current["epoch"] if current is not None else -1
+    for found in sorted(storage.glob(f"*/*/{STATE_FILE}")):  # <storage>/<run name>/<checkpoint>/state.json
+        try:
+            state = _read_cache(found.parent)
+        except SupernetCacheError:
+            continue  # a checkpoint Ray had not finished copying when the driver died
+        if state is not None and state["epoch"] > best_epoch and (current is None or state["key"] == current["key"]):
+            best, best_epoch = found.parent, state["epoch"]
+    if best is not None:
+        copy_checkpoint(best, path)
+
+
+def copy_checkpoint(src: Path, cache: Path) -> None:
+    """Copy the epoch stored in the folder `src` (the cache format) into the cache folder `cache`: its tensor files
+    first, state.json last (the commit point), then the files of other epochs removed, as `_save_cache` does."""
+    state = json.loads((src / STATE_FILE).read_text(encoding="utf-8"))
+    names = [entry["file"] for entry in (state["model"], state["optimizer"]) if entry is not None]
+    for name in names:
+        blob = (src / name).read_bytes()
+        write_atomic(cache / name, lambda tmp, blob=blob: Path(tmp).write_bytes(blob))
+    text = (src / STATE_FILE).read_text(encoding="utf-8")
+    write_atomic(cache / STATE_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    for old in [*cache.glob("model-e*.safetensors"), *cache.glob("optimizer-e*.safetensors")]:
+        if old.name not in names:
+            old.unlink(missing_ok=True)
 
 
 def _probe(evaluator: SubnetEvaluator, pspace: ss.SearchSpace, seed: int) -> dict[str, float]:
@@ -443,47 +525,142 @@ def phase_lr(peak: float, step: int, total: int, warmup_steps: float = 0.0) -> f
     return cosine_lr(peak, step, total) * ramp
 
 
-def _train_epoch(net: Supernet, opt: torch.optim.Optimizer, data: TensorSplits, loader: BatchLoader,
-                 pspace: ss.SearchSpace, recipe: SupernetRecipe, seed: int, epoch: int, k: int, n: int,
-                 peak: float, progress: bool, n_random: int) -> dict:
-    """One epoch of sandwich-rule training with in-place distillation; returns loss/accuracy/time."""
+@dataclass(frozen=True)
+class Shard:
+    """This process's part in data-parallel training: worker `rank` of `world` (set up by Ray Train's
+    `TorchTrainer`: gloo on the CPU, NCCL on GPUs). Each global batch is cut into `world` contiguous slices and
+    rank r trains on slice r; its losses are weighted by its share of the batch, so the gradients summed over the
+    workers and divided by `world` are the gradient of the whole batch's mean loss (as one process computes it,
+    up to batch norm, whose statistics each worker takes over its own slice). `world == 1`: the whole batch,
+    no communication."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def first(self) -> bool:
+        """Whether this is rank 0 (which probes, logs and writes checkpoints)."""
+        return self.rank == 0
+
+    def take(self, batch: Batch) -> tuple[Batch, float]:
+        """This worker's slice of `batch`, and the weight of its losses (its share times `world`)."""
+        if self.world == 1:
+            return batch, 1.0
+        n = len(batch.y)
+        lo, hi = n * self.rank // self.world, n * (self.rank + 1) // self.world
+        part = Batch({size: x[lo:hi] for size, x in batch.xs.items()}, batch.y[lo:hi], batch.idx[lo:hi])
+        return part, (hi - lo) * self.world / n
+
+    def reduce_gradients(self, net: torch.nn.Module) -> None:
+        """Average the accumulated gradients over the workers: one all-reduce per step, after the sandwich rule's
+        backward passes (every worker trains the same sub-networks, so the same parameters have gradients)."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset: offset + g.numel()].view(g.shape))
+            offset += g.numel()
+
+    def average_buffers(self, net: torch.nn.Module) -> None:
+        """Average batch norm's running statistics over the workers (each saw its own slices), so every worker
+        holds the same model and the checkpoint reflects all the data."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        for b in net.buffers():
+            if b.is_floating_point():
+                dist.all_reduce(b)
+                b /= self.world
+
+    def total(self, values: list[float]) -> list[float]:
+        """`values` summed over the workers (per-epoch loss and accuracy sums)."""
+        if self.world == 1:
+            return values
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+
+SINGLE = Shard()  # one process trains on every batch whole
+
+
+def _train_epoch(net: Supernet, opt: torch.optim.Optimizer, data: TensorSplits, pspace: ss.SearchSpace,
+                 recipe: SupernetRecipe, seed: int, epoch: int, k: int, n: int, peak: float, progress: bool,
+                 n_random: int, backend: TrainBackend = CPU, scaler: torch.amp.GradScaler | None = None,
+                 shard: Shard = SINGLE, batches: TrainBatches | None = None) -> dict:
+    """One epoch of sandwich-rule training with in-place distillation on `backend` (`net` on its device, the data
+    on the CPU), on `shard` of every batch; returns loss/accuracy/time over the whole epoch (all workers).
+    `scaler`: the run's `backend.grad_scaler()` (made here if None). `batches`: the training batches (default:
+    the train split's, in the order of (seed, epoch))."""
+    scaler = backend.grad_scaler() if scaler is None else scaler
+    if batches is None:
+        batches = data.train_batches(recipe.batch_size, resolutions=pspace.resolutions, seed=seed,
+                                     drop_last=len(data.splits.train) > recipe.batch_size)
     net.train()
-    rng = random.Random(f"{seed}/{epoch}")
-    loader.set_epoch(epoch)
+    rng = random.Random(f"{seed}/{epoch}")  # the same sub-networks on every worker
     largest, smallest = pspace.largest(), pspace.smallest()
     elastic = len(pspace.resolutions) > 1 or pspace.smallest() != pspace.largest()
-    xs = {r: data.tensors("train", r)[0] for r in pspace.resolutions}
-    start, steps = time.perf_counter(), len(loader)
+    start, steps = time.perf_counter(), len(batches)
     warm = recipe.warmup * n * steps if elastic else 0.0
     loss_sum = acc_big = acc_small = seen = 0.0
-    bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1} {pspace.name}", disable=not progress, leave=False)
-    for i, (idx, yb) in enumerate(bar):
+    bar = tqdm(batches.batches(epoch), total=steps, desc=f"epoch {epoch + 1} {pspace.name}", disable=not progress,
+               leave=False)
+    for i, batch in enumerate(bar):
         tick()  # between steps: re-size the threads to the cores other processes leave free
         set_lr(opt, phase_lr(peak, k * steps + i, n * steps, warm))
-        opt.zero_grad(set_to_none=True)
-        net.set_active(largest)
-        out = net(xs[largest.resolution][idx])
-        loss = F.cross_entropy(out, yb)
-        loss.backward()
-        total = float(loss.detach())
-        acc_big += float((out.argmax(1) == yb).sum())
-        if elastic:
-            teacher = out.detach()
-            subnets = [smallest] + [pspace.random_arch(rng) for _ in range(n_random)]
-            for j, arch in enumerate(subnets):
-                net.set_active(arch)
-                out = net(xs[arch.resolution][idx])
-                sub_loss = F.cross_entropy(out, yb) + recipe.kd_weight * kd_loss(out, teacher, recipe.kd_temperature)
-                sub_loss.backward()
-                total += float(sub_loss.detach())
-                if j == 0:
-                    acc_small += float((out.argmax(1) == yb).sum())
-        opt.step()
-        loss_sum += total * len(yb)
-        seen += len(yb)
+        subnets = [smallest] + [pspace.random_arch(rng) for _ in range(n_random)] if elastic else []
+        total, big, small, images = _train_step(net, opt, batch, largest, subnets, recipe, backend, scaler, shard)
+        loss_sum += total * images
+        acc_big += big
+        acc_small += small
+        seen += images
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{acc_big / seen:.3f}",
                         acc_small=f"{acc_small / seen:.3f}" if elastic else "-")
+    loss_sum, acc_big, acc_small, seen = shard.total([loss_sum, acc_big, acc_small, seen])
     net.set_active(largest)
     return {"loss": loss_sum / max(seen, 1), "train_acc_largest": acc_big / max(seen, 1),
             "train_acc_smallest": acc_small / max(seen, 1) if elastic else None,
             "wall_s": time.perf_counter() - start, "steps": steps}
+
+
+def _train_step(net: Supernet, opt: torch.optim.Optimizer, batch: Batch, largest: ss.Arch, subnets: list[ss.Arch],
+                recipe: SupernetRecipe, backend: TrainBackend, scaler: torch.amp.GradScaler,
+                shard: Shard) -> tuple[float, float, float, int]:
+    """One optimizer step of the sandwich rule on this worker's share of `batch`: the largest sub-network learns
+    from the labels, each of `subnets` (the smallest first; none outside the elastic phases) from the labels plus
+    the largest one's detached predictions. Returns this worker's summed loss, correct predictions of the largest
+    and the smallest sub-network, and its number of images."""
+    part, weight = shard.take(batch)
+    opt.zero_grad(set_to_none=True)
+    net.set_active(largest)
+    yd = backend.tensor(part.y)
+    with backend.autocast():
+        out = net(backend.tensor(part.at(largest.resolution)))
+        loss = F.cross_entropy(out, yd)
+    scaler.scale(loss if weight == 1.0 else loss * weight).backward()
+    total = float(loss.detach())
+    big = float((out.argmax(1) == yd).sum())
+    small = 0.0
+    teacher = out.detach()
+    for j, arch in enumerate(subnets):
+        net.set_active(arch)
+        with backend.autocast():
+            out = net(backend.tensor(part.at(arch.resolution)))
+            sub_loss = F.cross_entropy(out, yd) + recipe.kd_weight * kd_loss(out, teacher, recipe.kd_temperature)
+        scaler.scale(sub_loss if weight == 1.0 else sub_loss * weight).backward()
+        total += float(sub_loss.detach())
+        if j == 0:
+            small = float((out.argmax(1) == yd).sum())
+    shard.reduce_gradients(net)
+    scaler.step(opt)
+    scaler.update()
+    return total, big, small, len(part.y)

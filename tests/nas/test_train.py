@@ -126,3 +126,20 @@ def test_recipe_key_names_what_is_learnt_and_ignores_threads():
     keys = {recipe_key(dataclasses.replace(base, **change))
             for change in ({}, {"epochs": 7}, {"seed": 1}, {"lr": 0.1}, {"kd_weight": 0.0}, {"recalibrate_bn": 1024})}
     assert len(keys) == 6
+
+
+def test_split_accuracy_and_first_train_images_read_through_the_data_source(digits: TensorSplits) -> None:
+    from nas.train import first_train_images, split_accuracy
+
+    arch = SPACE.smallest()
+    model = ss.build(arch).eval()
+    xv, yv = digits.tensors("val", arch.resolution)
+    assert split_accuracy(model, digits, "val", arch.resolution, batch_size=7) == accuracy(model, xv, yv)
+    x = digits.tensors("train", arch.resolution)[0]
+    parts = list(first_train_images(digits, 100, arch.resolution, batch_size=32))
+    assert [len(p) for p in parts] == [32, 32, 32, 4] and torch.equal(torch.cat(parts), x[:100])
+    a, b = ss.build(arch), ss.build(arch)
+    b.load_state_dict(a.state_dict())
+    recalibrate_bn(a, x[:100], batch_size=32)
+    recalibrate_bn(b, parts)  # batches given as they come: the same statistics
+    assert torch.equal(a.stem.bn.running_mean, b.stem.bn.running_mean)

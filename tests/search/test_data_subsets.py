@@ -7,8 +7,9 @@ import pytest
 
 from nas.cli import main
 from nas.data import DatasetError, load_dataset, split, stratified_subset
-from nas.search.evaluate import load_splits
-from nas.search.main import SearchRequest
+from nas.search.plan import plan
+from nas.search.prepare import load_splits
+from nas.search.request import SearchRequest
 
 
 def test_stratified_subset_keeps_each_class_share_and_is_seeded():
@@ -22,12 +23,15 @@ def test_stratified_subset_keeps_each_class_share_and_is_seeded():
 
 
 def test_request_subsets_the_train_and_val_splits_but_not_test():
-    whole = load_splits(SearchRequest()).splits
-    part = load_splits(SearchRequest(train_images=400, val_images=100)).splits
+    def splits(**flags):
+        return load_splits(plan(SearchRequest(**flags)).data).splits
+
+    whole = splits()
+    part = splits(train_images=400, val_images=100)
     assert (len(part.train), len(part.val), len(part.test)) == (400, 100, len(whole.test))
     assert np.array_equal(part.test.x, whole.test.x)
-    assert len(load_splits(SearchRequest(quick=True)).splits.train) == 512
-    assert len(load_splits(SearchRequest(train_images=10**6)).splits.train) == len(whole.train)
+    assert len(splits(quick=True).train) == 512
+    assert len(splits(train_images=10**6).train) == len(whole.train)
     assert SearchRequest(train_images=400, val_images=100).run_name().endswith("-tr400-va100")
 
 

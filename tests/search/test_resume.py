@@ -15,10 +15,10 @@ from optuna.trial import TrialState
 
 import nas.cli
 import search_spaces as ss
-from nas.search.evaluate import Evaluator
-from nas.search.main import SearchRequest, run_folder
 from nas.search.params import distributions, params_from_arch, suggest_params
+from nas.search.plan import plan
 from nas.search.report import ranked, trials_frame
+from nas.search.request import SearchRequest
 from nas.search.runner import (
     Limits,
     SearchSettings,
@@ -32,10 +32,11 @@ from nas.search.runner import (
     run_optuna,
     run_trial,
 )
+from nas.search.scoring import TrialScorer
 
 ARGS = ["--budget", "15MFLOPs", "--quick", "--device", "torch-fp32", "--no-finalize"]
 SPACE = ss.get_space("small32").with_io(1, 10)
-EVALUATE = Evaluator.__call__  # the real trial scorer, which a test may make fail on a given call
+EVALUATE = TrialScorer.__call__  # the real trial scorer, which a test may make fail on a given call
 
 
 def cli(out: Path, *args: str) -> tuple[int, str]:
@@ -151,8 +152,8 @@ def test_the_run_folder_stays_inside_out(tmp_path, monkeypatch):
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "out" / "linked").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(ValueError, match=r"^--study: the run folder .* outside --out"):
-        run_folder(SearchRequest(study="linked", out=str(tmp_path / "out")))
-    assert run_folder(SearchRequest(study="fine", out=str(tmp_path / "out"))).resolve().parent == (
+        plan(SearchRequest(study="linked", out=str(tmp_path / "out")))
+    assert plan(SearchRequest(study="fine", out=str(tmp_path / "out"))).study.run_dir.resolve().parent == (
         tmp_path / "out").resolve()
 
 
@@ -275,7 +276,7 @@ def _fail_at(monkeypatch, n: int, failure: type[BaseException]) -> None:
             raise failure("injected")
         return EVALUATE(self, arch)
 
-    monkeypatch.setattr(Evaluator, "__call__", evaluate)
+    monkeypatch.setattr(TrialScorer, "__call__", evaluate)
 
 
 def test_a_run_interrupted_before_its_first_trial_leaves_nothing_but_one_after_keeps_its_study(out, monkeypatch):

@@ -11,7 +11,8 @@ import pytest
 import latency_models as lm
 import nas.cli
 import search_spaces as ss
-from nas.search.main import BUILTIN_IO, CHEAPEST_IO, SearchRequest
+from nas.search.prepare import BUILTIN_IO, CHEAPEST_IO
+from nas.search.request import SearchRequest
 
 QUICK = ["--quick", "--device", "torch-fp32", "--no-finalize", "--trials", "2"]
 DIGITS_SMALLEST = ss.get_space("small32").with_io(*BUILTIN_IO["digits"]).smallest()
@@ -35,7 +36,7 @@ def no_data(monkeypatch):
     def refuse(*_a, **_k):
         pytest.fail("the data was loaded before the budget check refused the run")
 
-    monkeypatch.setattr("nas.search.evaluate.load_splits", refuse)
+    monkeypatch.setattr("nas.search.prepare.load_splits", refuse)
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +107,10 @@ def test_other_data_is_checked_against_the_cheapest_input_first_then_exactly(tmp
     assert lower < exact
 
     loaded = []
-    import nas.search.evaluate as ev
+    import nas.search.prepare as prepare
 
-    real = ev.load_splits
-    monkeypatch.setattr(ev, "load_splits", lambda r: loaded.append(r) or real(r))
+    real = prepare.load_splits
+    monkeypatch.setattr(prepare, "load_splits", lambda spec, *a: loaded.append(spec) or real(spec, *a))
     rc, err = search(capsys, tmp_path / "out", "--budget", f"{lower * 0.9 / 1e6:g}Mparams", "--data", str(data),
                      *QUICK)
     assert rc == 2 and not loaded

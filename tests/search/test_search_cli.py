@@ -60,6 +60,9 @@ def test_search_writes_its_outputs(run):
     assert summary["versions"]["torch"].startswith("2.13")
     # no packaged supernet matches a --quick run's key: it trained its own, and says which
     assert summary["supernet"]["pretrained"] is False and len(summary["supernet"]["key"]) == 16
+    # where training ran: one process on the CPU (no --train-workers), in fp32
+    assert {k: summary["training"][k] for k in ("device", "precision", "workers")} == \
+        {"device": "cpu", "precision": "fp32", "workers": 1}
     stages = summary["seconds"]
     assert set(stages) == {"data_and_supernet", "latency_table", "search", "report"}  # --no-finalize
     assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= summary["total_seconds"] + 0.5
@@ -163,7 +166,7 @@ def test_supernet_epochs_flag(run):
 
 
 def test_default_store_is_a_journal_unless_the_run_has_an_sqlite_study(tmp_path):
-    from nas.search.main import default_storage
+    from nas.search.plan import default_storage
 
     assert default_storage(tmp_path) == str((tmp_path / "study.journal").resolve())
     (tmp_path / "study.db").touch()  # a run folder from when SQLite was the default: --resume must find it
@@ -221,6 +224,7 @@ def test_eval_of_a_searched_checkpoint_reproduces_its_test_accuracy(run, capsys)
     meta = json.loads((Path(ck) / "metadata.json").read_text())
     assert meta["data"]["split_seed"] == 1 and meta["data"]["train_images"] == 512
     assert set(meta["data"]["fingerprints"]) == {"train", "val", "test"}
+    assert meta["training"] == summary["training"]  # the checkpoint records where it was trained, as the summary
     capsys.readouterr()
     assert main(["eval", ck, "--json"]) == 0
     res = json.loads(capsys.readouterr().out)

@@ -49,3 +49,52 @@ def test_bad_input_is_named():
         pick_candidates(frame([(0.8, 1.0)]), 0)
     with pytest.raises(ValueError, match="no completed trials"):
         pick_candidates(frame([]), 3)
+
+
+def test_parallel_fine_tunes_match_the_sequential_ones(ray_cluster, tmp_path):
+    """--train-workers 2: the verify step's fine-tunes run as Ray tasks on the loopback cluster, with the same
+    results as one after another in this process (same data, initial weights, seeds and thread count: one)."""
+    import random
+
+    import torch
+
+    ray = pytest.importorskip("ray")
+    import search_spaces as ss
+    from nas.backend import TrainBackend
+    from nas.data import DataSpec
+    from nas.search.prepare import load_splits
+    from nas.search.scoring import TrialScorer
+    from nas.search.verify import verify
+    from nas.supernet import SubnetEvaluator
+    from nas.supernet.model import Supernet
+    from nas.train import TrainRecipe
+
+    data = load_splits(DataSpec.of("digits", 0, 256, 128))
+    space = ss.SearchSpace(
+        name="tiny", description="test space", resolutions=(8, 12), stem_channels=8, stem_stride=1,
+        head_channels=32, num_classes=10, in_channels=1,
+        stages=(ss.StageSpace((1,), (8,), 1, "relu6", (3,), (1.0,), (0.0, 0.25)),
+                ss.StageSpace((1, 2), (8, 16), 2, "relu6", (3, 5, 7), (1.0, 3.0, 6.0), (0.0, 0.25))))
+    torch.manual_seed(0)
+    scorer = TrialScorer(SubnetEvaluator(Supernet(space), data, "val", calib_images=64), supernet_key="k")
+    rng = random.Random(0)
+    archs = list({a.hash(): a for a in (space.random_arch(rng) for _ in range(8))}.values())[:3]
+    candidates = pd.DataFrame([{"trial": i, "arch": ss.encode(a), "macs": ss.count_macs(a), "params": 1e4,
+                                "latency_ms": 1.0 + i, "val_acc": 0.5} for i, a in enumerate(archs)])
+    recipe = TrainRecipe(epochs=1, batch_size=64, threads=1, recalibrate_bn=64)
+
+    sequential, _, _ = verify(candidates, scorer, recipe, TrainBackend(), tmp_path / "seq", lambda _: None)
+    ray.init(address=ray_cluster[0], log_to_driver=False)
+    try:
+        parallel, _, _ = verify(candidates, scorer, recipe, TrainBackend(workers=2), tmp_path / "par",
+                                lambda _: None)
+    finally:
+        ray.shutdown()
+    cols = ["arch_hash", "verified_val_acc", "chosen"]
+    pd.testing.assert_frame_equal(sequential[cols], parallel[cols])
+    from safetensors.torch import load_file
+
+    for a in archs:
+        seq = load_file(str(next((tmp_path / "seq").glob(f"*/{a.hash()}.safetensors"))))
+        par = load_file(str(next((tmp_path / "par").glob(f"*/{a.hash()}.safetensors"))))
+        assert all(torch.equal(seq[k], par[k]) for k in seq), a.hash()  # bit-identical weights

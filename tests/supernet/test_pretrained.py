@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import search_spaces as ss
-from nas.search.evaluate import load_data_and_space, supernet_recipe
-from nas.search.main import SearchRequest
+from nas.search.plan import plan
+from nas.search.prepare import prepare
+from nas.search.request import SearchRequest
 from nas.supernet import SubnetEvaluator, Supernet, cache_key, dataset_fingerprint, train_supernet
 from nas.supernet import pretrained as pt
 
@@ -93,17 +93,18 @@ def test_a_damaged_packaged_file_is_refused_in_one_line_naming_it(tmp_path: Path
 
 def test_the_default_search_has_a_packaged_supernet_that_scores_well() -> None:
     # the default `nas search --budget 100MFLOPs` would train for minutes without it; any change to its space,
-    # data split, recipe or seed changes the key: re-run `python benchmarks/pretrain_supernet.py` then
-    request = SearchRequest()
-    data, space = load_data_and_space(request, ss.parse_budget(request.budget).value, lambda _: None)
-    recipe = supernet_recipe(False, 1)
-    key = cache_key(space, dataset_fingerprint(data.splits), recipe, request.seed)
+    # data split, recipe or seed changes the key: re-run `python tools/pretrain_supernet.py` then
+    p = plan(SearchRequest())
+    prepared = prepare(p.data, p.space, p.budgets, lambda _: None)
+    data, space = prepared.data, prepared.space
+    recipe = p.supernet.recipe
+    key = cache_key(space, dataset_fingerprint(data.splits), recipe, p.supernet.seed)
     weights = pt.find(key)
     assert weights is not None, (f"no packaged supernet for the default search's key {key} in {pt.PACKAGED}: "
-                                 "run `python benchmarks/pretrain_supernet.py` and commit its two files")
+                                 "run `python tools/pretrain_supernet.py` and commit its two files")
     net = Supernet(space)
     net.load_state_dict(pt.load_state(weights, net.state_dict())["model"])
-    ev = SubnetEvaluator(net.eval(), data, "val", calib_images=recipe.calib_images, seed=request.seed)
+    ev = SubnetEvaluator(net.eval(), data, "val", calib_images=recipe.calib_images, seed=p.supernet.seed)
     assert ev(space.largest()) >= 0.9 and ev(space.smallest()) >= 0.8
     stale = sorted(p.name for p in pt.PACKAGED.glob("*.safetensors") if p != weights)
     assert not stale, f"packaged supernets no search uses (delete them): {stale}"
