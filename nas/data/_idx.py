@@ -151,11 +151,14 @@ def load_idx_dir(directory: Path) -> Dataset:
         raise DatasetError(f"{directory}: IDX files present but no train-images / train-labels")
     train = _idx_pair(files, "train", directory)
     test = _idx_pair(files, "t10k", directory) if any(p == "t10k" for p, _ in files) else None
+    name, names = idx_names(directory)
+    return assemble(name, str(directory), train, test, names)
+
+
+def idx_names(directory: Path) -> tuple[str, tuple[str, ...] | None]:
+    """The dataset name and class names of an IDX folder: Fashion-MNIST's classes when its path says so."""
     where = str(directory).lower()
     name = directory.name if directory.name.lower() != "raw" else directory.parent.name
-    names = None
     if "fashion" in where:
-        name, names = "fashion-mnist", FASHION_MNIST_CLASSES
-    elif "mnist" in where:
-        name = "mnist"
-    return assemble(name, str(directory), train, test, names)
+        return "fashion-mnist", FASHION_MNIST_CLASSES
+    return ("mnist" if "mnist" in where else name), None

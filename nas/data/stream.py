@@ -42,8 +42,8 @@ from nas.data._files import (
     tree_files,
 )
 from nas.data._idx import (
-    FASHION_MNIST_CLASSES,
     find_idx,
+    idx_names,
     open_maybe_gzip,
     read_header,
     read_idx,
@@ -439,13 +439,7 @@ def open_idx_dir(directory: Path, cache_dir: str | os.PathLike[str] | None = Non
     cache = _cache_dir(cache_dir, directory)
     train = _idx_part(files, "train", directory, cache)
     test = _idx_part(files, "t10k", directory, cache) if any(p == "t10k" for p, _ in files) else None
-    where = str(directory).lower()
-    name = directory.name if directory.name.lower() != "raw" else directory.parent.name
-    names = None
-    if "fashion" in where:
-        name, names = "fashion-mnist", FASHION_MNIST_CLASSES
-    elif "mnist" in where:
-        name = "mnist"
+    name, names = idx_names(directory)
     return _assemble(name, str(directory), train, test, names)
 
 
