@@ -1,6 +1,6 @@
 """Datasets for search and final evaluation: loading (format detected), splits, and in-memory tensors.
 
->>> from nas.data import load_dataset, split, TensorSplits, BatchLoader
+>>> from nas.data import load_dataset, split, TensorSplits
 >>> splits = split(load_dataset("digits"), seed=0)
 >>> x, y = TensorSplits(splits).tensors("train", resolution=32)
 
@@ -17,7 +17,6 @@ from nas.data.stream import StreamDataset, default_memory_limit, parse_memory_li
 from nas.data.tensors import (
     Augment,
     Batch,
-    BatchLoader,
     DataSource,
     MemoryBatches,
     TensorSplits,
@@ -38,7 +37,6 @@ def data_source(splits: Splits, workers: int = 2) -> DataSource:
 __all__ = [
     "Augment",
     "Batch",
-    "BatchLoader",
     "DataLoading",
     "DataSource",
     "DataSpec",

@@ -1,6 +1,6 @@
-"""Torch side: splits as normalised float32 NCHW tensors at a chosen resolution, and a fast batch loader.
+"""Torch side: splits as normalised float32 NCHW tensors at a chosen resolution, and their training batches.
 
-Small datasets stay whole in memory as tensors; a :class:`BatchLoader` slices them with a seeded permutation,
+Small datasets stay whole in memory as tensors; :class:`MemoryBatches` slices them with a seeded permutation,
 so training on two CPU cores spends no time in worker processes or per-sample Python code.
 """
 
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from nas.data.dataset import Dataset, Splits
 
-__all__ = ["Augment", "Batch", "BatchLoader", "DataSource", "MemoryBatches", "TensorSplits", "TrainBatches",
+__all__ = ["Augment", "Batch", "DataSource", "MemoryBatches", "TensorSplits", "TrainBatches",
            "channel_stats", "epoch_order", "normalise", "seeded_generator", "to_tensors"]
 
 Resolution = int | tuple[int, int] | None
@@ -168,59 +168,6 @@ class Augment:
         return torch.from_numpy(out)
 
 
-class BatchLoader:
-    """Mini-batches of in-memory tensors; shuffled per epoch from ``(seed, epoch)``, so runs repeat exactly.
-
-    Each ``iter()`` starts the next epoch; :meth:`set_epoch` resumes at a given one.
-    """
-
-    def __init__(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        batch_size: int,
-        *,
-        shuffle: bool = True,
-        seed: int = 0,
-        drop_last: bool = False,
-        augment: Augment | None = None,
-    ) -> None:
-        if len(x) != len(y):
-            raise ValueError(f"{len(y)} labels for {len(x)} images")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.x, self.y = x, y
-        self._x_np, self._y_np = x.detach().cpu().numpy(), y.detach().cpu().numpy()
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.drop_last, self.augment = drop_last, augment
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        n = len(self.x)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next ``iter()`` produce epoch ``epoch``."""
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        generator = seeded_generator(self.seed, epoch)
-        n = len(self.x)
-        order = torch.randperm(n, generator=generator).numpy() if self.shuffle else None
-        for k in range(len(self)):
-            lo, hi = k * self.batch_size, min((k + 1) * self.batch_size, n)
-            if order is None:
-                xb, yb = self.x[lo:hi], self.y[lo:hi]
-            else:
-                idx = order[lo:hi]  # NumPy's take: torch's index_select was 10-30x slower on 2 busy cores
-                xb = torch.from_numpy(self._x_np.take(idx, axis=0))
-                yb = torch.from_numpy(self._y_np.take(idx))
-            if self.augment is not None:
-                xb = self.augment(xb, generator)
-            yield xb, yb
-
-
 def seeded_generator(*key: int) -> torch.Generator:
     """A torch generator seeded from ``key`` by NumPy's SeedSequence (e.g. (seed, epoch), (seed, epoch, batch))."""
     state = np.random.SeedSequence(list(key)).generate_state(2, dtype=np.uint32)
@@ -228,7 +175,7 @@ def seeded_generator(*key: int) -> torch.Generator:
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
-    """The order of ``n`` images in epoch ``epoch``: the permutation :class:`BatchLoader` draws, or 0..n-1."""
+    """The order of ``n`` images in epoch ``epoch``: a seeded permutation drawn from (seed, epoch), or 0..n-1."""
     if not shuffle:
         return np.arange(n, dtype=np.int64)
     return torch.randperm(n, generator=seeded_generator(seed, epoch)).numpy()
@@ -269,7 +216,7 @@ class TrainBatches(Protocol):
     """Training batches for epoch after epoch, in memory (:class:`MemoryBatches`) or streamed from disk
     (``nas.data.loader.StreamBatches``): the same images, order and augmentation for the same (seed, epoch).
 
-    The order of epoch e is :func:`epoch_order` (that of :class:`BatchLoader`); augmentation of batch k draws
+    The order of epoch e is :func:`epoch_order`; augmentation of batch k draws
     from ``seeded_generator(seed, e, k)``, so it does not depend on which worker made the batch.
     """
 

@@ -24,7 +24,6 @@ from PIL import Image
 
 from nas.data import (
     Augment,
-    BatchLoader,
     Dataset,
     DatasetError,
     Splits,
@@ -540,19 +539,18 @@ def test_tensor_splits_normalise_resize_cache(digits):
     assert m.shape == (1,)
 
 
-def test_batch_loader_epochs_and_determinism(digits):
-    x, y = TensorSplits(split(digits, seed=0)).tensors("train")
-    loader = BatchLoader(x, y, batch_size=100, seed=7)
-    assert len(loader) == -(-len(x) // 100)
-    epoch0 = torch.cat([yb for _, yb in loader])
-    epoch1 = torch.cat([yb for _, yb in loader])
+def test_train_batches_epochs_and_determinism(digits):
+    ts = TensorSplits(split(digits, seed=0))
+    x, y = ts.tensors("train")
+    source = ts.train_batches(100, seed=7)
+    assert len(source) == -(-len(x) // 100)
+    epoch0 = torch.cat([b.y for b in source.batches(0)])
+    epoch1 = torch.cat([b.y for b in source.batches(1)])
     assert sorted(epoch0.tolist()) == sorted(y.tolist()) and not torch.equal(epoch0, epoch1)
-    again = BatchLoader(x, y, batch_size=100, seed=7)
-    again.set_epoch(1)
-    assert torch.equal(torch.cat([yb for _, yb in again]), epoch1)
-    plain = BatchLoader(x, y, batch_size=64, shuffle=False, drop_last=True)
-    batches = list(plain)
-    assert len(batches) == len(x) // 64 and torch.equal(batches[1][0], x[64:128])
+    again = ts.train_batches(100, seed=7)
+    assert torch.equal(torch.cat([b.y for b in again.batches(1)]), epoch1)  # an epoch is a function of (seed, epoch)
+    plain = list(ts.train_batches(64, shuffle=False, drop_last=True).batches(0))
+    assert len(plain) == len(x) // 64 and torch.equal(plain[1].x, x[64:128])
 
 
 def test_augment_shift_is_a_crop_of_the_padded_image(digits):
@@ -568,11 +566,14 @@ def test_augment_shift_is_a_crop_of_the_padded_image(digits):
     assert shifted > 8
     flipped = Augment(flip=True)(x, torch.Generator().manual_seed(0))
     assert all(torch.equal(f, o) or torch.equal(f, o.flip(2)) for f, o in zip(flipped, x, strict=True))
-    loader = BatchLoader(x, torch.arange(16), 8, augment=Augment(pad=1, flip=True), seed=1)
-    assert [xb.shape for xb, _ in loader] == [(8, 1, 8, 8)] * 2
-    loader.set_epoch(0)
-    twin = BatchLoader(x, torch.arange(16), 8, augment=Augment(pad=1, flip=True), seed=1)
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(loader, twin, strict=True))  # augmentation is seeded
+    ts = TensorSplits(split(digits, seed=0))
+    source = ts.train_batches(8, augment=Augment(pad=1, flip=True), seed=1)
+    first = list(source.batches(0))
+    assert len(first) == len(source) and first[0].x.shape == (8, 1, 8, 8)
+    twin = ts.train_batches(8, augment=Augment(pad=1, flip=True), seed=1)
+    assert all(torch.equal(a.x, b.x) for a, b in zip(first, twin.batches(0), strict=True))  # augmentation is seeded
+    x_train = ts.tensors("train")[0]
+    assert any(not torch.equal(b.x, x_train[b.idx]) for b in first)  # and really applied
     assert torch.equal(x, torch.from_numpy(digits.x[:16]).float())  # the source tensor is left untouched
 
 
@@ -604,18 +605,18 @@ def test_real_copy_loads(name):
 
 
 def test_pipeline_keeps_images_and_labels_aligned(digits):
-    """A linear classifier trained through split -> TensorSplits -> BatchLoader must learn real digits."""
+    """A linear classifier trained through split -> TensorSplits -> train_batches must learn real digits."""
     torch.manual_seed(0)
     ts = TensorSplits(split(digits, seed=0))
     x, y = ts.tensors("train", 16)
     xv, yv = ts.tensors("val", 16)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    loader = BatchLoader(x, y, 64, seed=0, augment=Augment(pad=1))
-    for _ in range(5):
-        for xb, yb in loader:
+    source = ts.train_batches(64, resolutions=(16,), seed=0, augment=Augment(pad=1))
+    for epoch in range(5):
+        for batch in source.batches(epoch):
             opt.zero_grad()
-            F.cross_entropy(model(xb), yb).backward()
+            F.cross_entropy(model(batch.x), batch.y).backward()
             opt.step()
     with torch.no_grad():
         accuracy = (model(xv).argmax(1) == yv).float().mean().item()

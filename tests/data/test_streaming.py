@@ -15,7 +15,6 @@ from PIL import Image
 
 from nas.data import (
     Augment,
-    BatchLoader,
     Dataset,
     DatasetError,
     DataSpec,
@@ -29,6 +28,7 @@ from nas.data import (
     split,
 )
 from nas.data.stream import in_memory_bytes
+from nas.data.tensors import epoch_order
 
 CAP = 2_000_000  # bytes: every generated dataset here needs several times more in memory
 FASHION = Path("/work/shared/datasets/fashion-mnist")
@@ -167,14 +167,19 @@ def test_two_workers_give_the_batches_of_none(big_idx):
     same_batches(mem, st, epochs=(2,), batch_size=500)
 
 
-def test_memory_batches_follow_the_batch_loader_order(big_idx):
+def test_memory_batches_follow_the_epoch_order(big_idx):
+    """Batch k of epoch e holds images k*b..(k+1)*b of epoch_order(seed, e): a permutation that changes per epoch
+    (the order training used before the batch sources, so seeded runs repeat their results)."""
     mem = TensorSplits(split(load_dataset(big_idx), seed=3))
     x, y = mem.tensors("train")
-    loader = BatchLoader(torch.arange(len(y)), y, 256, seed=7, drop_last=True)
-    loader.set_epoch(4)
     source = mem.train_batches(256, seed=7, drop_last=True)
-    for (idx, yb), batch in zip(loader, source.batches(4), strict=True):
-        assert torch.equal(idx, batch.idx) and torch.equal(yb, batch.y) and torch.equal(x[idx], batch.x)
+    order = epoch_order(len(y), 7, 4)
+    assert sorted(order.tolist()) == list(range(len(y))) and not np.array_equal(order, epoch_order(len(y), 7, 5))
+    batches = list(source.batches(4))
+    assert len(batches) == len(y) // 256
+    for k, batch in enumerate(batches):
+        idx = torch.from_numpy(order[k * 256 : (k + 1) * 256])
+        assert torch.equal(idx, batch.idx) and torch.equal(y[idx], batch.y) and torch.equal(x[idx], batch.x)
 
 
 def test_an_epoch_streams_in_bounded_memory(big_idx):
