@@ -21,6 +21,8 @@ from nas.search.request import SearchRequest
 from nas.search.scoring import build_scorer
 from nas.train import TrainRecipe, evaluate, train_standalone
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LIMIT = 100_000  # bytes: every generated set here needs ~10x more in memory, so it streams
 SPACE = ss.SearchSpace(
     name="tiny", description="test space", resolutions=(8, 12), stem_channels=8, stem_stride=1, head_channels=16,
@@ -28,15 +30,8 @@ SPACE = ss.SearchSpace(
     stages=(ss.StageSpace((1,), (8,), 1, "relu6", (3,), (1.0,), (0.0, 0.25)),
             ss.StageSpace((1, 2), (8, 16), 2, "relu6", (3, 5), (1.0, 3.0), (0.0, 0.25))),
 )
+
 RECIPE = TrainRecipe(epochs=2, lr=0.1, batch_size=32, threads=1, recalibrate_bn=100)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def write_idx(path: Path, arr: np.ndarray) -> None:
@@ -176,7 +171,6 @@ def test_the_flags_stay_out_of_the_study_settings_and_reach_the_plan(tmp_path):
     loading = plan(b).loading
     assert loading == DataLoading(2 * 2**30, 4, str(tmp_path / "data-cache"))
     assert plan(a).loading.memory_limit > 0  # default: a share of physical memory
-
 
 
 def test_a_quick_search_streams_end_to_end_and_its_checkpoint_evaluates_in_memory(idx_set, tmp_path, capsys):

@@ -19,22 +19,17 @@ from nas.data import TensorSplits, load_dataset, split
 from nas.supernet import SupernetRecipe, load_supernet, train_supernet
 from nas.train import TrainRecipe, train_standalone
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SPACE = ss.SearchSpace(
     name="tiny", description="test space", resolutions=(8, 12), stem_channels=8, stem_stride=1, head_channels=32,
     num_classes=10, in_channels=1,
     stages=(ss.StageSpace((1,), (8,), 1, "relu6", (3,), (1.0,), (0.0, 0.25)),
             ss.StageSpace((1, 2), (8, 16), 2, "relu6", (3, 5), (1.0, 3.0), (0.0, 0.25))),
 )
+
 ARCH = SPACE.largest()  # has 5x5 depthwise convolutions: the kernel library's weight gradient applies
 RECIPE = TrainRecipe(epochs=2, lr=0.2, batch_size=32, threads=1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")

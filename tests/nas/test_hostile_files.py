@@ -21,7 +21,9 @@ from nas.data import load_dataset
 from nas.supernet import load_supernet, train_supernet
 from nas.supernet.training import SupernetCacheError
 
-from ..supernet.test_supernet import FAST, TINY, _one_thread, tiny_digits  # noqa: F401 (_one_thread: autouse fixture)
+from ..supernet.test_supernet import FAST, TINY, tiny_digits
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # two epochs of one phase: after the first, the cache holds a model, an optimizer (momentum) and state.json
 TWO = dataclasses.replace(FAST, epochs=(2, 0, 0, 0))

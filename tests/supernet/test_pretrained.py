@@ -13,7 +13,9 @@ from nas.search.request import SearchRequest
 from nas.supernet import SubnetEvaluator, Supernet, cache_key, dataset_fingerprint, train_supernet
 from nas.supernet import pretrained as pt
 
-from .test_supernet import FAST, TINY, _one_thread, tiny_digits  # noqa: F401 (_one_thread: autouse fixture)
+from .test_supernet import FAST, TINY, tiny_digits
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_stored_supernet_is_loaded_instead_of_trained(tmp_path: Path) -> None:

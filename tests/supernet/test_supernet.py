@@ -33,6 +33,8 @@ from nas.supernet.model import ElasticDepthwise
 from nas.supernet.training import phase_lr
 from nas.train import cosine_lr
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[2]
 
 TINY = ss.SearchSpace(
@@ -44,14 +46,6 @@ TINY = ss.SearchSpace(
 )
 # One thread: on a busy shared 2-core machine, two spinning OpenMP threads per process run several times slower.
 FAST = SupernetRecipe(epochs=(1, 1, 1, 1), batch_size=128, random_subnets=1, calib_images=128, threads=1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def tiny_digits(n: int = 700) -> TensorSplits:
@@ -243,7 +237,6 @@ def test_warmup_changes_the_shrinking_phases_only(digits: TensorSplits, tmp_path
     b = train_supernet(TINY, digits, warm, root=tmp_path / "b", progress=False)
     assert a.history[0]["loss"] == b.history[0]["loss"]  # the largest phase has no warm-up
     assert a.history[1]["loss"] != b.history[1]["loss"]
-
 
 
 def test_random_subnets_per_shrinking_phase(digits: TensorSplits, tmp_path: Path) -> None:
