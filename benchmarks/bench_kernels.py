@@ -25,12 +25,13 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from latency_models.torch_ops import quantized_engine
+from nas.cores import torch_threads
 from nas.kernels import _C, active_isa, available_isas, build_hash, compile_op, lower, minmax_calibration, time_layer
 from nas.kernels.random_specs import random_gemm
 from search_spaces import build, count, layers
@@ -45,17 +46,6 @@ def cpu_name() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[int]:
-    """PyTorch's intra-op thread count set to `n` inside a ``with`` block, the caller's after it."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield n
-    finally:
-        torch.set_num_threads(saved)
 
 
 GEMM_MKN = (196, 512, 512)  # a 14x14 pointwise layer, 512 -> 512 channels: operands (~0.4 MB) stay in cache

@@ -23,6 +23,7 @@ import torch
 from latency_models import torch_ops
 from latency_models.ops import OpKey
 from nas import __version__
+from nas.cores import torch_threads
 from nas.timing import time_calls
 from search_spaces import Arch
 
@@ -138,15 +139,9 @@ class TorchDevice:
 
         Cheap when nested or already in force (nothing is set), so runners can enter it on every call.
         """
-        saved = torch.get_num_threads()
-        if saved != self.spec.threads:
-            torch.set_num_threads(self.spec.threads)
-        try:
-            with torch_ops.quantized_engine(torch_ops.ENGINE) if self.int8 else nullcontext():
-                yield
-        finally:
-            if torch.get_num_threads() != saved:
-                torch.set_num_threads(saved)
+        with torch_threads(self.spec.threads), (
+                torch_ops.quantized_engine(torch_ops.ENGINE) if self.int8 else nullcontext()):
+            yield
 
     def _time(self, fn: Callable[[], object], reps: int) -> list[float]:
         with self.scoped(), torch.inference_mode():

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from latency_models.devices import cpu_model
 from nas.kernels.training import fast_depthwise, training_kernels
 
 DEVICE_FLAG = "--train-device"  # the latency target is --device
@@ -132,15 +133,6 @@ class TrainBackend:
 
 
 CPU = TrainBackend()  # the default everywhere: CPU fp32 with the kernel library's training ops
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (`unknown CPU` where it cannot be read)."""
-    for line in _cpuinfo().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and value.strip():
-            return value.strip()
-    return "unknown CPU"
 
 
 def hardware_name(device: str) -> str:

@@ -32,7 +32,8 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -239,3 +240,21 @@ def start() -> None:
 def tick() -> int | None:
     """`FairThreads.tick` of the innermost open block, for loops that do not hold the block; None outside blocks."""
     return _ACTIVE[-1].tick() if _ACTIVE else None
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[int]:
+    """PyTorch's intra-op thread count fixed at `n` inside the block, the caller's after it (also after an error).
+
+    Cheap when nested or already in force: nothing is set then. For timing, where the count must not move; a
+    training loop that should share the cores uses `fair_threads` instead."""
+    import torch
+
+    saved = torch.get_num_threads()
+    if saved != n:
+        torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        if torch.get_num_threads() != saved:
+            torch.set_num_threads(saved)

@@ -32,6 +32,7 @@ from nas.backend import TrainBackend
 from nas.compress._train import loss_and_accuracy
 from nas.compress.netadapt import NetAdaptConfig, cost_function, netadapt
 from nas.compress.quantize import QuantConfig, QuantReport, quantize_model
+from nas.cores import torch_threads
 from nas.data import DataSpec, Splits, TensorSplits
 from nas.errors import one_line
 from nas.export.checkpoint import save
@@ -204,16 +205,10 @@ def measure_round_robin(models: dict[str, Any], reps: int = 50, threads: int = 1
 
 def measure_fp32_ms(model: nn.Module, arch: ss.Arch, reps: int = 30, threads: int = 1) -> float:
     """Median batch-1 latency (ms) of the float PyTorch model (eager, `threads` threads)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(threads)
     x = torch.randn(1, arch.in_channels, arch.resolution, arch.resolution)
-    try:
-        with torch.inference_mode():
-            model.eval()
-            times = time_calls(lambda: model(x), reps=reps, warmup=3, min_sample_s=0, max_total_s=math.inf)
-    finally:  # the caller's thread count, also after an error
-
-        torch.set_num_threads(prev)
+    with torch_threads(threads), torch.inference_mode():  # the caller's thread count after, also after an error
+        model.eval()
+        times = time_calls(lambda: model(x), reps=reps, warmup=3, min_sample_s=0, max_total_s=math.inf)
     return float(np.median(times))
 
 
