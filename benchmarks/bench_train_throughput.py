@@ -149,9 +149,11 @@ def cuda_rows() -> list[Row]:
 
 def extra_rows() -> list[Row]:
     """Further configurations measured on the same `Setup`: data-parallel training on 1 and 2 Ray Train workers
-    (an embedded local Ray with 2 CPUs), the default CPU configuration in each worker."""
+    (an embedded local Ray with --threads CPUs), the default CPU configuration in each worker, the threads
+    shared out so that every row uses the same cores."""
     return [Row(f"Ray Train, {n} worker{'s' if n > 1 else ''} (channels-last + kernels)",
-                lambda s, n=n: ray_throughput(s, n), "global batch split across the workers; each runs --threads")
+                lambda s, n=n: ray_throughput(s, n),
+                "global batch split across the workers; --threads shared out among them (same cores in total)")
             for n in (1, 2)]
 
 
@@ -164,10 +166,12 @@ def ray_throughput(setup: Setup, workers: int) -> float:
 
     from nas.search.runner import connect_ray
 
-    connect_ray(None, 2)
+    threads = max(1, setup.recipe.threads // workers)
+    connect_ray(None, max(setup.recipe.threads, workers))
     with tempfile.TemporaryDirectory() as storage:
-        trainer = TorchTrainer(_ray_loop, train_loop_config={"setup": setup},
-                               scaling_config=ScalingConfig(num_workers=workers),
+        trainer = TorchTrainer(_ray_loop, train_loop_config={"setup": setup, "threads": threads},
+                               scaling_config=ScalingConfig(num_workers=workers,
+                                                            resources_per_worker={"CPU": threads}),
                                run_config=RunConfig(storage_path=storage))
         result = trainer.fit()
     ray.shutdown()
@@ -182,7 +186,7 @@ def _ray_loop(config: dict) -> None:
     setup: Setup = config["setup"]
     ctx = ray.train.get_context()
     shard = Shard(ctx.get_world_rank(), ctx.get_world_size())
-    torch.set_num_threads(setup.recipe.threads)
+    torch.set_num_threads(config["threads"])
     net = copy.deepcopy(setup.supernet).to(memory_format=torch.channels_last)
     opt = make_optimizer(net, setup.recipe.lr_shrink, setup.recipe.momentum, setup.recipe.weight_decay)
     rates = []

@@ -268,10 +268,12 @@ def _train_standalone(arch: ss.Arch, splits: Splits | DataSource, recipe: TrainR
                 scaler.step(opt)
                 scaler.update()
                 step += 1
-                loss_sum += float(loss.detach()) * len(b.y)
-                correct += float((out.argmax(1) == yd).sum())
+                # summed on the device, read once per epoch: a read per step would make the host wait for a GPU
+                loss_sum += loss.detach().double() * len(b.y)
+                correct += (out.argmax(1) == yd).sum()
                 seen += len(b.y)
             val = split_accuracy(model, data, "val", res, backend=backend)
+            loss_sum, correct = float(loss_sum), float(correct)
             history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen, "val_acc": val})
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", val=f"{val:.3f}")
     del source  # a streamed source's decoding processes end with it

@@ -84,6 +84,6 @@ def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
         with backend.autocast():
             out = model(backend.tensor(x[i : i + batch_size])).float()
         yb = backend.tensor(y[i : i + batch_size])
-        loss += float(F.cross_entropy(out, yb, reduction="sum"))
-        correct += float((out.argmax(1) == yb).sum())
-    return loss / max(len(x), 1), correct / max(len(x), 1)
+        loss += F.cross_entropy(out, yb, reduction="sum").double()  # read once at the end, not per batch
+        correct += (out.argmax(1) == yb).sum()
+    return float(loss) / max(len(x), 1), float(correct) / max(len(x), 1)

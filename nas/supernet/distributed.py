@@ -112,7 +112,7 @@ def _fit(data: DataSource, space: ss.SearchSpace, key: str, path: Path, recipe: 
     # a fresh run starts from the cache folder (None: from the seed); a restarted worker group from the run's last
     # reported epoch. (Train V2 has no resume_from_checkpoint: the workers read the folder, on storage they share.)
     config = {"splits": ray.put(data.splits), "space": space, "key": key, "recipe": recipe, "seed": seed,
-              "precision": backend.precision, "start": str(path.resolve()) if resume else None}
+              "precision": backend.precision, "cuda": backend.is_cuda, "start": str(path.resolve()) if resume else None}
     trainer = TorchTrainer(
         _worker, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=backend.is_cuda),
@@ -142,7 +142,8 @@ def _worker(config: dict[str, Any]) -> None:
     recipe: SupernetRecipe = config["recipe"]
     space: ss.SearchSpace = config["space"]
     key, seed = config["key"], config["seed"]
-    device = str(ray.train.torch.get_device()) if torch.cuda.is_available() else "cpu"
+    # the GPU Ray assigned this worker (use_gpu); a CPU run stays on the CPU even on a node with GPUs
+    device = str(ray.train.torch.get_device()) if config["cuda"] else "cpu"
     backend = TrainBackend(device, config["precision"])
     data = as_source(ray.get(config["splits"]))  # streamed splits read the same files on each worker
     checkpoint = ray.train.get_checkpoint()
@@ -159,13 +160,14 @@ def _worker(config: dict[str, Any]) -> None:
                                          "another key)")
             _load_model(net, state, Path(folder))
 
-        def commit(net: Supernet, opt: torch.optim.Optimizer | None, history: list[dict]) -> None:
+        def commit(net: Supernet, opt: torch.optim.Optimizer | None, scaler: torch.amp.GradScaler,
+                   history: list[dict]) -> None:
             metrics = {"epoch": len(history), "loss": history[-1]["loss"]}
             if not shard.first:
                 ray.train.report(metrics)
                 return
             with tempfile.TemporaryDirectory(prefix="supernet-") as tmp:
-                _save_cache(Path(tmp), net.state_dict(), opt, len(history), history, space, key, None)
+                _save_cache(Path(tmp), net.state_dict(), opt, len(history), history, space, key, None, scaler)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
         run_epochs(net, state, Path(folder) if folder is not None else Path("."), data, space, recipe, seed,

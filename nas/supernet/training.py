@@ -261,7 +261,8 @@ def _read_cache(cache: Path) -> dict[str, Any] | None:
                                  f"{_fix(cache)}") from exc
     model_file, model = _read_tensors(cache, state.get("model"), "model")
     return {"epoch": epoch, "history": history, "key": key, "space": space, "pretrained": origin,
-            "model": model, "model_file": model_file, "optimizer": state.get("optimizer")}
+            "model": model, "model_file": model_file, "optimizer": state.get("optimizer"),
+            "scaler": state.get("scaler")}
 
 
 def _build(space: ss.SearchSpace, cache: Path) -> Supernet:
@@ -317,15 +318,29 @@ def _load_optimizer(opt: torch.optim.Optimizer, entry: Any, cache: Path) -> None
                                  f"{_fix(cache)}") from exc
 
 
+def _load_scaler(scaler: torch.amp.GradScaler, entry: Any, cache: Path) -> None:
+    """Restore an fp16 loss scaler from the state state.json recorded for it."""
+    try:
+        if not (isinstance(entry, dict) and float(entry["scale"]) > 0):
+            raise ValueError(f"expected a positive scale, got {entry!r}")
+        scaler.load_state_dict(entry)
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise SupernetCacheError(f"{cache / STATE_FILE}: 'scaler' is not a loss scaler's state "
+                                 f"({one_line(exc, with_type=True)}); {_fix(cache)}") from exc
+
+
 def _save_cache(cache: Path, model: dict[str, torch.Tensor], opt: torch.optim.Optimizer | None, epoch: int,
-                history: list[dict], space: ss.SearchSpace, key: str, pretrained: str | None) -> None:
+                history: list[dict], space: ss.SearchSpace, key: str, pretrained: str | None,
+                scaler: torch.amp.GradScaler | None = None) -> None:
     """Write one epoch's files: tensors first under epoch-stamped names, state.json last (the commit point),
-    then remove the files of other epochs."""
+    then remove the files of other epochs. An enabled loss `scaler` (fp16) keeps its scale in state.json, so a
+    resumed run continues with the scale it had reached rather than skipping steps to find it again."""
     model_name = f"model-e{epoch:04d}.safetensors"
     state: dict[str, Any] = {"format": FORMAT, "key": key, "epoch": epoch, "history": history,
                              "space": asdict(space), "pretrained": pretrained,
                              "model": {"file": model_name, "sha256": _write_tensors(cache / model_name, model)},
-                             "optimizer": None}
+                             "optimizer": None,
+                             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}
     if opt is not None:
         tensors, layout = _optimizer_files(opt)
         opt_name = f"optimizer-e{epoch:04d}.safetensors"
@@ -363,8 +378,9 @@ def _train_supernet(space: ss.SearchSpace, splits: Splits | TensorSplits, recipe
     space, key, path = prepare_cache(space, data, recipe, seed, root)
     net, state = initial_state(space, key, path, seed, pretrained, len(_schedule(recipe)))
 
-    def commit(net: Supernet, opt: torch.optim.Optimizer | None, history: list[dict]) -> None:
-        _save_cache(path, net.state_dict(), opt, len(history), history, space, key, None)
+    def commit(net: Supernet, opt: torch.optim.Optimizer | None, scaler: torch.amp.GradScaler,
+               history: list[dict]) -> None:
+        _save_cache(path, net.state_dict(), opt, len(history), history, space, key, None, scaler)
         if progress:
             log_epoch(history[-1], len(_schedule(recipe)))
         if callback is not None:
@@ -428,11 +444,13 @@ def log_epoch(record: dict, total: int) -> None:
 
 def run_epochs(net: Supernet, state: dict[str, Any] | None, folder: Path, data: TensorSplits, space: ss.SearchSpace,
                recipe: SupernetRecipe, seed: int, backend: TrainBackend, progress: bool, shard: Shard,
-               commit: Callable[[Supernet, torch.optim.Optimizer | None, list[dict]], None]) -> list[dict]:
+               commit: Callable[[Supernet, torch.optim.Optimizer | None, torch.amp.GradScaler, list[dict]], None]
+               ) -> list[dict]:
     """The epochs of the schedule after those `state` records (its files in `folder`), on this process's `shard`
-    of every batch; after each, `commit(net, optimizer or None, history)` stores it (the optimizer only when the
-    next epoch continues its phase). The history of every epoch. The distributed workers run this too
-    (`nas.supernet.distributed`): only the first probes the validation split."""
+    of every batch; after each, `commit(net, optimizer or None, loss scaler, history)` stores it (the optimizer
+    only when the next epoch continues its phase; the scaler's state, kept across phases, only for fp16). The
+    history of every epoch. The distributed workers run this too (`nas.supernet.distributed`): only the first
+    probes the validation split."""
     schedule = _schedule(recipe)
     done, history = (state["epoch"], list(state["history"])) if state is not None else (0, [])
     # weights loaded on the CPU, then onto the device before the optimizer is made (its state follows them there)
@@ -440,6 +458,8 @@ def run_epochs(net: Supernet, state: dict[str, Any] | None, folder: Path, data: 
     evaluator = SubnetEvaluator(net, data, "val", recipe.calib_images, seed, backend=backend) if shard.first \
         else None
     scaler = backend.grad_scaler()
+    if state is not None and state.get("scaler") and scaler.is_enabled():
+        _load_scaler(scaler, state["scaler"], folder)
     opt = None
     for epoch in range(done, len(schedule)):
         phase, k, n = schedule[epoch]
@@ -463,7 +483,7 @@ def run_epochs(net: Supernet, state: dict[str, Any] | None, folder: Path, data: 
         history.append(record)
         # momentum is needed only to resume within a phase: a new phase starts a new optimizer
         continues = epoch + 1 < len(schedule) and schedule[epoch + 1][1] > 0
-        commit(net, opt if continues else None, history)
+        commit(net, opt if continues else None, scaler, history)
     return history
 
 
@@ -619,13 +639,16 @@ def _train_epoch(net: Supernet, opt: torch.optim.Optimizer, data: TensorSplits, 
         set_lr(opt, phase_lr(peak, k * steps + i, n * steps, warm))
         subnets = [smallest] + [pspace.random_arch(rng) for _ in range(n_random)] if elastic else []
         total, big, small, images = _train_step(net, opt, batch, largest, subnets, recipe, backend, scaler, shard)
+        # summed on the device and read when shown (every few steps) and at the end: a read per step would make
+        # the host wait for a GPU
         loss_sum += total * images
         acc_big += big
         acc_small += small
         seen += images
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{acc_big / seen:.3f}",
-                        acc_small=f"{acc_small / seen:.3f}" if elastic else "-")
-    loss_sum, acc_big, acc_small, seen = shard.total([loss_sum, acc_big, acc_small, seen])
+        if progress and (i % 10 == 0 or i == steps - 1):
+            bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{float(acc_big) / seen:.3f}",
+                            acc_small=f"{float(acc_small) / seen:.3f}" if elastic else "-")
+    loss_sum, acc_big, acc_small, seen = shard.total([float(loss_sum), float(acc_big), float(acc_small), seen])
     net.set_active(largest)
     return {"loss": loss_sum / max(seen, 1), "train_acc_largest": acc_big / max(seen, 1),
             "train_acc_smallest": acc_small / max(seen, 1) if elastic else None,
@@ -634,11 +657,12 @@ def _train_epoch(net: Supernet, opt: torch.optim.Optimizer, data: TensorSplits, 
 
 def _train_step(net: Supernet, opt: torch.optim.Optimizer, batch: Batch, largest: ss.Arch, subnets: list[ss.Arch],
                 recipe: SupernetRecipe, backend: TrainBackend, scaler: torch.amp.GradScaler,
-                shard: Shard) -> tuple[float, float, float, int]:
+                shard: Shard) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float, int]:
     """One optimizer step of the sandwich rule on this worker's share of `batch`: the largest sub-network learns
     from the labels, each of `subnets` (the smallest first; none outside the elastic phases) from the labels plus
     the largest one's detached predictions. Returns this worker's summed loss, correct predictions of the largest
-    and the smallest sub-network, and its number of images."""
+    and the smallest sub-network (tensors on the device, so the step never waits for it), and its number of
+    images."""
     part, weight = shard.take(batch)
     opt.zero_grad(set_to_none=True)
     net.set_active(largest)
@@ -647,9 +671,9 @@ def _train_step(net: Supernet, opt: torch.optim.Optimizer, batch: Batch, largest
         out = net(backend.tensor(part.at(largest.resolution)))
         loss = F.cross_entropy(out, yd)
     scaler.scale(loss if weight == 1.0 else loss * weight).backward()
-    total = float(loss.detach())
-    big = float((out.argmax(1) == yd).sum())
-    small = 0.0
+    total = loss.detach().double()
+    big = (out.argmax(1) == yd).sum()
+    small: torch.Tensor | float = 0.0
     teacher = out.detach()
     for j, arch in enumerate(subnets):
         net.set_active(arch)
@@ -657,9 +681,9 @@ def _train_step(net: Supernet, opt: torch.optim.Optimizer, batch: Batch, largest
             out = net(backend.tensor(part.at(arch.resolution)))
             sub_loss = F.cross_entropy(out, yd) + recipe.kd_weight * kd_loss(out, teacher, recipe.kd_temperature)
         scaler.scale(sub_loss if weight == 1.0 else sub_loss * weight).backward()
-        total += float(sub_loss.detach())
+        total = total + sub_loss.detach().double()
         if j == 0:
-            small = float((out.argmax(1) == yd).sum())
+            small = (out.argmax(1) == yd).sum()
     shard.reduce_gradients(net)
     scaler.step(opt)
     scaler.update()

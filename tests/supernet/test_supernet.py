@@ -317,3 +317,41 @@ def test_resume_after_kill_runs_no_finished_epoch_again(digits: TensorSplits, tm
     for (name, a), b in zip(run.supernet.state_dict().items(), straight.supernet.state_dict().values(),
                             strict=True):
         torch.testing.assert_close(a, b, msg=name)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_fp16_loss_scale_is_saved_and_resumed(digits: TensorSplits, tmp_path: Path) -> None:
+    # CPU autocast fp16 with a CPU loss scaler: the code a GPU runs (resolve refuses fp16 on a CPU as too slow,
+    # so the back end is built directly)
+    from nas.backend import TrainBackend
+    from nas.supernet.training import STATE_FILE, SupernetCacheError
+
+    fp16 = TrainBackend("cpu", "fp16")
+
+    def stop_after_two(record: dict) -> None:
+        if record["epoch"] == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train_supernet(TINY, digits, FAST, root=tmp_path, progress=False, callback=stop_after_two, backend=fp16)
+    state_file = next(tmp_path.glob(f"*/{STATE_FILE}"))
+    saved = json.loads(state_file.read_text())["scaler"]
+    assert saved is not None and saved["scale"] > 0 and "_growth_tracker" in saved
+    # a scale the scaler could not have reached by itself: the resumed run must start from it
+    saved["scale"] = 2.0 ** 7
+    text = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**text, "scaler": saved}))
+    run = train_supernet(TINY, digits, FAST, root=tmp_path, progress=False, backend=fp16)
+    assert run.finished
+    final = json.loads(state_file.read_text())["scaler"]
+    assert final["scale"] <= 2.0 ** 7  # continued from 128 (it only grows after 2000 clean steps)
+    # fp32 keeps no scaler state; a tampered one is refused naming the file
+    plain = train_supernet(TINY, digits, FAST, root=tmp_path / "fp32", progress=False)
+    assert json.loads((plain.path / STATE_FILE).read_text())["scaler"] is None
+    text = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**text, "epoch": 3, "history": text["history"][:3], "scaler": {"scale": -1}}))
+    with pytest.raises(SupernetCacheError, match="scaler"):
+        train_supernet(TINY, digits, FAST, root=tmp_path, progress=False, backend=fp16)
