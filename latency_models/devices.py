@@ -3,9 +3,11 @@
 - `kernels`: the custom int8/int4 kernel library `nas.kernels` (the executor our quantized networks run on).
 - `torch-fp32`: PyTorch eager fp32, batch norm folded.
 - `torch-int8`: PyTorch torch.ao FX int8 on the x86 engine (what a user deploying with PyTorch runs).
+- `ort-int8`: ONNX Runtime's CPU execution provider running the QDQ graph `nas export` writes.
+- `ort-fp32`: ONNX Runtime's CPU execution provider running the same graph without Q/DQ (batch norm folded).
 
 A `DeviceSpec` names a device plus the settings that change its speed (bits, threads, forced ISA); its
-`table_id` names the table file, e.g. `kernels`, `kernels-int4`, `torch-fp32-t2`.
+`table_id` names the table file, e.g. `kernels`, `kernels-int4`, `torch-fp32-t2`, `ort-int8-t2`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ else:  # outside the `try`: an error in the runner itself is a bug to show, not 
 
     _KERNELS_ERROR = None
 
-DEVICE_NAMES = ("kernels", "torch-fp32", "torch-int8")
+DEVICE_NAMES = ("kernels", "torch-fp32", "torch-int8", "ort-int8", "ort-fp32")
+# weight bits each device runs; the first is its natural width (left out of the table id)
+DEVICE_BITS = {"kernels": (8, 4), "torch-fp32": (32,), "torch-int8": (8,), "ort-int8": (8,), "ort-fp32": (32,)}
 # Fingerprint fields that must agree for a table to describe this machine and library.
 MATCH_FIELDS = ("device", "cpu_model", "isa", "threads", "bits", "library", "library_version", "build_hash")
 
@@ -56,7 +60,7 @@ class DeviceSpec:
             raise ValueError(f"device: expected one of {list(DEVICE_NAMES)}, got {self.name!r}")
         if self.threads < 1:
             raise ValueError(f"threads: expected >= 1, got {self.threads}")
-        allowed = {"kernels": (8, 4), "torch-fp32": (32,), "torch-int8": (8,)}[self.name]
+        allowed = DEVICE_BITS[self.name]
         if self.bits not in allowed:
             raise ValueError(f"bits: device {self.name!r} supports {list(allowed)}, got {self.bits}")
         if self.isa is not None:
@@ -69,18 +73,18 @@ class DeviceSpec:
     @classmethod
     def make(cls, name: str, bits: int | None = None, threads: int = 1, isa: str | None = None) -> DeviceSpec:
         """A spec with the device's natural bit width when `bits` is None; `name` may be a full table id."""
-        m = re.fullmatch(r"(kernels|torch-fp32|torch-int8)(?:-int(\d+))?(?:-t(\d+))?(?:-([a-z0-9_]+))?", name)
+        m = re.fullmatch(rf"({'|'.join(DEVICE_NAMES)})(?:-int(\d+))?(?:-t(\d+))?(?:-([a-z0-9_]+))?", name)
         if m is None:
             raise ValueError(f"device: expected one of {list(DEVICE_NAMES)} (optionally with -int4, -tN, -ISA "
                              f"suffixes), got {name!r}")
         name = m.group(1)
-        bits = bits if bits is not None else int(m.group(2)) if m.group(2) else (32 if name == "torch-fp32" else 8)
+        bits = bits if bits is not None else int(m.group(2)) if m.group(2) else DEVICE_BITS[name][0]
         threads = int(m.group(3)) if m.group(3) and threads == 1 else threads
         return cls(name, bits, threads, isa or m.group(4))
 
     @property
     def table_id(self) -> str:
-        natural = 32 if self.name == "torch-fp32" else 8
+        natural = DEVICE_BITS[self.name][0]
         return (self.name + (f"-int{self.bits}" if self.bits != natural else "")
                 + (f"-t{self.threads}" if self.threads != 1 else "") + (f"-{self.isa}" if self.isa else ""))
 
@@ -208,10 +212,77 @@ class KernelDevice:
         return time_calls(self.prepare_arch(arch), reps=reps, min_sample_s=0)
 
 
+def _ort_runner(spec: DeviceSpec) -> Any:
+    """`latency_models.ort_runner`, or one line naming --device when what it needs cannot be imported."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise ValueError(f"--device {spec.name}: ONNX Runtime cannot be imported ({exc}); install it (pip install "
+                         "onnxruntime) or pick another --device (kernels, torch-int8, torch-fp32)") from exc
+    if _kernels is None:
+        raise ValueError(f"--device {spec.name}: the networks it times are lowered by nas.kernels, which cannot be "
+                         f"imported ({_KERNELS_ERROR}); build it (pip install -e .)") from _KERNELS_ERROR
+    from latency_models import ort_runner
+
+    return ort_runner
+
+
+# CPU flags ONNX Runtime's MLAS picks its kernels by, best first
+_MLAS_FLAGS = ("amx_int8", "avx512_vnni", "avx512f", "avx_vnni", "avx2", "sse4_1", "asimddp", "asimd")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@dataclass
+class OrtDevice:
+    """ONNX Runtime's CPU execution provider running our exported graphs (`ort-int8`: QDQ, `ort-fp32`: float)."""
+
+    spec: DeviceSpec
+    _runner: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._runner = _ort_runner(self.spec)
+
+    def fingerprint(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        flags = cpu_flags()
+        simd = next((f for f in _MLAS_FLAGS if f in flags), platform.machine())
+        info = ort.get_build_info() if hasattr(ort, "get_build_info") else ""
+        commit = re.search(r"git-commit-id=(\w+)", info)
+        build = commit.group(1) if commit else ort.__version__
+        fp = _base_fingerprint(self.spec)
+        fp.update(isa=f"cpu-ep-{simd}", library="onnxruntime", library_version=ort.__version__,
+                  build_hash=f"{build}:{'+'.join(ort.get_available_providers())}", provider="CPUExecutionProvider",
+                  graph_optimization="ORT_ENABLE_ALL")
+        return fp
+
+    def time_op(self, op: OpKey, reps: int) -> list[float]:
+        return self._runner.time_ort_op(op, self.spec, reps)
+
+    def prepare_arch(self, arch: Arch) -> Callable[[], object]:
+        return self._runner.prepare_ort_network(arch, self.spec)
+
+    def time_arch(self, arch: Arch, reps: int) -> list[float]:
+        return time_calls(self.prepare_arch(arch), reps=reps, min_sample_s=0)
+
+
 def get_device(spec: DeviceSpec | str) -> Device:
     """The device object that times ops and networks for `spec` (a spec or a table id like `kernels-int4`)."""
     if isinstance(spec, str):
         spec = DeviceSpec.make(spec)
     if spec.name == "kernels":
         return KernelDevice(spec)
+    if spec.name.startswith("ort-"):
+        return OrtDevice(spec)
     return TorchDevice(spec)

@@ -10,6 +10,7 @@ import torch
 
 from latency_models.ops import OpKey
 from nas.kernels import QuantizedNetwork, lower, minmax_calibration
+from nas.kernels.lower import LoweredNetwork
 from nas.kernels.timing import time_layer
 from search_spaces import Arch, build
 
@@ -24,16 +25,21 @@ def time_kernel_op(op: OpKey, spec: DeviceSpec, reps: int) -> list[float]:
     return [s * 1e3 for s in secs]
 
 
-def kernel_network(arch: Arch, bits: int = 8) -> QuantizedNetwork:
-    """The quantized network the profiler times for `arch`: the float model with its seeded random initial
-    weights, lowered by `nas.kernels.lower` (the lowering every exported network goes through) on min/max ranges
-    of noise images; `bits` 4 is W4A8 (int4 pointwise and linear weights). Values are random, structure is what
-    `finalize` exports for the arch: same ops, fusions and layouts."""
+def lowered_network(arch: Arch, bits: int = 8) -> LoweredNetwork:
+    """The quantized network the profiler times for `arch`, with its float grid (what ONNX export reads): the
+    float model with its seeded random initial weights, lowered by `nas.kernels.lower` (the lowering every exported
+    network goes through) on min/max ranges of noise images; `bits` 4 is W4A8 (int4 pointwise and linear weights).
+    Values are random, structure is what `finalize` exports for the arch: same ops, fusions and layouts."""
     with torch.random.fork_rng():  # seeded weights without moving the caller's random stream
         torch.manual_seed(0)
         model = build(arch).eval()
         calib = torch.randn(4, arch.in_channels, arch.resolution, arch.resolution)
-    return lower(model, arch, minmax_calibration(model, calib, bits=bits)).network
+    return lower(model, arch, minmax_calibration(model, calib, bits=bits))
+
+
+def kernel_network(arch: Arch, bits: int = 8) -> QuantizedNetwork:
+    """`lowered_network(arch, bits)`'s network: what the kernels device times."""
+    return lowered_network(arch, bits).network
 
 
 def prepare_kernel_network(arch: Arch, spec: DeviceSpec) -> Callable[[], object]:

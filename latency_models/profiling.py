@@ -14,8 +14,8 @@ from latency_models.table import LatencyTable, LatencyTableError
 from nas.timing import summarize
 
 # rough per-op set-up cost (s) and throughput (MAC/s) used only for the up-front time estimate
-_SETUP_S = {"kernels": 0.002, "torch-fp32": 0.005, "torch-int8": 0.04}
-_RATE = {"kernels": 3e10, "torch-fp32": 3e10, "torch-int8": 1.5e10}
+_SETUP_S = {"kernels": 0.002, "torch-fp32": 0.005, "torch-int8": 0.04, "ort-int8": 0.01, "ort-fp32": 0.01}
+_RATE = {"kernels": 3e10, "torch-fp32": 3e10, "torch-int8": 1.5e10, "ort-int8": 2e10, "ort-fp32": 2e10}
 
 
 def estimate_seconds(ops: Sequence[OpKey], spec: DeviceSpec, reps: int) -> float:

@@ -2,7 +2,9 @@
 
 Files: `<stem>.csv` (or `.parquet`) with one row per `OpKey` and its timing summary, and `<stem>.json` with the
 device fingerprint (CPU, ISA, threads, bits, library version, kernel build hash) and, once fitted, the
-per-network overhead model. Writes are atomic (temporary file + rename), so a crash never leaves half a table.
+per-network overhead model. Column `source` says whether a row was `measured` or `transferred` (predicted from
+another device's table by `latency_models.transfer`; such rows have `passes` 0, so profiling measures them).
+Writes are atomic (temporary file + rename), so a crash never leaves half a table.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from nas.io import results_dir, write_atomic
 FORMAT = "nas-latency-table/1"
 STAT_COLUMNS = ("median_ms", "p10_ms", "mad_ms", "min_ms", "max_ms", "n", "rejected", "passes")
 STATS = ("median_ms", "p10_ms", "min_ms")  # what a predictor may sum
-COLUMNS = KEY_COLUMNS + ("bits", "macs") + STAT_COLUMNS
+SOURCES = ("measured", "transferred")  # values of the `source` column
+COLUMNS = KEY_COLUMNS + ("bits", "macs") + STAT_COLUMNS + ("source",)
 OP_TYPES = ("conv", "pw", "dw", "se", "pool", "linear")
 ACTS = ("none", "relu", "relu6", "hswish", "swish")
 
@@ -102,13 +105,19 @@ class LatencyTable:
 
         A key measured again keeps, per statistic, the lowest value over its passes (a later, quieter pass
         replaces one slowed by other processes on the machine); `passes` counts the passes, `n` the samples.
+        A measurement replaces a transferred row of the same key.
         """
         if not rows:
             return
-        new = pd.DataFrame(rows, columns=list(COLUMNS)).astype({c: _dtype(c) for c in COLUMNS})
-        both = pd.concat([self.frame, new], ignore_index=True) if len(self.frame) else new
+        new = pd.DataFrame([{"source": "measured", **r} for r in rows], columns=list(COLUMNS))
+        new = new.astype({c: _dtype(c) for c in COLUMNS})
+        old = self.frame
+        if len(old):
+            remeasured = old.set_index(list(KEY_COLUMNS)).index.isin(new.set_index(list(KEY_COLUMNS)).index)
+            old = old[~(remeasured & (old["source"] == "transferred").to_numpy())]
+        both = pd.concat([old, new], ignore_index=True) if len(old) else new
         how = {c: "min" for c in ("bits", "macs", "median_ms", "p10_ms", "mad_ms", "min_ms")}
-        how.update(max_ms="max", n="sum", rejected="sum", passes="sum")
+        how.update(max_ms="max", n="sum", rejected="sum", passes="sum", source="first")
         merged = both.groupby(list(KEY_COLUMNS), sort=False, dropna=False).agg(how).reset_index()
         self.frame = merged[list(COLUMNS)].astype({c: _dtype(c) for c in COLUMNS})
 
@@ -188,7 +197,7 @@ class LatencyTable:
 
 
 def _dtype(col: str) -> str:
-    if col in ("op", "act"):
+    if col in ("op", "act", "source"):
         return "object"
     if col == "residual":
         return "bool"
@@ -202,6 +211,8 @@ def _where(path: Path, i: int) -> str:
 
 
 def _validate(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    if "source" not in frame.columns:  # written before the column existed: every row was measured
+        frame = frame.assign(source="measured")
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise LatencyTableError(f"{path}: missing columns {missing} (expected {list(COLUMNS)})")
@@ -229,7 +240,7 @@ def _validate(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
             raise LatencyTableError(f"{_where(path, i)}: column {c!r} has invalid value {frame[c].iloc[i]!r}")
         out[c] = vals.astype(dt)
     frame = pd.DataFrame(out)
-    for c, allowed in (("op", OP_TYPES), ("act", ACTS)):
+    for c, allowed in (("op", OP_TYPES), ("act", ACTS), ("source", SOURCES)):
         bad = ~frame[c].isin(allowed)
         if bad.any():
             i = int(bad.to_numpy().nonzero()[0][0])

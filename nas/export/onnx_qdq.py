@@ -15,173 +15,233 @@ exported pre-dequantized (float), since per-group DequantizeLinear needs a newer
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
 from nas.export.model import QuantizedModel
 from nas.io import write_atomic
-from nas.kernels.ops import ConvSpec, DepthwiseSpec, GemmSpec, PoolSpec, SESpec
+from nas.kernels.executor import QuantizedLayer
+from nas.kernels.ops import ConvSpec, DepthwiseSpec, GemmSpec, PoolSpec, SESpec, Spec
+from search_spaces import Arch
 
 OPSET = 17
 
 
-def to_onnx(model: QuantizedModel, path: str | os.PathLike) -> str:
-    """Write `model` as an ONNX QDQ graph (input `x`: float NCHW, output `logits`) to `path`."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+class QDQWriter:
+    """The ONNX nodes of executor layers, each written as it appears in a whole network: `to_onnx` writes networks
+    with it, `latency_models.ort_runner` single layers (so that a profiled op is the network's own nodes).
 
-    a, net = model.arch, model.network
-    acts, wsc = model.act_qparams, model.weight_scales
-    nodes, inits = [], []
-    counter = [0]
+    `act_qparams` and `weight_scales` are the float grid (`QuantizedModel`'s). With `fp32` the same float ops are
+    written without Q/DQ pairs, weights as float initializers (their dequantized values): the float network with
+    batch norm folded, as ONNX Runtime's fp32 latency device runs it.
+    """
 
-    def uniq(base: str) -> str:
-        counter[0] += 1
-        return f"{base}_{counter[0]}"
+    def __init__(self, act_qparams: dict[str, tuple[float, int]], weight_scales: dict[str, np.ndarray],
+                 fp32: bool = False):
+        self.acts, self.wsc, self.fp32 = act_qparams, weight_scales, fp32
+        self.nodes: list = []
+        self.inits: list = []
+        self.quantized: dict[str, str] = {}  # dequantized tensor name -> the uint8 tensor it was dequantized from
+        self._count = 0
 
-    def const(name: str, value: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(value), name))
+    def uniq(self, base: str) -> str:
+        self._count += 1
+        return f"{base}_{self._count}"
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def qdq(x: str, tensor: str) -> str:
-        scale, zp = acts[tensor]
-        s = const(uniq(f"{tensor}.scale"), np.array(scale, dtype=np.float32))
-        z = const(uniq(f"{tensor}.zp"), np.array(zp, dtype=np.uint8))
-        q, d = uniq(f"{tensor}.q"), uniq(tensor)
-        nodes.append(helper.make_node("QuantizeLinear", [x, s, z], [q]))
-        nodes.append(helper.make_node("DequantizeLinear", [q, s, z], [d]))
+    def node(self, op: str, inputs: list[str], outputs: list[str], **attrs) -> None:
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, inputs, outputs, **attrs))
+
+    def _grid(self, tensor: str) -> tuple[str, str]:
+        scale, zp = self.acts[tensor]
+        return (self.const(self.uniq(f"{tensor}.scale"), np.array(scale, dtype=np.float32)),
+                self.const(self.uniq(f"{tensor}.zp"), np.array(zp, dtype=np.uint8)))
+
+    def qdq(self, x: str, tensor: str) -> str:
+        """`x` rounded to the uint8 grid of `tensor` (Q then DQ); unchanged in fp32."""
+        if self.fp32:
+            return x
+        s, z = self._grid(tensor)
+        q, d = self.uniq(f"{tensor}.q"), self.uniq(tensor)
+        self.node("QuantizeLinear", [x, s, z], [q])
+        self.node("DequantizeLinear", [q, s, z], [d])
+        self.quantized[d] = q
         return d
 
-    def weight(layer: str, w: np.ndarray, scale: np.ndarray, subs: np.ndarray | None, group: int) -> str:
+    def dequantize(self, q: str, tensor: str) -> str:
+        """A uint8 tensor `q` (a graph input) read on the grid of `tensor`."""
+        s, z = self._grid(tensor)
+        d = self.uniq(tensor)
+        self.node("DequantizeLinear", [q, s, z], [d])
+        self.quantized[d] = q
+        return d
+
+    def weight(self, layer: str, w: np.ndarray, scale: np.ndarray, subs: np.ndarray | None, group: int) -> str:
         """Dequantized weight (shape of `w`, output channels first)."""
         if subs is not None:
             w2 = w.reshape(w.shape[0], -1).astype(np.float64)
             g = np.repeat(subs, group, axis=1)[:, : w2.shape[1]]
-            return const(uniq(f"{layer}.w"), (w2 * g * scale[:, None]).reshape(w.shape).astype(np.float32))
+            return self.const(self.uniq(f"{layer}.w"), (w2 * g * scale[:, None]).reshape(w.shape).astype(np.float32))
+        if self.fp32:
+            per_channel = scale.reshape(-1, *[1] * (w.ndim - 1)).astype(np.float64)
+            return self.const(self.uniq(f"{layer}.w"), (w * per_channel).astype(np.float32))
         # uint8 with zero point 128 is the same value as int8 with zero point 0, and keeps ONNX Runtime on its
         # u8 x u8 kernels: its u8 x s8 ones saturate 16-bit pair sums on CPUs without VNNI (see module docstring)
-        wq = const(uniq(f"{layer}.wq"), (w.astype(np.int16) + 128).astype(np.uint8))
-        s = const(uniq(f"{layer}.ws"), scale.astype(np.float32))
-        z = const(uniq(f"{layer}.wz"), np.full(len(scale), 128, dtype=np.uint8))
-        out = uniq(f"{layer}.w")
-        nodes.append(helper.make_node("DequantizeLinear", [wq, s, z], [out], axis=0))
+        wq = self.const(self.uniq(f"{layer}.wq"), (w.astype(np.int16) + 128).astype(np.uint8))
+        s = self.const(self.uniq(f"{layer}.ws"), scale.astype(np.float32))
+        z = self.const(self.uniq(f"{layer}.wz"), np.full(len(scale), 128, dtype=np.uint8))
+        out = self.uniq(f"{layer}.w")
+        self.node("DequantizeLinear", [wq, s, z], [out], axis=0)
         return out
 
-    def bias(layer: str, b: np.ndarray, in_tensor: str, scale: np.ndarray) -> str:
-        return const(uniq(f"{layer}.b"), (b.astype(np.float64) * acts[in_tensor][0] * scale).astype(np.float32))
+    def bias(self, layer: str, b: np.ndarray, in_tensor: str, scale: np.ndarray) -> str:
+        return self.const(self.uniq(f"{layer}.b"),
+                          (b.astype(np.float64) * self.acts[in_tensor][0] * scale).astype(np.float32))
 
-    def activation(x: str, act: str, name: str, lut: bool) -> str:
+    def activation(self, x: str, act: str, name: str, lut: bool) -> str:
         if lut:
-            x = qdq(x, name + ".pre")
-        y = uniq(f"{name}.{act}")
+            x = self.qdq(x, name + ".pre")
+        y = self.uniq(f"{name}.{act}")
         if act == "relu":
-            nodes.append(helper.make_node("Relu", [x], [y]))
+            self.node("Relu", [x], [y])
         elif act == "relu6":
-            nodes.append(helper.make_node("Clip", [x, const(uniq("zero"), np.array(0, np.float32)),
-                                                   const(uniq("six"), np.array(6, np.float32))], [y]))
+            self.node("Clip", [x, self.const(self.uniq("zero"), np.array(0, np.float32)),
+                               self.const(self.uniq("six"), np.array(6, np.float32))], [y])
         elif act == "hswish":
-            nodes.append(helper.make_node("HardSwish", [x], [y]))
+            self.node("HardSwish", [x], [y])
         elif act == "swish":
-            sig = uniq(f"{name}.sigmoid")
-            nodes.append(helper.make_node("Sigmoid", [x], [sig]))
-            nodes.append(helper.make_node("Mul", [x, sig], [y]))
+            sig = self.uniq(f"{name}.sigmoid")
+            self.node("Sigmoid", [x], [sig])
+            self.node("Mul", [x, sig], [y])
         elif act == "hsigmoid":
-            nodes.append(helper.make_node("HardSigmoid", [x], [y], alpha=1.0 / 6.0, beta=0.5))
+            self.node("HardSigmoid", [x], [y], alpha=1.0 / 6.0, beta=0.5)
         else:
             return x
         return y
 
-    def conv(x: str, in_t: str, layer: str, w: np.ndarray, spec, k: int, stride: int, groups: int) -> str:
+    def conv(self, x: str, in_t: str, layer: str, w: np.ndarray, spec: Spec, k: int, stride: int,
+             groups: int) -> str:
         subs = getattr(spec, "sub_scales", None)
-        wn = weight(layer, w, wsc[layer], subs, getattr(spec, "group_size", 0))
-        y = uniq(f"{layer}.conv")
-        nodes.append(helper.make_node("Conv", [x, wn, bias(layer, spec.bias, in_t, wsc[layer])], [y],
-                                      kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4,
-                                      group=groups))
+        wn = self.weight(layer, w, self.wsc[layer], subs, getattr(spec, "group_size", 0))
+        y = self.uniq(f"{layer}.conv")
+        self.node("Conv", [x, wn, self.bias(layer, spec.bias, in_t, self.wsc[layer])], [y],
+                  kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4, group=groups)
         return y
 
-    acts_of = {"stem": a.stem_act, "head": a.head_act, "hidden": a.head_act}
-    for i, b in enumerate(a.blocks()):
-        acts_of[f"blocks.{i}.expand"] = acts_of[f"blocks.{i}.dw"] = b.act
-    x = qdq("x", "input")
-    t = "input"
-    block_in: tuple[str, str] | None = None
-    current_block = None
-    for layer in net.layers:
+    def layer(self, layer: QuantizedLayer, act: str, x: str, t: str, block_in: str | None) -> tuple[str, str]:
+        """Write one executor layer reading tensor `x` (on the grid of `t`; `block_in`: the block's input, which a
+        residual project adds); returns its output and the name of its grid. `act` is the layer's activation."""
         spec, name = layer.spec, layer.name
-        parts = name.split(".")
-        if parts[0] == "blocks" and parts[1] != current_block:
-            current_block, block_in = parts[1], (x, t)
+        lut = act in ("hswish", "swish")
         if isinstance(spec, ConvSpec):
             k = spec.weight.shape[1]
-            y = conv(x, t, name, spec.weight.transpose(0, 3, 1, 2), spec, k, spec.stride, 1)
-            act = acts_of[name]
-            x, t = qdq(activation(y, act, name, act in ("hswish", "swish")), name), name
-        elif isinstance(spec, DepthwiseSpec):
+            y = self.conv(x, t, name, spec.weight.transpose(0, 3, 1, 2), spec, k, spec.stride, 1)
+            return self.qdq(self.activation(y, act, name, lut), name), name
+        if isinstance(spec, DepthwiseSpec):
             k = spec.weight.shape[1]
-            y = conv(x, t, name, spec.weight[:, None], spec, k, spec.stride, spec.weight.shape[0])
-            act = acts_of[name]
-            x, t = qdq(activation(y, act, name, act in ("hswish", "swish")), name), name
-        elif isinstance(spec, SESpec):
-            p = uniq(f"{name}.pool")
-            nodes.append(helper.make_node("GlobalAveragePool", [x], [p]))
-            p = qdq(p, f"{name}.pool")
-            w1 = spec.fc1.weight
-            h = uniq(f"{name}.fc1")
-            nodes.append(helper.make_node("Conv", [p, weight(f"{name}.fc1", w1[:, :, None, None], wsc[f"{name}.fc1"],
-                                                             None, 0),
-                                                   bias(f"{name}.fc1", spec.fc1.bias, f"{name}.pool",
-                                                        wsc[f"{name}.fc1"])], [h]))
-            h = qdq(activation(h, "relu", f"{name}.fc1", False), f"{name}.fc1")
-            w2 = spec.fc2.weight
-            g = uniq(f"{name}.fc2")
-            nodes.append(helper.make_node("Conv", [h, weight(f"{name}.fc2", w2[:, :, None, None], wsc[f"{name}.fc2"],
-                                                             None, 0),
-                                                   bias(f"{name}.fc2", spec.fc2.bias, f"{name}.fc1",
-                                                        wsc[f"{name}.fc2"])], [g]))
-            g = activation(g, "hsigmoid", f"{name}.fc2", True)
-            gs, gz = const(uniq("gate.scale"), np.array(1 / 255, np.float32)), const(uniq("gate.zp"),
-                                                                                     np.array(0, np.uint8))
-            gq, gd = uniq("gate.q"), uniq("gate")
-            nodes.append(helper.make_node("QuantizeLinear", [g, gs, gz], [gq]))
-            nodes.append(helper.make_node("DequantizeLinear", [gq, gs, gz], [gd]))
-            y = uniq(f"{name}.mul")
-            nodes.append(helper.make_node("Mul", [x, gd], [y]))
-            x, t = qdq(y, name), name
-        elif isinstance(spec, PoolSpec):
-            p, f = uniq("pool"), uniq("flat")
-            nodes.append(helper.make_node("GlobalAveragePool", [x], [p]))
-            nodes.append(helper.make_node("Flatten", [p], [f]))
-            x, t = qdq(f, "pool"), "pool"
-        elif isinstance(spec, GemmSpec) and layer.op == "pw":
-            y = conv(x, t, name, spec.weight[:, :, None, None], spec, 1, 1, 1)
+            y = self.conv(x, t, name, spec.weight[:, None], spec, k, spec.stride, spec.weight.shape[0])
+            return self.qdq(self.activation(y, act, name, lut), name), name
+        if isinstance(spec, SESpec):
+            return self._se(x, spec, name), name
+        if isinstance(spec, PoolSpec):
+            p, f = self.uniq("pool"), self.uniq("flat")
+            self.node("GlobalAveragePool", [x], [p])
+            self.node("Flatten", [p], [f])
+            return self.qdq(f, "pool"), "pool"
+        if isinstance(spec, GemmSpec) and layer.op == "pw":
+            y = self.conv(x, t, name, spec.weight[:, :, None, None], spec, 1, 1, 1)
             if name.endswith(".project"):
                 if spec.residual is not None:
-                    r = uniq(f"{name}.add")
-                    nodes.append(helper.make_node("Add", [block_in[0], y], [r]))
+                    r = self.uniq(f"{name}.add")
+                    self.node("Add", [block_in, y], [r])
                     out = name.removesuffix(".project") + ".out"
-                    x, t = qdq(r, out), out
-                else:
-                    x, t = qdq(y, name), name
-            else:
-                act = acts_of[name]
-                x, t = qdq(activation(y, act, name, act in ("hswish", "swish")), name), name
-        elif isinstance(spec, GemmSpec):  # linear: hidden or classifier
-            w = weight(name, spec.weight, wsc[name], spec.sub_scales, spec.group_size)
-            y = "logits" if spec.out_int32 else uniq(name)
-            nodes.append(helper.make_node("Gemm", [x, w, bias(name, spec.bias, t, wsc[name])], [y], transB=1))
-            if not spec.out_int32:
-                act = acts_of[name]
-                x, t = qdq(activation(y, act, name, act in ("hswish", "swish")), name), name
-        else:
-            raise TypeError(f"onnx export: unsupported layer {name} ({type(spec).__name__})")
+                    return self.qdq(r, out), out
+                return self.qdq(y, name), name
+            return self.qdq(self.activation(y, act, name, lut), name), name
+        if isinstance(spec, GemmSpec):  # linear: hidden or classifier
+            w = self.weight(name, spec.weight, self.wsc[name], spec.sub_scales, spec.group_size)
+            y = "logits" if spec.out_int32 else self.uniq(name)
+            self.node("Gemm", [x, w, self.bias(name, spec.bias, t, self.wsc[name])], [y], transB=1)
+            if spec.out_int32:
+                return y, t
+            return self.qdq(self.activation(y, act, name, lut), name), name
+        raise TypeError(f"onnx export: unsupported layer {name} ({type(spec).__name__})")
+
+    def _se(self, x: str, spec: SESpec, name: str) -> str:
+        """Pool -> fc1 + ReLU -> fc2 + hard-sigmoid -> gate (on the executor's gate grid) -> `x` * gate."""
+        p = self.uniq(f"{name}.pool")
+        self.node("GlobalAveragePool", [x], [p])
+        p = self.qdq(p, f"{name}.pool")
+        h = self.uniq(f"{name}.fc1")
+        self.node("Conv", [p, self.weight(f"{name}.fc1", spec.fc1.weight[:, :, None, None], self.wsc[f"{name}.fc1"],
+                                          None, 0),
+                           self.bias(f"{name}.fc1", spec.fc1.bias, f"{name}.pool", self.wsc[f"{name}.fc1"])], [h])
+        h = self.qdq(self.activation(h, "relu", f"{name}.fc1", False), f"{name}.fc1")
+        g = self.uniq(f"{name}.fc2")
+        self.node("Conv", [h, self.weight(f"{name}.fc2", spec.fc2.weight[:, :, None, None], self.wsc[f"{name}.fc2"],
+                                          None, 0),
+                           self.bias(f"{name}.fc2", spec.fc2.bias, f"{name}.fc1", self.wsc[f"{name}.fc2"])], [g])
+        g = self.activation(g, "hsigmoid", f"{name}.fc2", True)
+        if not self.fp32:
+            gs = self.const(self.uniq("gate.scale"), np.array(1 / 255, np.float32))
+            gz = self.const(self.uniq("gate.zp"), np.array(0, np.uint8))
+            gq, gd = self.uniq("gate.q"), self.uniq("gate")
+            self.node("QuantizeLinear", [g, gs, gz], [gq])
+            self.node("DequantizeLinear", [gq, gs, gz], [gd])
+            g = gd
+        y = self.uniq(f"{name}.mul")
+        self.node("Mul", [x, g], [y])
+        return self.qdq(y, name)
+
+    def model(self, inputs: list, outputs: list) -> Any:
+        """The checked `onnx.ModelProto` of the nodes written so far between `inputs` and `outputs`
+        (`onnx.helper.make_tensor_value_info` values)."""
+        import onnx
+        from onnx import helper
+
+        graph = helper.make_graph(self.nodes, "nas_fp32" if self.fp32 else "nas_qdq", inputs, outputs, self.inits)
+        onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                       producer_name="nas.export")
+        onnx_model.ir_version = 8
+        onnx.checker.check_model(onnx_model)
+        return onnx_model
+
+
+def layer_acts(arch: Arch) -> dict[str, str]:
+    """The activation of every executor layer that has one (stem, expand, dw, head, hidden) by layer name."""
+    acts = {"stem": arch.stem_act, "head": arch.head_act, "hidden": arch.head_act}
+    for i, b in enumerate(arch.blocks()):
+        acts[f"blocks.{i}.expand"] = acts[f"blocks.{i}.dw"] = b.act
+    return acts
+
+
+def to_onnx(model: QuantizedModel, path: str | os.PathLike, fp32: bool = False) -> str:
+    """Write `model` as an ONNX QDQ graph (input `x`: float NCHW, output `logits`) to `path`; `fp32`: the same
+    graph without Q/DQ (see `QDQWriter`)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    a = model.arch
+    w = QDQWriter(model.act_qparams, model.weight_scales, fp32)
+    acts = layer_acts(a)
+    x, t = w.qdq("x", "input"), "input"
+    block_in, current_block = None, None
+    for layer in model.network.layers:
+        parts = layer.name.split(".")
+        if parts[0] == "blocks" and parts[1] != current_block:
+            current_block, block_in = parts[1], x
+        x, t = w.layer(layer, acts.get(layer.name, "none"), x, t, block_in)
     inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", a.in_channels, a.resolution, a.resolution])
     out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", a.num_classes])
-    graph = helper.make_graph(nodes, "nas_qdq", [inp], [out], inits)
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                   producer_name="nas.export")
-    onnx_model.ir_version = 8
-    onnx.checker.check_model(onnx_model)
+    onnx_model = w.model([inp], [out])
     write_atomic(path, lambda tmp: onnx.save(onnx_model, tmp))
     return str(path)
 

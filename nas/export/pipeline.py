@@ -18,6 +18,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ class FinalizeConfig:
     prune_ratio: float | None = None
     prune_metric: str = "latency"  # latency (kernels table; MACs fallback) | macs
     device: str = "kernels"
+    # a latency device (table id) to measure the final int8 network on as well, e.g. the search's `ort-int8`: its
+    # `latency_models.get_device(...).prepare_arch`, in the same round-robin rounds as the kernels models
+    measure_device: str | None = None
     # where the latency tables are: `table` is the int8 table of `device` (None: its default path under
     # `table_root`, the results folder `nas.io.results_dir` resolves); the W4A8 prediction reads `<device>-int4` there
 
@@ -191,15 +195,16 @@ def _arch_from_file(path: Path) -> ss.Arch:
         raise ValueError(f"{path}: {exc}") from exc
 
 
-def measure_round_robin(models: dict[str, Any], reps: int = 50, threads: int = 1, rounds: int = 10,
+def measure_round_robin(runners: dict[str, Callable[[], object]], reps: int = 50, rounds: int = 10,
                         round_s: float = 0.15) -> dict[str, float]:
-    """Measured latency (ms) of each quantized model on the kernels: the lowest 10th percentile over `rounds`
-    rounds, the models taking turns, so that a burst of load on a shared machine (seconds of 1.6-1.9x slowness
-    seen on a 2-core VM) slows a few rounds of every model rather than all of one. Each round runs a model at
-    least `reps / rounds` times and for at least `round_s` seconds: the rounds of a sub-millisecond model
+    """Measured latency (ms) of each runner (a zero-argument call running one network once: a quantized model's
+    `runner` on the kernels, a latency device's `prepare_arch`): the lowest 10th percentile over `rounds`
+    rounds, the runners taking turns, so that a burst of load on a shared machine (seconds of 1.6-1.9x slowness
+    seen on a 2-core VM) slows a few rounds of every network rather than all of one. Each round runs a network at
+    least `reps / rounds` times and for at least `round_s` seconds: the rounds of a sub-millisecond network
     would otherwise all fall inside one burst (`nas.timing.round_robin`)."""
-    best = round_robin({name: m.runner(threads=threads) for name, m in models.items()}, reps=max(5, reps // rounds),
-                       rounds=rounds, warmup=2, round_s=round_s, stat="p10_ms")
+    best = round_robin(runners, reps=max(5, reps // rounds), rounds=rounds, warmup=2, round_s=round_s,
+                       stat="p10_ms")
     return {name: t.p10_ms for name, t in best.items()}
 
 
@@ -319,14 +324,19 @@ def finalize(model: nn.Module, arch: ss.Arch, splits: Splits | TensorSplits, con
             o = run_onnx(onnx_path, xs.numpy()).argmax(1)
             onnx_agree = float((o == qmodel.predict(xs)).mean())
     rounds = 10
+    runners = {name: m.runner(threads=config.threads) for name, m in qmodels.items()}
+    if config.measure_device:  # the final network as that device runs it (the one timer: the device's own)
+        spec = latency_models.DeviceSpec.make(config.measure_device)
+        runners[spec.table_id] = latency_models.get_device(spec).prepare_arch(arch)
     lat.update({f"{name}_measured": ms for name, ms in
-                measure_round_robin(qmodels, config.bench_reps, config.threads, rounds).items()})
+                measure_round_robin(runners, config.bench_reps, rounds).items()})
     cost = ss.count(arch)
     report = FinalizeReport(
         arch=str(arch), start_arch=str(start_arch), data=config.data.to_dict() if config.data else None,
         macs={"start": ss.count(start_arch).macs, "final": cost.macs},
         params={"start": ss.count(start_arch).params, "final": cost.params}, accuracy=acc, latency_ms=lat,
-        latency_unit_note="batch 1 on this machine; fp32 measured = median; int8/w4a8 measured = lowest 10th "
+        latency_unit_note="batch 1 on this machine; fp32 measured = median; int8/w4a8 measured (on the kernels; "
+                          "<device>_measured: the int8 network on that latency device) = lowest 10th "
                           f"percentile over {rounds} round-robin rounds (the statistic the table predicts), "
                           "*_median = "
                           f"median of one run of {config.bench_reps}; predicted = latency table of "

@@ -72,4 +72,6 @@ def describe(config: FinalizeConfig) -> str:
         within = f" (+ QAT if PTQ loses more than {config.w4_qat_skip_within * 100:g} point)" \
             if config.w4_qat_skip_within is not None else " + QAT"
         steps.append("W4A8 PTQ" + within)
+    if config.measure_device:
+        steps.append(f"int8 latency measured on the kernels and on {config.measure_device}")
     return ", ".join(steps)

@@ -220,9 +220,11 @@ def finalize_config(device: str, table: str | None, out: str, seed: int, data: D
     """The finalize steps of the search's chosen network: prune toward the preset's fraction of its latency, int8
     PTQ, W4A8 (QAT unless PTQ already loses at most `W4_QAT_SKIP_WITHIN` of val accuracy; one point is under two
     images of digits' 179 val images), ONNX export. Pruning is priced on the kernels: on `device` when it is a
-    kernels device, and then by the search's own table (--table, or the one profiled under --out)."""
+    kernels device, and then by the search's own table (--table, or the one profiled under --out). On another
+    `device` (ort-int8, torch-int8...) the final int8 network is measured there too."""
     kernels = device if device.startswith("kernels") else "kernels"
     return FinalizeConfig(prune_ratio=preset.prune_ratio, device=kernels, table=table if kernels == device else None,
+                          measure_device=None if kernels == device else device,
                           table_root=out, w4_qat_steps=preset.w4_qat_steps, w4_qat_skip_within=W4_QAT_SKIP_WITHIN,
                           data=data, seed=seed, onnx=True)
 

@@ -57,6 +57,6 @@ def test_round_robin_times_each_exported_model_on_the_kernels():
     big_arch = ss.decode("r32_i1_n10:stem_c32_s1_re6:ds_k3_c32_re6:ir_k5_e6_c64_re6:head_c256_re6")
     models = {name: QuantizedModel(kernel_network(arch), arch, {}, {}) for name, arch in (("small", ARCH),
                                                                                          ("big", big_arch))}
-    best = measure_round_robin(models, reps=10, rounds=2, round_s=0.01)
+    best = measure_round_robin({name: m.runner() for name, m in models.items()}, reps=10, rounds=2, round_s=0.01)
     assert set(best) == {"small", "big"} and all(0 < ms < float("inf") for ms in best.values())
     assert best["big"] > best["small"]  # 4x the resolution and wider layers: many times the work

@@ -1,0 +1,107 @@
+"""Latency-prediction accuracy for every device, thread count and space, in one run (issue #31's table).
+
+For each device (table id) x space: profile the space's ops into `<results>/latency/<space>/<table id>.csv` where
+missing (resumable: a killed run continues), fit the per-network overhead on `--fit-samples` random networks, then
+measure `--samples` other random networks end to end and score the predictor (`nas latency validate`'s code:
+`latency_models.validation`). Prints one markdown table: within +-10%, within +-5%, MAPE, max error, and the
+FLOPs baseline's within +-10%, per row.
+
+    python benchmarks/bench_latency_validation.py [--device kernels --device ort-int8 ...] [--threads 1 --threads 2]
+        [--space small32 --space mobilenetv2] [--samples 100] [--fit-samples 60] [--json out.json]
+
+Devices a machine cannot run (no ONNX Runtime, an ISA the CPU lacks) are reported as skipped with the reason.
+Numbers from a machine that other processes share are not results: run it on a quiet one and name the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import search_spaces as ss
+from latency_models import DeviceSpec, LatencyTable, Predictor, enumerate_ops, get_device, profile
+from latency_models.devices import cpu_model
+from latency_models.validation import fit_overhead, save_report, validate
+from nas.io import results_dir, write_atomic
+
+DEVICES = ("kernels", "kernels-int4", "ort-int8", "ort-fp32", "torch-fp32", "torch-int8")
+
+
+def row(name: str, threads: int, space: ss.SearchSpace, args: argparse.Namespace) -> dict:
+    """Profile (where missing), fit and validate one device on one space; the scores, or why it was skipped."""
+    try:
+        spec = DeviceSpec.make(name, threads=threads)
+        device = get_device(spec)
+        device.fingerprint()  # a runtime that cannot load says so here, before any profiling
+    except (ValueError, ImportError) as exc:
+        return {"device": name, "threads": threads, "space": space.name, "skipped": str(exc)}
+    folder = Path(args.out) / "latency" / space.name
+    path = folder / f"{spec.table_id}.csv"
+    t0 = time.perf_counter()
+    table = profile(spec, enumerate_ops([space]), path, reps=args.reps, passes=args.profile_passes,
+                    progress=not args.no_progress, log=lambda m: print(f"  {m}", file=sys.stderr))
+    table = LatencyTable.load(path, spec.table_id)
+    profile_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    overhead, fit = fit_overhead(Predictor(table), device, space, args.fit_samples, args.net_reps, args.passes,
+                                 not args.no_progress)
+    predictor = Predictor(table, overhead=overhead, stat=fit["stat"])
+    report, df = validate(predictor, device, space, args.samples, fit, args.net_reps, args.passes,
+                          not args.no_progress)
+    save_report(report, df, folder / f"validate-{spec.table_id}",
+                {"device": spec.table_id, "space": space.name, "fit_archs": fit["archs"],
+                 "overhead": overhead.to_dict(), "fingerprint": table.fingerprint}, log=lambda m: None)
+    return {"device": spec.table_id, "threads": threads, "space": space.name, "ops": len(table),
+            "profile_s": round(profile_s), "validate_s": round(time.perf_counter() - t1), "n": report.n,
+            "within_10": report.within_10, "within_5": report.within_5, "mape": report.mape,
+            "max_abs_pct": report.max_abs_pct, "mean_ms": report.mean_measured_ms,
+            "flops_within_10": report.baseline_within_10}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", action="append", default=None, help=f"repeatable (default: {', '.join(DEVICES)})")
+    ap.add_argument("--threads", type=int, action="append", default=None, help="repeatable (default: 1 and 2)")
+    ap.add_argument("--space", action="append", default=None, choices=sorted(ss.SPACES),
+                    help="repeatable (default: small32 and mobilenetv2)")
+    ap.add_argument("--samples", type=int, default=100, help="validation networks per row")
+    ap.add_argument("--fit-samples", type=int, default=60, help="networks the overhead is fitted on per row")
+    ap.add_argument("--reps", type=int, default=30, help="timed runs per op when profiling")
+    ap.add_argument("--profile-passes", type=int, default=3)
+    ap.add_argument("--net-reps", type=int, default=9, help="timed runs per network and pass")
+    ap.add_argument("--passes", type=int, default=10, help="round-robin passes over the networks")
+    ap.add_argument("--out", default=str(results_dir(None)), help="results folder (tables under <out>/latency/)")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args()
+    if args.samples < 2 or args.fit_samples < 8:
+        print("--samples: at least 2; --fit-samples: at least 8", file=sys.stderr)
+        return 2
+    rows = []
+    print(f"# Latency prediction accuracy; CPU: {cpu_model()}\n")
+    print("| device | threads | space | ops | within ±10% | within ±5% | MAPE | max error | mean ms | "
+          "FLOPs baseline ±10% |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for space_name in args.space or ("small32", "mobilenetv2"):
+        space = ss.get_space(space_name)
+        for name in args.device or DEVICES:
+            for threads in args.threads or (1, 2):
+                r = row(name, threads, space, args)
+                rows.append(r)
+                if "skipped" in r:
+                    print(f"| {name} | {threads} | {space.name} | - | skipped: {r['skipped']} |||||", flush=True)
+                else:
+                    print(f"| {r['device']} | {threads} | {space.name} | {r['ops']} | {r['within_10']:.0f}% | "
+                          f"{r['within_5']:.0f}% | {r['mape']:.1f}% | {r['max_abs_pct']:.1f}% | "
+                          f"{r['mean_ms']:.3f} | {r['flops_within_10']:.0f}% |", flush=True)
+    if args.json is not None:
+        blob = json.dumps({"cpu": cpu_model(), "rows": rows}, indent=1) + "\n"
+        write_atomic(args.json, lambda tmp: Path(tmp).write_text(blob, encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
