@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -107,14 +107,36 @@ def _position(op: OpKey) -> np.ndarray:
     return np.log2([op.in_hw, op.out_hw, op.in_channels, op.out_channels, max(op.hidden, 1)])
 
 
+class OpSums(NamedTuple):
+    """What a network's ops add up to, the inputs of `Overhead`: the table's time (ms), the number of ops, and
+    the weight and output elements over all ops (int8 or fp32 alike: each device's fit prices its own bytes)."""
+
+    ms: float
+    ops: int
+    weights: float
+    outputs: float
+
+
+def op_sums(ops: list[OpKey], ms: list[float]) -> OpSums:
+    """`OpSums` of `ops` whose table times are `ms`."""
+    feats = [op_features(o) for o in ops]
+    return OpSums(sum(ms), len(ops), sum(f[4] for f in feats), sum(f[3] for f in feats))
+
+
 @dataclass
 class Overhead:
     """Per-network correction of the summed op times (ms):
 
-    measured = scale * sum(ops) + per_op * n_ops + per_input * input elements + const
+    measured = scale * sum(ops) + per_op * n_ops + per_input * input elements + per_weight * weight elements
+               + per_output * output elements + const
 
     `per_op` is the executor's dispatch cost per op call, `per_input` its float-to-int8 input conversion,
-    `const` the fixed cost of a call; `scale` absorbs cache effects of running ops back to back.
+    `const` the fixed cost of a call; `scale` absorbs cache effects of running ops back to back. `per_weight`:
+    an op timed alone, over and over, finds its weights in cache; in a network each layer's weights come from
+    memory or the last-level cache once per run. `per_output`: likewise for activations, which one op writes and
+    the next reads (warm in a network, where a lone op's repeated runs keep rewriting the same buffer). Both were
+    the largest error left on every device (e.g. ONNX Runtime fp32 on `small32`: 55% -> 80% of networks within
+    +-5%, torch-fp32 63% -> 98%; benchmarks/RESULTS_latency.md).
     """
 
     scale: float = 1.0
@@ -122,37 +144,50 @@ class Overhead:
     per_input: float = 0.0
     const: float = 0.0
     fitted_on: int = 0  # number of architectures the fit used
+    per_weight: float = 0.0
+    per_output: float = 0.0
 
-    def apply(self, ops_ms: float, n_ops: int, input_elems: int) -> float:
-        linear = self.scale * ops_ms + self.per_op * n_ops + self.per_input * input_elems + self.const
+    def apply(self, sums: OpSums, input_elems: int) -> float:
+        linear = (self.scale * sums.ms + self.per_op * sums.ops + self.per_input * input_elems
+                  + self.per_weight * sums.weights + self.per_output * sums.outputs + self.const)
         # A fit on few, noisy networks can extrapolate below zero for networks smaller than any it saw; a
         # network never runs faster than half the sum of its separately timed ops.
-        return max(linear, 0.5 * ops_ms)
+        return max(linear, 0.5 * sums.ms)
+
+    def describe(self) -> str:
+        """The fitted formula in words (ms terms shown in us and ns)."""
+        return (f"{self.scale:.4f} x sum(ops) + {self.per_op * 1e3:.2f} us/op + {self.per_input * 1e6:.3f} ns/input "
+                f"element + {self.per_weight * 1e6:.3f} ns/weight + {self.per_output * 1e6:.3f} ns/output element "
+                f"+ {self.const * 1e3:.1f} us")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale, "per_op": self.per_op, "per_input": self.per_input, "const": self.const,
+        return {"scale": self.scale, "per_op": self.per_op, "per_input": self.per_input,
+                "per_weight": self.per_weight, "per_output": self.per_output, "const": self.const,
                 "fitted_on": self.fitted_on}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Overhead:
+        """An overhead stored by `to_dict` (tables fitted before `per_weight` / `per_output` existed: zero)."""
         if not d:
             return cls()
         return cls(float(d["scale"]), float(d["per_op"]), float(d.get("per_input", 0.0)), float(d["const"]),
-                   int(d.get("fitted_on", 0)))
+                   int(d.get("fitted_on", 0)), float(d.get("per_weight", 0.0)), float(d.get("per_output", 0.0)))
 
     @classmethod
-    def fit(cls, sums_ms: list[float], n_ops: list[int], input_elems: list[int], measured_ms: list[float]
-            ) -> Overhead:
-        """Least squares for relative error on (table sum, op count, input size) -> measured time."""
+    def fit(cls, sums: list[OpSums], input_elems: list[int], measured_ms: list[float]) -> Overhead:
+        """Least squares for relative error on (table sum, op count, input size, weights, outputs) -> measured
+        time. A feature that does not vary over the networks (one input size) is left out (its cost is part of
+        the constant)."""
         y = np.asarray(measured_ms, dtype=float)
-        x = np.column_stack([sums_ms, n_ops, input_elems, np.ones(len(y))]).astype(float)
+        s = np.asarray(sums, dtype=float).reshape(len(y), 4)
+        x = np.column_stack([s[:, 0], s[:, 1], input_elems, s[:, 2], s[:, 3], np.ones(len(y))]).astype(float)
         scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
         a = (x / scale) / y[:, None]
-        if np.ptp(input_elems) == 0:  # one input size: its cost is part of the constant
-            a[:, 2] = 0.0
-        c, *_ = np.linalg.lstsq(a, np.ones(len(y)), rcond=None)
+        varies = np.array([True, *(np.ptp(x[:, j]) > 0 for j in range(1, 5)), True])
+        c = np.zeros(x.shape[1])
+        c[varies], *_ = np.linalg.lstsq(a[:, varies], np.ones(len(y)), rcond=None)
         c = c / scale
-        return cls(float(c[0]), float(c[1]), float(c[2]), float(c[3]), len(y))
+        return cls(float(c[0]), float(c[1]), float(c[2]), float(c[5]), len(y), float(c[3]), float(c[4]))
 
 
 # Summed statistic. On a host shared with other jobs the median of a run-time sample moves with their load (the
@@ -173,8 +208,8 @@ class Predictor:
         self._ms: dict[OpKey, float] = table.lookup(self.stat)
         self._measured = frozenset(self._ms)
         self._model = OpModel.fit(self._ms) if self._ms else None
-        self._blocks: dict[tuple, tuple[float, int, int]] = {}
-        self._ends: dict[tuple, tuple[float, int]] = {}
+        self._blocks: dict[tuple, tuple[float, int, float, float, int]] = {}  # OpSums + output size
+        self._ends: dict[tuple, OpSums] = {}
 
     def op_ms(self, op: OpKey) -> float:
         """Latency of one op: the table's median, or the interpolation model's estimate (cached)."""
@@ -188,37 +223,38 @@ class Predictor:
     def in_table(self, op: OpKey) -> bool:
         return op in self._measured
 
-    def ops_ms(self, arch: Arch) -> tuple[float, int]:
-        """Sum of op latencies (no overhead) and the number of ops."""
+    def ops_ms(self, arch: Arch) -> OpSums:
+        """The table times of `arch`'s ops summed (no overhead), with its op count, weights and outputs."""
         se = arch.se_base
         c, hw = arch.stem_channels, (arch.resolution - 1) // arch.stem_stride + 1
         key = (arch.resolution, arch.in_channels, c, arch.stem_stride, arch.stem_act)
-        total, n = self._end(key, lambda: [stem_op(arch, arch.resolution)])
+        ms, n, w, o = self._end(key, lambda: [stem_op(arch, arch.resolution)])
         blocks = self._blocks
-        for b in arch.blocks():
+        for b in arch.blocks():  # plain float sums: this loop is most of a search's prediction time
             k = (se, c, hw, b)
             hit = blocks.get(k)
             if hit is None:
                 ops = block_ops(arch, c, hw, b)
-                hit = blocks[k] = (sum(self.op_ms(o) for o in ops), len(ops), (hw - 1) // b.stride + 1)
-            total += hit[0]
+                hit = blocks[k] = (*op_sums(ops, [self.op_ms(x) for x in ops]), (hw - 1) // b.stride + 1)
+            ms += hit[0]
             n += hit[1]
-            c, hw = b.out_channels, hit[2]
+            w += hit[2]
+            o += hit[3]
+            c, hw = b.out_channels, hit[4]
         key = (c, hw, arch.head_channels, arch.head_act, arch.head_hidden, arch.num_classes)
-        t, m = self._end(key, lambda: head_ops(arch, c, hw))
-        return total + t, n + m
+        end = self._end(key, lambda: head_ops(arch, c, hw))
+        return OpSums(ms + end[0], n + end[1], w + end[2], o + end[3])
 
-    def _end(self, key: tuple, ops: Any) -> tuple[float, int]:
+    def _end(self, key: tuple, ops: Any) -> OpSums:
         hit = self._ends.get(key)
         if hit is None:
-            o = ops()
-            hit = self._ends[key] = (sum(self.op_ms(x) for x in o), len(o))
+            x = ops()
+            hit = self._ends[key] = op_sums(x, [self.op_ms(op) for op in x])
         return hit
 
     def predict_ms(self, arch: Arch) -> float:
         """Predicted end-to-end latency of `arch` in milliseconds."""
-        ms, n = self.ops_ms(arch)
-        return self.overhead.apply(ms, n, arch.resolution * arch.resolution * arch.in_channels)
+        return self.overhead.apply(self.ops_ms(arch), arch.resolution * arch.resolution * arch.in_channels)
 
     __call__ = predict_ms
 

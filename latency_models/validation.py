@@ -81,8 +81,7 @@ def fit_overhead(predictor: Predictor, device: Device, space: SearchSpace, n: in
         raise ValueError(f"fit-samples: expected at least {MIN_FIT_SAMPLES} architectures, got {n}")
     archs = sample_archs(space, n, FIT_SEED)
     measured = measure_archs(device, archs, reps, passes, progress, desc="fit overhead", stat=predictor.stat)
-    sums, counts = zip(*(predictor.ops_ms(a) for a in archs), strict=True)
-    overhead = Overhead.fit(list(sums), list(counts), [a.resolution ** 2 * a.in_channels for a in archs],
+    overhead = Overhead.fit([predictor.ops_ms(a) for a in archs], [a.resolution ** 2 * a.in_channels for a in archs],
                             measured)
     macs = [count_macs(a) for a in archs]
     base = np.polyfit(macs, measured, 1, w=1 / np.asarray(measured))

@@ -90,8 +90,7 @@ def _fit(args: argparse.Namespace, table, device) -> tuple:  # -> (Overhead, fit
     overhead, data = fit_overhead(Predictor(table, stat=args.stat), device, space, args.fit_samples, args.reps,
                                   args.passes, not args.no_progress)
     print(f"overhead fitted on {overhead.fitted_on} architectures of {space.name} in {time.time() - t:.0f}s: "
-          f"{overhead.scale:.4f} x sum(ops) + {overhead.per_op * 1000:.2f} us/op + "
-          f"{overhead.per_input * 1e6:.3f} ns/input element + {overhead.const * 1000:.1f} us")
+          f"{overhead.describe()}")
     return overhead, data
 
 
@@ -140,8 +139,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     png = plot(df, report, title, outdir / "predicted_vs_measured.png")
     save_report(report, df, outdir, {"device": spec.table_id, "space": space.name, "stat": pred.stat,
                                      "reps": args.reps, "passes": args.passes, "fit_archs": fit["archs"],
-                                     "overhead": {k: fit[k] for k in ("scale", "per_op", "per_input", "const")
-                                                  if k in fit},
+                                     "overhead": Overhead.from_dict(fit).to_dict(),
                                      "overhead_stored_in_table": fit is table.overhead,
                                      "fingerprint": table.fingerprint})
     print(f"plot: {png}")
@@ -149,6 +147,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from latency_models import Overhead
+
     spec, table, device = _load(args)
     f = table.frame
     print(f"{table.path}: {len(f)} ops, measured on {table.fingerprint.get('cpu_model')} "
@@ -157,7 +157,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f.groupby("op").median_ms.agg(["count", "median", "max"]).to_string())
     print(f"median relative spread (MAD/median): {(f.mad_ms / f.median_ms).median() * 100:.2f}%")
     print("overhead: " + ("not fitted" if not table.overhead else
-                          f"{table.overhead['scale']:.4f} x sum + {table.overhead['per_op'] * 1000:.2f} us/op + "
-                          f"{table.overhead.get('per_input', 0) * 1e6:.3f} ns/input element + "
-                          f"{table.overhead['const'] * 1000:.1f} us (fitted on {table.overhead['fitted_on']})"))
+                          f"{Overhead.from_dict(table.overhead).describe()} (fitted on "
+                          f"{table.overhead['fitted_on']})"))
     return 0

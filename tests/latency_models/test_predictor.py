@@ -7,10 +7,11 @@ import pytest
 
 import search_spaces as ss
 from latency_models import LatencyTable, OpKey, Overhead, Predictor, arch_ops
+from latency_models.predictor import OpSums, op_features
 
 
 def test_prediction_is_table_sum_plus_overhead(fp32_table: LatencyTable, archs: list[ss.Arch]) -> None:
-    overhead = Overhead(scale=0.9, per_op=0.002, per_input=1e-6, const=0.05)
+    overhead = Overhead(scale=0.9, per_op=0.002, per_input=1e-6, const=0.05, per_weight=2e-7, per_output=3e-7)
     pred = Predictor(fp32_table, overhead)
     raw = Predictor(fp32_table, Overhead())
     assert pred.stat == raw.stat == "p10_ms"
@@ -21,7 +22,11 @@ def test_prediction_is_table_sum_plus_overhead(fp32_table: LatencyTable, archs: 
         total = sum(lookup[o] for o in ops)
         assert math.isclose(raw.predict_ms(a), total, rel_tol=1e-12)
         px = a.resolution ** 2 * a.in_channels
-        assert math.isclose(pred.predict_ms(a), 0.9 * total + 0.002 * len(ops) + 1e-6 * px + 0.05, rel_tol=1e-12)
+        weights = sum(op_features(o)[4] for o in ops)
+        outputs = sum(o.out_hw ** 2 * o.out_channels for o in ops)
+        assert math.isclose(pred.predict_ms(a), 0.9 * total + 0.002 * len(ops) + 1e-6 * px + 2e-7 * weights
+                            + 3e-7 * outputs + 0.05, rel_tol=1e-12)
+        assert pred.ops_ms(a) == OpSums(pytest.approx(total, rel=1e-12), len(ops), weights, outputs)
         assert all(measured for _, _, measured in pred.breakdown(a))
         assert pred.predict_ms(a) == pred.predict_ms(a)  # cached path agrees with the first computation
 
@@ -85,10 +90,18 @@ def test_predictions_per_second(fp32_table: LatencyTable) -> None:
 
 def test_overhead_fit_recovers_a_planted_relation() -> None:
     rng = random.Random(1)
-    sums = [rng.uniform(0.5, 3.0) for _ in range(40)]
-    counts = [rng.randint(40, 90) for _ in range(40)]
+    sums = [OpSums(rng.uniform(0.5, 3.0), rng.randint(40, 90), rng.uniform(1e5, 2e6), rng.uniform(5e4, 5e5))
+            for _ in range(40)]
     pixels = [rng.choice([576, 784, 1024]) for _ in range(40)]
-    measured = [0.95 * s + 0.003 * n + 2e-5 * p + 0.04 for s, n, p in zip(sums, counts, pixels, strict=True)]
-    o = Overhead.fit(sums, counts, pixels, measured)
-    assert (o.scale, o.per_op, o.per_input, o.const) == pytest.approx((0.95, 0.003, 2e-5, 0.04), rel=1e-6)
+    measured = [0.95 * s.ms + 0.003 * s.ops + 2e-5 * p + 3e-8 * s.weights + 5e-8 * s.outputs + 0.04
+                for s, p in zip(sums, pixels, strict=True)]
+    o = Overhead.fit(sums, pixels, measured)
+    assert (o.scale, o.per_op, o.per_input, o.per_weight, o.per_output, o.const) == pytest.approx(
+        (0.95, 0.003, 2e-5, 3e-8, 5e-8, 0.04), rel=1e-6)
     assert o.fitted_on == 40 and Overhead.from_dict(o.to_dict()) == o
+    # a table fitted before the weight and output terms existed still loads, with both zero
+    old = {k: v for k, v in o.to_dict().items() if k not in ("per_weight", "per_output")}
+    assert (Overhead.from_dict(old).per_weight, Overhead.from_dict(old).per_output) == (0.0, 0.0)
+    # one input size: its term is left out (part of the constant), not a singular fit
+    same = Overhead.fit(sums, [784] * 40, [m - 2e-5 * (p - 784) for m, p in zip(measured, pixels, strict=True)])
+    assert same.per_input == 0.0 and same.per_weight == pytest.approx(3e-8, rel=1e-6)
