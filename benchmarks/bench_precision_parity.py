@@ -77,11 +77,14 @@ def main() -> int:
     ap.add_argument("--train-device", default="auto")
     ap.add_argument("--emulated", action="store_true",
                     help="on a CPU, train bf16 / fp16 even where this CPU only emulates them (slow: accuracy only)")
+    ap.add_argument("--precision", action="append", default=None, choices=PRECISIONS[1:],
+                    help="mixed precisions to compare with fp32 (repeatable; default: bf16 and fp16)")
     ap.add_argument("--json", type=Path, default=None, help="also write every run's accuracies as JSON here")
     args = ap.parse_args()
     datasets = args.data or ["digits"] + ([FASHION] if Path(FASHION).is_dir() else [])
     try:
-        rows = backends(args.train_device, args.emulated)
+        rows = [r for r in backends(args.train_device, args.emulated)
+                if r[0] == "fp32" or args.precision is None or r[0] in args.precision]
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -91,10 +91,13 @@ def profile(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, reps
 
         bar = tqdm(total=len(ops) * passes, initial=finished, unit="op", desc=f"profile {spec.table_id}",
                    file=sys.stderr, dynamic_ncols=True)
+    busiest = 0.0
     try:
         for i in range(0, len(todo), chunk):
             part = [o for _, o in todo[i:i + chunk]]
             fp, rows = measure(part)
+            if local:
+                busiest = max(busiest, other_load(spec.threads))
             if not table.fingerprint:
                 table.fingerprint = fp
             elif not local:
@@ -108,7 +111,27 @@ def profile(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, reps
             bar.close()
     if not len(table):
         table.save(out)
+    if busiest > BUSY_LOAD:
+        # every pass of an op can run under the same load: keeping the lowest pass does not repair that
+        log(f"profile {spec.table_id}: other processes kept about {busiest:.1f} CPUs busy while it ran, so op "
+            f"times may be too slow (a table profiled under load was the largest prediction error measured, "
+            f"benchmarks/RESULTS_latency.md); rerun `nas profile` with --passes one higher on an idle machine: each "
+            f"op keeps its lowest time")
     return table
+
+
+# more than this many CPUs' worth of other runnable work (1-minute load average, less the profile's own threads)
+# during profiling gets a warning
+BUSY_LOAD = 0.75
+
+
+def other_load(own_threads: int) -> float:
+    """The 1-minute load average less `own_threads` (the profile's own): roughly how many CPUs other processes
+    keep busy (0 where the platform has no load average)."""
+    try:
+        return max(0.0, os.getloadavg()[0] - own_threads)
+    except (OSError, AttributeError):
+        return 0.0
 
 
 def profile_ray(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, address: str, resource: str,
