@@ -10,7 +10,7 @@ re-exported here: it depends on compression, which imports this package's `Quant
 
 from nas.export.checkpoint import FORMAT, FORMAT_VERSION, CheckpointError, load, read_metadata, save
 from nas.export.model import QuantizedModel
-from nas.export.onnx_qdq import run_onnx, to_onnx
+from nas.export.onnx_qdq import onnx_runner, run_onnx, to_onnx
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "QuantizedModel", "load", "read_metadata", "run_onnx",
-           "save", "to_onnx"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "QuantizedModel", "load", "onnx_runner", "read_metadata",
+           "run_onnx", "save", "to_onnx"]

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from nas.data import Splits, TensorSplits
+from nas.data import Splits, data_source
 from nas.kernels import QuantizedNetwork
 from nas.timing import time_calls
 from search_spaces import Arch
@@ -21,13 +21,14 @@ class DataMismatchError(ValueError):
 
 @dataclass
 class Evaluation:
-    """Top-1 accuracy of a network on one part of a dataset, with the inputs and predictions behind it."""
+    """Top-1 accuracy of a network on one part of a dataset, with the labels and predictions behind it (and those
+    of another runtime given the same inputs, when asked: `QuantizedModel.evaluate(..., also=...)`)."""
 
     part: str
     top1: float
-    x: np.ndarray  # the part's images as the network saw them: normalised, resized, float32 NCHW
     y: np.ndarray
     pred: np.ndarray
+    also_pred: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -96,17 +97,25 @@ class QuantizedModel:
             f"{a.resolution}x{a.resolution} input{size}"
         )
 
-    def evaluate(self, data: Any, part: str = "test", where: str = "data") -> Evaluation:
-        """Top-1 accuracy on `part` ('train', 'val' or 'test') of `data` (`nas.data.Splits` or `TensorSplits`),
-        after `check_data`. `where` names the data in errors (the CLI passes "--data PATH")."""
-        self.check_data(data, where)  # before TensorSplits computes anything from the data
-        tensors = TensorSplits(data) if isinstance(data, Splits) else data
-        x, y = tensors.tensors(part, self.arch.resolution)
-        if len(y) == 0:
+    def evaluate(self, data: Any, part: str = "test", where: str = "data",
+                 also: Callable[[np.ndarray], np.ndarray] | None = None) -> Evaluation:
+        """Top-1 accuracy on `part` ('train', 'val' or 'test') of `data` (`nas.data.Splits`, in memory or streamed
+        from disk, or a `DataSource`), after `check_data`, batch by batch (data larger than memory never is held
+        whole). `also`: another runtime's logits for the same normalised float NCHW batches (e.g. ONNX Runtime),
+        whose top-1 predictions come back as `also_pred`. `where` names the data in errors ("--data PATH")."""
+        self.check_data(data, where)  # before a source computes anything from the data
+        source = data_source(data) if isinstance(data, Splits) else data
+        ys, preds, others = [], [], []
+        for x, y in source.eval_batches(part, self.arch.resolution):
+            xn = x.numpy()
+            ys.append(y.numpy())
+            preds.append(self.predict(xn))
+            if also is not None:
+                others.append(np.asarray(also(xn)).argmax(1))
+        if not ys or sum(len(y) for y in ys) == 0:
             raise ValueError(f"{where}: the {part} split has no images to evaluate checkpoint {self._name()} on")
-        pred = self.predict(x)
-        yn = y.numpy()
-        return Evaluation(part, float((pred == yn).mean()), x.numpy(), yn, pred)
+        y, pred = np.concatenate(ys), np.concatenate(preds)
+        return Evaluation(part, float((pred == y).mean()), y, pred, np.concatenate(others) if others else None)
 
     def _name(self) -> str:
         return self.source or f"with arch {self.arch}"

@@ -15,6 +15,7 @@ exported pre-dequantized (float), since per-group DequantizeLinear needs a newer
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -246,12 +247,18 @@ def to_onnx(model: QuantizedModel, path: str | os.PathLike, fp32: bool = False) 
     return str(path)
 
 
-def run_onnx(path: str | os.PathLike, x: np.ndarray, threads: int = 1) -> np.ndarray:
-    """Logits of an exported model under ONNX Runtime (CPU, all graph optimisations)."""
+def onnx_runner(path: str | os.PathLike, threads: int = 1) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from float NCHW inputs to the logits of an exported model under ONNX Runtime (CPU, all graph
+    optimisations); the session is built once, here."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return sess.run(["logits"], {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
+    return lambda x: sess.run(["logits"], {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def run_onnx(path: str | os.PathLike, x: np.ndarray, threads: int = 1) -> np.ndarray:
+    """Logits of an exported model under ONNX Runtime for `x` (one session for this call: `onnx_runner`)."""
+    return onnx_runner(path, threads)(x)

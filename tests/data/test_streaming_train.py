@@ -173,7 +173,7 @@ def test_the_flags_stay_out_of_the_study_settings_and_reach_the_plan(tmp_path):
     assert plan(a).loading.memory_limit > 0  # default: a share of physical memory
 
 
-def test_a_quick_search_streams_end_to_end_and_its_checkpoint_evaluates_in_memory(idx_set, tmp_path, capsys):
+def test_a_quick_search_streams_end_to_end_and_its_checkpoint_evaluates(idx_set, tmp_path, capsys):
     """`nas search --quick` past --data-memory-limit: the prepare stage streams, the trials score, the chosen
     network is fine-tuned and finalized (on held subsets: here the whole 300-image test set), and `nas eval` of its
     checkpoint, reading the data in memory, finds the recorded fingerprints and the same test accuracy."""
@@ -193,3 +193,10 @@ def test_a_quick_search_streams_end_to_end_and_its_checkpoint_evaluates_in_memor
     rc, text, err = _cli(capsys, "eval", finalized["checkpoint"], "--json")
     assert rc == 0, err
     assert json.loads(text)["top1"] == finalized["accuracy"]["int8_test"]
+    # and scored streamed, batch by batch, past the same memory limit: the same images, the same accuracy, and
+    # ONNX Runtime's predictions on the same batches
+    rc, text, err = _cli(capsys, "eval", finalized["checkpoint"], "--json", "--onnx", "--data-memory-limit",
+                         "100kB", "--data-workers", "1")
+    assert rc == 0, err
+    streamed = json.loads(text)
+    assert streamed["top1"] == finalized["accuracy"]["int8_test"] and streamed["onnx_agreement"] > 0.9

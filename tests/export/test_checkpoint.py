@@ -188,7 +188,10 @@ def test_evaluate_scores_matching_data_like_accuracy(models, tmp_path):
     ev = model.evaluate(data, "val", where="--data rand.npz")
     x, y = TensorSplits(data).tensors("val", ARCH.resolution)
     assert ev.n == len(y) == 20 and ev.top1 == model.accuracy(x, y)
-    assert np.array_equal(ev.pred, model.predict(x)) and np.array_equal(ev.x, x.numpy())
+    assert np.array_equal(ev.pred, model.predict(x)) and np.array_equal(ev.y, y.numpy()) and ev.also_pred is None
+    # another runtime's logits on the same batches: here the kernels themselves, so it agrees everywhere
+    both = model.evaluate(data, "val", also=model)
+    assert np.array_equal(both.also_pred, ev.pred)
 
 
 @pytest.mark.parametrize("channels, classes, size, fragment", [
