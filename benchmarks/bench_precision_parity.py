@@ -49,13 +49,15 @@ def backends(device: str, emulated: bool) -> list[tuple[str, TrainBackend | None
     return out
 
 
-def splits_of(data: str, train_images: int | None, test_images: int | None, seed: int = 0) -> TensorSplits:
-    """The train / val / test split of `data` (seed 0), train and test cut to class-stratified subsets."""
+def splits_of(data: str, train_images: int | None, test_images: int | None, seed: int = 0,
+              val_images: int | None = None) -> TensorSplits:
+    """The train / val / test split of `data` (seed 0), each cut to a class-stratified subset where asked (the
+    val split is scored after every epoch: a large one costs more than training on a small train subset)."""
     splits = split(load_dataset(data), seed=seed)
-    if train_images is not None and train_images < len(splits.train):
-        splits = replace(splits, train=stratified_subset(splits.train, train_images, seed, "--train-images"))
-    if test_images is not None and test_images < len(splits.test):
-        splits = replace(splits, test=stratified_subset(splits.test, test_images, seed, "--test-images"))
+    for part, n, flag in (("train", train_images, "--train-images"), ("val", val_images, "--val-images"),
+                          ("test", test_images, "--test-images")):
+        if n is not None and n < len(getattr(splits, part)):
+            splits = replace(splits, **{part: stratified_subset(getattr(splits, part), n, seed, flag)})
     return TensorSplits(splits)
 
 
@@ -74,6 +76,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--train-images", type=int, default=5000, help="class-stratified training subset (per dataset)")
     ap.add_argument("--test-images", type=int, default=2000)
+    ap.add_argument("--val-images", type=int, default=2000, help="class-stratified val subset (scored every epoch)")
     ap.add_argument("--train-device", default="auto")
     ap.add_argument("--emulated", action="store_true",
                     help="on a CPU, train bf16 / fp16 even where this CPU only emulates them (slow: accuracy only)")
@@ -93,7 +96,7 @@ def main() -> int:
           f"({hardware_name(device)}); CPU {cpu_model()}\n")
     results = []
     for data in datasets:
-        splits = splits_of(data, args.train_images, args.test_images)
+        splits = splits_of(data, args.train_images, args.test_images, val_images=args.val_images)
         train = splits.splits.train
         arch = (ss.parse_arch(args.arch) if args.arch else
                 ss.get_space(ss.DEFAULT_SPACE).largest().replace(resolution=24))
