@@ -330,13 +330,14 @@ def test_fp16_loss_scale_is_saved_and_resumed(digits: TensorSplits, tmp_path: Pa
     from nas.supernet.training import STATE_FILE, SupernetCacheError
 
     fp16 = TrainBackend("cpu", "fp16")
+    two = dataclasses.replace(FAST, epochs=(1, 1, 0, 0))  # CPU fp16 is emulated (slow): two epochs, one resumed
 
-    def stop_after_two(record: dict) -> None:
-        if record["epoch"] == 2:
+    def stop_after_one(record: dict) -> None:
+        if record["epoch"] == 1:
             raise _Stop
 
     with pytest.raises(_Stop):
-        train_supernet(TINY, digits, FAST, root=tmp_path, progress=False, callback=stop_after_two, backend=fp16)
+        train_supernet(TINY, digits, two, root=tmp_path, progress=False, callback=stop_after_one, backend=fp16)
     state_file = next(tmp_path.glob(f"*/{STATE_FILE}"))
     saved = json.loads(state_file.read_text())["scaler"]
     assert saved is not None and saved["scale"] > 0 and "_growth_tracker" in saved
@@ -344,14 +345,15 @@ def test_fp16_loss_scale_is_saved_and_resumed(digits: TensorSplits, tmp_path: Pa
     saved["scale"] = 2.0 ** 7
     text = json.loads(state_file.read_text())
     state_file.write_text(json.dumps({**text, "scaler": saved}))
-    run = train_supernet(TINY, digits, FAST, root=tmp_path, progress=False, backend=fp16)
+    run = train_supernet(TINY, digits, two, root=tmp_path, progress=False, backend=fp16)
     assert run.finished
     final = json.loads(state_file.read_text())["scaler"]
     assert final["scale"] <= 2.0 ** 7  # continued from 128 (it only grows after 2000 clean steps)
     # fp32 keeps no scaler state; a tampered one is refused naming the file
-    plain = train_supernet(TINY, digits, FAST, root=tmp_path / "fp32", progress=False)
+    plain = train_supernet(TINY, digits, dataclasses.replace(FAST, epochs=(1, 0, 0, 0)), root=tmp_path / "fp32",
+                           progress=False)
     assert json.loads((plain.path / STATE_FILE).read_text())["scaler"] is None
     text = json.loads(state_file.read_text())
-    state_file.write_text(json.dumps({**text, "epoch": 3, "history": text["history"][:3], "scaler": {"scale": -1}}))
+    state_file.write_text(json.dumps({**text, "epoch": 1, "history": text["history"][:1], "scaler": {"scale": -1}}))
     with pytest.raises(SupernetCacheError, match="scaler"):
-        train_supernet(TINY, digits, FAST, root=tmp_path, progress=False, backend=fp16)
+        train_supernet(TINY, digits, two, root=tmp_path, progress=False, backend=fp16)
