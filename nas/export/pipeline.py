@@ -328,6 +328,8 @@ def finalize(model: nn.Module, arch: ss.Arch, splits: Splits | TensorSplits, con
     if config.measure_device:  # the final network as that device runs it (the one timer: the device's own)
         spec = latency_models.DeviceSpec.make(config.measure_device)
         runners[spec.table_id] = latency_models.get_device(spec).prepare_arch(arch)
+        # and as its table predicts it (the search's own table under table_root; None where there is none)
+        lat[f"{spec.table_id}_predicted"] = _predicted(arch, spec.table_id, table_path(config, spec.table_id))
     lat.update({f"{name}_measured": ms for name, ms in
                 measure_round_robin(runners, config.bench_reps, rounds).items()})
     cost = ss.count(arch)

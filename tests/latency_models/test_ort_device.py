@@ -183,6 +183,13 @@ def test_finalize_measures_the_final_network_on_the_search_device(tmp_path: Path
     x = g.integers(0, 256, (60, ARCH.in_channels, ARCH.resolution, ARCH.resolution), dtype=np.uint8)
     data = split(Dataset("rand", x, np.arange(60) % 10, 10, tuple(map(str, range(10))), "rand.npz"))
     torch.manual_seed(0)
-    cfg = FinalizeConfig(measure_device="ort-int8", calib_size=16, onnx=False, bench_reps=2)
+    cfg = FinalizeConfig(measure_device="ort-int8", calib_size=16, onnx=False, bench_reps=2,
+                         table_root=str(tmp_path))
     lat = finalize(build(ARCH).eval(), ARCH, data, cfg, tmp_path / "final").latency_ms
     assert lat["ort-int8_measured"] > 0 and lat["int8_measured"] > 0
+    assert lat["ort-int8_predicted"] is None  # no ort-int8 table under the table root yet
+    # with the search's ort-int8 table there, finalize also reports what it predicts for the final network
+    profile(DeviceSpec.make("ort-int8"), arch_ops(ARCH), tmp_path / "latency" / "ort-int8.csv", reps=3, passes=1,
+            progress=False, log=lambda line: None)
+    lat = finalize(build(ARCH).eval(), ARCH, data, cfg, tmp_path / "final2").latency_ms
+    assert lat["ort-int8_predicted"] > 0
