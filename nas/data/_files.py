@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -144,15 +146,12 @@ def is_gray(mode: str) -> bool:
     return mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;16")
 
 
-def _read_image_tree(root: Path, class_names: tuple[str, ...] | None) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """Read root/<class>/*; class indices follow ``class_names`` if given, else sorted folder names.
-
-    Each image's size is checked from its header before it is decoded (a few-KB PNG can declare 50000 x 50000).
-    """
+def each_image(files: list[Path], visit: Callable[[Any], None]) -> None:
+    """Open each of `files` with PIL, check its size from the header (before `visit` decodes anything: a few-KB PNG
+    can declare 50000 x 50000) against the first's, and call `visit` with it; an unreadable image is one
+    `DatasetError` naming the file. The in-memory reader and the streaming scan both go through here."""
     from PIL import Image, UnidentifiedImageError
 
-    files, labels, names = tree_files(root, class_names)
-    arrays: list[np.ndarray] = []
     first: tuple[Path, tuple[int, int]] | None = None
     for file in files:
         try:
@@ -160,10 +159,22 @@ def _read_image_tree(root: Path, class_names: tuple[str, ...] | None) -> tuple[n
                 check_image_size(file, im.size, first)
                 if first is None:
                     first = (file, im.size)
-                im.load()
-                arrays.append(np.asarray(im.convert("L" if is_gray(im.mode) else "RGB"), dtype=np.uint8))
+                visit(im)
         except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as exc:
             raise DatasetError(f"{file}: unreadable image ({exc})") from exc
+
+
+def _read_image_tree(root: Path, class_names: tuple[str, ...] | None) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Read root/<class>/*; class indices follow ``class_names`` if given, else sorted folder names (sizes checked
+    from the headers first, `each_image`)."""
+    files, labels, names = tree_files(root, class_names)
+    arrays: list[np.ndarray] = []
+
+    def decode(im: Any) -> None:
+        im.load()
+        arrays.append(np.asarray(im.convert("L" if is_gray(im.mode) else "RGB"), dtype=np.uint8))
+
+    each_image(files, decode)
     if any(a.ndim == 3 for a in arrays):
         # PIL's L -> RGB copies the gray value into each channel; so does this, without keeping two decodings
         x = np.stack([a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2) for a in arrays]).transpose(0, 3, 1, 2)

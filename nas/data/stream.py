@@ -28,6 +28,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from nas.data._files import (
     _npz_array,
     _visible_dirs,
     check_image_size,
+    each_image,
     is_gray,
     looks_like_image_folder,
     tree_files,
@@ -579,22 +581,18 @@ def npz_bytes(path: Path) -> int:
 
 def _scan_tree(root: Path, class_names: tuple[str, ...] | None) -> tuple[list[str], np.ndarray, tuple, tuple]:
     """Files, labels, class names and image shape (C, H, W) of root/<class>/*, from the image headers alone."""
-    from PIL import Image, UnidentifiedImageError
-
     files, labels, names = tree_files(root, class_names)
-    first: tuple[Path, tuple[int, int]] | None = None
+    size: tuple[int, int] | None = None  # the first image's (each_image checks the others match it)
     colour = False
-    for file in files:
-        try:
-            with Image.open(file) as im:
-                check_image_size(file, im.size, first)
-                if first is None:
-                    first = (file, im.size)
-                colour = colour or not is_gray(im.mode)
-        except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise DatasetError(f"{file}: unreadable image ({exc})") from exc
-    assert first is not None  # tree_files refuses empty class folders
-    w, h = first[1]
+
+    def scan(im: Any) -> None:
+        nonlocal size, colour
+        size = size or im.size
+        colour = colour or not is_gray(im.mode)
+
+    each_image(files, scan)
+    assert size is not None  # tree_files refuses empty class folders
+    w, h = size
     return [str(f) for f in files], np.asarray(labels, dtype=np.int64), names, (3 if colour else 1, h, w)
 
 
