@@ -85,16 +85,7 @@ class Dataset:
 
     def describe(self) -> dict[str, object]:
         """JSON-ready summary (for run records and reports)."""
-        return {
-            "name": self.name,
-            "source": self.source,
-            "images": len(self),
-            "test_images": len(self.test) if self.test is not None else None,
-            "shape_chw": list(self.x.shape[1:]),
-            "dtype": str(self.x.dtype),
-            "num_classes": self.num_classes,
-            "class_names": list(self.class_names),
-        }
+        return summary(self, self.x.shape[1:], str(self.x.dtype))
 
     def class_counts(self) -> np.ndarray:
         """Images per class, length ``num_classes``."""
@@ -269,3 +260,18 @@ def stratified_subset(part: Dataset | StreamDataset, n: int, seed: int,
     rng = np.random.default_rng(seed)
     keep = [rng.permutation(np.flatnonzero(part.y == c))[:k] for c, k in zip(classes, take, strict=True)]
     return part.subset(np.sort(np.concatenate(keep)))
+
+
+def summary(data: Dataset | StreamDataset, shape_chw: tuple[int, ...], dtype: str) -> dict[str, object]:
+    """The JSON-ready summary of a dataset held in memory or streamed (`Dataset.describe`,
+    `nas.data.stream.StreamDataset.describe`): name, source, image counts, shape, dtype and classes."""
+    return {
+        "name": data.name,
+        "source": data.source,
+        "images": len(data),
+        "test_images": len(data.test) if data.test is not None else None,
+        "shape_chw": list(shape_chw),
+        "dtype": dtype,
+        "num_classes": data.num_classes,
+        "class_names": list(data.class_names),
+    }

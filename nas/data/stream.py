@@ -53,7 +53,7 @@ from nas.data._idx import (
     trailing,
     truncated,
 )
-from nas.data.dataset import Dataset
+from nas.data.dataset import Dataset, summary
 from nas.io import write_atomic
 
 __all__ = [
@@ -285,17 +285,7 @@ class StreamDataset:
 
     def describe(self) -> dict[str, object]:
         """JSON-ready summary (for run records and reports), as :meth:`nas.data.Dataset.describe`."""
-        return {
-            "name": self.name,
-            "source": self.source,
-            "images": len(self),
-            "test_images": len(self.test) if self.test is not None else None,
-            "shape_chw": list(self.rows.chw),
-            "dtype": "uint8",
-            "num_classes": self.num_classes,
-            "class_names": list(self.class_names),
-            "streamed": True,
-        }
+        return {**summary(self, self.rows.chw, "uint8"), "streamed": True}
 
     def class_counts(self) -> np.ndarray:
         """Images per class, length ``num_classes``."""
