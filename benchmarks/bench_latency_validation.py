@@ -1,9 +1,9 @@
 """Latency-prediction accuracy for every device, thread count and space, in one run (issue #31's table).
 
 For each device (table id) x space: profile the space's ops into `<results>/latency/<space>/<table id>.csv` where
-missing (resumable: a killed run continues), fit the per-network overhead on `--fit-samples` random networks, then
-measure `--samples` other random networks end to end and score the predictor (`nas latency validate`'s code:
-`latency_models.validation`). Prints one markdown table: within +-10%, within +-5%, MAPE, max error, and the
+missing (resumable: a killed run continues), fit the per-network overhead on `--fit-samples` random networks and
+score it on `--samples` other random networks, both sets measured end to end in the same round-robin passes
+(`nas latency validate`'s code: `latency_models.validation.fit_and_validate`). Prints one markdown table: within +-10%, within +-5%, MAPE, max error, and the
 FLOPs baseline's within +-10%, per row.
 
     python benchmarks/bench_latency_validation.py [--device kernels --device ort-int8 ...] [--threads 1 --threads 2]
@@ -24,7 +24,7 @@ from pathlib import Path
 import search_spaces as ss
 from latency_models import DeviceSpec, LatencyTable, Predictor, enumerate_ops, get_device, profile
 from latency_models.devices import cpu_model
-from latency_models.validation import fit_overhead, save_report, validate
+from latency_models.validation import fit_and_validate, save_report
 from nas.io import results_dir, write_atomic
 
 DEVICES = ("kernels", "kernels-int4", "ort-int8", "ort-fp32", "torch-fp32", "torch-int8")
@@ -46,11 +46,8 @@ def row(name: str, threads: int, space: ss.SearchSpace, args: argparse.Namespace
     table = LatencyTable.load(path, spec.table_id)
     profile_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    overhead, fit = fit_overhead(Predictor(table), device, space, args.fit_samples, args.net_reps, args.passes,
-                                 not args.no_progress)
-    predictor = Predictor(table, overhead=overhead, stat=fit["stat"])
-    report, df = validate(predictor, device, space, args.samples, fit, args.net_reps, args.passes,
-                          not args.no_progress)
+    overhead, fit, report, df = fit_and_validate(Predictor(table), device, space, args.fit_samples, args.samples,
+                                                 args.net_reps, args.passes, not args.no_progress)
     save_report(report, df, folder / f"validate-{spec.table_id}",
                 {"device": spec.table_id, "space": space.name, "fit_archs": fit["archs"],
                  "overhead": overhead.to_dict(), "fingerprint": table.fingerprint}, log=lambda m: None)

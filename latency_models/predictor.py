@@ -108,19 +108,22 @@ def _position(op: OpKey) -> np.ndarray:
 
 
 class OpSums(NamedTuple):
-    """What a network's ops add up to, the inputs of `Overhead`: the table's time (ms), the number of ops, and
-    the weight and output elements over all ops (int8 or fp32 alike: each device's fit prices its own bytes)."""
+    """What a network's ops add up to, the inputs of `Overhead`: the table's time (ms), the number of ops, the
+    weight and output elements over all ops (int8 or fp32 alike: each device's fit prices its own bytes), and
+    the ops' 1-thread times (ms; equal to `ms` for a 1-thread table)."""
 
     ms: float
     ops: int
     weights: float
     outputs: float
+    serial: float
 
 
-def op_sums(ops: list[OpKey], ms: list[float]) -> OpSums:
-    """`OpSums` of `ops` whose table times are `ms`."""
+def op_sums(ops: list[OpKey], ms: list[float], serial: list[float] | None = None) -> OpSums:
+    """`OpSums` of `ops` whose table times are `ms` and 1-thread times `serial` (default: `ms`)."""
     feats = [op_features(o) for o in ops]
-    return OpSums(sum(ms), len(ops), sum(f[4] for f in feats), sum(f[3] for f in feats))
+    return OpSums(sum(ms), len(ops), sum(f[4] for f in feats), sum(f[3] for f in feats),
+                  sum(ms if serial is None else serial))
 
 
 @dataclass
@@ -128,7 +131,7 @@ class Overhead:
     """Per-network correction of the summed op times (ms):
 
     measured = scale * sum(ops) + per_op * n_ops + per_input * input elements + per_weight * weight elements
-               + per_output * output elements + const
+               + per_output * output elements + per_serial * sum(ops on 1 thread) + const
 
     `per_op` is the executor's dispatch cost per op call, `per_input` its float-to-int8 input conversion,
     `const` the fixed cost of a call; `scale` absorbs cache effects of running ops back to back. `per_weight`:
@@ -137,6 +140,10 @@ class Overhead:
     the next reads (warm in a network, where a lone op's repeated runs keep rewriting the same buffer). Both were
     the largest error left on every device (e.g. ONNX Runtime fp32 on `small32`: 55% -> 80% of networks within
     +-5%, torch-fp32 63% -> 98%; benchmarks/RESULTS_latency.md).
+    `per_serial` (tables of N > 1 threads only): an op timed alone on N threads, over and over, keeps its
+    worker threads spinning and its data where they last left it; in a network part of each op's split across
+    threads is not recovered, and how much follows what the op gains from threads (its 1-thread time against
+    its N-thread one), not its size.
     """
 
     scale: float = 1.0
@@ -146,10 +153,12 @@ class Overhead:
     fitted_on: int = 0  # number of architectures the fit used
     per_weight: float = 0.0
     per_output: float = 0.0
+    per_serial: float = 0.0
 
     def apply(self, sums: OpSums, input_elems: int) -> float:
         linear = (self.scale * sums.ms + self.per_op * sums.ops + self.per_input * input_elems
-                  + self.per_weight * sums.weights + self.per_output * sums.outputs + self.const)
+                  + self.per_weight * sums.weights + self.per_output * sums.outputs + self.per_serial * sums.serial
+                  + self.const)
         # A fit on few, noisy networks can extrapolate below zero for networks smaller than any it saw; a
         # network never runs faster than half the sum of its separately timed ops.
         return max(linear, 0.5 * sums.ms)
@@ -158,36 +167,41 @@ class Overhead:
         """The fitted formula in words (ms terms shown in us and ns)."""
         return (f"{self.scale:.4f} x sum(ops) + {self.per_op * 1e3:.2f} us/op + {self.per_input * 1e6:.3f} ns/input "
                 f"element + {self.per_weight * 1e6:.3f} ns/weight + {self.per_output * 1e6:.3f} ns/output element "
-                f"+ {self.const * 1e3:.1f} us")
+                + (f"+ {self.per_serial:.4f} x sum(ops on 1 thread) " if self.per_serial else "")
+                + f"+ {self.const * 1e3:.1f} us")
 
     def to_dict(self) -> dict[str, Any]:
         return {"scale": self.scale, "per_op": self.per_op, "per_input": self.per_input,
-                "per_weight": self.per_weight, "per_output": self.per_output, "const": self.const,
-                "fitted_on": self.fitted_on}
+                "per_weight": self.per_weight, "per_output": self.per_output, "per_serial": self.per_serial,
+                "const": self.const, "fitted_on": self.fitted_on}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Overhead:
-        """An overhead stored by `to_dict` (tables fitted before `per_weight` / `per_output` existed: zero)."""
+        """An overhead stored by `to_dict` (terms fitted before they existed: zero)."""
         if not d:
             return cls()
         return cls(float(d["scale"]), float(d["per_op"]), float(d.get("per_input", 0.0)), float(d["const"]),
-                   int(d.get("fitted_on", 0)), float(d.get("per_weight", 0.0)), float(d.get("per_output", 0.0)))
+                   int(d.get("fitted_on", 0)), float(d.get("per_weight", 0.0)), float(d.get("per_output", 0.0)),
+                   float(d.get("per_serial", 0.0)))
 
     @classmethod
     def fit(cls, sums: list[OpSums], input_elems: list[int], measured_ms: list[float]) -> Overhead:
         """Least squares for relative error on (table sum, op count, input size, weights, outputs) -> measured
         time. A feature that does not vary over the networks (one input size) is left out (its cost is part of
-        the constant)."""
+        the constant), and so are the 1-thread sums of a 1-thread table (the same numbers as the sums)."""
         y = np.asarray(measured_ms, dtype=float)
-        s = np.asarray(sums, dtype=float).reshape(len(y), 4)
-        x = np.column_stack([s[:, 0], s[:, 1], input_elems, s[:, 2], s[:, 3], np.ones(len(y))]).astype(float)
+        s = np.asarray(sums, dtype=float).reshape(len(y), 5)
+        x = np.column_stack([s[:, 0], s[:, 1], input_elems, s[:, 2], s[:, 3], s[:, 4], np.ones(len(y))]
+                            ).astype(float)
         scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
         a = (x / scale) / y[:, None]
-        varies = np.array([True, *(np.ptp(x[:, j]) > 0 for j in range(1, 5)), True])
+        varies = np.array([True, *(np.ptp(x[:, j]) > 0 for j in range(1, 5)),
+                           not np.allclose(s[:, 4], s[:, 0], rtol=1e-9, atol=0), True])
         c = np.zeros(x.shape[1])
         c[varies], *_ = np.linalg.lstsq(a[:, varies], np.ones(len(y)), rcond=None)
         c = c / scale
-        return cls(float(c[0]), float(c[1]), float(c[2]), float(c[5]), len(y), float(c[3]), float(c[4]))
+        return cls(float(c[0]), float(c[1]), float(c[2]), float(c[6]), len(y), float(c[3]), float(c[4]),
+                   float(c[5]))
 
 
 # Summed statistic. On a host shared with other jobs the median of a run-time sample moves with their load (the
@@ -208,7 +222,15 @@ class Predictor:
         self._ms: dict[OpKey, float] = table.lookup(self.stat)
         self._measured = frozenset(self._ms)
         self._model = OpModel.fit(self._ms) if self._ms else None
-        self._blocks: dict[tuple, tuple[float, int, float, float, int]] = {}  # OpSums + output size
+        # 1-thread times, for a table of N > 1 threads that has them for every op it measured; else None (the
+        # sums then use the table's own times). An op outside the table gets its estimate times the table's
+        # median 1-thread / N-thread ratio.
+        serial = table.serial() if int(table.fingerprint.get("threads", 1)) > 1 else {}
+        self._serial: dict[OpKey, float] | None = None
+        if serial and len(serial) == len(self._ms):
+            self._serial = serial
+            self._serial_ratio = float(np.median([serial[o] / self._ms[o] for o in serial]))
+        self._blocks: dict[tuple, tuple[float, int, float, float, float, int]] = {}  # OpSums + output size
         self._ends: dict[tuple, OpSums] = {}
 
     def op_ms(self, op: OpKey) -> float:
@@ -220,6 +242,19 @@ class Predictor:
             ms = self._ms[op] = self._model.predict(op)
         return ms
 
+    def serial_ms(self, op: OpKey) -> float:
+        """The op's 1-thread time (the table's own time when the table has none)."""
+        if self._serial is None:
+            return self.op_ms(op)
+        ms = self._serial.get(op)
+        if ms is None:
+            ms = self._serial[op] = self.op_ms(op) * self._serial_ratio
+        return ms
+
+    def _sums(self, ops: list[OpKey]) -> OpSums:
+        return op_sums(ops, [self.op_ms(x) for x in ops],
+                       None if self._serial is None else [self.serial_ms(x) for x in ops])
+
     def in_table(self, op: OpKey) -> bool:
         return op in self._measured
 
@@ -228,28 +263,29 @@ class Predictor:
         se = arch.se_base
         c, hw = arch.stem_channels, (arch.resolution - 1) // arch.stem_stride + 1
         key = (arch.resolution, arch.in_channels, c, arch.stem_stride, arch.stem_act)
-        ms, n, w, o = self._end(key, lambda: [stem_op(arch, arch.resolution)])
+        ms, n, w, o, t1 = self._end(key, lambda: [stem_op(arch, arch.resolution)])
         blocks = self._blocks
         for b in arch.blocks():  # plain float sums: this loop is most of a search's prediction time
             k = (se, c, hw, b)
             hit = blocks.get(k)
             if hit is None:
                 ops = block_ops(arch, c, hw, b)
-                hit = blocks[k] = (*op_sums(ops, [self.op_ms(x) for x in ops]), (hw - 1) // b.stride + 1)
+                hit = blocks[k] = (*self._sums(ops), (hw - 1) // b.stride + 1)
             ms += hit[0]
             n += hit[1]
             w += hit[2]
             o += hit[3]
-            c, hw = b.out_channels, hit[4]
+            t1 += hit[4]
+            c, hw = b.out_channels, hit[5]
         key = (c, hw, arch.head_channels, arch.head_act, arch.head_hidden, arch.num_classes)
         end = self._end(key, lambda: head_ops(arch, c, hw))
-        return OpSums(ms + end[0], n + end[1], w + end[2], o + end[3])
+        return OpSums(ms + end[0], n + end[1], w + end[2], o + end[3], t1 + end[4])
 
     def _end(self, key: tuple, ops: Any) -> OpSums:
         hit = self._ends.get(key)
         if hit is None:
             x = ops()
-            hit = self._ends[key] = op_sums(x, [self.op_ms(op) for op in x])
+            hit = self._ends[key] = self._sums(x)
         return hit
 
     def predict_ms(self, arch: Arch) -> float:

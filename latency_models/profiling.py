@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -27,20 +28,20 @@ def estimate_seconds(ops: Sequence[OpKey], spec: DeviceSpec, reps: int) -> float
 def measure_ops(spec: DeviceSpec, ops: Sequence[OpKey], reps: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Time each op on this machine; returns the device fingerprint and one table row per op."""
     device = get_device(spec)
+    # On N threads each op is also timed on one (`serial_ms`, right after, so both see the same machine state):
+    # the predictor's overhead prices the thread hand-off a network keeps from the difference.
+    single = get_device(dataclasses.replace(spec, threads=1)) if spec.threads > 1 else None
     rows = []
     for op in ops:
         t = summarize(device.time_op(op, reps))
+        serial = summarize(single.time_op(op, reps)).p10_ms if single is not None else t.p10_ms
         rows.append({**op._asdict(), "bits": spec.bits, "macs": op.macs, "median_ms": t.median_ms, "p10_ms": t.p10_ms,
                      "mad_ms": t.mad_ms, "min_ms": t.min_ms, "max_ms": t.max_ms, "n": t.n,
-                     "rejected": t.rejected, "passes": 1})
+                     "rejected": t.rejected, "passes": 1, "serial_ms": serial})
     fp = device.fingerprint()
-    try:
-        import ray
-
-        if ray.is_initialized():
-            fp["ray_node_id"] = ray.get_runtime_context().get_node_id()
-    except ImportError:
-        pass
+    ray = sys.modules.get("ray")  # imported in a Ray worker (`profile_ray`); a local run need not have Ray at all
+    if ray is not None and ray.is_initialized():
+        fp["ray_node_id"] = ray.get_runtime_context().get_node_id()
     return fp, rows
 
 

@@ -24,9 +24,12 @@ from latency_models.ops import KEY_COLUMNS, OpKey
 from nas.io import results_dir, write_atomic
 
 FORMAT = "nas-latency-table/1"
-STAT_COLUMNS = ("median_ms", "p10_ms", "mad_ms", "min_ms", "max_ms", "n", "rejected", "passes")
+STAT_COLUMNS = ("median_ms", "p10_ms", "mad_ms", "min_ms", "max_ms", "n", "rejected", "passes", "serial_ms")
 STATS = ("median_ms", "p10_ms", "min_ms")  # what a predictor may sum
 SOURCES = ("measured", "transferred")  # values of the `source` column
+# `serial_ms`: the op's 10th-percentile time on one thread of the same device (equal to `p10_ms` in a 1-thread
+# table; 0 where it was not measured, in tables written before the column existed). A network on N threads
+# keeps part of each op's hand-off cost that the op timed alone hides; the overhead fit prices it from this.
 COLUMNS = KEY_COLUMNS + ("bits", "macs") + STAT_COLUMNS + ("source",)
 OP_TYPES = ("conv", "pw", "dw", "se", "pool", "linear")
 ACTS = ("none", "relu", "relu6", "hswish", "swish")
@@ -94,6 +97,12 @@ class LatencyTable:
         cols = [f[c].tolist() for c in KEY_COLUMNS]
         return {OpKey(*row): ms for *row, ms in zip(*cols, f[stat].tolist(), strict=True)}
 
+    def serial(self) -> dict[OpKey, float]:
+        """OpKey -> the op's 1-thread time (ms), for the rows where it was measured (`serial_ms` > 0)."""
+        f = self.frame[self.frame["serial_ms"] > 0]
+        cols = [f[c].tolist() for c in KEY_COLUMNS]
+        return {OpKey(*row): ms for *row, ms in zip(*cols, f["serial_ms"].tolist(), strict=True)}
+
     def passes(self) -> dict[OpKey, int]:
         """OpKey -> number of measurement passes merged into its row."""
         f = self.frame
@@ -109,16 +118,18 @@ class LatencyTable:
         """
         if not rows:
             return
-        new = pd.DataFrame([{"source": "measured", **r} for r in rows], columns=list(COLUMNS))
+        new = pd.DataFrame([{"source": "measured", "serial_ms": 0.0, **r} for r in rows], columns=list(COLUMNS))
         new = new.astype({c: _dtype(c) for c in COLUMNS})
         old = self.frame
         if len(old):
             remeasured = old.set_index(list(KEY_COLUMNS)).index.isin(new.set_index(list(KEY_COLUMNS)).index)
             old = old[~(remeasured & (old["source"] == "transferred").to_numpy())]
         both = pd.concat([old, new], ignore_index=True) if len(old) else new
-        how = {c: "min" for c in ("bits", "macs", "median_ms", "p10_ms", "mad_ms", "min_ms")}
+        how = {c: "min" for c in ("bits", "macs", "median_ms", "p10_ms", "mad_ms", "min_ms", "serial_ms")}
         how.update(max_ms="max", n="sum", rejected="sum", passes="sum", source="first")
+        both["serial_ms"] = both["serial_ms"].replace(0.0, float("nan"))  # 0 = not measured: the min skips it
         merged = both.groupby(list(KEY_COLUMNS), sort=False, dropna=False).agg(how).reset_index()
+        merged["serial_ms"] = merged["serial_ms"].fillna(0.0)
         self.frame = merged[list(COLUMNS)].astype({c: _dtype(c) for c in COLUMNS})
 
     # ---------------------------------------------------------------- files
@@ -201,7 +212,7 @@ def _dtype(col: str) -> str:
         return "object"
     if col == "residual":
         return "bool"
-    if col in ("median_ms", "p10_ms", "mad_ms", "min_ms", "max_ms"):
+    if col in ("median_ms", "p10_ms", "mad_ms", "min_ms", "max_ms", "serial_ms"):
         return "float64"
     return "int64"
 
@@ -213,6 +224,8 @@ def _where(path: Path, i: int) -> str:
 def _validate(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     if "source" not in frame.columns:  # written before the column existed: every row was measured
         frame = frame.assign(source="measured")
+    if "serial_ms" not in frame.columns:  # likewise: not measured
+        frame = frame.assign(serial_ms=0.0)
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise LatencyTableError(f"{path}: missing columns {missing} (expected {list(COLUMNS)})")

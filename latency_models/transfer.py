@@ -190,6 +190,12 @@ def transfer_table(source: LatencyTable, target: LatencyTable, ops: Sequence[OpK
                          f"at least {2 * MIN_PER_TYPE}")
     tgt = {s: measured.lookup(s) for s in STATS}
     models = {s: RatioModel.fit([(o, src[s][o], tgt[s][o]) for o in common]) for s in STATS}
+    # the 1-thread times of a multi-thread target (`serial_ms`) get their own model from the source's p10 (a
+    # 1-thread target's are its p10; a target sampled without them has none)
+    threads = int(target.fingerprint.get("threads", 1))
+    tgt_serial = measured.serial()
+    serial_model = (RatioModel.fit([(o, src["p10_ms"][o], tgt_serial[o]) for o in common])
+                    if threads > 1 and all(o in tgt_serial for o in common) else None)
     f = source.frame
     spread = {OpKey(*k): (mad, mx) for *k, mad, mx in zip(*[f[c].tolist() for c in KEY_COLUMNS],
                                                            f["mad_ms"].tolist(), f["max_ms"].tolist(), strict=True)}
@@ -202,9 +208,10 @@ def transfer_table(source: LatencyTable, target: LatencyTable, ops: Sequence[OpK
         low = min(models["min_ms"].predict(o, src["min_ms"][o])[0], p10)
         scale = median / src["median_ms"][o]
         mad, mx = spread[o]
+        serial = (p10 if threads == 1 else serial_model.predict(o, src["p10_ms"][o])[0] if serial_model else 0.0)
         rows.append({**o._asdict(), "bits": bits, "macs": o.macs, "median_ms": median, "p10_ms": p10,
                      "mad_ms": mad * scale, "min_ms": low, "max_ms": max(mx * scale, median), "n": 0,
-                     "rejected": 0, "passes": 0, "source": "transferred"})
+                     "rejected": 0, "passes": 0, "serial_ms": serial, "source": "transferred"})
         outside += beyond
     frame = measured.frame
     if rows:

@@ -81,6 +81,11 @@ def fit_overhead(predictor: Predictor, device: Device, space: SearchSpace, n: in
         raise ValueError(f"fit-samples: expected at least {MIN_FIT_SAMPLES} architectures, got {n}")
     archs = sample_archs(space, n, FIT_SEED)
     measured = measure_archs(device, archs, reps, passes, progress, desc="fit overhead", stat=predictor.stat)
+    return _fit(predictor, space, archs, measured)
+
+
+def _fit(predictor: Predictor, space: SearchSpace, archs: list[Arch], measured: list[float]
+         ) -> tuple[Overhead, dict]:
     overhead = Overhead.fit([predictor.ops_ms(a) for a in archs], [a.resolution ** 2 * a.in_channels for a in archs],
                             measured)
     macs = [count_macs(a) for a in archs]
@@ -89,6 +94,24 @@ def fit_overhead(predictor: Predictor, device: Device, space: SearchSpace, n: in
             "measured_ms": measured,
             "baseline": {"ms_per_mmac": float(base[0]) * 1e6, "const_ms": float(base[1])}}
     return overhead, data
+
+
+def fit_and_validate(predictor: Predictor, device: Device, space: SearchSpace, n_fit: int, n: int, reps: int = 9,
+                     passes: int = 10, progress: bool = True) -> tuple[Overhead, dict, Report, pd.DataFrame]:
+    """`fit_overhead` on `n_fit` architectures and `validate` on `n` others, both sets measured in the same
+    round-robin passes: a machine whose speed drifts between two measurement sessions (a VM's second vCPU,
+    seen shifting 2-thread ONNX Runtime times by 8% between a fit and a validation run) then moves both sets
+    alike, and the score is the model's error, not the drift's."""
+    if n_fit < MIN_FIT_SAMPLES:
+        raise ValueError(f"fit-samples: expected at least {MIN_FIT_SAMPLES} architectures, got {n_fit}")
+    fit_archs = sample_archs(space, n_fit, FIT_SEED)
+    archs = sample_archs(space, n, 0, exclude={a.hash() for a in fit_archs})
+    measured = measure_archs(device, fit_archs + archs, reps, passes, progress, desc="fit + validate",
+                             stat=predictor.stat)
+    overhead, data = _fit(predictor, space, fit_archs, measured[:n_fit])
+    fitted = Predictor(predictor.table, overhead=overhead, stat=predictor.stat)
+    report, df = _score(fitted, archs, measured[n_fit:], data)
+    return overhead, data, report, df
 
 
 @dataclass
@@ -136,8 +159,13 @@ def validate(predictor: Predictor, device: Device, space: SearchSpace, n: int, f
              passes: int = 10, progress: bool = True) -> tuple[Report, pd.DataFrame]:
     """Measure `n` validation architectures (disjoint from the fitting set) and score the predictor."""
     archs = sample_archs(space, n, 0, exclude=set(fit["archs"]))
-    assert not {a.hash() for a in archs} & set(fit["archs"])
     measured = measure_archs(device, archs, reps, passes, progress, desc="validate", stat=predictor.stat)
+    return _score(predictor, archs, measured, fit)
+
+
+def _score(predictor: Predictor, archs: list[Arch], measured: list[float], fit: dict
+           ) -> tuple[Report, pd.DataFrame]:
+    assert not {a.hash() for a in archs} & set(fit["archs"])
     bl = fit["baseline"]
     rows = []
     for a, m in zip(archs, measured, strict=True):

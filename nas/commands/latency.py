@@ -107,7 +107,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Score the predictor on measured architectures; reads the table and never changes it."""
     from latency_models import Overhead, Predictor
-    from latency_models.validation import plot, save_report, validate
+    from latency_models.validation import fit_and_validate, plot, save_report, validate
 
     if args.samples < 2:
         raise ValueError(f"--samples: expected at least 2, got {args.samples}")
@@ -119,16 +119,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
         why = "--refit" if args.refit else (f"the table's overhead was fitted on {fit.get('space')!r}" if fit
                                             else "the table has no fitted overhead")
         print(f"{why}: fitting an overhead on {args.space} for this validation only (the table is not changed; "
-              f"`nas latency fit --space {args.space}` stores one)")
-        overhead, data = _fit(args, table, device)
+              f"`nas latency fit --space {args.space}` stores one); the fitting and validation networks are "
+              f"measured in the same passes")
+    else:
+        print(f"using the overhead fitted on {len(fit['archs'])} architectures stored in the table")
+    space = ss.get_space(args.space)
+    t = time.time()
+    if args.refit or stale:
+        overhead, data, report, df = fit_and_validate(Predictor(table, stat=args.stat), device, space,
+                                                      args.fit_samples, args.samples, args.reps, args.passes,
+                                                      not args.no_progress)
+        print(f"overhead fitted on {overhead.fitted_on} architectures: {overhead.describe()}")
         fit = {**overhead.to_dict(), **data}
         pred = Predictor(table, overhead=overhead, stat=data["stat"])
     else:
-        print(f"using the overhead fitted on {len(fit['archs'])} architectures stored in the table")
         pred = Predictor(table, overhead=Overhead.from_dict(fit))
-    space = ss.get_space(args.space)
-    t = time.time()
-    report, df = validate(pred, device, space, args.samples, fit, args.reps, args.passes, not args.no_progress)
+        report, df = validate(pred, device, space, args.samples, fit, args.reps, args.passes, not args.no_progress)
     print(f"validated on {report.n} architectures of {space.name} (disjoint from the {len(fit['archs'])} used "
           f"to fit the overhead) on {spec.table_id} in {time.time() - t:.0f}s; statistic {pred.stat} of "
           f"{args.reps} runs, lowest of {args.passes} round-robin passes")

@@ -26,7 +26,8 @@ def test_prediction_is_table_sum_plus_overhead(fp32_table: LatencyTable, archs: 
         outputs = sum(o.out_hw ** 2 * o.out_channels for o in ops)
         assert math.isclose(pred.predict_ms(a), 0.9 * total + 0.002 * len(ops) + 1e-6 * px + 2e-7 * weights
                             + 3e-7 * outputs + 0.05, rel_tol=1e-12)
-        assert pred.ops_ms(a) == OpSums(pytest.approx(total, rel=1e-12), len(ops), weights, outputs)
+        assert pred.ops_ms(a) == OpSums(pytest.approx(total, rel=1e-12), len(ops), weights, outputs,
+                                        pytest.approx(total, rel=1e-12))  # a 1-thread table: serial = its times
         assert all(measured for _, _, measured in pred.breakdown(a))
         assert pred.predict_ms(a) == pred.predict_ms(a)  # cached path agrees with the first computation
 
@@ -90,8 +91,8 @@ def test_predictions_per_second(fp32_table: LatencyTable) -> None:
 
 def test_overhead_fit_recovers_a_planted_relation() -> None:
     rng = random.Random(1)
-    sums = [OpSums(rng.uniform(0.5, 3.0), rng.randint(40, 90), rng.uniform(1e5, 2e6), rng.uniform(5e4, 5e5))
-            for _ in range(40)]
+    sums = [OpSums(ms, rng.randint(40, 90), rng.uniform(1e5, 2e6), rng.uniform(5e4, 5e5), ms)
+            for ms in (rng.uniform(0.5, 3.0) for _ in range(40))]
     pixels = [rng.choice([576, 784, 1024]) for _ in range(40)]
     measured = [0.95 * s.ms + 0.003 * s.ops + 2e-5 * p + 3e-8 * s.weights + 5e-8 * s.outputs + 0.04
                 for s, p in zip(sums, pixels, strict=True)]
@@ -105,3 +106,35 @@ def test_overhead_fit_recovers_a_planted_relation() -> None:
     # one input size: its term is left out (part of the constant), not a singular fit
     same = Overhead.fit(sums, [784] * 40, [m - 2e-5 * (p - 784) for m, p in zip(measured, pixels, strict=True)])
     assert same.per_input == 0.0 and same.per_weight == pytest.approx(3e-8, rel=1e-6)
+    assert o.per_serial == 0.0  # a 1-thread table's 1-thread sums are its sums: no term
+
+
+def test_overhead_fit_prices_the_thread_hand_off_of_a_multi_thread_table() -> None:
+    rng = random.Random(2)
+    sums = [OpSums(ms, rng.randint(40, 90), rng.uniform(1e5, 2e6), rng.uniform(5e4, 5e5), ms * rng.uniform(1.2, 2))
+            for ms in (rng.uniform(0.5, 3.0) for _ in range(40))]
+    pixels = [784] * 40
+    measured = [0.7 * s.ms + 0.002 * s.ops + 3e-8 * s.weights + 0.25 * s.serial + 0.03 for s in sums]
+    o = Overhead.fit(sums, pixels, measured)
+    assert (o.scale, o.per_op, o.per_serial, o.const) == pytest.approx((0.7, 0.002, 0.25, 0.03), rel=1e-6)
+    assert Overhead.from_dict(o.to_dict()) == o and "1 thread" in o.describe()
+    assert Overhead.from_dict({k: v for k, v in o.to_dict().items() if k != "per_serial"}).per_serial == 0.0
+
+
+def test_a_multi_thread_table_sums_its_ops_one_thread_times(fp32_table: LatencyTable, archs: list[ss.Arch]
+                                                            ) -> None:
+    """A table of 2 threads whose rows carry 1-thread times: the sums hold both; ops outside the table get
+    their estimate times the table's median 1-thread / 2-thread ratio. Without the column: the table's own."""
+    frame = fp32_table.frame.copy()
+    frame["serial_ms"] = frame["p10_ms"] * 1.5
+    two = LatencyTable(frame, {**fp32_table.fingerprint, "threads": 2})
+    pred = Predictor(two, Overhead())
+    a = archs[0]
+    ops = arch_ops(a)
+    sums = pred.ops_ms(a)
+    assert sums.serial == pytest.approx(1.5 * sums.ms, rel=1e-9)
+    unseen = max((k for k in two.keys() if k.op == "pw"), key=lambda k: k.macs)._replace(out_channels=1000)
+    assert pred.serial_ms(unseen) == pytest.approx(1.5 * pred.op_ms(unseen), rel=1e-9)
+    frame["serial_ms"] = 0.0  # written before the column existed
+    old = Predictor(LatencyTable(frame, {**fp32_table.fingerprint, "threads": 2}), Overhead())
+    assert old.ops_ms(a).serial == pytest.approx(old.ops_ms(a).ms, rel=1e-12) and len(ops) == sums.ops

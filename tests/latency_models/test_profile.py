@@ -120,3 +120,25 @@ def test_profiling_under_load_warns_once_with_the_fix(tmp_path, monkeypatch) -> 
     assert len(warnings) == 1 and "1.6 CPUs" in warnings[0] and "--passes" in warnings[0]
     monkeypatch.undo()
     assert profiling.other_load(1) >= 0.0  # the real reading: never negative
+
+
+def test_a_multi_thread_profile_also_times_each_op_on_one_thread(tmp_path) -> None:
+    """`serial_ms`: a 2-thread table holds each op's 1-thread time beside its own (what the overhead fit prices
+    the thread hand-off from); a 1-thread table's equals its p10. A table written before the column existed
+    loads with 0 (not measured), and a later pass fills it in."""
+    ops = _ops(6)
+    one = profile(DeviceSpec.make("kernels"), ops, tmp_path / "k.csv", reps=5, passes=1, progress=False,
+                  log=lambda s: None)
+    assert (one.frame["serial_ms"] == one.frame["p10_ms"]).all()
+    out = tmp_path / "k2.csv"
+    two = profile(DeviceSpec.make("kernels", threads=2), ops, out, reps=5, passes=1, progress=False,
+                  log=lambda s: None)
+    assert two.fingerprint["threads"] == 2 and (two.frame["serial_ms"] > 0).all()
+    assert not (two.frame["serial_ms"] == two.frame["p10_ms"]).all()  # timed separately, on one thread
+    assert set(LatencyTable.load(out).serial()) == set(ops)
+    pd.read_csv(out).drop(columns="serial_ms").to_csv(out, index=False)
+    old = LatencyTable.load(out)
+    assert (old.frame["serial_ms"] == 0).all() and old.serial() == {}
+    old.add([{**old.frame.iloc[0].to_dict(), "serial_ms": 0.5}])
+    old.add([{**old.frame.iloc[0].to_dict(), "serial_ms": 0.0}])  # an unmeasured row never replaces one
+    assert old.serial() == {ops[0]: 0.5}
