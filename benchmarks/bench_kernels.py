@@ -32,7 +32,8 @@ import torch
 
 from latency_models.torch_ops import quantized_engine
 from nas.cores import torch_threads
-from nas.kernels import _C, active_isa, available_isas, build_hash, compile_op, lower, minmax_calibration, time_layer
+from nas.kernels import _C, active_isa, available_isas, build_hash, compile_op, time_layer
+from nas.kernels.lower import lower, minmax_calibration
 from nas.kernels.random_specs import random_gemm
 from search_spaces import build, count, layers
 from search_spaces.presets import fit_width, preset

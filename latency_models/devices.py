@@ -20,9 +20,6 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import torch
-
-from latency_models import torch_ops
 from latency_models.ops import OpKey
 from nas import __version__
 from nas.cores import torch_threads
@@ -121,7 +118,8 @@ def _base_fingerprint(spec: DeviceSpec) -> dict[str, Any]:
 
 @dataclass
 class TorchDevice:
-    """PyTorch eager fp32 or torch.ao int8 (x86 engine)."""
+    """PyTorch eager fp32 or torch.ao int8 (x86 engine); PyTorch is imported when it is used, so the other devices
+    run without it."""
 
     spec: DeviceSpec
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
@@ -131,6 +129,8 @@ class TorchDevice:
         return self.spec.name == "torch-int8"
 
     def fingerprint(self) -> dict[str, Any]:
+        import torch
+
         fp = _base_fingerprint(self.spec)
         fp.update(isa=torch.backends.cpu.get_cpu_capability(), library="torch", library_version=torch.__version__,
                   build_hash=torch.version.git_version[:12],
@@ -143,15 +143,21 @@ class TorchDevice:
 
         Cheap when nested or already in force (nothing is set), so runners can enter it on every call.
         """
+        from latency_models import torch_ops
+
         with torch_threads(self.spec.threads), (
                 torch_ops.quantized_engine(torch_ops.ENGINE) if self.int8 else nullcontext()):
             yield
 
     def _time(self, fn: Callable[[], object], reps: int) -> list[float]:
+        import torch
+
         with self.scoped(), torch.inference_mode():
             return time_calls(fn, reps=reps)
 
     def time_op(self, op: OpKey, reps: int) -> list[float]:
+        from latency_models import torch_ops
+
         with self.scoped():  # built at the thread count it is timed at, as before the scoping
             module, inputs = torch_ops.op_runner(op, self.int8)
         return self._time(lambda: module(*inputs), reps)
@@ -159,6 +165,10 @@ class TorchDevice:
     def prepare_arch(self, arch: Arch) -> Callable[[], object]:
         """A zero-argument call running the whole network once (built and quantized up front); each call runs
         at the spec's thread count (and engine) and leaves the caller's in place."""
+        import torch
+
+        from latency_models import torch_ops
+
         with self.scoped():
 
             module, inputs = torch_ops.network_runner(arch, self.int8)

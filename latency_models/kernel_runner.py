@@ -6,16 +6,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from latency_models.ops import OpKey
-from nas.kernels import QuantizedNetwork, lower, minmax_calibration
-from nas.kernels.lower import LoweredNetwork
+from nas.kernels import QuantizedNetwork
 from nas.kernels.timing import time_layer
-from search_spaces import Arch, build
+from search_spaces import Arch
 
 if TYPE_CHECKING:  # devices imports this module for its kernels device
     from latency_models.devices import DeviceSpec
+    from nas.kernels.lower import LoweredNetwork
 
 
 def time_kernel_op(op: OpKey, spec: DeviceSpec, reps: int) -> list[float]:
@@ -29,7 +28,13 @@ def lowered_network(arch: Arch, bits: int = 8) -> LoweredNetwork:
     """The quantized network the profiler times for `arch`, with its float grid (what ONNX export reads): the
     float model with its seeded random initial weights, lowered by `nas.kernels.lower` (the lowering every exported
     network goes through) on min/max ranges of noise images; `bits` 4 is W4A8 (int4 pointwise and linear weights).
-    Values are random, structure is what `finalize` exports for the arch: same ops, fusions and layouts."""
+    Values are random, structure is what `finalize` exports for the arch: same ops, fusions and layouts. Needs
+    PyTorch (the float model is built and lowered); timing single ops (`time_kernel_op`) does not."""
+    import torch
+
+    from nas.kernels.lower import lower, minmax_calibration
+    from search_spaces.model import build
+
     with torch.random.fork_rng():  # seeded weights without moving the caller's random stream
         torch.manual_seed(0)
         model = build(arch).eval()

@@ -30,12 +30,12 @@ import torch
 from torch import nn
 
 from latency_models.devices import cpu_model
+from nas.checks import PRECISIONS, check_precision, check_train_device, check_train_workers
 from nas.kernels.training import fast_depthwise, training_kernels
 
 DEVICE_FLAG = "--train-device"  # the latency target is --device
 PRECISION_FLAG = "--precision"
 WORKERS_FLAG = "--train-workers"
-PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DEVICE = re.compile(r"^(cpu|cuda:(0|[1-9]\d{0,3}))$")
 # /proc/cpuinfo flags of the CPU bf16 instructions oneDNN's bf16 kernels use; without them autocast emulates bf16
@@ -165,33 +165,6 @@ def _cpuinfo() -> str:
         return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
-
-
-def check_train_device(name: str, value: Any) -> str:
-    """A `--train-device` value as spelt (`auto`, `cpu`, `cuda` or `cuda:N`, lower-cased); whether this machine
-    has it is `resolve`'s question."""
-    text = str(value).strip().lower()
-    if text not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d{1,4}", text):
-        raise ValueError(f"{name}: expected auto, cpu, cuda or cuda:N, got {value!r}")
-    return text
-
-
-def check_precision(name: str, value: Any) -> str:
-    """A `--precision` value (`fp32`, `bf16` or `fp16`, lower-cased); whether this machine runs it is `resolve`'s
-    question."""
-    text = str(value).strip().lower()
-    if text not in PRECISIONS:
-        raise ValueError(f"{name}: expected {', '.join(PRECISIONS)}, got {value!r}")
-    return text
-
-
-def check_train_workers(name: str, value: Any) -> int:
-    """A `--train-workers` value: a positive whole number (1: train in this process)."""
-    text = str(value).strip()
-    if not re.fullmatch(r"\d{1,4}", text) or int(text) < 1:
-        raise ValueError(f"{name}: expected a positive whole number of training workers (1: in this process), "
-                         f"got {value!r}")
-    return int(text)
 
 
 def resolve(device: str = "auto", precision: str = "fp32", *, workers: int = 1, cuda_devices: int | None = None,

@@ -20,6 +20,7 @@ T = TypeVar("T")
 
 # a run or study name becomes a folder name: one path component of ordinary characters
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,127}$")
+PRECISIONS = ("fp32", "bf16", "fp16")  # training precisions (`nas.backend`)
 
 
 def _int(name: str, value: Any, what: str) -> int:
@@ -193,3 +194,30 @@ def device(name: str, value: Any) -> str:
     except ValueError as exc:
         raise ValueError(f"{name}: {str(exc).partition(': ')[2] or exc}") from None
     return str(value)
+
+
+def check_train_device(name: str, value: Any) -> str:
+    """A `--train-device` value as spelt (`auto`, `cpu`, `cuda` or `cuda:N`, lower-cased); whether this machine
+    has it is `resolve`'s question."""
+    text = str(value).strip().lower()
+    if text not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d{1,4}", text):
+        raise ValueError(f"{name}: expected auto, cpu, cuda or cuda:N, got {value!r}")
+    return text
+
+
+def check_precision(name: str, value: Any) -> str:
+    """A `--precision` value (`fp32`, `bf16` or `fp16`, lower-cased); whether this machine runs it is `resolve`'s
+    question."""
+    text = str(value).strip().lower()
+    if text not in PRECISIONS:
+        raise ValueError(f"{name}: expected {', '.join(PRECISIONS)}, got {value!r}")
+    return text
+
+
+def check_train_workers(name: str, value: Any) -> int:
+    """A `--train-workers` value: a positive whole number (1: train in this process)."""
+    text = str(value).strip()
+    if not re.fullmatch(r"\d{1,4}", text) or int(text) < 1:
+        raise ValueError(f"{name}: expected a positive whole number of training workers (1: in this process), "
+                         f"got {value!r}")
+    return int(text)

@@ -15,6 +15,11 @@ from nas.memory import keep_heap
 # Modules under nas.commands that each define `register(subparsers)`; add one line per command group.
 COMMAND_MODULES = ["space", "search", "profile", "latency", "export", "eval", "bench", "train"]
 
+# The top-level modules of pyproject.toml's `search` extra. The core install loads, evaluates and benchmarks exported
+# checkpoints and profiles the kernels without them; what needs one says how to install it, in one line.
+SEARCH_EXTRA = ("torch", "optuna", "ray", "sklearn", "scipy", "matplotlib", "onnx", "onnxruntime", "pyarrow")
+INSTALL_SEARCH = 'pip install "nas[search]"'
+
 
 class Parser(argparse.ArgumentParser):
     """argparse with the CLI's error convention: one line naming the flag, exit status 2.
@@ -56,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a file or folder that cannot be read or written (missing, read-only, full disk)
         where = f"{exc.filename}: " if exc.filename and str(exc.filename) not in str(exc) else ""
         print(f"nas {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in SEARCH_EXTRA:
+            raise
+        print(f"nas {args.command}: error: this needs {exc.name}, which is not installed (search, training and "
+              f"PyTorch devices are an extra): {INSTALL_SEARCH}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"nas {args.command}: interrupted (completed work is saved; rerun with --resume where supported)",

@@ -8,7 +8,6 @@ from search_spaces.arch import Arch, ArchError, Block, encode, make_divisible
 from search_spaces.budget import Budget, BudgetError, check_reachable, cost_fn, parse_budget, sample
 from search_spaces.cost import Cost, Layer, count, count_macs, layers
 from search_spaces.encoding import decode
-from search_spaces.model import MBConvNet, build, init_weights
 from search_spaces.presets import PRESETS, preset, scale
 from search_spaces.spaces import (
     DEFAULT_SPACE,
@@ -19,6 +18,18 @@ from search_spaces.spaces import (
     get_space,
     trim_to_budget,
 )
+
+_TORCH_NAMES = ("MBConvNet", "build", "init_weights")
+
+
+def __getattr__(name: str) -> object:
+    """The PyTorch builder (`build`, `MBConvNet`, `init_weights`), imported on first use: code that only reads
+    architectures and costs (the exported-checkpoint runtime) never imports torch."""
+    if name in _TORCH_NAMES:
+        from search_spaces import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def parse_arch(text: str) -> Arch:

@@ -13,7 +13,8 @@ from nas.commands import flags
 def register(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("eval", help="top-1 accuracy of an exported checkpoint on the kernels")
     q.add_argument("checkpoint", help="checkpoint directory (e.g. <run>/final/int8)")
-    flags.add_data(q, default=None, help="dataset (default: the one recorded in the checkpoint)", stream=True)
+    flags.add_data(q, default=None, help="dataset (default: the one recorded in the checkpoint)", stream=True,
+                   workers=False)
     q.add_argument("--part", default="test", choices=("train", "val", "test"))
     q.add_argument("--split-seed", type=arg(seed), default=None, help="split seed (default: the recorded one)")
     q.add_argument("--onnx", action="store_true", help="also run model.onnx under ONNX Runtime and compare")
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from nas.data import DataLoading, DataSpec, data_source
+    from nas.data import DataLoading, DataSpec
     from nas.export import load, onnx_runner
     from nas.io import results_dir
 
@@ -38,12 +39,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     onnx_path = Path(args.checkpoint) / "model.onnx"
     if args.onnx and not onnx_path.is_file():
         raise FileNotFoundError(f"{onnx_path}: no ONNX model in the checkpoint (export without --no-onnx)")
-    # data larger than --data-memory-limit streams from disk and is scored batch by batch
-    loading = DataLoading.of(args.data_memory_limit, args.data_workers, results_dir(None))
+    # data larger than --data-memory-limit streams from disk and is scored batch by batch, read in this process
+    loading = DataLoading.of(args.data_memory_limit, 0, results_dir(None))
     splits, _ = spec.load(loading.memory_limit, loading.cache_dir)
     spec.check(splits, args.part, args.checkpoint)
     where = f"--data {data}" if args.data else f"the recorded dataset {data}"
-    ev = model.evaluate(data_source(splits, loading.workers), args.part, where=where,  # checks classes, channels
+    ev = model.evaluate(splits, args.part, where=where,  # checks classes and channels; NumPy batches, no torch
                         also=onnx_runner(onnx_path) if args.onnx else None)
     y, pred = ev.y, ev.pred
     out = {"checkpoint": args.checkpoint, "data": data, "split_seed": spec.split_seed, "part": args.part, "n": ev.n,

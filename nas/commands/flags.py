@@ -5,8 +5,19 @@ from __future__ import annotations
 import argparse
 
 import search_spaces as ss
-from nas.backend import check_precision, check_train_device, check_train_workers
-from nas.checks import arg, budget, finite_float, non_negative_int, output_dir, positive_int, seed, supernet_epochs
+from nas.checks import (
+    arg,
+    budget,
+    check_precision,
+    check_train_device,
+    check_train_workers,
+    finite_float,
+    non_negative_int,
+    output_dir,
+    positive_int,
+    seed,
+    supernet_epochs,
+)
 from nas.data.spec import memory_limit
 from nas.io import results_dir
 
@@ -18,10 +29,12 @@ def add_space(p: argparse.ArgumentParser) -> None:
 
 
 def add_data(p: argparse.ArgumentParser, default: str | None = "digits", help: str | None = None,
-             stream: bool = False) -> None:
+             stream: bool = False, workers: bool = True) -> None:
     """--data: the built-in digits or a dataset path; with `stream` (commands that train or score through batches),
-    --data-memory-limit and --data-workers too: data larger than the limit streams from disk (`nas.data.DataLoading`,
-    built with `DataLoading.of(args.data_memory_limit, args.data_workers, args.out)`)."""
+    --data-memory-limit too: data larger than the limit streams from disk (`nas.data.DataLoading`, built with
+    `DataLoading.of(args.data_memory_limit, args.data_workers, args.out)`), and with `workers` --data-workers
+    (decoding processes; without it, `nas eval`, the data is read in the command's own process: no torch needed).
+    """
     p.add_argument("--data", default=default,
                    help=help or "'digits' (built in) or a dataset path (IDX, CIFAR, npz, image folder)")
     if stream:
@@ -29,6 +42,7 @@ def add_data(p: argparse.ArgumentParser, default: str | None = "digits", help: s
                        help="hold the data in memory up to this size (e.g. 2GiB, 500MB, 25%% of physical memory; "
                             "default 25%%); larger IDX / npz files and image folders stream from disk, with the same "
                             "splits, batches and results")
+    if stream and workers:
         p.add_argument("--data-workers", type=arg(non_negative_int), default=2, metavar="N",
                        help="processes decoding streamed data (default 2; 0: in the training process)")
 

@@ -9,8 +9,7 @@ from nas.commands import flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from nas.search.request import BACKENDS, OBJECTIVES
-    from nas.search.runner import SAMPLERS
+    from nas.search.request import BACKENDS, OBJECTIVES, SAMPLERS
 
     p = sub.add_parser("search", help="search the most accurate architecture that fits a budget",
                        description="Search the most accurate architecture of a space that fits a budget, scored by "

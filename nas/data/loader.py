@@ -16,19 +16,10 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
+from nas.data.arrays import Resolution, _size, normalise, stats_of_chunks
 from nas.data.dataset import DatasetError, Splits
 from nas.data.stream import StreamDataset
-from nas.data.tensors import (
-    Augment,
-    Batch,
-    Resolution,
-    _size,
-    epoch_order,
-    normalise,
-    num_batches,
-    seeded_generator,
-    stats_of_chunks,
-)
+from nas.data.tensors import Augment, Batch, epoch_order, num_batches, seeded_generator
 
 __all__ = ["StreamBatches", "StreamSplits", "stream_channel_stats"]
 
@@ -73,7 +64,7 @@ class _Reader(TorchDataset):
             return {self.data.resolution: torch.from_numpy(raw)}, y, where
         xs = {}
         for size in self.sizes:
-            x = normalise(raw, self.mean, self.std, size)
+            x = torch.from_numpy(normalise(raw, self.mean, self.std, size))
             xs[size] = x if self.augment is None else self.augment(x, seeded_generator(self.seed, epoch, k))
         return xs, y, where
 

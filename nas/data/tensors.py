@@ -1,4 +1,5 @@
 """Torch side: splits as normalised float32 NCHW tensors at a chosen resolution, and their training batches.
+The transform itself (`normalise`, `channel_stats`) is NumPy's, in `nas.data.arrays`.
 
 Small datasets stay whole in memory as tensors; :class:`MemoryBatches` slices them with a seeded permutation,
 so training on two CPU cores spends no time in worker processes or per-sample Python code.
@@ -6,63 +7,18 @@ so training on two CPU cores spends no time in worker processes or per-sample Py
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from nas.data.arrays import _CHUNK, Resolution, _size, channel_stats, normalise
 from nas.data.dataset import Dataset, Splits
 
-__all__ = ["Augment", "Batch", "DataSource", "MemoryBatches", "TensorSplits", "TrainBatches",
-           "channel_stats", "epoch_order", "normalise", "seeded_generator", "to_tensors"]
-
-Resolution = int | tuple[int, int] | None
-_CHUNK = 2048
-
-
-def _size(resolution: Resolution, native: tuple[int, int]) -> tuple[int, int]:
-    if resolution is None:
-        return native
-    if isinstance(resolution, int):
-        resolution = (resolution, resolution)
-    if min(resolution) < 1:
-        raise ValueError(f"resolution must be positive, got {resolution}")
-    return int(resolution[0]), int(resolution[1])
-
-
-def channel_stats(data: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation (float64) of the raw pixel values, computed in chunks."""
-    chunks = (data.x[i : i + _CHUNK] for i in range(0, len(data), _CHUNK))
-    return stats_of_chunks(chunks, data.in_channels, len(data) * data.resolution[0] * data.resolution[1], data.name)
-
-
-def stats_of_chunks(chunks: Iterable[np.ndarray], channels: int, pixels: int,
-                    name: str) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`channel_stats` of the NCHW images in ``chunks`` (``pixels`` per channel in all).
-
-    uint8 images are summed in int64 (squares in uint16, which holds 255**2): exact, so the result does not
-    depend on the chunking, and equal to float64 sums while those stay below 2**53 (they are whole numbers);
-    it needs 3 bytes a pixel where float64 needed 16.
-    """
-    total, total_sq = np.zeros(channels), np.zeros(channels)
-    exact, exact_sq = np.zeros(channels, np.int64), np.zeros(channels, np.int64)
-    for chunk in chunks:
-        if chunk.dtype == np.uint8:
-            exact += chunk.sum(axis=(0, 2, 3), dtype=np.int64)
-            exact_sq += np.square(chunk, dtype=np.uint16).sum(axis=(0, 2, 3), dtype=np.int64)
-            continue
-        part = chunk.astype(np.float64)
-        total += part.sum(axis=(0, 2, 3))
-        total_sq += np.square(part).sum(axis=(0, 2, 3))
-    if pixels == 0:
-        raise ValueError(f"{name}: cannot compute statistics of an empty dataset")
-    total, total_sq = total + exact, total_sq + exact_sq  # one of each pair is zero: a dataset has one dtype
-    mean = total / pixels
-    std = np.sqrt(np.maximum(total_sq / pixels - mean**2, 0.0))
-    return mean, np.where(std > 1e-12, std, 1.0)
+__all__ = ["Augment", "Batch", "DataSource", "MemoryBatches", "TensorSplits", "TrainBatches", "epoch_order",
+           "seeded_generator", "to_tensors"]
 
 
 def to_tensors(
@@ -77,21 +33,8 @@ def to_tensors(
     out = torch.empty((n, c, h, w), dtype=torch.float32)
     for i in range(0, n, _CHUNK):
         part = data.x[i : i + _CHUNK]
-        out[i : i + len(part)] = normalise(part, mean, std, (h, w))
+        out[i : i + len(part)] = torch.from_numpy(normalise(part, mean, std, (h, w)))
     return out, torch.from_numpy(data.y.copy())
-
-
-def normalise(images: np.ndarray, mean: np.ndarray, std: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """NCHW images (as stored) as ``(x - mean) / std`` float32 resized bilinearly to ``size`` (antialiased when
-    shrinking): the one transform behind :func:`to_tensors` and the streamed batches, so both give equal values."""
-    c, native = images.shape[1], (images.shape[2], images.shape[3])
-    m = torch.as_tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32).view(1, c, 1, 1)
-    part = (torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32) - m) / s
-    if size != native:
-        shrink = size[0] < native[0] or size[1] < native[1]
-        part = F.interpolate(part, size=size, mode="bilinear", align_corners=False, antialias=shrink)
-    return part
 
 
 class TensorSplits:

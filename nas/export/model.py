@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from nas.data import Splits, data_source
+from nas.data import ArraySplits, Splits
 from nas.kernels import QuantizedNetwork
 from nas.timing import time_calls
 from search_spaces import Arch
@@ -100,15 +100,16 @@ class QuantizedModel:
     def evaluate(self, data: Any, part: str = "test", where: str = "data",
                  also: Callable[[np.ndarray], np.ndarray] | None = None) -> Evaluation:
         """Top-1 accuracy on `part` ('train', 'val' or 'test') of `data` (`nas.data.Splits`, in memory or streamed
-        from disk, or a `DataSource`), after `check_data`, batch by batch (data larger than memory never is held
-        whole). `also`: another runtime's logits for the same normalised float NCHW batches (e.g. ONNX Runtime),
+        from disk and read as NumPy batches by `nas.data.ArraySplits`, without torch; or any source with
+        `eval_batches`, such as a `DataSource`), after `check_data`, batch by batch (data larger than memory never
+        is held whole). `also`: another runtime's logits for the same normalised float NCHW batches (e.g. ONNX Runtime),
         whose top-1 predictions come back as `also_pred`. `where` names the data in errors ("--data PATH")."""
         self.check_data(data, where)  # before a source computes anything from the data
-        source = data_source(data) if isinstance(data, Splits) else data
+        source = ArraySplits(data) if isinstance(data, Splits) else data
         ys, preds, others = [], [], []
         for x, y in source.eval_batches(part, self.arch.resolution):
-            xn = x.numpy()
-            ys.append(y.numpy())
+            xn = _numpy(x)
+            ys.append(_numpy(y))
             preds.append(self.predict(xn))
             if also is not None:
                 others.append(np.asarray(also(xn)).argmax(1))

@@ -5,7 +5,8 @@ Public API::
     active_isa(), available_isas(), set_isa(name), use_isa(name), build_hash(), version
     compile_op(spec, isa=None).run(x, residual=None, threads=1)      # specs: GemmSpec, ConvSpec, ...
     pointwise_conv / depthwise_conv / conv2d / global_avg_pool / squeeze_excite / linear (functional)
-    lower(model, arch, minmax_calibration(model, images, bits=8)).network -> QuantizedNetwork   # the one lowering
+    nas.kernels.lower.lower(model, arch, minmax_calibration(model, images)).network -> QuantizedNetwork  # the one
+        lowering, from a PyTorch model (its own module: running a lowered network needs no torch)
     QuantizedNetwork.run(x, threads=1)
     time_layer(layer, bits=8, isa=None, threads=1, batch=1, reps=50) -> list[float] seconds
 """
@@ -20,7 +21,6 @@ import numpy as np
 from nas.kernels import _C
 from nas.kernels.executor import QuantizedLayer, QuantizedNetwork
 from nas.kernels.isa import ISAS, active_isa, available_isas, set_isa, use_isa
-from nas.kernels.lower import Calibration, LoweredNetwork, lower, minmax_calibration
 from nas.kernels.ops import (
     CompiledOp,
     ConvSpec,
@@ -85,12 +85,10 @@ def squeeze_excite(x: np.ndarray, spec: SESpec, threads: int = 1, isa: str | Non
 
 __all__ = [
     "ISAS",
-    "Calibration",
     "CompiledOp",
     "ConvSpec",
     "DepthwiseSpec",
     "GemmSpec",
-    "LoweredNetwork",
     "PoolSpec",
     "QParams",
     "QuantizedLayer",
@@ -106,8 +104,6 @@ __all__ = [
     "depthwise_conv",
     "global_avg_pool",
     "linear",
-    "lower",
-    "minmax_calibration",
     "pointwise_conv",
     "set_isa",
     "squeeze_excite",

@@ -14,12 +14,13 @@ from typing import Any
 
 import search_spaces as ss
 from nas import checks
-from nas.backend import check_precision, check_train_device, check_train_workers
+from nas.checks import check_precision, check_train_device, check_train_workers
 from nas.data import DataSpec
 from nas.data.spec import memory_limit
 from nas.io import results_dir
-from nas.search.runner import SAMPLERS, check_storage
+from nas.search.storage import check_storage
 
+SAMPLERS = ("tpe", "nsga2", "random", "evolution")
 OBJECTIVES = ("pareto", "mnasnet")
 BACKENDS = ("optuna", "ray")
 _NAME_PART = re.compile(r"[^A-Za-z0-9._+=@-]")

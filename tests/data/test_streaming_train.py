@@ -196,7 +196,7 @@ def test_a_quick_search_streams_end_to_end_and_its_checkpoint_evaluates(idx_set,
     # and scored streamed, batch by batch, past the same memory limit: the same images, the same accuracy, and
     # ONNX Runtime's predictions on the same batches
     rc, text, err = _cli(capsys, "eval", finalized["checkpoint"], "--json", "--onnx", "--data-memory-limit",
-                         "100kB", "--data-workers", "1")
+                         "100kB")
     assert rc == 0, err
     streamed = json.loads(text)
     assert streamed["top1"] == finalized["accuracy"]["int8_test"] and streamed["onnx_agreement"] > 0.9

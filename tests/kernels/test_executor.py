@@ -5,7 +5,8 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from nas.kernels import available_isas, lower, minmax_calibration, time_layer
+from nas.kernels import available_isas, time_layer
+from nas.kernels.lower import lower, minmax_calibration
 from search_spaces import build, layers
 from search_spaces.presets import preset, small_input
 
