@@ -1,5 +1,6 @@
 // AVX2 kernels (Haswell-class, no VNNI): GEMM via vpmaddwd on u8->s16 activation pairs and
 // s8->s16 weight pairs (exact, no saturation), channel-vectorised NHWC depthwise, pool, SE scaling.
+#if defined(__x86_64__) || defined(_M_X64)  // compiles to nothing on other architectures
 #include <immintrin.h>
 
 #include "common.h"
@@ -460,3 +461,5 @@ int64_t fake_quant(const float* x, int64_t n, float scale, float inv_scale, floa
 }  // namespace nask
 
 #pragma GCC pop_options
+
+#endif  // x86-64

@@ -1,6 +1,7 @@
 // AVX512-VNNI kernels: vpdpbusd (u8 activations x s8 weights -> s32) register-blocked GEMM,
 // NHWC depthwise (4 taps per vpdpbusd), pooling and SE channel scaling; float32 requantization epilogue.
 // All headers are included before the target pragma so no library code is compiled for AVX-512.
+#if defined(__x86_64__) || defined(_M_X64)  // compiles to nothing on other architectures
 #include <immintrin.h>
 
 #include "common.h"
@@ -697,3 +698,5 @@ void dw_weight_grad(const DwGradArgs& a, int threads) {
 }  // namespace nask
 
 #pragma GCC pop_options
+
+#endif  // x86-64

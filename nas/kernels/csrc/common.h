@@ -223,6 +223,11 @@ inline void par_fresh(int threads, int tasks, F f) { parallel_for_fresh(threads,
 NASK_DECLARE_ISA(ref)
 NASK_DECLARE_ISA(avx2)
 NASK_DECLARE_ISA(avx512)
+NASK_DECLARE_ISA(neon)
+
+namespace neondot {  // the dot-product GEMM; its other table entries are neon::'s
+void gemm(const GemmArgs& a, int threads);
+}
 
 // Input quantization, float32 NCHW -> uint8 NHWC: clamp(rne(clamp(x / scale, -1e6, 1e6)) + zp, 0, 255)
 // (identical to quant.quantize_input). Scalar form for one value:

@@ -57,6 +57,24 @@ void pack_gemm_16x4(PackedWeights& pw, const int8_t* w, const int32_t* subs) {
   pack_gemm_blocked(pw, w, subs, 16, 4);
 }
 
+void pack_gemm_16x4_s8(PackedWeights& pw, const int8_t* w, const int32_t* subs) {
+  pack_gemm_blocked(pw, w, subs, 16, 4);
+  const int n = pw.n, k = pw.k, nvec = (n + 15) / 16;
+  AlignedBuf buf;
+  buf.resize(pw.w.size + static_cast<size_t>(nvec) * 16 * 4);
+  std::memcpy(buf.ptr, pw.w.ptr, pw.w.size);
+  int32_t* corr = reinterpret_cast<int32_t*>(buf.ptr + pw.w.size);  // the weights are a multiple of 32 bytes
+  for (int j = 0; j < n; ++j) {
+    uint32_t sum = 0;  // modulo 2^32, as the kernels' int32 accumulators
+    for (int i = 0; i < k; ++i) {
+      const int32_t sub = pw.grouped ? subs[j * pw.ngroups + i / pw.group] : 1;
+      sum += static_cast<uint32_t>(128 * w[static_cast<int64_t>(j) * k + i] * sub);
+    }
+    corr[j] = static_cast<int32_t>(sum);
+  }
+  pw.w = std::move(buf);
+}
+
 void pack_dw_taps(DwPacked& p, const int8_t* w, int c, int k, int /*in_zp*/, const Requant& /*q*/) {
   p.cpad = (c + 15) / 16 * 16;
   p.taps.assign(static_cast<size_t>(k) * k * p.cpad, 0);
@@ -64,6 +82,14 @@ void pack_dw_taps(DwPacked& p, const int8_t* w, int c, int k, int /*in_zp*/, con
     for (int t = 0; t < k * k; ++t)
       p.taps[static_cast<size_t>(t) * p.cpad + ch] =
           static_cast<int32_t>(static_cast<uint16_t>(static_cast<int16_t>(w[ch * k * k + t])));
+}
+
+void pack_dw_taps16(DwPacked& p, const int8_t* w, int c, int k, int /*in_zp*/, const Requant& /*q*/) {
+  p.cpad = (c + 15) / 16 * 16;
+  p.vw.resize(static_cast<size_t>(k) * k * p.cpad * 2);
+  int16_t* t = p.vw.as<int16_t>();
+  for (int ch = 0; ch < c; ++ch)
+    for (int i = 0; i < k * k; ++i) t[static_cast<size_t>(i) * p.cpad + ch] = w[ch * k * k + i];
 }
 
 // Per 64-channel block, zmm j holds channel 16L + 4j + i in dword 4L + i (a tail block of <= 32 channels: 2 zmm,

@@ -13,22 +13,27 @@ namespace nask {
 //          subs [N/8][G][8]                                                                    (avx2)
 //   16x4:  int8 [N/16][K/4][16 ch][4 k]; int4: 32 bytes per step, byte i = v[i] | v[i+32] << 4;
 //          subs [N/16][G][16]                                                                  (avx512vnni)
+//   16x4_s8: 16x4, then int32 corr [N/16 * 16] = 128 * sum_k w[c, k] (grouped: times the group's sub-scale),
+//          which the kernels add back after multiplying activations shifted to x - 128         (neon, neondot)
 using PackGemmFn = void (*)(PackedWeights& pw, const int8_t* w, const int32_t* subs);
 void pack_gemm_rows(PackedWeights& pw, const int8_t* w, const int32_t* subs);
 void pack_gemm_8x2(PackedWeights& pw, const int8_t* w, const int32_t* subs);
 void pack_gemm_16x4(PackedWeights& pw, const int8_t* w, const int32_t* subs);
+void pack_gemm_16x4_s8(PackedWeights& pw, const int8_t* w, const int32_t* subs);
 
 // Depthwise weights in the layout of one ISA (the fields of DwArgs that its kernel reads).
 struct DwPacked {
   int cpad = 0;                    // channels padded to a multiple of 16
   std::vector<int32_t> taps;       // [k*k][cpad] int32, value w & 0xffff (DwArgs::wt)
-  AlignedBuf vw, vinit, vscale;    // AVX512-VNNI layout (DwArgs::dw_w, dw_init, dw_scale)
+  AlignedBuf vw, vinit, vscale;    // AVX512-VNNI layout (DwArgs::dw_w, dw_init, dw_scale);
+                                   // neon: vw holds int16 taps [k*k][cpad] (read as DwArgs::dw_w)
 };
 
 // w [C][k][k] int8 in [-127, 127]; q holds the (unfolded) bias and the scale per channel.
 using PackDepthwiseFn = void (*)(DwPacked& p, const int8_t* w, int c, int k, int in_zp, const Requant& q);
 void pack_dw_taps(DwPacked& p, const int8_t* w, int c, int k, int in_zp, const Requant& q);  // reference, avx2
 void pack_dw_vnni(DwPacked& p, const int8_t* w, int c, int k, int in_zp, const Requant& q);  // avx512vnni
+void pack_dw_taps16(DwPacked& p, const int8_t* w, int c, int k, int in_zp, const Requant& q);  // neon
 
 // Direct convolution weights (KernelTable::direct_conv): w [Cout][k][k * cin] -> [Cout][k][seg4], each kernel row
 // padded with zeros to seg4 = round_up(k * cin, 4) bytes. dst holds cout * k * seg4 bytes.

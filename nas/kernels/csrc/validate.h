@@ -1,5 +1,5 @@
-// Input validation for the Python bindings: every check raises a Python exception whose message starts with the
-// argument's name, before any work starts.
+// Input validation of NumPy arrays for the Python bindings: every check raises a Python exception whose message
+// starts with the argument's name, before any work starts (the checks of plain values are in ops.h).
 #pragma once
 
 #include <pybind11/numpy.h>
@@ -11,6 +11,7 @@
 
 #include "common.h"
 #include "config.h"
+#include "ops.h"
 
 namespace py = pybind11;
 
@@ -48,22 +49,5 @@ py::array need(const py::object& obj, const char* name, std::vector<py::ssize_t>
 }
 
 void need_writeable(const py::array& a, const char* name);
-
-void check_range(int64_t v, int64_t lo, int64_t hi, const char* name);
-
-int check_threads(int threads);
-
-// The ISA called `name` (ValueError naming the known ISAs otherwise), supported by this CPU or not.
-const Isa& parse_isa(const std::string& name);
-
-// The ISA called `name`; ValueError when it is unknown or this CPU cannot run it.
-const Isa& checked_isa(const std::string& name);
-
-// float32(multiplier * 2^(shift - 31)) after range checks.
-float checked_scale(int32_t multiplier, int32_t shift);
-
-// Fill the requantization parameters shared by every op from the Python arguments.
-void fill_requant(Requant& q, int n, const py::object& mult_o, const py::object& shift_o, int out_zp, int act_min,
-                  int act_max, const py::object& lut_o);
 
 }  // namespace nask

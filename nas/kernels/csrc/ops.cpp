@@ -1,0 +1,434 @@
+// The kernel ops without Python (ops.h).
+#include "ops.h"
+
+namespace nask {
+namespace {
+
+[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
+
+}  // namespace
+
+// ---------------------------------------------------------------- checks
+std::string dims_str(const std::vector<int64_t>& dims) {
+  std::string s = "(";
+  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
+  return s + (dims.size() == 1 ? ",)" : ")");
+}
+
+void check_range(int64_t v, int64_t lo, int64_t hi, const char* name) {
+  if (v < lo || v > hi)
+    fail(std::string(name) + "=" + std::to_string(v) + " outside [" + std::to_string(lo) + ", " + std::to_string(hi) +
+         "]");
+}
+
+int check_threads(int threads) {
+  check_range(threads, 1, 1024, "threads");
+  return threads;
+}
+
+const Isa& parse_isa(const std::string& name) {
+  if (const Isa* isa = find_isa(name)) return *isa;
+  std::string known;
+  for (const Isa& isa : all_isas()) known += (known.empty() ? "'" : ", '") + isa.name + "'";
+  fail("isa: expected one of " + known + ", got '" + name + "'");
+}
+
+const Isa& checked_isa(const std::string& name) {
+  const Isa& isa = parse_isa(name);
+  if (!isa.supported()) fail("isa '" + name + "' is not supported by this CPU");
+  return isa;
+}
+
+float checked_scale(int32_t multiplier, int32_t shift) {
+  check_range(multiplier, 0, INT32_MAX, "multiplier");
+  check_range(shift, -31, 30, "shift");
+  return scale_of(multiplier, shift);
+}
+
+void fill_requant(Requant& q, int n, const RequantParams& p) {
+  check_range(p.out_zp, 0, 255, "out_zp");
+  check_range(p.act_min, 0, 255, "act_min");
+  check_range(p.act_max, p.act_min, 255, "act_max");
+  q.resize(n);
+  for (int c = 0; c < n; ++c) {
+    check_range(p.multiplier[c], 0, INT32_MAX, "multiplier");
+    check_range(p.shift[c], -31, 30, "shift");
+    q.scale[c] = scale_of(p.multiplier[c], p.shift[c]);
+  }
+  q.zp = p.out_zp;
+  q.lo = p.act_min;
+  q.hi = p.act_max;
+  if (p.lut) q.lut32.assign(p.lut, p.lut + 256);
+}
+
+// ---------------------------------------------------------------- Gemm
+Gemm::Gemm(const GemmParams& p) {
+  isa_ = &checked_isa(p.isa);
+  if (p.bits != 8 && p.bits != 4) fail("bits: expected 8 or 4, got " + std::to_string(p.bits));
+  const int n = p.n, k = p.k;
+  if (n < 1 || k < 1) fail("weight: empty shape " + dims_str({n, k}));
+  if (k > (1 << 16)) fail("weight: K=" + std::to_string(k) + " too large (max 65536)");
+  check_range(p.in_zp, 0, 255, "in_zp");
+  const int8_t* wp = p.weight;
+  const int lim = p.bits == 4 ? 7 : 127;
+  for (int64_t i = 0; i < static_cast<int64_t>(n) * k; ++i)
+    if (wp[i] < -lim || wp[i] > lim)
+      fail("weight: values must lie in [-" + std::to_string(lim) + ", " + std::to_string(lim) +
+           "] for bits=" + std::to_string(p.bits));
+  pw_.n = n;
+  pw_.k = k;
+  pw_.bits = p.bits;
+  const int32_t* subs = p.sub_scales;
+  const int group_size = p.group_size;
+  if (subs) {
+    if (p.bits != 4) fail("sub_scales: group scales are only supported with bits=4");
+    if (group_size < 4 || group_size % 4 != 0)
+      fail("group_size: expected a positive multiple of 4, got " + std::to_string(group_size));
+    const int ng = (k + group_size - 1) / group_size;
+    if (p.sub_groups != ng)
+      fail("sub_scales: bad shape " + dims_str({n, p.sub_groups}) + " (dim 1 must be " + std::to_string(ng) + ")");
+    for (int64_t i = 0; i < static_cast<int64_t>(n) * ng; ++i) check_range(subs[i], 0, 255, "sub_scales");
+    if (static_cast<int64_t>(k) * 255 * 255 * 8 >= (1ll << 31)) fail("weight: K too large for grouped int4 accumulation");
+    pw_.grouped = true;
+    pw_.group = group_size;
+    pw_.ngroups = ng;
+  }
+  fill_requant(q_, n, p.requant);
+  q_.out_int32 = p.out_int32;
+  const int32_t* bp = p.bias;
+  std::vector<int64_t> bound(n);
+  for (int j = 0; j < n; ++j) {
+    int64_t wsum = 0, wabs = 0;
+    for (int i = 0; i < k; ++i) {
+      const int64_t sub = subs ? subs[j * pw_.ngroups + i / group_size] : 1;
+      const int64_t v = static_cast<int64_t>(wp[static_cast<int64_t>(j) * k + i]) * sub;
+      wsum += v;
+      wabs += v < 0 ? -v : v;
+    }
+    const int64_t be = static_cast<int64_t>(bp[j]) - static_cast<int64_t>(p.in_zp) * wsum;
+    if (be < INT32_MIN / 2 || be > INT32_MAX / 2) fail("bias: out of int32 range after zero-point folding");
+    q_.bias[j] = static_cast<int32_t>(be);
+    bound[j] = 255 * wabs + (be < 0 ? -be : be);
+  }
+  if (p.residual) {
+    if (p.out_int32) fail("residual: not supported with out_int32");
+    const ResidualParams& r = *p.residual;
+    check_range(r.zp, 0, 255, "residual zero point");
+    check_range(r.multiplier, 0, INT32_MAX, "residual multiplier");
+    check_range(r.shift, -31, 30, "residual shift");
+    q_.residual = true;
+    q_.res_zp = r.zp;
+    // both multipliers carry 2^kResidualBits; dividing the float32 scales by it is exact
+    q_.res_scale = std::ldexp(scale_of(r.multiplier, r.shift), -kResidualBits);
+    for (int j = 0; j < n; ++j) q_.scale[j] = std::ldexp(q_.scale[j], -kResidualBits);
+  }
+  q_.check_overflow(bound);
+  isa_->kernels.pack_gemm(pw_, wp, subs);
+  view_ = q_.view();
+}
+
+Task Gemm::task(const uint8_t* x, int m, void* out, const uint8_t* res) const {
+  if (m < 1) fail("x: needs at least one row");
+  if (q_.residual && !res) fail("residual: this op was built with a residual; pass the input");
+  if (!q_.residual && res) fail("residual: this op was built without residual parameters");
+  return [this, x, m, out, res](int threads) { run_raw(x, m, out, res, threads); };
+}
+
+void Gemm::run_conv(const ConvGeom& g, int m, void* out, int threads) const {
+  GemmArgs a;
+  a.m = m;
+  a.conv = &g;
+  a.w = &pw_;
+  a.q = view_;
+  a.out = out;
+  a.ldo = pw_.n;
+  isa_->kernels.gemm(a, threads);
+}
+
+void Gemm::run_raw(const uint8_t* x, int m, void* out, const uint8_t* res, int threads) const {
+  GemmArgs a;
+  a.m = m;
+  a.x = x;
+  a.ldx = pw_.k;
+  a.w = &pw_;
+  a.q = view_;
+  a.out = out;
+  a.ldo = pw_.n;
+  a.res = res;
+  a.ldr = pw_.n;
+  isa_->kernels.gemm(a, threads);
+}
+
+// ---------------------------------------------------------------- Conv
+Conv::Conv(const ConvParams& p) {
+  cout_ = p.cout;
+  k_ = p.kh;
+  cin_ = p.cin;
+  if (p.kw != k_ || (k_ != 1 && k_ != 3 && k_ != 5 && k_ != 7))
+    fail("weight: expected shape (Cout, k, k, Cin) with k in {1, 3, 5, 7}, got " +
+         dims_str({p.cout, p.kh, p.kw, p.cin}));
+  if (p.stride != 1 && p.stride != 2) fail("stride: expected 1 or 2, got " + std::to_string(p.stride));
+  stride_ = p.stride;
+  in_zp_ = p.in_zp;
+  direct_ = parse_isa(p.isa).kernels.direct_conv;
+  GemmParams g;
+  g.weight = p.weight;  // [Cout][k * k * Cin]
+  g.n = cout_;
+  g.k = k_ * k_ * cin_;
+  std::vector<int8_t> rows;
+  if (direct_) {  // [Cout][k][seg4]: each kernel row padded with zeros to a multiple of 4 bytes
+    seg4_ = conv_seg4(k_, cin_);
+    rows.resize(static_cast<size_t>(cout_) * k_ * seg4_);
+    pack_conv_rows(p.weight, cout_, k_, cin_, rows.data());
+    g.weight = rows.data();
+    g.k = k_ * seg4_;
+  }
+  g.bias = p.bias;
+  g.in_zp = p.in_zp;
+  g.requant = p.requant;
+  g.isa = p.isa;
+  gemm_ = std::make_unique<Gemm>(g);
+}
+
+Task Conv::task(const uint8_t* x, int b, int h, int w, uint8_t* out) const {
+  if (b < 1 || h < 1 || w < 1) fail("x: empty shape " + dims_str({b, h, w, cin_}));
+  const int ho = out_size(h), wo = out_size(w);
+  return [this, x, out, b, h, w, ho, wo](int threads) { run_raw(x, out, b, h, w, ho, wo, threads); };
+}
+
+void Conv::run_raw(const uint8_t* xp, uint8_t* op, int b, int h, int w, int ho, int wo, int threads) const {
+  if (direct_) {
+    run_direct(xp, op, b, h, w, ho, wo, threads);
+    return;
+  }
+  const int kk = k_ * k_ * cin_, pad = k_ / 2;
+  const int m = b * ho * wo;
+  thread_local std::vector<uint8_t> col;  // reused across calls (no page faults per run)
+  if (col.size() < static_cast<size_t>(m) * kk) col.resize(static_cast<size_t>(m) * kk);
+  uint8_t* cp = col.data();
+  const int k = k_, s = stride_, cin = cin_, zp = in_zp_;
+  auto im2col = [&](int r0, int r1) {
+    for (int r = r0; r < r1; ++r) {
+      const int bi = r / ho, oy = r % ho;
+      for (int ox = 0; ox < wo; ++ox) {
+        uint8_t* d = cp + (static_cast<size_t>(r) * wo + ox) * kk;
+        for (int ky = 0; ky < k; ++ky) {
+          const int iy = oy * s + ky - pad;
+          uint8_t* dr = d + ky * k * cin;
+          if (iy < 0 || iy >= h) {
+            std::memset(dr, zp, static_cast<size_t>(k) * cin);
+            continue;
+          }
+          const int ix0 = ox * s - pad;
+          const uint8_t* src = xp + ((static_cast<size_t>(bi) * h + iy) * w) * cin;
+          if (ix0 >= 0 && ix0 + k <= w) {
+            std::memcpy(dr, src + static_cast<size_t>(ix0) * cin, static_cast<size_t>(k) * cin);
+          } else {
+            for (int kx = 0; kx < k; ++kx) {
+              const int ix = ix0 + kx;
+              if (ix < 0 || ix >= w) std::memset(dr + kx * cin, zp, cin);
+              else std::memcpy(dr + kx * cin, src + static_cast<size_t>(ix) * cin, cin);
+            }
+          }
+        }
+      }
+    }
+  };
+  par(threads, b * ho, im2col);
+  gemm_->run_raw(cp, m, op, nullptr, threads);
+}
+
+// Zero-point padded copy of the input, then the GEMM reads the kernel rows in place (ConvGeom).
+void Conv::run_direct(const uint8_t* xp, uint8_t* op, int b, int h, int w, int ho, int wo, int threads) const {
+  const int p = k_ / 2, hp = h + 2 * p, wp = w + 2 * p;
+  const size_t row = static_cast<size_t>(wp) * cin_, inner = static_cast<size_t>(w) * cin_;
+  const size_t side = static_cast<size_t>(p) * cin_;
+  thread_local std::vector<uint8_t> padded;  // reused across calls (no page faults per run)
+  const size_t need_bytes = static_cast<size_t>(b) * hp * row + 64;  // + slack: rows are read in seg4 bytes
+  if (padded.size() < need_bytes) padded.resize(need_bytes);
+  uint8_t* pb = padded.data();
+  const int zp = in_zp_;
+  par(threads, b * hp, [&](int r0, int r1) {
+    for (int r = r0; r < r1; ++r) {
+      const int bi = r / hp, y = r % hp - p;
+      uint8_t* d = pb + static_cast<size_t>(r) * row;
+      if (y < 0 || y >= h) {
+        std::memset(d, zp, row);
+      } else {
+        std::memset(d, zp, side);
+        std::memcpy(d + side, xp + (static_cast<size_t>(bi) * h + y) * inner, inner);
+        std::memset(d + side + inner, zp, side);
+      }
+    }
+  });
+  std::memset(pb + static_cast<size_t>(b) * hp * row, zp, 64);
+  ConvGeom g;
+  g.pad = pb;
+  g.ho = ho;
+  g.wo = wo;
+  g.hp = hp;
+  g.wp = wp;
+  g.cin = cin_;
+  g.stride = stride_;
+  g.k = k_;
+  g.seg4 = seg4_;
+  gemm_->run_conv(g, b * ho * wo, op, threads);
+}
+
+// ---------------------------------------------------------------- Depthwise
+Depthwise::Depthwise(const DepthwiseParams& p) {
+  isa_ = &checked_isa(p.isa);
+  c_ = p.c;
+  k_ = p.kh;
+  if (c_ < 1 || p.kw != k_ || (k_ != 3 && k_ != 5 && k_ != 7))
+    fail("weight: expected shape (C, k, k) with k in {3, 5, 7}, got " + dims_str({p.c, p.kh, p.kw}));
+  if (p.stride != 1 && p.stride != 2) fail("stride: expected 1 or 2, got " + std::to_string(p.stride));
+  stride_ = p.stride;
+  check_range(p.in_zp, 0, 255, "in_zp");
+  in_zp_ = p.in_zp;
+  fill_requant(q_, c_, p.requant);
+  const int32_t* bp = p.bias;
+  for (int c = 0; c < c_; ++c) q_.bias[c] = bp[c];
+  const int8_t* wp = p.weight;
+  for (int64_t i = 0; i < static_cast<int64_t>(c_) * k_ * k_; ++i)
+    if (wp[i] == -128) fail("weight: values must lie in [-127, 127]");
+  std::vector<int64_t> bound(c_);
+  for (int c = 0; c < c_; ++c) {
+    int64_t wabs = 0;
+    for (int t = 0; t < k_ * k_; ++t) wabs += std::abs(static_cast<int>(wp[c * k_ * k_ + t]));
+    bound[c] = 255 * wabs + std::abs(static_cast<int64_t>(bp[c]));
+  }
+  q_.check_overflow(bound);
+  isa_->kernels.pack_depthwise(packed_, wp, c_, k_, in_zp_, q_);
+  view_ = q_.view();
+}
+
+Task Depthwise::task(const uint8_t* x, int b, int h, int w, uint8_t* out) const {
+  if (b < 1 || h < 1 || w < 1) fail("x: empty shape " + dims_str({b, h, w, c_}));
+  DwArgs a;
+  a.batch = b;
+  a.h = h;
+  a.w = w;
+  a.c = c_;
+  a.k = k_;
+  a.stride = stride_;
+  a.ho = out_size(h);
+  a.wo = out_size(w);
+  a.in_zp = in_zp_;
+  a.x = x;
+  a.wt = packed_.taps.data();
+  a.dw_w = packed_.vw.as<int8_t>();
+  a.dw_init = packed_.vinit.as<int32_t>();
+  a.dw_scale = packed_.vscale.as<float>();
+  a.cpad = packed_.cpad;
+  a.q = view_;
+  a.out = out;
+  const auto depthwise = isa_->kernels.depthwise;
+  return [a, depthwise](int threads) { depthwise(a, threads); };
+}
+
+// ---------------------------------------------------------------- Pool
+Pool::Pool(int hw, int in_zp, int32_t multiplier, int32_t shift, int out_zp, const std::string& isa) {
+  isa_ = &checked_isa(isa);
+  check_range(hw, 1, 1 << 22, "hw");
+  check_range(in_zp, 0, 255, "in_zp");
+  check_range(out_zp, 0, 255, "out_zp");
+  a_.hw = hw;
+  a_.in_zp = in_zp;
+  a_.out_zp = out_zp;
+  a_.scale = checked_scale(multiplier, shift);
+}
+
+Task Pool::task(const uint8_t* x, int b, int h, int w, int c, uint8_t* out) const {
+  if (static_cast<int64_t>(h) * w != a_.hw)
+    fail("x: spatial size " + dims_str({b, h, w, c}) + " does not match hw=" + std::to_string(a_.hw));
+  if (b < 1 || c < 1) fail("x: empty shape " + dims_str({b, h, w, c}));
+  return [this, x, b, c, out](int threads) { run_raw(x, b, c, out, threads); };
+}
+
+void Pool::run_raw(const uint8_t* x, int batch, int c, uint8_t* out, int threads) const {
+  PoolArgs a = a_;
+  a.batch = batch;
+  a.c = c;
+  a.x = x;
+  a.out = out;
+  isa_->kernels.pool(a, threads);
+}
+
+// ---------------------------------------------------------------- SqueezeExcite
+SqueezeExcite::SqueezeExcite(std::shared_ptr<Pool> pool, std::shared_ptr<Gemm> fc1, std::shared_ptr<Gemm> fc2,
+                             int in_zp, int32_t multiplier, int32_t shift, int out_zp, const std::string& isa)
+    : pool_(std::move(pool)), fc1_(std::move(fc1)), fc2_(std::move(fc2)) {
+  isa_ = &checked_isa(isa);
+  if (fc1_->k() != fc2_->n() || fc1_->n() != fc2_->k()) fail("fc1/fc2: shapes do not chain (C -> S -> C)");
+  if (fc1_->residual() || fc2_->residual() || fc1_->out_int32() || fc2_->out_int32())
+    fail("fc1/fc2: must be plain uint8-output GEMMs");
+  if (&fc1_->isa() != isa_ || &fc2_->isa() != isa_) fail("fc1/fc2: must be built for the same isa as the SE op");
+  check_range(in_zp, 0, 255, "in_zp");
+  check_range(out_zp, 0, 255, "out_zp");
+  s_.in_zp = in_zp;
+  s_.out_zp = out_zp;
+  s_.scale = checked_scale(multiplier, shift);
+}
+
+Task SqueezeExcite::task(const uint8_t* x, int b, int h, int w, uint8_t* out) const {
+  const int c = fc1_->k();
+  if (b < 1) fail("x: empty batch");
+  if (static_cast<int64_t>(h) * w != pool_->hw())
+    fail("x: spatial size " + dims_str({b, h, w, c}) + " does not match hw=" + std::to_string(pool_->hw()));
+  const int hw = h * w;
+  return [this, x, out, b, hw, c](int threads) { run_raw(x, out, b, hw, c, threads); };
+}
+
+void SqueezeExcite::run_raw(const uint8_t* xp, uint8_t* op, int b, int hw, int c, int threads) const {
+  std::vector<uint8_t> pooled(static_cast<size_t>(b) * c), hid(static_cast<size_t>(b) * fc1_->n()),
+      gate(static_cast<size_t>(b) * c);
+  pool_->run_raw(xp, b, c, pooled.data(), threads);
+  fc1_->run_raw(pooled.data(), b, hid.data(), nullptr, threads);
+  fc2_->run_raw(hid.data(), b, gate.data(), nullptr, threads);
+  ScaleArgs a = s_;
+  a.batch = b;
+  a.hw = hw;
+  a.c = c;
+  a.x = xp;
+  a.gate = gate.data();
+  a.out = op;
+  isa_->kernels.channel_scale(a, threads);
+}
+
+// ---------------------------------------------------------------- Plan, input quantization
+void Plan::run(int threads) const {
+  check_threads(threads);
+  for (const Task& t : tasks_) t(threads);
+}
+
+void quantize_nchw(const float* x, int n, int c, int h, int w, float scale, int zp, uint8_t* out) {
+  check_range(zp, 0, 255, "zero_point");
+  if (!(scale > 0.0f)) fail("scale: must be > 0");
+  // The strongest supported ISA with a vector RGB path, whatever the active ISA: the result is the same bits.
+  decltype(KernelTable::quantize_rgb) quantize_rgb = nullptr;
+  for (const Isa& isa : all_isas())
+    if (isa.kernels.quantize_rgb && isa.supported()) quantize_rgb = isa.kernels.quantize_rgb;
+  const float fzp = static_cast<float>(zp);
+  const size_t hw = static_cast<size_t>(h) * w;
+  const bool fast = c == 3 && quantize_rgb;
+  std::vector<uint8_t> tmp(hw);
+  uint8_t* t = tmp.data();
+  for (int b = 0; b < n; ++b) {
+    const float* xb = x + static_cast<size_t>(b) * c * hw;
+    uint8_t* ob = out + static_cast<size_t>(b) * hw * c;
+    if (fast) {
+      const size_t p0 = static_cast<size_t>(quantize_rgb(xb, static_cast<int64_t>(hw), scale, fzp, ob));
+      for (size_t p = p0; p < hw; ++p)
+        for (int ch = 0; ch < 3; ++ch) ob[p * 3 + ch] = quantize_value(xb[ch * hw + p], scale, fzp);
+      continue;
+    }
+    for (int ch = 0; ch < c; ++ch) {
+      const float* src = xb + static_cast<size_t>(ch) * hw;
+      for (size_t p = 0; p < hw; ++p) t[p] = quantize_value(src[p], scale, fzp);
+      for (size_t p = 0; p < hw; ++p) ob[p * c + ch] = t[p];
+    }
+  }
+}
+
+}  // namespace nask

@@ -1,0 +1,199 @@
+// The kernel ops without Python: each op checks its parameters once, packs its weights for one ISA's kernel table
+// and runs on raw pointers. A bad parameter throws std::invalid_argument whose message starts with the argument's
+// name (module.cpp, the Python bindings, turn it into ValueError; capi.cpp, the C API, into an error code).
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "config.h"
+#include "pack.h"
+
+namespace nask {
+
+using Task = std::function<void(int)>;  // one bound kernel call: threads -> void
+
+// ---------------------------------------------------------------- checks (std::invalid_argument)
+std::string dims_str(const std::vector<int64_t>& dims);  // "(2, 3)", "(4,)": as NumPy prints a shape
+void check_range(int64_t v, int64_t lo, int64_t hi, const char* name);
+int check_threads(int threads);
+// The ISA called `name` (naming the known ISAs otherwise), supported by this CPU or not.
+const Isa& parse_isa(const std::string& name);
+// The ISA called `name`; throws when it is unknown or this CPU cannot run it.
+const Isa& checked_isa(const std::string& name);
+// float32(multiplier * 2^(shift - 31)) after range checks.
+float checked_scale(int32_t multiplier, int32_t shift);
+
+// ---------------------------------------------------------------- parameters (nas.kernels.ops specs)
+// Per-output-channel requantization (ops.Requant); the pointers are read only while the op is built.
+struct RequantParams {
+  const int32_t* multiplier = nullptr;  // [n]
+  const int32_t* shift = nullptr;       // [n]
+  int out_zp = 0, act_min = 0, act_max = 255;
+  const uint8_t* lut = nullptr;  // [256] or nullptr
+};
+
+void fill_requant(Requant& q, int n, const RequantParams& p);
+
+struct ResidualParams {  // ops.Residual
+  int zp = 0;
+  int32_t multiplier = 0, shift = 0;
+};
+
+struct GemmParams {  // ops.GemmSpec
+  const int8_t* weight = nullptr;  // [n][k]
+  int n = 0, k = 0;
+  const int32_t* bias = nullptr;  // [n]
+  int in_zp = 0;
+  RequantParams requant;
+  int bits = 8;
+  const int32_t* sub_scales = nullptr;  // [n][sub_groups], bits == 4 only; nullptr: none
+  int sub_groups = 0;                   // as given; must be ceil(k / group_size)
+  int group_size = 0;
+  bool out_int32 = false;
+  std::optional<ResidualParams> residual;
+  std::string isa;
+};
+
+struct ConvParams {  // ops.ConvSpec
+  const int8_t* weight = nullptr;  // [cout][kh][kw][cin]
+  int cout = 0, kh = 0, kw = 0, cin = 0;
+  int stride = 1;
+  const int32_t* bias = nullptr;  // [cout]
+  int in_zp = 0;
+  RequantParams requant;
+  std::string isa;
+};
+
+struct DepthwiseParams {  // ops.DepthwiseSpec
+  const int8_t* weight = nullptr;  // [c][kh][kw]
+  int c = 0, kh = 0, kw = 0;
+  int stride = 1;
+  const int32_t* bias = nullptr;  // [c]
+  int in_zp = 0;
+  RequantParams requant;
+  std::string isa;
+};
+
+// ---------------------------------------------------------------- ops
+// Each op's task(...) checks the sizes and returns the kernel call on the given pointers (which must stay valid
+// while the task is used); run it with any thread count in [1, 1024].
+
+// y[m, n] = requant(sum_k x[m, k] * w[n, k] + bias[n]); x uint8 (zero point in_zp), w int8 or int4.
+class Gemm {
+ public:
+  explicit Gemm(const GemmParams& p);
+
+  int n() const { return pw_.n; }
+  int k() const { return pw_.k; }
+  bool residual() const { return q_.residual; }
+  bool out_int32() const { return q_.out_int32; }
+  const Isa& isa() const { return *isa_; }
+  size_t packed_bytes() const { return pw_.w.size; }
+
+  // x [m][k] uint8, out [m][n] (uint8, or int32 when out_int32), res [m][n] uint8 (residual ops only).
+  Task task(const uint8_t* x, int m, void* out, const uint8_t* res) const;
+  // Direct convolution rows (ConvGeom; ISAs with direct_conv only, weights packed by pack_conv_rows).
+  void run_conv(const ConvGeom& g, int m, void* out, int threads) const;
+  // No checks.
+  void run_raw(const uint8_t* x, int m, void* out, const uint8_t* res, int threads) const;
+
+ private:
+  const Isa* isa_ = nullptr;
+  PackedWeights pw_;
+  Requant q_;
+  RqView view_{};
+};
+
+// Full kxk convolution (the stem), padding k / 2: im2col (padding value = in_zp) + GEMM, or the ISA's direct path.
+class Conv {
+ public:
+  explicit Conv(const ConvParams& p);
+
+  int cin() const { return cin_; }
+  int cout() const { return cout_; }
+  int out_size(int in) const { return (in + 2 * (k_ / 2) - k_) / stride_ + 1; }
+  // x [b][h][w][cin] -> out [b][out_size(h)][out_size(w)][cout], uint8.
+  Task task(const uint8_t* x, int b, int h, int w, uint8_t* out) const;
+
+ private:
+  void run_raw(const uint8_t* xp, uint8_t* op, int b, int h, int w, int ho, int wo, int threads) const;
+  void run_direct(const uint8_t* xp, uint8_t* op, int b, int h, int w, int ho, int wo, int threads) const;
+
+  std::unique_ptr<Gemm> gemm_;
+  int cout_ = 0, k_ = 0, cin_ = 0, stride_ = 1, in_zp_ = 0, seg4_ = 0;
+  bool direct_ = false;
+};
+
+// Depthwise kxk convolution, padding k / 2.
+class Depthwise {
+ public:
+  explicit Depthwise(const DepthwiseParams& p);
+
+  int c() const { return c_; }
+  int out_size(int in) const { return (in - 1) / stride_ + 1; }
+  // x [b][h][w][c] -> out [b][out_size(h)][out_size(w)][c], uint8.
+  Task task(const uint8_t* x, int b, int h, int w, uint8_t* out) const;
+
+ private:
+  const Isa* isa_ = nullptr;
+  int c_ = 0, k_ = 0, stride_ = 1, in_zp_ = 0;
+  Requant q_;
+  RqView view_{};
+  DwPacked packed_;
+};
+
+// Global average pool: out[b, c] = rne(clamp(float32(sum_p x[b, p, c] - hw * in_zp) * scale)) + out_zp.
+class Pool {
+ public:
+  Pool(int hw, int in_zp, int32_t multiplier, int32_t shift, int out_zp, const std::string& isa);
+
+  int hw() const { return a_.hw; }
+  // x [b][h][w][c] with h * w == hw -> out [b][c], uint8.
+  Task task(const uint8_t* x, int b, int h, int w, int c, uint8_t* out) const;
+  void run_raw(const uint8_t* x, int batch, int c, uint8_t* out, int threads) const;
+
+ private:
+  const Isa* isa_ = nullptr;
+  PoolArgs a_;
+};
+
+// Squeeze-and-excitation: pool -> fc1 (ReLU) -> fc2 (hard-sigmoid via LUT, gate scale 1/255) -> scale.
+class SqueezeExcite {
+ public:
+  SqueezeExcite(std::shared_ptr<Pool> pool, std::shared_ptr<Gemm> fc1, std::shared_ptr<Gemm> fc2, int in_zp,
+                int32_t multiplier, int32_t shift, int out_zp, const std::string& isa);
+
+  int c() const { return fc1_->k(); }
+  // x [b][h][w][c] with h * w == the pool's hw -> out [b][h][w][c], uint8.
+  Task task(const uint8_t* x, int b, int h, int w, uint8_t* out) const;
+
+ private:
+  void run_raw(const uint8_t* xp, uint8_t* op, int b, int hw, int c, int threads) const;
+
+  const Isa* isa_ = nullptr;
+  std::shared_ptr<Pool> pool_;
+  std::shared_ptr<Gemm> fc1_, fc2_;
+  ScaleArgs s_;
+};
+
+// A fixed sequence of op calls on fixed buffers (a whole network), run in one call.
+class Plan {
+ public:
+  void add(Task t) { tasks_.push_back(std::move(t)); }
+  void run(int threads) const;
+  size_t size() const { return tasks_.size(); }
+
+ private:
+  std::vector<Task> tasks_;
+};
+
+// float32 NCHW -> uint8 NHWC: clamp(round_half_even(x / scale) + zp, 0, 255), same as quant.quantize_input.
+void quantize_nchw(const float* x, int n, int c, int h, int w, float scale, int zp, uint8_t* out);
+
+}  // namespace nask
