@@ -3,12 +3,14 @@
 For each device (table id) x space: profile the space's ops into `<results>/latency/<space>/<table id>.csv` where
 missing (resumable: a killed run continues), fit the per-network overhead on `--fit-samples` random networks and
 score it on `--samples` other random networks, both sets measured end to end in the same round-robin passes
-(`nas latency validate`'s code: `latency_models.validation.fit_and_validate`). Prints one markdown table: within +-10%, within +-5%, MAPE, max error, and the
-FLOPs baseline's within +-10%, per row.
+(`nas latency validate`'s code: `latency_models.validation.fit_and_validate`). Prints one markdown table: within
++-10%, within +-5%, MAPE, max error, and the FLOPs baseline's within +-10%, per row.
 
     python benchmarks/bench_latency_validation.py [--device kernels --device ort-int8 ...] [--threads 1 --threads 2]
         [--space small32 --space mobilenetv2] [--samples 100] [--fit-samples 60] [--json out.json]
 
+Resumable: a row already validated with the same settings on the same table (its summary.json under
+`<results>/latency/<space>/validate-<table id>/`) is read back, not measured again.
 Devices a machine cannot run (no ONNX Runtime, an ISA the CPU lacks) are reported as skipped with the reason.
 Numbers from a machine that other processes share are not results: run it on a quiet one and name the CPU.
 """
@@ -16,9 +18,11 @@ Numbers from a machine that other processes share are not results: run it on a q
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import search_spaces as ss
@@ -45,17 +49,32 @@ def row(name: str, threads: int, space: ss.SearchSpace, args: argparse.Namespace
                     progress=not args.no_progress, log=lambda m: print(f"  {m}", file=sys.stderr))
     table = LatencyTable.load(path, spec.table_id)
     profile_s = time.perf_counter() - t0
+    out = folder / f"validate-{spec.table_id}"
+    settings = {"samples": args.samples, "fit_samples": args.fit_samples, "net_reps": args.net_reps,
+                "passes": args.passes, "table_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    done = _finished(out / "summary.json", settings)
     t1 = time.perf_counter()
-    overhead, fit, report, df = fit_and_validate(Predictor(table), device, space, args.fit_samples, args.samples,
-                                                 args.net_reps, args.passes, not args.no_progress)
-    save_report(report, df, folder / f"validate-{spec.table_id}",
-                {"device": spec.table_id, "space": space.name, "fit_archs": fit["archs"],
-                 "overhead": overhead.to_dict(), "fingerprint": table.fingerprint}, log=lambda m: None)
+    if done is None:
+        overhead, fit, report, df = fit_and_validate(Predictor(table), device, space, args.fit_samples,
+                                                     args.samples, args.net_reps, args.passes, not args.no_progress)
+        done = {**asdict(report), "device": spec.table_id, "space": space.name, "fit_archs": fit["archs"],
+                "overhead": overhead.to_dict(), "fingerprint": table.fingerprint, "settings": settings}
+        save_report(report, df, out, {k: v for k, v in done.items() if k not in asdict(report)}, log=lambda m: None)
     return {"device": spec.table_id, "threads": threads, "space": space.name, "ops": len(table),
-            "profile_s": round(profile_s), "validate_s": round(time.perf_counter() - t1), "n": report.n,
-            "within_10": report.within_10, "within_5": report.within_5, "mape": report.mape,
-            "max_abs_pct": report.max_abs_pct, "mean_ms": report.mean_measured_ms,
-            "flops_within_10": report.baseline_within_10}
+            "profile_s": round(profile_s), "validate_s": round(time.perf_counter() - t1), "n": done["n"],
+            "within_10": done["within_10"], "within_5": done["within_5"], "mape": done["mape"],
+            "max_abs_pct": done["max_abs_pct"], "mean_ms": done["mean_measured_ms"],
+            "flops_within_10": done["baseline_within_10"], "overhead": done["overhead"]}
+
+
+def _finished(summary: Path, settings: dict) -> dict | None:
+    """A row this script already measured with the same settings on the same table (a rerun after a crash or
+    an interruption continues with the next row), else None."""
+    try:
+        done = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return None
+    return done if done.get("settings") == settings else None
 
 
 def main() -> int:
