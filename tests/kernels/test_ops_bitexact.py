@@ -165,3 +165,35 @@ def test_input_quantization_matches_numpy():
         got = np.empty(want.shape, np.uint8)
         _C.quantize_nchw(x, np.float32(scale), zp, got)
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("case", ["main product inexact", "residual product inexact"])
+@pytest.mark.parametrize("isa", ISAS)
+def test_residual_epilogue_is_two_roundings_never_a_fused_multiply_add(isa, case):
+    """v = float32(acc) * s + float32(r - zp) * rs with one product exact and the other just past a rounding tie:
+    two float32 operations round it one way, a fused multiply-add (what a compiler contracts a * b + c into on a
+    target with FMA, e.g. the AVX2 file) the other. Every ISA must give the two-rounding bytes (the AVX2 path once
+    gave one LSB off in a real network; tests/kernels/aarch64/driver.cpp has the same cases for ARM)."""
+    from nas.kernels.ops import Residual
+    from nas.kernels.quant import quantize_multiplier
+
+    scale, res, a, res_zp, r = {"main product inexact": (25.6, Residual(200, 1 << 30, 9), 1005, 200, 100),
+                                "residual product inexact": (256.0, Residual(255, *quantize_multiplier(25.6)), 25,
+                                                             255, 0)}[case]
+    n, m = 16, 63
+    pairs = [quantize_multiplier(scale * (1.0 + j / 4096.0)) for j in range(n)]  # off the tie by channel
+    rq = Requant(np.array([p[0] for p in pairs], np.int32), np.array([p[1] for p in pairs], np.int32), 100)
+    spec = GemmSpec(np.ones((n, 1), np.int8), np.full(n, a, np.int32), 128, rq, residual=res)
+    rows = np.arange(m)
+    x = (128 + rows % 5 - 2).astype(np.uint8)[:, None]  # acc = x - 128
+    rv = np.repeat((r + (rows % 7 == 3))[:, None], n, axis=1).astype(np.uint8)
+    s = np.array([np.float32(np.ldexp(np.float64(mm), int(sh) - 31 - 8)) for mm, sh in pairs], np.float32)
+    rs = np.float32(np.ldexp(np.float32(np.ldexp(np.float64(res.multiplier), res.shift - 31)), -8))
+    acc = (x.astype(np.float32) - 128 + a)
+    p1, p2 = acc * s[None, :], (rv.astype(np.float32) - res_zp) * rs  # each product rounded to float32
+    quant = lambda t: (np.rint(np.clip(t, -100, 155)) + 100).astype(np.uint8)  # noqa: E731
+    want = quant(p1 + p2)
+    fused = quant((acc.astype(np.float64) * s[None, :] + p2).astype(np.float32))  # one rounding of a * s + p2
+    assert (fused != want).any() or (quant((rv.astype(np.float64) - res_zp) * rs + p1).astype(np.uint8) != want).any()
+    np.testing.assert_array_equal(ref.run(spec, x, rv), want)
+    np.testing.assert_array_equal(compile_op(spec, isa).run(x, residual=rv), want)
