@@ -159,6 +159,17 @@ def latency(name: str, value: Any) -> str:
     return text
 
 
+def byte_size(name: str, value: Any) -> str:
+    """A size in bytes such as `256KB`, `1.5MB` or `2MiB` (a memory budget)."""
+    from search_spaces import parse_bytes
+
+    try:
+        parse_bytes(str(value))
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    return str(value)
+
+
 def phi(name: str, space: str, value: Any) -> float:
     """A compound-scaling coefficient for which `space` can be built (`search_spaces.get_space` checks it)."""
     from search_spaces import get_space

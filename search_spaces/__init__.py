@@ -5,7 +5,16 @@ Public API: `Arch`, `Block`, `decode`/`encode` (the compact string), `build` (Py
 """
 
 from search_spaces.arch import Arch, ArchError, Block, encode, make_divisible
-from search_spaces.budget import Budget, BudgetError, check_reachable, cost_fn, parse_budget, sample
+from search_spaces.budget import (
+    MEMORY_KINDS,
+    Budget,
+    BudgetError,
+    check_reachable,
+    cost_fn,
+    parse_budget,
+    parse_bytes,
+    sample,
+)
 from search_spaces.cost import Cost, Layer, count, count_macs, layers
 from search_spaces.encoding import decode
 from search_spaces.presets import PRESETS, preset, scale
@@ -50,8 +59,9 @@ def parse_arch(text: str) -> Arch:
 
 
 __all__ = [
+    "MEMORY_KINDS",
     "Arch", "ArchError", "Block", "Budget", "BudgetError", "CompoundScaling", "Cost", "DEFAULT_SPACE", "Layer",
     "MBConvNet", "PRESETS", "SPACES", "SearchSpace", "StageSpace", "build", "check_reachable", "cost_fn", "count",
     "count_macs", "decode", "encode", "get_space", "init_weights", "layers", "make_divisible", "parse_arch",
-    "parse_budget", "preset", "sample", "scale", "trim_to_budget",
+    "parse_budget", "parse_bytes", "preset", "sample", "scale", "trim_to_budget",
 ]

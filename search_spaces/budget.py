@@ -18,13 +18,33 @@ _TIME = re.compile(_NUMBER + r"(ms|us|s)\s*$", re.IGNORECASE)
 _BUDGET = re.compile(_NUMBER + r"([kmg]?)\s*(flops?|macs?|params?)?\s*$", re.IGNORECASE)
 
 
+_BYTE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+               "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+# budget kinds in bytes: peak activation memory and int8 weights, as the kernels run and store a network
+MEMORY_KINDS = ("peak_bytes", "weight_bytes")
+
+
+def parse_bytes(text: str) -> int:
+    """Bytes from `256KB`, `1.5MB`, `2GiB`, `123456`: decimal units (kB, MB, GB, TB; a bare K/M/G/T too) are
+    powers of 1000, binary ones (KiB, MiB, GiB, TiB) powers of 1024. Raises ValueError naming what was expected."""
+    match = _SIZE.match(str(text))
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _BYTE_UNITS:
+        raise ValueError(f"{_shown(text)}: expected a size in bytes such as 256KB, 1.5MB or 2GiB")
+    size = int(float(match.group(1)) * _BYTE_UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"{_shown(text)}: expected a positive size")
+    return size
+
+
 class BudgetError(ValueError):
     """A budget string is malformed, or no architecture of a space can meet a budget."""
 
 
 @dataclass(frozen=True)
 class Budget:
-    """A hard limit: `kind` is "macs" (1 MAC = 1 FLOP), "params" or "latency_ms"."""
+    """A hard limit: `kind` is "macs" (1 MAC = 1 FLOP), "params", "latency_ms", or one of `MEMORY_KINDS` (bytes)."""
 
     kind: str
     value: float
@@ -32,6 +52,8 @@ class Budget:
     def __str__(self) -> str:
         if self.kind == "latency_ms":
             return f"{self.value:g}ms"
+        if self.kind in MEMORY_KINDS:
+            return f"{self.value / 1e3:g}KB"
         unit = "MFLOPs" if self.kind == "macs" else "Mparams"
         return f"{self.value / 1e6:g}{unit}"
 

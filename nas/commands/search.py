@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from nas.checks import arg, latency, plain_name, positive_int
+from nas.checks import arg, byte_size, latency, plain_name, positive_int
 from nas.commands import flags
 
 
@@ -17,6 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     flags.add_budget(p, required=True, help="hard budget: e.g. 100MFLOPs (1 FLOP = 1 MAC), 2.5Mparams, 3ms")
     p.add_argument("--latency", default=None, type=arg(latency),
                    help="latency target on --device, e.g. 3ms (hard limit)")
+    p.add_argument("--peak-memory", default=None, type=arg(byte_size),
+                   help="peak activation memory on the kernels (input and logits included), e.g. 256KB (hard limit)")
+    p.add_argument("--model-size", default=None, type=arg(byte_size),
+                   help="bytes of int8 weights as the kernels store them, e.g. 1MB (hard limit)")
     p.add_argument("--device", default="kernels",
                    help="latency device: 'kernels' (our int8 library, profiled first if no table), 'torch-fp32', "
                         "'torch-int8', or a name profiled with `nas profile --device NAME`")
@@ -59,7 +63,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from nas.search.request import SearchRequest
 
     request = SearchRequest(
-        budget=args.budget, latency=args.latency, device=args.device, table=args.table, space=args.space,
+        budget=args.budget, latency=args.latency, peak_memory=args.peak_memory, model_size=args.model_size,
+        device=args.device, table=args.table, space=args.space,
         phi=args.phi, data=args.data, trials=args.trials, sampler=args.sampler, objective=args.objective,
         backend=args.backend, address=args.address, workers=args.workers, storage=args.storage, study=args.study,
         resume=args.resume, finalize=args.finalize, quick=args.quick, seed=args.seed, out=str(args.out),

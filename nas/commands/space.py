@@ -56,14 +56,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
+    from nas.kernels.memory import activation_plan
+
     arch = ss.parse_arch(args.arch)
+    mem = activation_plan(arch)
+    live = mem.live_bytes()
     print(f"arch {arch.hash()}: {arch}\n")
-    print(f"{'layer':<20}{'op':<7}{'in':>9}{'out':>9}{'k':>3}{'s':>3}{'act':>7}{'MACs':>14}{'params':>11}")
-    for layer in ss.layers(arch):
+    print(f"{'layer':<20}{'op':<7}{'in':>9}{'out':>9}{'k':>3}{'s':>3}{'act':>7}{'MACs':>14}{'params':>11}"
+          f"{'live bytes':>12}")
+    for i, layer in enumerate(ss.layers(arch)):
         print(f"{layer.name:<20}{layer.op:<7}{f'{layer.in_hw}x{layer.in_channels}':>9}"
               f"{f'{layer.out_hw}x{layer.out_channels}':>9}{layer.kernel:>3}{layer.stride:>3}{layer.act:>7}"
-              f"{layer.macs:>14,}{layer.params:>11,}")
+              f"{layer.macs:>14,}{layer.params:>11,}{live[i + 1]:>12,}")
     c = ss.count(arch)
     print(f"{'total':<58}{c.macs:>14,}{c.params:>11,}")
     print(f"\n{c.mmacs:.2f}M MACs (1 MAC = 1 FLOP), {c.mparams:.3f}M parameters (incl. BN gamma/beta)")
+    print(f"peak activation memory on the kernels: {mem.arena_bytes:,} bytes per image (one arena, input and logits "
+          f"included; {mem.unplanned_bytes:,} with a buffer per tensor; live bytes: the buffers in use during the "
+          f"layer, {max(live):,} at most)")
     return 0

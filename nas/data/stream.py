@@ -20,7 +20,6 @@ import glob
 import hashlib
 import math
 import os
-import re
 import shutil
 import struct
 import zipfile
@@ -55,6 +54,7 @@ from nas.data._idx import (
 )
 from nas.data.dataset import Dataset, summary
 from nas.io import write_atomic
+from search_spaces import parse_bytes
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
@@ -70,9 +70,6 @@ __all__ = [
 DEFAULT_MEMORY_FRACTION = 0.25  # of physical memory: the images, their float copies, the model and the rest fit
 DEFAULT_CACHE_DIR = Path("results") / "data-cache"  # beside the default --out; the CLI passes <--out>/data-cache
 _FINGERPRINT_SPAN = 1 << 20  # bytes hashed at each end of a source file, with its size and modification time
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------------------------- memory limit
@@ -103,14 +100,13 @@ def parse_memory_limit(text: str) -> int:
         if not 0 < share <= 100:
             raise ValueError(f"{text!r}: expected a share of physical memory in (0, 100]%, e.g. 25%")
         return int(physical_memory() * share / 100)
-    match = _SIZE.match(value)
-    unit = match.group(2).lower() if match else ""
-    if match is None or unit not in _UNITS:
-        raise ValueError(f"{text!r}: expected a memory size such as 2GiB, 500MB, 1.5G or 25% (of physical memory)")
-    size = int(float(match.group(1)) * _UNITS[unit])
-    if size <= 0:
-        raise ValueError(f"{text!r}: expected a positive memory size")
-    return size
+    try:
+        return parse_bytes(value)
+    except ValueError as exc:
+        if "positive" in str(exc):
+            raise ValueError(f"{text!r}: expected a positive memory size") from None
+        raise ValueError(f"{text!r}: expected a memory size such as 2GiB, 500MB, 1.5G or 25% (of physical "
+                         f"memory)") from None
 
 
 def in_memory_bytes(images: int, chw: tuple[int, int, int]) -> int:

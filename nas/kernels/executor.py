@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nas.kernels import _C, reference
+from nas.kernels import _C, memory, reference
 from nas.kernels.isa import resolve_isa
 from nas.kernels.ops import CompiledOp, GemmSpec, Spec, compile_op, out_shape
 from nas.kernels.quant import QParams, quantize_input
@@ -78,11 +78,7 @@ class QuantizedNetwork:
         ops = self.compile(isa)
         x = np.asarray(x)
         with self._lock:  # the plan's buffers are reused across calls (no page faults per run)
-            shape = self._input_shape(x)
-            key = (ops[0].isa, shape)
-            if key not in self._plans:
-                self._plans[key] = self._plan(ops, shape)
-            plan, xin, out = self._plans[key]
+            plan, xin, out, _ = self._planned(ops, self._input_shape(x))
             if x.dtype == np.uint8:
                 np.copyto(xin, x)
             else:
@@ -103,38 +99,53 @@ class QuantizedNetwork:
         return (n, h, w, c)
 
     def _plan(self, ops: list[CompiledOp], shape: tuple[int, ...]) -> tuple:
-        """Buffers for every layer output and a ``_C.Plan`` running all layers on them."""
-        xin = np.empty(shape, dtype=np.uint8)
-        bufs = []
+        """Every buffer (input, each layer's output) placed in one arena by `nas.kernels.memory.plan`, and a
+        ``_C.Plan`` running all layers on them."""
+        shapes, dtypes = [shape], [np.uint8]
         for layer in self.layers:
-            shape = out_shape(layer.spec, shape)
-            bufs.append(np.empty(shape, dtype=np.int32 if getattr(layer.spec, "out_int32", False) else np.uint8))
+            shapes.append(out_shape(layer.spec, shapes[-1]))
+            dtypes.append(np.int32 if getattr(layer.spec, "out_int32", False) else np.uint8)
+        sizes = [int(np.prod(s)) * np.dtype(d).itemsize for s, d in zip(shapes, dtypes, strict=True)]
+        wires = self._wiring()
+        arena_plan = memory.plan(sizes, wires)
+        arena = np.empty(arena_plan.arena_bytes + memory.ALIGN, dtype=np.uint8)
+        start = -arena.ctypes.data % memory.ALIGN  # offsets are multiples of ALIGN from an aligned start
+        bufs = [arena[start + o:start + o + n].view(d).reshape(s) for o, n, d, s in
+                zip(arena_plan.offsets, sizes, dtypes, shapes, strict=True)]
+        xin, outputs = bufs[0], bufs[1:]
         xs, outs, ress = [], [], []
-        for i, (src, res) in enumerate(self._wiring()):
-            spec, t = self.layers[i].spec, (xin if src < 0 else bufs[src])
-            r = None if res is None else (xin if res < 0 else bufs[res])
+        for i, (src, res) in enumerate(wires):
+            spec, t = self.layers[i].spec, (xin if src < 0 else outputs[src])
+            r = None if res is None else (xin if res < 0 else outputs[res])
             if isinstance(spec, GemmSpec):  # GEMMs take [M, K] / [M, N] views
                 t = t.reshape(-1, t.shape[-1])
                 r = None if r is None else r.reshape(-1, spec.weight.shape[0])
-                outs.append(bufs[i].reshape(-1, bufs[i].shape[-1]))
+                outs.append(outputs[i].reshape(-1, outputs[i].shape[-1]))
             else:
-                outs.append(bufs[i])
+                outs.append(outputs[i])
             xs.append(t)
             ress.append(r)
         plan = _C.Plan([op._op for op in ops], xs, outs, ress)
-        return plan, xin, bufs[-1]
+        return plan, xin, outputs[-1], arena_plan
+
+    def memory_plan(self, shape: tuple[int, ...], isa: str | None = None) -> memory.MemoryPlan:
+        """The arena plan `run` uses for uint8 NHWC input of `shape` (planned now if not yet)."""
+        ops = self.compile(isa)
+        with self._lock:
+            return self._planned(ops, tuple(shape))[3]
+
+    def _planned(self, ops: list[CompiledOp], shape: tuple[int, ...]) -> tuple:
+        """The cached plan for input `shape` on the ops' ISA (the caller holds the lock)."""
+        key = (ops[0].isa, shape)
+        if key not in self._plans:
+            self._plans[key] = self._plan(ops, shape)
+        return self._plans[key]
 
     def _wiring(self) -> list[tuple[int, int | None]]:
         """(input, residual) of every layer as indices of earlier layers' outputs (-1 = network input)."""
-        wires, prev, block, block_input = [], -1, None, -1
-        for i, layer in enumerate(self.layers):
-            parts = layer.name.split(".")
-            if parts[0] == "blocks" and parts[1] != block:
-                block, block_input = parts[1], prev
-            spec = layer.spec
-            wires.append((prev, block_input if isinstance(spec, GemmSpec) and spec.residual is not None else None))
-            prev = i
-        return wires
+        return memory.wiring([layer.name for layer in self.layers],
+                             [isinstance(layer.spec, GemmSpec) and layer.spec.residual is not None
+                              for layer in self.layers])
 
     def run_reference(self, x: np.ndarray) -> np.ndarray:
         """Same network through the pure-NumPy reference (bit-exact target for :meth:`run`)."""

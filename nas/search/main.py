@@ -230,6 +230,10 @@ def _describe(limits: Limits) -> str:
         parts.append(f"{limits.params / 1e6:g}M params")
     if limits.latency_ms:
         parts.append(f"{limits.latency_ms:g} ms")
+    if limits.peak_bytes:
+        parts.append(f"{limits.peak_bytes / 1e3:g} KB peak activation memory")
+    if limits.weight_bytes:
+        parts.append(f"{limits.weight_bytes / 1e3:g} KB of int8 weights")
     return ", ".join(parts) or "none"
 
 

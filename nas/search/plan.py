@@ -239,7 +239,8 @@ def limits_of(budgets: tuple[tuple[str, ss.Budget], ...], objective: str) -> tup
     target = values.get("latency_ms")
     if objective == "mnasnet":
         values.pop("latency_ms", None)
-    return Limits(macs=values.get("macs"), params=values.get("params"), latency_ms=values.get("latency_ms")), target
+    return Limits(macs=values.get("macs"), params=values.get("params"), latency_ms=values.get("latency_ms"),
+                  peak_bytes=values.get("peak_bytes"), weight_bytes=values.get("weight_bytes")), target
 
 
 def default_storage(run_dir: Path) -> str:

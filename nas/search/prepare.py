@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ BUILTIN_IO = {"digits": (1, 10)}
 CHEAPEST_IO = (1, 1)
 
 Budgets = tuple[tuple[str, ss.Budget], ...]  # (flag, budget) of every budget asked for
+# the budgets an architecture's costs decide alone (no device): checked before any data is loaded
+COUNTED = ("macs", "params", *ss.MEMORY_KINDS)
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ def prepare(spec: DataSpec, space: SpacePlan, budgets: Budgets, log: Callable[[s
     (`sized_space`)."""
     data = load_splits(spec, loading)
     return Prepared(data, sized_space(data, space, log,
-                                      check=lambda sp: check_budgets(budgets, sp, ("macs", "params"))))
+                                      check=lambda sp: check_budgets(budgets, sp, COUNTED)))
 
 
 def sized_space(data: DataSource, plan: SpacePlan, log: Callable[[str], None],
@@ -79,8 +82,11 @@ def check_budgets(budgets: Budgets, space: ss.SearchSpace, kinds: tuple[str, ...
     reachable cost (`where` and `note` as in `search_spaces.check_reachable`, `where` for latency only). A latency
     budget is checked (with `latency_ms`) also as the MnasNet reward's target: a target nothing reaches means no
     more than such a limit."""
+    from nas.kernels import memory
+
     costs: dict[str, Callable[[ss.Arch], float] | None] = {
-        "macs": ss.count_macs, "params": lambda a: ss.count(a).params, "latency_ms": latency_ms}
+        "macs": ss.count_macs, "params": lambda a: ss.count(a).params, "latency_ms": latency_ms,
+        **{kind: functools.partial(memory.cost, kind) for kind in ss.MEMORY_KINDS}}
     for flag, budget in budgets:
         cost = costs[budget.kind]
         if budget.kind in kinds and cost is not None:
@@ -95,4 +101,4 @@ def check_before_data(spec: DataSpec, space: SpacePlan, budgets: Budgets) -> Non
     builtin = spec.source.lower() in BUILTIN_IO and not Path(spec.source).expanduser().exists()
     io = BUILTIN_IO[spec.source.lower()] if builtin else CHEAPEST_IO
     note = "" if builtin else " even with 1 input channel and 1 class"
-    check_budgets(budgets, ss.get_space(space.name, space.phi).with_io(*io), ("macs", "params"), note=note)
+    check_budgets(budgets, ss.get_space(space.name, space.phi).with_io(*io), COUNTED, note=note)

@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 import search_spaces as ss
 from nas.io import write_atomic
+from nas.kernels import memory
 from nas.search.pareto import pareto_mask
 from nas.search.runner import SearchSettings, arch_for, trial_scores
 
@@ -33,6 +34,7 @@ def trials_frame(study: optuna.Study, s: SearchSettings,
         repeats = first.setdefault(arch.hash(), t.number)
         rows.append({
             "trial": t.number, "val_acc": acc, "latency_ms": lat, "macs": cost.macs, "params": cost.params,
+            "peak_bytes": memory.peak_activation_bytes(arch), "weight_bytes": memory.weight_bytes(arch),
             "resolution": arch.resolution, "depth": len(arch.blocks()), "arch_hash": arch.hash(), "arch": str(arch),
             "seconds": t.user_attrs.get("seconds", (t.duration.total_seconds() if t.duration else float("nan"))),
             "duplicate_of": repeats if repeats != t.number else None,
@@ -70,7 +72,9 @@ def baselines_frame(baselines: dict[str, ss.Arch], latency_ms: Callable[[ss.Arch
     rows = []
     for name, arch in baselines.items():
         cost = ss.count(arch)
-        rows.append({"name": name, "macs": cost.macs, "params": cost.params, "latency_ms": latency_ms(arch),
+        rows.append({"name": name, "macs": cost.macs, "params": cost.params,
+                     "peak_bytes": memory.peak_activation_bytes(arch), "weight_bytes": memory.weight_bytes(arch),
+                     "latency_ms": latency_ms(arch),
                      "measured_ms": measured_ms(arch), "arch": str(arch)})
     return pd.DataFrame(rows)
 

@@ -36,6 +36,8 @@ class SearchRequest:
 
     budget: str = "100MFLOPs"
     latency: str | None = None
+    peak_memory: str | None = None  # peak activation memory on the kernels, e.g. 256KB (hard limit)
+    model_size: str | None = None  # int8 weight bytes, e.g. 1MB (hard limit)
     device: str = "kernels"
     table: str | None = None
     space: str = ss.DEFAULT_SPACE
@@ -77,6 +79,9 @@ class SearchRequest:
         put("budget", checks.budget("--budget", self.budget))
         if self.latency is not None:
             put("latency", checks.latency("--latency", self.latency))
+        for name, flag in (("peak_memory", "--peak-memory"), ("model_size", "--model-size")):
+            if getattr(self, name) is not None:
+                put(name, checks.byte_size(flag, getattr(self, name)))
         put("space", _one_of("--space", self.space, sorted(ss.SPACES)))
         put("phi", checks.phi("--phi", self.space, self.phi))
         put("device", checks.device("--device", self.device))
@@ -122,10 +127,15 @@ class SearchRequest:
                              "ms)")
 
     def budgets(self) -> list[tuple[str, ss.Budget]]:
-        """(flag, budget) of every budget asked for: --budget, and --latency when given."""
+        """(flag, budget) of every budget asked for: --budget, and --latency, --peak-memory, --model-size when
+        given."""
         out = [("--budget", ss.parse_budget(self.budget))]
         if self.latency:
             out.append(("--latency", ss.parse_budget(self.latency)))
+        for flag, text, kind in (("--peak-memory", self.peak_memory, "peak_bytes"),
+                                 ("--model-size", self.model_size, "weight_bytes")):
+            if text:
+                out.append((flag, ss.Budget(kind, ss.parse_bytes(text))))
         return out
 
     def target_budget(self) -> tuple[str, ss.Budget] | None:
@@ -148,6 +158,8 @@ class SearchRequest:
         return {
             "--budget": str(ss.parse_budget(self.budget)),
             "--latency": str(ss.parse_budget(self.latency)) if self.latency else None,
+            "--peak-memory": ss.parse_bytes(self.peak_memory) if self.peak_memory else None,
+            "--model-size": ss.parse_bytes(self.model_size) if self.model_size else None,
             "--device": self.device, "--table": str(Path(self.table).expanduser().resolve()) if self.table else None,
             "--space": self.space, "--phi": float(self.phi), "--data": data, "--sampler": self.sampler,
             "--objective": self.objective, "--seed": self.seed, "--quick": self.quick,
@@ -164,6 +176,10 @@ class SearchRequest:
         parts = [self.space, data, str(ss.parse_budget(self.budget))]
         if self.latency:
             parts.append(f"lat{ss.parse_budget(self.latency)}")
+        if self.peak_memory:
+            parts.append(f"peak{ss.Budget('peak_bytes', ss.parse_bytes(self.peak_memory))}")
+        if self.model_size:
+            parts.append(f"size{ss.Budget('weight_bytes', ss.parse_bytes(self.model_size))}")
         if self.phi:
             parts.append(f"phi{self.phi:g}")
         if self.device != "kernels":

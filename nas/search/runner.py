@@ -44,6 +44,8 @@ class Limits:
     macs: float | None = None
     params: float | None = None
     latency_ms: float | None = None
+    peak_bytes: float | None = None  # peak activation memory on the kernels (`nas.kernels.memory`)
+    weight_bytes: float | None = None  # int8 weights as stored
 
     def excess(self, arch: ss.Arch, latency_ms: Callable[[ss.Arch], float] | None) -> float:
         """max(cost / limit) over the set limits: <= 1 means the architecture fits."""
@@ -52,6 +54,11 @@ class Limits:
             ratios.append(ss.count_macs(arch) / self.macs)
         if self.params:
             ratios.append(ss.count(arch).params / self.params)
+        for kind in ss.MEMORY_KINDS:
+            if getattr(self, kind):
+                from nas.kernels import memory
+
+                ratios.append(memory.cost(kind, arch) / getattr(self, kind))
         if self.latency_ms:
             if latency_ms is None:
                 raise ValueError("latency: a latency limit needs a latency predictor (--device)")

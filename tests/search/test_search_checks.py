@@ -3,6 +3,7 @@ before the data is loaded, latency once its table is loaded), and every setting 
 naming the flag. Runs in-process through `nas.cli.main`; the supernet trainer fails the test if it is reached."""
 
 import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +217,42 @@ def test_table_of_another_device_is_refused(capsys, tmp_path, no_training):
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert f"--table: {table} was not measured on --device kernels" in err
     assert "device: table 'torch-fp32' vs here 'kernels'" in err
+
+
+@pytest.mark.parametrize("flag, kind", [("--peak-memory", "peak_bytes"), ("--model-size", "weight_bytes")])
+def test_unreachable_memory_budgets_are_refused_before_the_data_is_loaded(flag, kind, tmp_path, monkeypatch, capsys,
+                                                                        no_training, no_data):
+    """Peak activation memory and int8 weight bytes are hard budgets beside --budget; one nothing meets is one line
+    naming the flag and the smallest reachable value, before the data is loaded or anything is written."""
+    from nas.kernels import memory
+
+    monkeypatch.chdir(tmp_path)
+    smallest = memory.cost(kind, DIGITS_SMALLEST)
+    rc, err = search(capsys, tmp_path / "out", "--budget", "100MFLOPs", flag, f"{smallest - 1}B", *QUICK)
+    assert rc == 2, err
+    line = err.strip()
+    assert "\n" not in line and line.startswith(f"nas search: error: {flag}: nothing in space 'small32' fits")
+    assert f"the smallest architecture costs {ss.Budget(kind, smallest)} " in line
+    assert os.listdir(tmp_path) == []
+    rc, err = search(capsys, tmp_path / "out", "--budget", "100MFLOPs", flag, "12 parsecs", *QUICK)
+    assert rc == 2 and flag in err and "size in bytes" in err and err.count("\n") == 1, err
+
+
+def test_memory_limits_repair_every_trial_into_them():
+    """A trial's architecture is repaired until each limit holds: MACs, peak activation memory and weights together."""
+    from nas.kernels import memory
+    from nas.search.params import repair
+    from nas.search.plan import limits_of
+
+    space = ss.get_space("small32").with_io(*BUILTIN_IO["digits"])
+    largest = space.largest()
+    peak, weights = memory.peak_activation_bytes(largest) // 3, memory.weight_bytes(largest) // 4
+    request = SearchRequest(budget="80MFLOPs", peak_memory=f"{peak}B", model_size=f"{weights}B")
+    limits, _ = limits_of(tuple(request.budgets()), "pareto")
+    assert (limits.macs, limits.peak_bytes, limits.weight_bytes) == (80e6, peak, weights)
+    rng = random.Random(0)
+    for _ in range(20):
+        arch = repair(space, space.random_arch(rng), lambda a: limits.excess(a, None), 1.0)
+        assert ss.count_macs(arch) <= 80e6
+        assert memory.peak_activation_bytes(arch) <= peak and memory.weight_bytes(arch) <= weights
+    assert "peak" in request.run_name() and request.study_settings()["--peak-memory"] == peak

@@ -467,8 +467,10 @@ struct nas_model {
 
   std::mutex mu;  // guards the plan and its buffers, rebuilt when the batch size changes
   int plan_batch = 0;
-  std::vector<uint8_t> input;
-  std::vector<std::vector<uint8_t>> outs;
+  std::vector<uint8_t> arena;  // every activation buffer (nask::plan_arena)
+  uint8_t* input = nullptr;    // the quantized input, in the arena
+  size_t input_bytes = 0;
+  const uint8_t* logits_acc = nullptr;  // the classifier's int32 output, in the arena
   nask::Plan plan;
 
   void load(const std::filesystem::path& dir);
@@ -591,21 +593,37 @@ void nas_model::prepare(int batch) {
   if (batch == plan_batch) return;
   plan_batch = 0;
   plan = nask::Plan();
-  input.assign(static_cast<size_t>(batch) * height * width * channels, 0);
-  outs.assign(layers.size(), {});
+  // The input and every layer's output in one arena, planned as nas.kernels.memory.plan: step 0 writes the input,
+  // step i + 1 runs layer i, a buffer lives until the last step that reads it.
   std::vector<Shape> shapes;
+  std::vector<size_t> sizes{static_cast<size_t>(batch) * height * width * channels};
+  std::vector<int> first{0}, last{0};
   const Shape in{batch, height, width, channels};
   for (size_t i = 0; i < layers.size(); ++i) {
     const Layer& l = layers[i];
-    const Shape x = l.src < 0 ? in : shapes[l.src];  // a copy: shapes grows below
-    shapes.push_back(l.out_shape(x));
+    const int step = static_cast<int>(i) + 1;
+    shapes.push_back(l.out_shape(l.src < 0 ? in : shapes[l.src]));
     int64_t n = 1;
     for (int64_t d : shapes.back()) n *= d;
-    outs[i].assign(static_cast<size_t>(n) * (l.gemm && l.gemm->out_int32() ? 4 : 1), 0);
-    const uint8_t* xp = l.src < 0 ? input.data() : outs[l.src].data();
-    const uint8_t* rp = !l.has_res ? nullptr : l.res < 0 ? input.data() : outs[l.res].data();
-    plan.add(l.task(xp, x, outs[i].data(), rp));
+    sizes.push_back(static_cast<size_t>(n) * (l.gemm && l.gemm->out_int32() ? 4 : 1));
+    first.push_back(step);
+    last.push_back(step);
+    last[l.src + 1] = std::max(last[l.src + 1], step);
+    if (l.has_res) last[l.res + 1] = std::max(last[l.res + 1], step);
   }
+  constexpr size_t kAlign = 64;
+  const nask::ArenaPlan ap = nask::plan_arena(sizes, first, last, kAlign);
+  arena.assign(ap.bytes + kAlign, 0);
+  uint8_t* base = arena.data() + (kAlign - reinterpret_cast<uintptr_t>(arena.data()) % kAlign) % kAlign;
+  auto buffer = [&](int b) { return base + ap.offsets[b + 1]; };  // b = -1: the input
+  input = buffer(-1);
+  input_bytes = sizes[0];
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const Layer& l = layers[i];
+    const Shape x = l.src < 0 ? in : shapes[l.src];
+    plan.add(l.task(buffer(l.src), x, buffer(static_cast<int>(i)), l.has_res ? buffer(l.res) : nullptr));
+  }
+  logits_acc = buffer(static_cast<int>(layers.size()) - 1);
   plan_batch = batch;
 }
 
@@ -615,14 +633,13 @@ void nas_model::run(const float* xf, const uint8_t* xu, int batch, float* logits
   if (threads < 1 || threads > 1024) throw Error(NAS_ERR_ARGUMENT, "threads=" + std::to_string(threads) + " outside [1, 1024]");
   const std::lock_guard<std::mutex> lock(mu);
   prepare(batch);
-  if (xu) std::memcpy(input.data(), xu, input.size());
-  else nask::quantize_nchw(xf, batch, channels, height, width, in_scale, in_zp, input.data());
+  if (xu) std::memcpy(input, xu, input_bytes);
+  else nask::quantize_nchw(xf, batch, channels, height, width, in_scale, in_zp, input);
   plan.run(threads);
   const size_t classes = logit_scale.size();
-  const std::vector<uint8_t>& acc = outs.back();
   for (size_t i = 0; i < static_cast<size_t>(batch) * classes; ++i) {
     int32_t a;
-    std::memcpy(&a, acc.data() + 4 * i, 4);
+    std::memcpy(&a, logits_acc + 4 * i, 4);
     logits[i] = static_cast<float>(a) * logit_scale[i % classes];  // out.astype(float32) * logit_scale
   }
 }

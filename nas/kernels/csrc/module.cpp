@@ -12,6 +12,9 @@
 #ifndef NASK_BUILD_FLAGS
 #define NASK_BUILD_FLAGS "unknown"
 #endif
+#ifndef NASK_SOURCE_HASH
+#define NASK_SOURCE_HASH "unknown"
+#endif
 
 namespace nask {
 namespace {
@@ -273,6 +276,7 @@ PYBIND11_MODULE(_C, m) {
   using namespace nask;
   m.doc() = "nas low-bit CPU kernels (int8 / int4-weight, NHWC, AVX512-VNNI / AVX2 / scalar reference)";
   m.attr("build_flags") = NASK_BUILD_FLAGS;
+  m.attr("source_hash") = NASK_SOURCE_HASH;
   m.attr("compiler") = __VERSION__;
   m.attr("residual_bits") = kResidualBits;
   py::tuple isas(all_isas().size());
@@ -338,6 +342,15 @@ PYBIND11_MODULE(_C, m) {
             run_task(pool_task(p, x, out), threads);
           },
           py::arg("x"), py::arg("out"), py::arg("threads"));
+  m.def(
+      "plan_arena",
+      [](const std::vector<size_t>& sizes, const std::vector<int>& first, const std::vector<int>& last,
+         size_t align) {
+        const ArenaPlan p = plan_arena(sizes, first, last, align);
+        return py::make_tuple(p.offsets, p.bytes);
+      },
+      py::arg("sizes"), py::arg("first"), py::arg("last"), py::arg("align") = 64,
+      "(offsets, arena bytes) of buffers live from step first[i] to last[i] in one arena (ops.h plan_arena)");
   py::class_<PyPlan>(m, "Plan")
       .def(py::init<const py::list&, const py::list&, const py::list&, const py::list&>(), py::arg("ops"),
            py::arg("xs"), py::arg("outs"), py::arg("residuals"))

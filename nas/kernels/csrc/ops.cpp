@@ -402,6 +402,37 @@ void Plan::run(int threads) const {
   for (const Task& t : tasks_) t(threads);
 }
 
+ArenaPlan plan_arena(const std::vector<size_t>& sizes, const std::vector<int>& first, const std::vector<int>& last,
+                     size_t align) {
+  const size_t n = sizes.size();
+  if (first.size() != n || last.size() != n) fail("plan_arena: sizes, first and last must have the same length");
+  if (align == 0 || (align & (align - 1)) != 0) fail("plan_arena: align must be a power of two");
+  for (size_t i = 0; i < n; ++i)
+    if (first[i] > last[i]) fail("plan_arena: buffer " + std::to_string(i) + " is last read before it is written");
+  auto up = [align](size_t v) { return (v + align - 1) & ~(align - 1); };
+  std::vector<size_t> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return sizes[a] > sizes[b]; });
+  ArenaPlan plan;
+  plan.offsets.assign(n, 0);
+  std::vector<size_t> placed;
+  for (size_t i : order) {
+    std::vector<std::pair<size_t, size_t>> taken;  // [offset, end) of placed buffers alive with this one
+    for (size_t j : placed)
+      if (first[j] <= last[i] && first[i] <= last[j]) taken.emplace_back(plan.offsets[j], plan.offsets[j] + sizes[j]);
+    std::sort(taken.begin(), taken.end());
+    size_t at = 0;
+    for (const auto& [lo, hi] : taken) {
+      if (at + sizes[i] <= lo) break;
+      at = std::max(at, up(hi));
+    }
+    plan.offsets[i] = at;
+    plan.bytes = std::max(plan.bytes, at + sizes[i]);
+    placed.push_back(i);
+  }
+  return plan;
+}
+
 void quantize_nchw(const float* x, int n, int c, int h, int w, float scale, int zp, uint8_t* out) {
   check_range(zp, 0, 255, "zero_point");
   if (!(scale > 0.0f)) fail("scale: must be > 0");

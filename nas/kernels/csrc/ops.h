@@ -193,6 +193,17 @@ class Plan {
   std::vector<Task> tasks_;
 };
 
+// One arena for a network's activation buffers. Buffer i is written at step first[i] and last read at step
+// last[i] (inclusive); two buffers whose steps overlap never share a byte, others may. Greedy by size (TF Lite
+// Micro's and TinyEngine's planners: the largest buffer first, each at the lowest offset that fits between the
+// buffers already placed whose lives overlap its own), offsets multiples of `align`. Deterministic.
+struct ArenaPlan {
+  std::vector<size_t> offsets;  // per buffer, in bytes from the arena's start
+  size_t bytes = 0;             // the arena's size: the peak of live bytes under this plan
+};
+ArenaPlan plan_arena(const std::vector<size_t>& sizes, const std::vector<int>& first, const std::vector<int>& last,
+                     size_t align = 64);
+
 // float32 NCHW -> uint8 NHWC: clamp(round_half_even(x / scale) + zp, 0, 255), same as quant.quantize_input.
 void quantize_nchw(const float* x, int n, int c, int h, int w, float scale, int zp, uint8_t* out);
 
