@@ -402,19 +402,15 @@ void Plan::run(int threads) const {
   for (const Task& t : tasks_) t(threads);
 }
 
-ArenaPlan plan_arena(const std::vector<size_t>& sizes, const std::vector<int>& first, const std::vector<int>& last,
-                     size_t align) {
-  const size_t n = sizes.size();
-  if (first.size() != n || last.size() != n) fail("plan_arena: sizes, first and last must have the same length");
-  if (align == 0 || (align & (align - 1)) != 0) fail("plan_arena: align must be a power of two");
-  for (size_t i = 0; i < n; ++i)
-    if (first[i] > last[i]) fail("plan_arena: buffer " + std::to_string(i) + " is last read before it is written");
+namespace {
+
+// Places buffers in `order`, each at the lowest offset that fits between those already placed whose lives
+// overlap its own.
+ArenaPlan place(const std::vector<size_t>& order, const std::vector<size_t>& sizes, const std::vector<int>& first,
+                const std::vector<int>& last, size_t align) {
   auto up = [align](size_t v) { return (v + align - 1) & ~(align - 1); };
-  std::vector<size_t> order(n);
-  for (size_t i = 0; i < n; ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return sizes[a] > sizes[b]; });
   ArenaPlan plan;
-  plan.offsets.assign(n, 0);
+  plan.offsets.assign(sizes.size(), 0);
   std::vector<size_t> placed;
   for (size_t i : order) {
     std::vector<std::pair<size_t, size_t>> taken;  // [offset, end) of placed buffers alive with this one
@@ -431,6 +427,32 @@ ArenaPlan plan_arena(const std::vector<size_t>& sizes, const std::vector<int>& f
     placed.push_back(i);
   }
   return plan;
+}
+
+}  // namespace
+
+ArenaPlan plan_arena(const std::vector<size_t>& sizes, const std::vector<int>& first, const std::vector<int>& last,
+                     size_t align) {
+  const size_t n = sizes.size();
+  if (first.size() != n || last.size() != n) fail("plan_arena: sizes, first and last must have the same length");
+  if (align == 0 || (align & (align - 1)) != 0) fail("plan_arena: align must be a power of two");
+  for (size_t i = 0; i < n; ++i)
+    if (first[i] > last[i]) fail("plan_arena: buffer " + std::to_string(i) + " is last read before it is written");
+  // Three placement orders, the smallest arena kept (ties: the first): largest first (greedy by size), largest
+  // size x lifetime first, and in execution order (each buffer where the ones it outlives left room). Which wins
+  // depends on the network; trying all costs microseconds.
+  std::vector<size_t> by_size(n), by_area(n), by_time(n);
+  for (size_t i = 0; i < n; ++i) by_size[i] = by_area[i] = by_time[i] = i;
+  std::stable_sort(by_size.begin(), by_size.end(), [&](size_t a, size_t b) { return sizes[a] > sizes[b]; });
+  auto area = [&](size_t i) { return sizes[i] * static_cast<size_t>(last[i] - first[i] + 1); };
+  std::stable_sort(by_area.begin(), by_area.end(), [&](size_t a, size_t b) { return area(a) > area(b); });
+  ArenaPlan best;
+  bool have = false;
+  for (const std::vector<size_t>* order : {&by_size, &by_area, &by_time}) {
+    ArenaPlan p = place(*order, sizes, first, last, align);
+    if (!have || p.bytes < best.bytes) best = std::move(p), have = true;
+  }
+  return best;
 }
 
 void quantize_nchw(const float* x, int n, int c, int h, int w, float scale, int zp, uint8_t* out) {

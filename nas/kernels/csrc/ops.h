@@ -194,9 +194,10 @@ class Plan {
 };
 
 // One arena for a network's activation buffers. Buffer i is written at step first[i] and last read at step
-// last[i] (inclusive); two buffers whose steps overlap never share a byte, others may. Greedy by size (TF Lite
-// Micro's and TinyEngine's planners: the largest buffer first, each at the lowest offset that fits between the
-// buffers already placed whose lives overlap its own), offsets multiples of `align`. Deterministic.
+// last[i] (inclusive); two buffers whose steps overlap never share a byte, others may. Each buffer goes to the
+// lowest offset that fits between the buffers already placed whose lives overlap its own (TF Lite Micro's and
+// TinyEngine's greedy planners), in the best of three orders (largest first, largest size x lifetime first,
+// execution order); offsets are multiples of `align`. Deterministic.
 struct ArenaPlan {
   std::vector<size_t> offsets;  // per buffer, in bytes from the arena's start
   size_t bytes = 0;             // the arena's size: the peak of live bytes under this plan
