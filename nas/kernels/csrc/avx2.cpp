@@ -209,9 +209,10 @@ void gemm(const GemmArgs& a, int threads) {
 void depthwise(const DwArgs& a, int threads) {
   const int pad = a.k / 2;
   const __m256i zpv = bcast(a.in_zp);
-  par(threads, a.batch * a.ho, [&](int r0, int r1) {
+  const int rows = dw_rows(a);
+  par(threads, a.batch * rows, [&](int r0, int r1) {
     for (int r = r0; r < r1; ++r) {
-      const int b = r / a.ho, oy = r % a.ho;
+      const int b = r / rows, oy = a.oy0 + r % rows;
       const int iy0 = oy * a.stride - pad;
       const int ky0 = iy0 < 0 ? -iy0 : 0;
       const int ky1 = a.h - iy0 < a.k ? a.h - iy0 : a.k;
@@ -219,12 +220,12 @@ void depthwise(const DwArgs& a, int threads) {
         const int ix0 = ox * a.stride - pad;
         const int kx0 = ix0 < 0 ? -ix0 : 0;
         const int kx1 = a.w - ix0 < a.k ? a.w - ix0 : a.k;
-        uint8_t* o = a.out + ((static_cast<int64_t>(b) * a.ho + oy) * a.wo + ox) * a.c;
+        uint8_t* o = dw_out_row(a, b, oy) + static_cast<int64_t>(ox) * a.c;
         for (int c = 0; c < a.c; c += 8) {
           const int n = a.c - c < 8 ? a.c - c : 8;
           __m256i acc = _mm256_setzero_si256();
           for (int ky = ky0; ky < ky1; ++ky) {
-            const uint8_t* xrow = a.x + ((static_cast<int64_t>(b) * a.h + iy0 + ky) * a.w + ix0) * a.c + c;
+            const uint8_t* xrow = dw_in_row(a, b, iy0 + ky) + static_cast<int64_t>(ix0) * a.c + c;
             const int32_t* wrow = a.wt + ky * a.k * a.cpad + c;
             for (int kx = kx0; kx < kx1; ++kx) {
               const __m256i xv = _mm256_sub_epi32(load8_u8(xrow + kx * a.c, n), zpv);

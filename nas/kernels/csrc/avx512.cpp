@@ -432,7 +432,7 @@ inline void dw_out(const DwArgs& a, const Epi& e, const __m512i (&w)[K][(K + 3) 
       p01 = _mm512_adds_epi16(p01, e.zp16);
       p23 = _mm512_adds_epi16(p23, e.zp16);
     }
-    uint8_t* o = a.out + ((static_cast<int64_t>(b) * a.ho + oy) * a.wo + ox + p) * a.c + c0;
+    uint8_t* o = dw_out_row(a, b, oy) + static_cast<int64_t>(ox + p) * a.c + c0;
     __m512i y8 = _mm512_packus_epi16(p01, p23);
     if (e.no_overflow && !e.lut32) y8 = _mm512_min_epu8(_mm512_max_epu8(y8, e.lo8), e.hi8);
     if constexpr (NZ == 2) {  // dword 4L holds the first, 4L + 1 the second 4-channel group of lane L
@@ -492,7 +492,7 @@ void dw_row(const DwArgs& a, int b, int oy, int blk, uint8_t* buf) {
   const uint8_t* rows[NG * 4];
   for (int t = 0; t < NG * 4; ++t) {
     const int iy = oy * S - PAD + t;
-    rows[t] = (t < K && iy >= 0 && iy < a.h) ? a.x + ((static_cast<int64_t>(b) * a.h + iy) * a.w) * a.c + c0 : nullptr;
+    rows[t] = (t < K && iy >= 0 && iy < a.h) ? dw_in_row(a, b, iy) + c0 : nullptr;
   }
   const int8_t* wb = a.dw_w + static_cast<int64_t>(blk) * K * NG * 256;
   const int32_t* init = a.dw_init + blk * 64;
@@ -516,13 +516,13 @@ void dw_row(const DwArgs& a, int b, int oy, int blk, uint8_t* buf) {
 
 template <int K, int S>
 void dw_impl(const DwArgs& a, int threads) {
-  const int nblk = (a.c + 63) / 64;
-  par(threads, a.batch * a.ho * nblk, [&](int t0, int t1) {
+  const int nblk = (a.c + 63) / 64, rows = dw_rows(a);
+  par(threads, a.batch * rows * nblk, [&](int t0, int t1) {
     alignas(64) uint8_t buf[((kDwStrip - 1) * S + K) * ((K + 3) / 4) * 256];
     for (int t = t0; t < t1; ++t) {
       const int r = t / nblk, blk = t % nblk;
-      if (a.c - blk * 64 <= 32) dw_row<K, S, 32>(a, r / a.ho, r % a.ho, blk, buf);
-      else dw_row<K, S, 64>(a, r / a.ho, r % a.ho, blk, buf);
+      if (a.c - blk * 64 <= 32) dw_row<K, S, 32>(a, r / rows, a.oy0 + r % rows, blk, buf);
+      else dw_row<K, S, 64>(a, r / rows, a.oy0 + r % rows, blk, buf);
     }
   });
 }

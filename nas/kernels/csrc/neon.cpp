@@ -74,9 +74,10 @@ void depthwise(const DwArgs& a, int threads) {
   const int16_t* taps = reinterpret_cast<const int16_t*>(a.dw_w);  // [k * k][cpad] (pack_dw_taps16)
   const Lut lut = make_lut(a.q.lut32);
   const uint8x8_t zp = vdup_n_u8(static_cast<uint8_t>(a.in_zp));
-  par(threads, a.batch * a.ho, [&](int r0, int r1) {
+  const int rows = dw_rows(a);
+  par(threads, a.batch * rows, [&](int r0, int r1) {
     for (int r = r0; r < r1; ++r) {
-      const int b = r / a.ho, oy = r % a.ho;
+      const int b = r / rows, oy = a.oy0 + r % rows;
       const int iy0 = oy * a.stride - pad;
       const int ky0 = iy0 < 0 ? -iy0 : 0;
       const int ky1 = a.h - iy0 < a.k ? a.h - iy0 : a.k;
@@ -84,12 +85,12 @@ void depthwise(const DwArgs& a, int threads) {
         const int ix0 = ox * a.stride - pad;
         const int kx0 = ix0 < 0 ? -ix0 : 0;
         const int kx1 = a.w - ix0 < a.k ? a.w - ix0 : a.k;
-        uint8_t* o = a.out + ((static_cast<int64_t>(b) * a.ho + oy) * a.wo + ox) * a.c;
+        uint8_t* o = dw_out_row(a, b, oy) + static_cast<int64_t>(ox) * a.c;
         for (int c = 0; c < a.c; c += 16) {
           const int n = a.c - c < 16 ? a.c - c : 16;
           int32x4_t acc[4] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)};
           for (int ky = ky0; ky < ky1; ++ky) {
-            const uint8_t* xrow = a.x + ((static_cast<int64_t>(b) * a.h + iy0 + ky) * a.w + ix0) * a.c + c;
+            const uint8_t* xrow = dw_in_row(a, b, iy0 + ky) + static_cast<int64_t>(ix0) * a.c + c;
             const int16_t* wrow = taps + ky * a.k * a.cpad + c;
             for (int kx = kx0; kx < kx1; ++kx) {
               const uint8x16_t xv = load16(xrow + kx * a.c, n);

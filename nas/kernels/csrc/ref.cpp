@@ -50,11 +50,12 @@ void gemm(const GemmArgs& a, int threads) {
 
 void depthwise(const DwArgs& a, int threads) {
   const int pad = a.k / 2;
-  par(threads, a.batch * a.ho, [&](int r0, int r1) {
+  const int rows = dw_rows(a);
+  par(threads, a.batch * rows, [&](int r0, int r1) {
     for (int r = r0; r < r1; ++r) {
-      const int b = r / a.ho, oy = r % a.ho;
+      const int b = r / rows, oy = a.oy0 + r % rows;
       for (int ox = 0; ox < a.wo; ++ox) {
-        uint8_t* o = a.out + ((static_cast<int64_t>(b) * a.ho + oy) * a.wo + ox) * a.c;
+        uint8_t* o = dw_out_row(a, b, oy) + static_cast<int64_t>(ox) * a.c;
         for (int c = 0; c < a.c; ++c) {
           int32_t acc = 0;
           for (int ky = 0; ky < a.k; ++ky) {
@@ -63,7 +64,7 @@ void depthwise(const DwArgs& a, int threads) {
             for (int kx = 0; kx < a.k; ++kx) {
               const int ix = ox * a.stride + kx - pad;
               if (ix < 0 || ix >= a.w) continue;
-              const int32_t xv = a.x[((static_cast<int64_t>(b) * a.h + iy) * a.w + ix) * a.c + c];
+              const int32_t xv = dw_in_row(a, b, iy)[static_cast<int64_t>(ix) * a.c + c];
               const int32_t wv = static_cast<int16_t>(a.wt[(ky * a.k + kx) * a.cpad + c] & 0xffff);
               acc += (xv - a.in_zp) * wv;
             }
