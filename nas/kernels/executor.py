@@ -6,6 +6,10 @@ Per-layer fusion (one kernel call per ``search_spaces.layers`` entry, so per-lay
 - ``se``: pool -> fc1+ReLU -> fc2+hard-sigmoid -> channel scale, one op;
 - ``project``: GEMM + bias + requant, with the block's residual add fused when the block has one;
 - ``pool``: global average pool; ``classifier``: GEMM writing int32 ``acc + bias``, scaled to float logits.
+
+``run(x, fused=True)`` runs each block without squeeze-excite (expand -> dw -> project, or dw -> project) as one
+fused op in bands of rows (``ops.FusedBlockSpec``; `nas.kernels.memory.fusion_groups` picks the blocks): the same
+logits bit for bit from a smaller arena, since the expanded and depthwise tensors are never materialized.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 
 from nas.kernels import _C, memory, reference
 from nas.kernels.isa import resolve_isa
-from nas.kernels.ops import CompiledOp, GemmSpec, Spec, compile_op, out_shape
+from nas.kernels.ops import CompiledOp, FusedBlockSpec, GemmSpec, Spec, compile_op, fused_scratch_bytes, out_shape
 from nas.kernels.quant import QParams, quantize_input
 
 
@@ -39,16 +43,29 @@ class QuantizedNetwork:
     logit_scale: np.ndarray  # float32 [num_classes]: logits = int32 accumulator * logit_scale
     bits: int = 8
     arch: str = ""  # architecture string (search_spaces.encode) for reference
-    _compiled: dict[str, list[CompiledOp]] = field(default_factory=dict, repr=False, compare=False)
+    _compiled: dict[tuple[str, bool], list[CompiledOp]] = field(default_factory=dict, repr=False, compare=False)
     _plans: dict[tuple, tuple] = field(default_factory=dict, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def compile(self, isa: str | None = None) -> list[CompiledOp]:
-        """Pack every layer for ``isa`` once (cached)."""
+    def compile(self, isa: str | None = None, fused: bool = False) -> list[CompiledOp]:
+        """Pack every step (a layer, or with ``fused`` a fused block) for ``isa`` once (cached)."""
         isa = resolve_isa(isa)
-        if isa not in self._compiled:
-            self._compiled[isa] = [compile_op(layer.spec, isa) for layer in self.layers]
-        return self._compiled[isa]
+        if (isa, fused) not in self._compiled:
+            self._compiled[isa, fused] = [compile_op(spec, isa) for _, spec in self.steps(fused)]
+        return self._compiled[isa, fused]
+
+    def steps(self, fused: bool = False) -> list[tuple[str, Spec]]:
+        """(name, spec) of what runs, in order: the layers, or with ``fused`` each fusable block as one
+        ``FusedBlockSpec`` named ``blocks.<id>.fused`` (`nas.kernels.memory.fusion_groups`)."""
+        names = [layer.name for layer in self.layers]
+        if not fused:
+            return [(layer.name, layer.spec) for layer in self.layers]
+        out: list[tuple[str, Spec]] = []
+        for g in memory.fusion_groups(names):
+            specs = [self.layers[i].spec for i in g]
+            spec = specs[0] if len(g) == 1 else FusedBlockSpec(specs[0] if len(g) == 3 else None, *specs[-2:])
+            out.append((memory.fused_name(names, g), spec))
+        return out
 
     def quantize_input(self, x: np.ndarray, fast: bool = False) -> np.ndarray:
         """Float NCHW (as for the torch model) -> uint8 NHWC on the input grid; uint8 NHWC passes through.
@@ -71,14 +88,15 @@ class QuantizedNetwork:
             return out
         return np.ascontiguousarray(quantize_input(x.transpose(0, 2, 3, 1), self.input_q))
 
-    def run(self, x: np.ndarray, threads: int = 1, isa: str | None = None) -> np.ndarray:
-        """Float32 logits [N, num_classes] computed on the kernels (one C++ call for all layers, GIL released)."""
+    def run(self, x: np.ndarray, threads: int = 1, isa: str | None = None, fused: bool = False) -> np.ndarray:
+        """Float32 logits [N, num_classes] computed on the kernels (one C++ call for all layers, GIL released);
+        ``fused``: blocks without squeeze-excite as fused ops (same logits, smaller arena)."""
         if not isinstance(threads, int | np.integer) or threads < 1:
             raise ValueError(f"threads: expected a positive int, got {threads!r}")
-        ops = self.compile(isa)
+        ops = self.compile(isa, fused)
         x = np.asarray(x)
         with self._lock:  # the plan's buffers are reused across calls (no page faults per run)
-            plan, xin, out, _ = self._planned(ops, self._input_shape(x))
+            plan, xin, out, _ = self._planned(ops, self._input_shape(x), fused, int(threads))
             if x.dtype == np.uint8:
                 np.copyto(xin, x)
             else:
@@ -98,24 +116,34 @@ class QuantizedNetwork:
         n, c, h, w = x.shape
         return (n, h, w, c)
 
-    def _plan(self, ops: list[CompiledOp], shape: tuple[int, ...]) -> tuple:
-        """Every buffer (input, each layer's output) placed in one arena by `nas.kernels.memory.plan`, and a
-        ``_C.Plan`` running all layers on them."""
-        shapes, dtypes = [shape], [np.uint8]
-        for layer in self.layers:
-            shapes.append(out_shape(layer.spec, shapes[-1]))
-            dtypes.append(np.int32 if getattr(layer.spec, "out_int32", False) else np.uint8)
+    def _plan(self, ops: list[CompiledOp], shape: tuple[int, ...], fused: bool, threads: int) -> tuple:
+        """Every buffer (input, each step's output, the fused steps' scratch for `threads` threads) placed in one
+        arena by `nas.kernels.memory.plan`, and a ``_C.Plan`` running all steps on them."""
+        steps = self.steps(fused)
+        shapes, dtypes, scratch = [shape], [np.uint8], []
+        for _, spec in steps:
+            if isinstance(spec, FusedBlockSpec):
+                n, h, w, _ = shapes[-1]
+                rows = n * out_shape(spec.dw, shapes[-1])[1]
+                scratch.append(fused_scratch_bytes(spec, h, w) * memory.scratch_slots(threads, rows))
+            else:
+                scratch.append(0)
+            shapes.append(out_shape(spec, shapes[-1]))
+            dtypes.append(np.int32 if getattr(spec, "out_int32", False) else np.uint8)
         sizes = [int(np.prod(s)) * np.dtype(d).itemsize for s, d in zip(shapes, dtypes, strict=True)]
-        wires = self._wiring()
-        arena_plan = memory.plan(sizes, wires)
+        wires = self._wiring(fused)
+        arena_plan = memory.plan(sizes, wires, scratch)
         arena = np.empty(arena_plan.arena_bytes + memory.ALIGN, dtype=np.uint8)
         start = -arena.ctypes.data % memory.ALIGN  # offsets are multiples of ALIGN from an aligned start
         bufs = [arena[start + o:start + o + n].view(d).reshape(s) for o, n, d, s in
-                zip(arena_plan.offsets, sizes, dtypes, shapes, strict=True)]
+                zip(arena_plan.offsets[:len(sizes)], sizes, dtypes, shapes, strict=True)]
         xin, outputs = bufs[0], bufs[1:]
-        xs, outs, ress = [], [], []
+        scratch_bufs = iter(arena[start + o:start + o + n] for o, n in
+                            zip(arena_plan.offsets[len(sizes):], arena_plan.sizes[len(sizes):], strict=True))
+        xs, outs, ress, scr = [], [], [], []
         for i, (src, res) in enumerate(wires):
-            spec, t = self.layers[i].spec, (xin if src < 0 else outputs[src])
+            spec, t = steps[i][1], (xin if src < 0 else outputs[src])
+            scr.append(next(scratch_bufs) if scratch[i] else None)
             r = None if res is None else (xin if res < 0 else outputs[res])
             if isinstance(spec, GemmSpec):  # GEMMs take [M, K] / [M, N] views
                 t = t.reshape(-1, t.shape[-1])
@@ -125,27 +153,30 @@ class QuantizedNetwork:
                 outs.append(outputs[i])
             xs.append(t)
             ress.append(r)
-        plan = _C.Plan([op._op for op in ops], xs, outs, ress)
+        plan = _C.Plan([op._op for op in ops], xs, outs, ress, scr)
         return plan, xin, outputs[-1], arena_plan
 
-    def memory_plan(self, shape: tuple[int, ...], isa: str | None = None) -> memory.MemoryPlan:
-        """The arena plan `run` uses for uint8 NHWC input of `shape` (planned now if not yet)."""
-        ops = self.compile(isa)
+    def memory_plan(self, shape: tuple[int, ...], isa: str | None = None, fused: bool = False,
+                    threads: int = 1) -> memory.MemoryPlan:
+        """The arena plan `run` uses for uint8 NHWC input of `shape` (planned now if not yet); with ``fused`` it
+        depends on `threads` (the fused blocks' scratch)."""
+        ops = self.compile(isa, fused)
         with self._lock:
-            return self._planned(ops, tuple(shape))[3]
+            return self._planned(ops, tuple(shape), fused, int(threads))[3]
 
-    def _planned(self, ops: list[CompiledOp], shape: tuple[int, ...]) -> tuple:
+    def _planned(self, ops: list[CompiledOp], shape: tuple[int, ...], fused: bool = False, threads: int = 1) -> tuple:
         """The cached plan for input `shape` on the ops' ISA (the caller holds the lock)."""
-        key = (ops[0].isa, shape)
+        key = (ops[0].isa, shape, fused, threads if fused else 0)  # only fused scratch depends on the threads
         if key not in self._plans:
-            self._plans[key] = self._plan(ops, shape)
+            self._plans[key] = self._plan(ops, shape, fused, threads)
         return self._plans[key]
 
-    def _wiring(self) -> list[tuple[int, int | None]]:
-        """(input, residual) of every layer as indices of earlier layers' outputs (-1 = network input)."""
-        return memory.wiring([layer.name for layer in self.layers],
-                             [isinstance(layer.spec, GemmSpec) and layer.spec.residual is not None
-                              for layer in self.layers])
+    def _wiring(self, fused: bool = False) -> list[tuple[int, int | None]]:
+        """(input, residual) of every step as indices of earlier steps' outputs (-1 = network input); a fused
+        block adds its residual itself (from its own input)."""
+        steps = self.steps(fused)
+        return memory.wiring([name for name, _ in steps],
+                             [isinstance(spec, GemmSpec) and spec.residual is not None for _, spec in steps])
 
     def run_reference(self, x: np.ndarray) -> np.ndarray:
         """Same network through the pure-NumPy reference (bit-exact target for :meth:`run`)."""

@@ -7,6 +7,11 @@ the C runtime uses too) places buffers whose lives overlap at disjoint offsets a
 executor runs on exactly this plan, so `activation_plan(arch).arena_bytes` is the executor's activation memory,
 input and output included. Not in the arena: an op's own scratch (the stem convolution's padded input or im2col
 rows, kept per thread and reused; squeeze-excite's pooled and hidden vectors, a few hundred bytes), and the weights.
+
+Fused blocks (`fused=True`, issue #33): each inverted-residual block without squeeze-excite runs as one step (ops.h
+FusedBlock, in bands of rows), so its expanded and depthwise tensors never exist; the arena holds the block's input
+and output, plus the fused op's band buffers for its step: one slot per thread (`threads`, at most one per output row),
+each `_C.fused_scratch_bytes` long.
 """
 
 from __future__ import annotations
@@ -34,9 +39,44 @@ def wiring(names: Sequence[str], residual: Sequence[bool]) -> list[tuple[int, in
     return wires
 
 
+FUSABLE = (("expand", "dw", "project"), ("dw", "project"))  # a block's layers (by name) that fuse into one op
+
+
+def fusion_groups(names: Sequence[str]) -> list[list[int]]:
+    """The executor's steps with fused blocks: indices of the layers each step runs, in order. A block (layers
+    `blocks.<id>.*`) whose layers are exactly expand -> dw -> project or dw -> project is one step; every other layer
+    (and every layer of a block with squeeze-excite, which needs the whole depthwise output) is a step of its own."""
+    groups: list[list[int]] = []
+    i = 0
+    while i < len(names):
+        parts = names[i].split(".")
+        j = i
+        if parts[0] == "blocks":
+            while j < len(names) and names[j].split(".")[:2] == parts[:2]:
+                j += 1
+        if j > i and tuple(n.split(".")[-1] for n in names[i:j]) in FUSABLE:
+            groups.append(list(range(i, j)))
+            i = j
+        else:
+            groups.append([i])
+            i += 1
+    return groups
+
+
+def fused_name(names: Sequence[str], group: Sequence[int]) -> str:
+    """The step name of a group: the layer's own name, or `blocks.<id>.fused` for a fused block."""
+    return names[group[0]] if len(group) == 1 else ".".join(names[group[0]].split(".")[:2]) + ".fused"
+
+
+def scratch_slots(threads: int, rows: int) -> int:
+    """Band-buffer slots a fused step gets: one per thread, at most one per output row (batch x height)."""
+    return max(1, min(int(threads), int(rows)))
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
-    """Where each activation buffer lives in the arena (buffer 0: the input; buffer i + 1: layer i's output)."""
+    """Where each activation buffer lives in the arena (buffer 0: the input; buffer i + 1: step i's output, a step
+    being a layer or a fused block; then the fused steps' scratch, in step order)."""
 
     sizes: tuple[int, ...]  # bytes
     first: tuple[int, ...]  # the step that writes it
@@ -57,36 +97,59 @@ class MemoryPlan:
                 for t in range(steps)]
 
 
-def plan(sizes: Sequence[int], wires: Sequence[tuple[int, int | None]]) -> MemoryPlan:
+def plan(sizes: Sequence[int], wires: Sequence[tuple[int, int | None]], scratch: Sequence[int] = ()) -> MemoryPlan:
     """The arena plan of a network whose input buffer has `sizes[0]` bytes and whose layer i (wired as `wires[i]`)
-    writes `sizes[i + 1]` bytes."""
+    writes `sizes[i + 1]` bytes; `scratch[i]` (if given and nonzero) are bytes step i alone uses besides."""
     if len(sizes) != len(wires) + 1:
         raise ValueError(f"sizes: expected {len(wires) + 1} buffers (input + one per layer), got {len(sizes)}")
+    if scratch and len(scratch) != len(wires):
+        raise ValueError(f"scratch: expected one entry per layer ({len(wires)}), got {len(scratch)}")
     first = list(range(len(sizes)))
     last = list(first)
     for i, (src, res) in enumerate(wires):
         for b in (src, res):
             if b is not None:
                 last[b + 1] = max(last[b + 1], i + 1)
+    sizes = list(sizes)
+    for i, n in enumerate(scratch):
+        if n:
+            sizes.append(n)
+            first.append(i + 1)
+            last.append(i + 1)
     offsets, arena = _C.plan_arena([int(s) for s in sizes], first, last, ALIGN)
     return MemoryPlan(tuple(int(s) for s in sizes), tuple(first), tuple(last), tuple(offsets), int(arena))
 
 
-def activation_plan(arch: Arch, batch: int = 1) -> MemoryPlan:
-    """The executor's arena plan for `arch` at `batch` images, from the architecture alone (no weights)."""
+def activation_plan(arch: Arch, batch: int = 1, fused: bool = False, threads: int = 1) -> MemoryPlan:
+    """The executor's arena plan for `arch` at `batch` images, from the architecture alone (no weights); `fused`:
+    with fused blocks (`QuantizedNetwork.run(fused=True)`) on `threads` threads (their scratch grows with it)."""
     if batch < 1:
         raise ValueError(f"batch: expected a positive int, got {batch}")
+    if threads < 1:
+        raise ValueError(f"threads: expected a positive int, got {threads}")
     ls = layers(arch)
+    names = [x.name for x in ls]
+    groups = fusion_groups(names) if fused else [[i] for i in range(len(ls))]
     sizes = [batch * arch.resolution ** 2 * arch.in_channels]
-    for i, layer in enumerate(ls):
+    scratch = []
+    for g in groups:
+        out = ls[g[-1]]
         # the classifier writes int32 logits
-        sizes.append(batch * layer.out_hw ** 2 * layer.out_channels * (4 if i == len(ls) - 1 else 1))
-    return plan(sizes, wiring([x.name for x in ls], [x.residual for x in ls]))
+        sizes.append(batch * out.out_hw ** 2 * out.out_channels * (4 if g[-1] == len(ls) - 1 else 1))
+        if len(g) == 1:
+            scratch.append(0)
+            continue
+        dw = ls[g[-2]]
+        per = _C.fused_scratch_bytes(dw.in_hw, dw.in_hw, dw.in_channels, dw.kernel, dw.stride, len(g) == 3)
+        scratch.append(per * scratch_slots(threads, batch * dw.out_hw))
+    wires = wiring([fused_name(names, g) for g in groups], [len(g) == 1 and ls[g[0]].residual for g in groups])
+    return plan(sizes, wires, scratch)
 
 
-def peak_activation_bytes(arch: Arch, batch: int = 1) -> int:
-    """Peak activation memory (bytes) of `arch` on the kernels: its arena, input and logits included."""
-    return activation_plan(arch, batch).arena_bytes
+def peak_activation_bytes(arch: Arch, batch: int = 1, fused: bool = False, threads: int = 1) -> int:
+    """Peak activation memory (bytes) of `arch` on the kernels: its arena, input and logits included (`fused`:
+    with fused blocks on `threads` threads)."""
+    return activation_plan(arch, batch, fused, threads).arena_bytes
 
 
 def weight_bytes(arch: Arch) -> int:
@@ -109,4 +172,5 @@ def cost(kind: str, arch: Arch) -> float:
     raise ValueError(f"kind: expected one of {MEMORY_KINDS}, got {kind!r}")
 
 
-__all__ = ["ALIGN", "MemoryPlan", "activation_plan", "cost", "peak_activation_bytes", "plan", "weight_bytes", "wiring"]
+__all__ = ["ALIGN", "FUSABLE", "MemoryPlan", "activation_plan", "cost", "fused_name", "fusion_groups",
+           "peak_activation_bytes", "plan", "scratch_slots", "weight_bytes", "wiring"]

@@ -101,7 +101,19 @@ class SESpec:
     out_zp: int
 
 
-Spec = GemmSpec | ConvSpec | DepthwiseSpec | PoolSpec | SESpec
+@dataclass
+class FusedBlockSpec:
+    """An inverted-residual block without squeeze-excite run as one op in bands of rows (csrc/ops.h FusedBlock):
+    ``expand`` (none for expand ratio 1) -> ``dw`` -> ``project`` (whose residual, if any, adds the block input).
+    Bit-exact with its parts run layer by layer; the expanded and depthwise tensors are never materialized."""
+
+    expand: GemmSpec | None
+    dw: DepthwiseSpec
+    project: GemmSpec
+    band_rows: int = 0  # output rows per band; 0: sized to stay in cache (ops.h FusedBlock); any value, same bits
+
+
+Spec = GemmSpec | ConvSpec | DepthwiseSpec | PoolSpec | SESpec | FusedBlockSpec
 
 
 def _i32(a: np.ndarray, name: str) -> np.ndarray:
@@ -143,6 +155,8 @@ def out_shape(spec: Spec, x_shape: tuple[int, ...]) -> tuple[int, ...]:
         return (x_shape[0], x_shape[-1])
     if isinstance(spec, SESpec):
         return tuple(x_shape)
+    if isinstance(spec, FusedBlockSpec):
+        return out_shape(spec.project, out_shape(spec.dw, x_shape))
     raise TypeError(f"spec: unknown op spec {type(spec).__name__}")
 
 
@@ -186,7 +200,7 @@ class CompiledOp:
             self._op.run(x2, out.reshape(-1, shape[-1]), r2, int(threads))
             return out
         if residual is not None:
-            raise ValueError("residual: only pointwise/linear ops take a residual")
+            raise ValueError("residual: only pointwise/linear ops take a residual (a fused block adds its input)")
         if x.ndim != 4:
             raise ValueError(f"x: expected an NHWC uint8 array (4-d), got shape {x.shape}")
         shape = out_shape(spec, x.shape)
@@ -209,6 +223,18 @@ def _gemm(spec: GemmSpec, isa: str) -> object:
     )
 
 
+def _depthwise(spec: DepthwiseSpec, isa: str) -> object:
+    return _C.Depthwise(_int8(spec.weight, "weight"), int(spec.stride), _i32(spec.bias, "bias"), int(spec.in_zp),
+                        *_rq_args(spec.requant), isa)
+
+
+def fused_scratch_bytes(spec: FusedBlockSpec, h: int, w: int) -> int:
+    """Scratch bytes one thread of the fused block needs on h x w input (its band buffers)."""
+    c, k, _ = spec.dw.weight.shape
+    return int(_C.fused_scratch_bytes(int(h), int(w), int(c), int(k), int(spec.dw.stride), spec.expand is not None,
+                                      int(spec.band_rows)))
+
+
 def compile_op(spec: Spec, isa: str | None = None) -> CompiledOp:
     """Validate and pack ``spec`` for ``isa`` (default: the active ISA)."""
     isa = resolve_isa(isa)
@@ -218,10 +244,12 @@ def compile_op(spec: Spec, isa: str | None = None) -> CompiledOp:
         op = _C.Conv(_int8(spec.weight, "weight"), int(spec.stride), _i32(spec.bias, "bias"), int(spec.in_zp),
                      *_rq_args(spec.requant), isa)
     elif isinstance(spec, DepthwiseSpec):
-        op = _C.Depthwise(_int8(spec.weight, "weight"), int(spec.stride), _i32(spec.bias, "bias"), int(spec.in_zp),
-                          *_rq_args(spec.requant), isa)
+        op = _depthwise(spec, isa)
     elif isinstance(spec, PoolSpec):
         op = _C.Pool(int(spec.hw), int(spec.in_zp), int(spec.multiplier), int(spec.shift), int(spec.out_zp), isa)
+    elif isinstance(spec, FusedBlockSpec):
+        expand = None if spec.expand is None else _gemm(spec.expand, isa)
+        op = _C.FusedBlock(expand, _depthwise(spec.dw, isa), _gemm(spec.project, isa), int(spec.band_rows))
     elif isinstance(spec, SESpec):
         p = spec.pool
         pool = _C.Pool(int(p.hw), int(p.in_zp), int(p.multiplier), int(p.shift), int(p.out_zp), isa)

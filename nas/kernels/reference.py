@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from nas.kernels.ops import ConvSpec, DepthwiseSpec, GemmSpec, PoolSpec, Requant, SESpec, Spec, out_shape
+from nas.kernels.ops import (
+    ConvSpec,
+    DepthwiseSpec,
+    FusedBlockSpec,
+    GemmSpec,
+    PoolSpec,
+    Requant,
+    SESpec,
+    Spec,
+    out_shape,
+)
 from nas.kernels.quant import RESIDUAL_BITS
 
 
@@ -128,6 +138,9 @@ def run(spec: Spec, x: np.ndarray, residual: np.ndarray | None = None) -> np.nda
         return pool(x, spec)
     if isinstance(spec, SESpec):
         return squeeze_excite(x, spec)
+    if isinstance(spec, FusedBlockSpec):  # its parts layer by layer
+        t = x if spec.expand is None else gemm(x, spec.expand)
+        return gemm(depthwise(t, spec.dw), spec.project, x if spec.project.residual is not None else None)
     raise TypeError(f"spec: unknown op spec {type(spec).__name__}")
 
 

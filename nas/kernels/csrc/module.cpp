@@ -92,7 +92,7 @@ std::unique_ptr<Conv> make_conv(const py::object& weight, int stride, const py::
   return std::make_unique<Conv>(p);
 }
 
-std::unique_ptr<Depthwise> make_depthwise(const py::object& weight, int stride, const py::object& bias, int in_zp,
+std::shared_ptr<Depthwise> make_depthwise(const py::object& weight, int stride, const py::object& bias, int in_zp,
                                           const py::object& multiplier, const py::object& shift, int out_zp,
                                           int act_min, int act_max, const py::object& lut, const std::string& isa) {
   py::array w = need<int8_t>(weight, "weight", {-1, -1, -1});
@@ -108,7 +108,7 @@ std::unique_ptr<Depthwise> make_depthwise(const py::object& weight, int stride, 
   const PyRequant rq(p.c, multiplier, shift, out_zp, act_min, act_max, lut);
   p.requant = rq.p;
   p.isa = isa;
-  return std::make_unique<Depthwise>(p);
+  return std::make_shared<Depthwise>(p);
 }
 
 // ---------------------------------------------------------------- binding arrays to op calls
@@ -157,6 +157,27 @@ Task se_task(const SqueezeExcite& s, const py::object& x_o, const py::object& ou
   return s.task(u8(x), b, h, w, static_cast<uint8_t*>(out.mutable_data()));
 }
 
+// scratch: None (allocated per call) or a 1-d uint8 array of `slots` x the block's scratch_bytes(h, w).
+Task fused_task(const FusedBlock& f, const py::object& x_o, const py::object& out_o, const py::object& scratch_o) {
+  py::array x = need<uint8_t>(x_o, "x", {-1, -1, -1, f.cin()});
+  const int b = static_cast<int>(x.shape(0)), h = static_cast<int>(x.shape(1)), w = static_cast<int>(x.shape(2));
+  py::array out = need<uint8_t>(out_o, "out", {b, f.out_size(h), f.out_size(w), f.cout()});
+  need_writeable(out, "out");
+  uint8_t* scratch = nullptr;
+  int slots = 0;
+  if (!scratch_o.is_none()) {
+    py::array sa = need<uint8_t>(scratch_o, "scratch", {-1});
+    need_writeable(sa, "scratch");
+    const size_t per = f.scratch_bytes(h, w), have = static_cast<size_t>(sa.size());
+    if (have < per)
+      throw py::value_error("scratch: needs at least " + std::to_string(per) + " bytes (one thread), got " +
+                            std::to_string(have));
+    scratch = static_cast<uint8_t*>(sa.mutable_data());
+    slots = static_cast<int>(std::min<size_t>(have / per, 1024));
+  }
+  return f.task(u8(x), b, h, w, static_cast<uint8_t*>(out.mutable_data()), scratch, slots);
+}
+
 // Runs one op call without the GIL.
 void run_task(const Task& t, int threads) {
   py::gil_scoped_release nogil;
@@ -168,10 +189,18 @@ struct PyPlan {
   Plan plan;
   py::tuple keep;
 
-  PyPlan(const py::list& ops, const py::list& xs, const py::list& outs, const py::list& residuals) {
+  PyPlan(const py::list& ops, const py::list& xs, const py::list& outs, const py::list& residuals,
+         const py::object& scratch_o) {
     const size_t n = ops.size();
     if (xs.size() != n || outs.size() != n || residuals.size() != n)
       throw py::value_error("Plan: ops, xs, outs and residuals must have the same length");
+    py::list scratch;
+    if (scratch_o.is_none()) {
+      for (size_t i = 0; i < n; ++i) scratch.append(py::none());
+    } else {
+      scratch = scratch_o.cast<py::list>();
+      if (scratch.size() != n) throw py::value_error("Plan: scratch must have one entry (or None) per op");
+    }
     for (size_t i = 0; i < n; ++i) {
       const py::object op = ops[i];
       if (py::isinstance<Gemm>(op)) plan.add(gemm_task(op.cast<const Gemm&>(), xs[i], outs[i], residuals[i]));
@@ -179,11 +208,15 @@ struct PyPlan {
       else if (py::isinstance<Depthwise>(op)) plan.add(depthwise_task(op.cast<const Depthwise&>(), xs[i], outs[i]));
       else if (py::isinstance<Pool>(op)) plan.add(pool_task(op.cast<const Pool&>(), xs[i], outs[i]));
       else if (py::isinstance<SqueezeExcite>(op)) plan.add(se_task(op.cast<const SqueezeExcite&>(), xs[i], outs[i]));
+      else if (py::isinstance<FusedBlock>(op))
+        plan.add(fused_task(op.cast<const FusedBlock&>(), xs[i], outs[i], scratch[i]));
       else throw py::type_error("Plan: ops[" + std::to_string(i) + "] is not a kernel op");
       if (!residuals[i].is_none() && !py::isinstance<Gemm>(op))
         throw py::value_error("Plan: residuals[" + std::to_string(i) + "]: only GEMMs take a residual");
+      if (!scratch[i].is_none() && !py::isinstance<FusedBlock>(op))
+        throw py::value_error("Plan: scratch[" + std::to_string(i) + "]: only fused blocks take scratch");
     }
-    keep = py::make_tuple(ops, xs, outs, residuals);
+    keep = py::make_tuple(ops, xs, outs, residuals, scratch);
   }
 
   void run(int threads) const {
@@ -321,7 +354,7 @@ PYBIND11_MODULE(_C, m) {
             run_task(conv_task(c, x, out), threads);
           },
           py::arg("x"), py::arg("out"), py::arg("threads"));
-  py::class_<Depthwise>(m, "Depthwise")
+  py::class_<Depthwise, std::shared_ptr<Depthwise>>(m, "Depthwise")
       .def(py::init(&make_depthwise), py::arg("weight"), py::arg("stride"), py::arg("bias"), py::arg("in_zp"),
            py::arg("multiplier"), py::arg("shift"), py::arg("out_zp"), py::arg("act_min"), py::arg("act_max"),
            py::arg("lut"), py::arg("isa"))
@@ -352,10 +385,38 @@ PYBIND11_MODULE(_C, m) {
       py::arg("sizes"), py::arg("first"), py::arg("last"), py::arg("align") = 64,
       "(offsets, arena bytes) of buffers live from step first[i] to last[i] in one arena (ops.h plan_arena)");
   py::class_<PyPlan>(m, "Plan")
-      .def(py::init<const py::list&, const py::list&, const py::list&, const py::list&>(), py::arg("ops"),
-           py::arg("xs"), py::arg("outs"), py::arg("residuals"))
+      .def(py::init<const py::list&, const py::list&, const py::list&, const py::list&, const py::object&>(),
+           py::arg("ops"), py::arg("xs"), py::arg("outs"), py::arg("residuals"), py::arg("scratch") = py::none())
       .def("run", &PyPlan::run, py::arg("threads"))
       .def("__len__", [](const PyPlan& p) { return p.plan.size(); });
+  py::class_<FusedBlock>(m, "FusedBlock")
+      .def(py::init<std::shared_ptr<Gemm>, std::shared_ptr<Depthwise>, std::shared_ptr<Gemm>, int>(),
+           py::arg("expand"), py::arg("dw"), py::arg("project"), py::arg("band_rows") = 0)
+      .def(
+          "run",
+          [](const FusedBlock& f, const py::object& x, const py::object& out, int threads,
+             const py::object& scratch) {
+            check_threads(threads);
+            run_task(fused_task(f, x, out, scratch), threads);
+          },
+          py::arg("x"), py::arg("out"), py::arg("threads"), py::arg("scratch") = py::none())
+      .def("scratch_bytes", py::overload_cast<int, int>(&FusedBlock::scratch_bytes, py::const_), py::arg("h"),
+           py::arg("w"), "Scratch bytes per thread for h x w input.");
+  m.def("fused_scratch_bytes",
+        [](int h, int w, int c, int k, int stride, bool expand, int band_rows) {
+          check_range(h, 1, 1 << 20, "h");
+          check_range(w, 1, 1 << 20, "w");
+          check_range(c, 1, 1 << 20, "c");
+          check_range(k, 3, 7, "k");
+          check_range(stride, 1, 2, "stride");
+          check_range(band_rows, 0, 1 << 20, "band_rows");
+          return FusedBlock::scratch_bytes(h, w, c, k, stride, expand, band_rows);
+        },
+        py::arg("h"), py::arg("w"), py::arg("c"), py::arg("k"), py::arg("stride"), py::arg("expand"),
+        py::arg("band_rows") = 0,
+        "Scratch bytes per thread of a fused block (ops.h FusedBlock) on h x w input, c depthwise channels.");
+  m.def("fused_band_rows", &FusedBlock::band_rows, py::arg("h"), py::arg("w"), py::arg("c"), py::arg("k"),
+        py::arg("stride"), py::arg("band_rows") = 0, "Output rows per band of a fused block (ops.h FusedBlock).");
   py::class_<SqueezeExcite>(m, "SqueezeExcite")
       .def(py::init<std::shared_ptr<Pool>, std::shared_ptr<Gemm>, std::shared_ptr<Gemm>, int, int32_t, int32_t, int,
                     const std::string&>(),

@@ -305,6 +305,22 @@ Depthwise::Depthwise(const DepthwiseParams& p) {
 
 Task Depthwise::task(const uint8_t* x, int b, int h, int w, uint8_t* out) const {
   if (b < 1 || h < 1 || w < 1) fail("x: empty shape " + dims_str({b, h, w, c_}));
+  const DwArgs a = args(x, b, h, w, out);
+  const auto depthwise = isa_->kernels.depthwise;
+  return [a, depthwise](int threads) { depthwise(a, threads); };
+}
+
+void Depthwise::run_rows(const uint8_t* x, int h, int w, int row0, int held, int oy0, int oy1, uint8_t* out,
+                         int threads) const {
+  DwArgs a = args(x, 1, h, w, out);
+  a.row0 = row0;
+  a.held = held;
+  a.oy0 = oy0;
+  a.oy1 = oy1;
+  isa_->kernels.depthwise(a, threads);
+}
+
+DwArgs Depthwise::args(const uint8_t* x, int b, int h, int w, uint8_t* out) const {
   DwArgs a;
   a.batch = b;
   a.h = h;
@@ -323,8 +339,109 @@ Task Depthwise::task(const uint8_t* x, int b, int h, int w, uint8_t* out) const 
   a.cpad = packed_.cpad;
   a.q = view_;
   a.out = out;
-  const auto depthwise = isa_->kernels.depthwise;
-  return [a, depthwise](int threads) { depthwise(a, threads); };
+  return a;
+}
+
+// ---------------------------------------------------------------- FusedBlock
+namespace {
+
+size_t up64(size_t v) { return (v + 63) & ~size_t(63); }
+
+}  // namespace
+
+FusedBlock::FusedBlock(std::shared_ptr<Gemm> expand, std::shared_ptr<Depthwise> dw, std::shared_ptr<Gemm> project,
+                       int band)
+    : expand_(std::move(expand)), dw_(std::move(dw)), project_(std::move(project)), band_(band) {
+  if (!dw_ || !project_) fail("dw/project: required");
+  check_range(band, 0, 1 << 20, "band_rows");
+  const Isa* isa = &dw_->isa();
+  if (&project_->isa() != isa || (expand_ && &expand_->isa() != isa))
+    fail("expand/project: must be built for the same isa as the depthwise op");
+  if (expand_ && (expand_->n() != dw_->c() || expand_->residual() || expand_->out_int32()))
+    fail("expand: must be a plain uint8-output GEMM with as many outputs as the depthwise channels (" +
+         std::to_string(dw_->c()) + ")");
+  if (project_->k() != dw_->c() || project_->out_int32())
+    fail("project: must be a uint8-output GEMM over the depthwise channels (" + std::to_string(dw_->c()) + ")");
+  if (project_->residual() && (dw_->stride() != 1 || project_->n() != cin()))
+    fail("project: a residual block needs stride 1 and as many outputs as block inputs");
+}
+
+int FusedBlock::band_rows(int h, int w, int c, int k, int stride, int band) {
+  const int ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1;
+  if (band > 0) return std::min(band, ho);
+  // bytes(rows) = ((rows - 1) * stride + k) * w * c (expanded) + rows * wo * c (depthwise out)
+  const int64_t fixed = static_cast<int64_t>(k - stride) * w * c, per = (static_cast<int64_t>(stride) * w + wo) * c;
+  const int64_t rows = (static_cast<int64_t>(kBandBytes) - fixed) / per;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(rows, (ho + kMinBands - 1) / kMinBands)));
+}
+
+size_t FusedBlock::scratch_bytes(int h, int w, int c, int k, int stride, bool expand, int band) {
+  const int rows = band_rows(h, w, c, k, stride, band), wo = (w - 1) / stride + 1;
+  const size_t held = static_cast<size_t>(std::min(h, (rows - 1) * stride + k));
+  return (expand ? up64(held * w * c) : 0) + up64(static_cast<size_t>(rows) * wo * c);
+}
+
+Task FusedBlock::task(const uint8_t* x, int b, int h, int w, uint8_t* out, uint8_t* scratch, int slots) const {
+  if (b < 1 || h < 1 || w < 1) fail("x: empty shape " + dims_str({b, h, w, cin()}));
+  if (scratch && slots < 1) fail("scratch: needs at least one slot");
+  return [this, x, b, h, w, out, scratch, slots](int threads) { run_raw(x, b, h, w, out, scratch, slots, threads); };
+}
+
+void FusedBlock::run_raw(const uint8_t* x, int b, int h, int w, uint8_t* out, uint8_t* scratch, int slots,
+                         int threads) const {
+  const int ho = out_size(h), rows = b * ho;
+  const size_t per = scratch_bytes(h, w);
+  AlignedBuf own;
+  if (!scratch) {
+    slots = threads;
+    own.resize(per * slots);
+    scratch = own.ptr;
+  }
+  // one strip per thread (fixed bounds, so a strip's buffers are its own whichever thread runs it)
+  const int strips = std::max(1, std::min({threads, slots, rows}));
+  par(strips, strips, [&](int t0, int t1) {
+    for (int t = t0; t < t1; ++t) {
+      const int r0 = static_cast<int>(static_cast<int64_t>(rows) * t / strips);
+      const int r1 = static_cast<int>(static_cast<int64_t>(rows) * (t + 1) / strips);
+      run_strip(x, h, w, out, scratch + per * t, r0, r1);
+    }
+  });
+}
+
+void FusedBlock::run_strip(const uint8_t* x, int h, int w, uint8_t* out, uint8_t* scratch, int r0, int r1) const {
+  const int c = dw_->c(), k = dw_->k(), s = dw_->stride(), pad = k / 2, ci = cin(), co = cout();
+  const int ho = out_size(h), wo = out_size(w), band = band_rows(h, w, c, k, s, band_);
+  const size_t row_c = static_cast<size_t>(w) * c;
+  uint8_t* ebuf = scratch;  // expanded rows [lo, hi) of image `img` (expand only)
+  uint8_t* dbuf = expand_ ? scratch + up64(std::min(h, (band - 1) * s + k) * row_c) : scratch;
+  int img = -1, lo = 0, hi = 0;
+  for (int r = r0; r < r1;) {
+    const int bi = r / ho, oy0 = r % ho;
+    const int oy1 = std::min({ho, oy0 + band, oy0 + (r1 - r)});
+    const int need_lo = std::max(0, oy0 * s - pad), need_hi = std::min(h, (oy1 - 1) * s - pad + k);
+    const uint8_t* xi = x + static_cast<size_t>(bi) * h * w * ci;
+    if (expand_) {
+      if (bi != img || need_lo >= hi) {  // nothing held is read again
+        img = bi;
+        lo = hi = need_lo;
+      } else if (need_lo > lo) {  // keep the halo rows [need_lo, hi): move them to the top
+        std::memmove(ebuf, ebuf + (need_lo - lo) * row_c, (hi - need_lo) * row_c);
+        lo = need_lo;
+      }
+      if (need_hi > hi) {
+        expand_->run_raw(xi + static_cast<size_t>(hi) * w * ci, (need_hi - hi) * w, ebuf + (hi - lo) * row_c,
+                         nullptr, 1);
+        hi = need_hi;
+      }
+      dw_->run_rows(ebuf, h, w, lo, hi - lo, oy0, oy1, dbuf, 1);
+    } else {
+      dw_->run_rows(xi, h, w, 0, h, oy0, oy1, dbuf, 1);
+    }
+    // residual blocks have stride 1 and cin == cout: output row oy adds input row oy
+    const uint8_t* res = project_->residual() ? xi + static_cast<size_t>(oy0) * w * ci : nullptr;
+    project_->run_raw(dbuf, (oy1 - oy0) * wo, out + (static_cast<size_t>(bi) * ho + oy0) * wo * co, res, 1);
+    r += oy1 - oy0;
+  }
 }
 
 // ---------------------------------------------------------------- Pool

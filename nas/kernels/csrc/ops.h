@@ -136,16 +136,73 @@ class Depthwise {
   explicit Depthwise(const DepthwiseParams& p);
 
   int c() const { return c_; }
+  int k() const { return k_; }
+  int stride() const { return stride_; }
+  const Isa& isa() const { return *isa_; }
   int out_size(int in) const { return (in - 1) / stride_ + 1; }
   // x [b][h][w][c] -> out [b][out_size(h)][out_size(w)][c], uint8.
   Task task(const uint8_t* x, int b, int h, int w, uint8_t* out) const;
+  // Row window of one image of height h (no checks): output rows [oy0, oy1) into out (those rows only) from x
+  // holding input rows [row0, row0 + held) (row iy at x + (iy - row0) * w * c), which must include every row in
+  // [0, h) the window reads.
+  void run_rows(const uint8_t* x, int h, int w, int row0, int held, int oy0, int oy1, uint8_t* out,
+                int threads) const;
 
  private:
+  DwArgs args(const uint8_t* x, int b, int h, int w, uint8_t* out) const;
+
   const Isa* isa_ = nullptr;
   int c_ = 0, k_ = 0, stride_ = 1, in_zp_ = 0;
   Requant q_;
   RqView view_{};
   DwPacked packed_;
+};
+
+// An inverted-residual block without squeeze-excite, computed in bands of output rows: expand (1x1 GEMM; none
+// when the expand ratio is 1) -> depthwise kxk -> project (1x1 GEMM, with the block's residual add when it has
+// one). Per band only the expanded rows its depthwise reads exist (the halo rows the next band reads again are
+// moved to the top of the band buffer, not recomputed), and the depthwise output of the band goes straight into
+// the project GEMM: the full expanded and depthwise tensors are never materialized. Every output pixel comes from
+// the same kernels on the same bytes as layer by layer, so the result is bit-exact for any band and thread count.
+// Threads: each takes one strip of output rows (image-major) with its own band buffers, the kernels inside run on
+// that thread alone; only the halo rows at strip edges are computed twice.
+class FusedBlock {
+ public:
+  // expand may be null; residual blocks need stride 1 and as many output as input channels. band: output rows per
+  // band (0: band_rows' choice; any value gives the same bits).
+  FusedBlock(std::shared_ptr<Gemm> expand, std::shared_ptr<Depthwise> dw, std::shared_ptr<Gemm> project,
+             int band = 0);
+
+  int cin() const { return expand_ ? expand_->k() : dw_->c(); }
+  int cout() const { return project_->n(); }
+  int out_size(int in) const { return dw_->out_size(in); }
+  // Output rows per band: `band` (clamped to [1, ho]) when positive, else the most whose band buffers (below) fit
+  // kBandBytes, at most ceil(ho / kMinBands) (small images: the buffers stay well below the expanded tensor, also
+  // with one set per thread), at least 1.
+  static int band_rows(int h, int w, int c, int k, int stride, int band = 0);
+  // Scratch bytes one thread needs for input h x w: the expanded rows of a band (with expand) and the band's
+  // depthwise output, each rounded up to 64 bytes. c: the expanded (depthwise) channels.
+  static size_t scratch_bytes(int h, int w, int c, int k, int stride, bool expand, int band = 0);
+  size_t scratch_bytes(int h, int w) const {
+    return scratch_bytes(h, w, dw_->c(), dw_->k(), dw_->stride(), expand_ != nullptr, band_);
+  }
+  // x [b][h][w][cin] -> out [b][out_size(h)][out_size(w)][cout], uint8. scratch: `slots` x scratch_bytes(h, w)
+  // bytes (64-byte aligned), at most `slots` threads then run; nullptr: allocated per call for `threads` threads.
+  Task task(const uint8_t* x, int b, int h, int w, uint8_t* out, uint8_t* scratch, int slots) const;
+
+  static constexpr size_t kBandBytes = 64 * 1024;  // band buffers per thread: about half a core's L2
+  static constexpr int kMinBands = 8;
+
+ private:
+  void run_raw(const uint8_t* x, int b, int h, int w, uint8_t* out, uint8_t* scratch, int slots,
+               int threads) const;
+  // Output rows [r0, r1) of the flattened b x ho rows with one thread's buffers.
+  void run_strip(const uint8_t* x, int h, int w, uint8_t* out, uint8_t* scratch, int r0, int r1) const;
+
+  std::shared_ptr<Gemm> expand_;
+  std::shared_ptr<Depthwise> dw_;
+  std::shared_ptr<Gemm> project_;
+  int band_ = 0;
 };
 
 // Global average pool: out[b, c] = rne(clamp(float32(sum_p x[b, p, c] - hw * in_zp) * scale)) + out_zp.

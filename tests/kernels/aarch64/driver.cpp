@@ -1,12 +1,14 @@
 // Bit-exactness driver for the AArch64 kernel paths, built with a cross compiler and run under qemu-user by
 // tests/kernels/test_aarch64.py. Every op is built through ops.h (the production packing and call path) for the
 // portable reference ISA and for each ARM ISA this CPU supports, run on the same random inputs, and the outputs
-// are compared byte for byte; the shapes follow tests/kernels/test_ops_bitexact.py.
+// are compared byte for byte; the shapes follow tests/kernels/test_ops_bitexact.py (and test_fused.py).
 //
 // Usage: driver EXPECTED_BEST   (the ISA the CPU's features should select, e.g. neondot under -cpu max)
 // Prints one summary line per op family; exit status 0 only when every output matched and the choice is right.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -364,6 +366,99 @@ void depthwise_random_shapes(Family& f) {
   }
 }
 
+struct DwData {
+  std::vector<int8_t> w;
+  std::vector<int32_t> bias;
+  RequantData rq;
+  DepthwiseParams p;
+};
+
+DwData random_dw(Rng& rng, int c, int k, int stride, const std::string& act) {
+  DwData d;
+  d.w = rng.weights(static_cast<size_t>(c) * k * k, 127);
+  d.bias = rng.ints(c, -5000, 4999);
+  d.rq = random_requant(rng, c, k * k, act, 127);
+  d.p.weight = d.w.data();
+  d.p.c = c;
+  d.p.kh = d.p.kw = k;
+  d.p.stride = stride;
+  d.p.bias = d.bias.data();
+  d.p.in_zp = rng.integer(0, 255);
+  d.p.requant = d.rq.params();
+  return d;
+}
+
+// Row windows (Depthwise::run_rows, what FusedBlock calls): output rows [oy0, oy1) of one image from a buffer that
+// holds only the input rows they read; every ISA's window must equal the reference's whole-image rows.
+void depthwise_row_windows(Family& f) {
+  Rng rng(22);
+  for (int trial = 0; trial < 60; ++trial) {
+    const int k = 3 + 2 * (trial % 3), stride = 1 + (trial / 3) % 2, c = rng.pick(std::vector<int>{1, 8, 17, 40});
+    const int h = rng.integer(1, 13), w = rng.integer(1, 11), ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1;
+    const int oy0 = rng.integer(0, ho - 1), oy1 = rng.integer(oy0 + 1, ho), pad = k / 2;
+    const int lo = std::max(0, oy0 * stride - pad), hi = std::min(h, (oy1 - 1) * stride - pad + k);
+    DwData d = random_dw(rng, c, k, stride, kActs[trial % 5]);
+    const std::vector<uint8_t> x = rng.bytes(static_cast<size_t>(h) * w * c);
+    const size_t in_row = static_cast<size_t>(w) * c;
+    const std::vector<uint8_t> held(x.begin() + lo * in_row, x.begin() + hi * in_row);  // only the rows read
+    const size_t row = static_cast<size_t>(wo) * c;
+    std::vector<uint8_t> whole(static_cast<size_t>(ho) * row);
+    d.p.isa = "reference";
+    Depthwise(d.p).task(x.data(), 1, h, w, whole.data())(1);
+    const std::string what = "dw window k=" + std::to_string(k) + " s=" + std::to_string(stride) + " " +
+                             std::to_string(h) + "x" + std::to_string(w) + " rows " + std::to_string(oy0) + ".." +
+                             std::to_string(oy1) + " held " + std::to_string(lo) + ".." + std::to_string(hi);
+    compare(f, what, (oy1 - oy0) * row, [&](const std::string& isa, uint8_t* out) {
+      d.p.isa = isa;
+      Depthwise(d.p).run_rows(held.data(), h, w, lo, hi - lo, oy0, oy1, out, 1);
+      if (isa == "reference")
+        same_bytes(f, isa, what + " (whole image)", whole.data() + oy0 * row, out, (oy1 - oy0) * row, "whole");
+    });
+  }
+}
+
+// Fused inverted-residual blocks on each ARM ISA against the reference ISA's layers run one by one: odd sizes,
+// stride 2, k 3/5/7, expand ratio 1, int8 and W4A8, residual or not, bands of 1-3 rows or automatic, 1-3 threads.
+void fused_blocks(Family& f) {
+  Rng rng(23);
+  for (int trial = 0; trial < 36; ++trial) {
+    const int k = 3 + 2 * (trial % 3), stride = 1 + (trial / 3) % 2, e = std::vector<int>{1, 3, 6}[(trial / 6) % 3];
+    const int cin = rng.pick(std::vector<int>{3, 8, 16, 17}), c = cin * e;
+    const bool residual = stride == 1 && trial % 4 != 3;
+    const int cout = residual ? cin : rng.pick(std::vector<int>{4, 8, 19});
+    const int bits = trial % 5 == 2 ? 4 : 8, group = bits == 4 ? 8 : 0;
+    const int b = rng.integer(1, 3), h = rng.integer(1, 13), w = rng.integer(1, 13), band = rng.integer(0, 3);
+    const int threads = 1 + trial % 3;
+    GemmData ex = random_gemm(rng, c, cin, bits, group, kActs[trial % 5], false, false);
+    DwData d = random_dw(rng, c, k, stride, kActs[(trial + 2) % 5]);
+    GemmData pr = random_gemm(rng, cout, c, bits, group, "none", residual, false);
+    const std::vector<uint8_t> x = rng.bytes(static_cast<size_t>(b) * h * w * cin);
+    const int ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1;
+    const std::string what = "fused e=" + std::to_string(e) + " k=" + std::to_string(k) + " s=" +
+                             std::to_string(stride) + " " + std::to_string(b) + "x" + std::to_string(h) + "x" +
+                             std::to_string(w) + "x" + std::to_string(cin) + " band " + std::to_string(band) +
+                             " bits " + std::to_string(bits) + (residual ? " residual" : "");
+    compare(f, what, static_cast<size_t>(b) * ho * wo * cout, [&](const std::string& isa, uint8_t* out) {
+      ex.p.isa = d.p.isa = pr.p.isa = isa;
+      auto dwop = std::make_shared<Depthwise>(d.p);
+      auto prop = std::make_shared<Gemm>(pr.p);
+      auto exop = e > 1 ? std::make_shared<Gemm>(ex.p) : nullptr;
+      if (isa != "reference") {
+        FusedBlock(exop, dwop, prop, band).task(x.data(), b, h, w, out, nullptr, 0)(threads);
+        return;
+      }
+      std::vector<uint8_t> t1(static_cast<size_t>(b) * h * w * c), t2(static_cast<size_t>(b) * ho * wo * c);
+      const uint8_t* dw_in = x.data();
+      if (exop) {
+        exop->task(x.data(), b * h * w, t1.data(), nullptr)(1);
+        dw_in = t1.data();
+      }
+      dwop->task(dw_in, b, h, w, t2.data())(1);
+      prop->task(t2.data(), b * ho * wo, out, residual ? x.data() : nullptr)(1);
+    });
+  }
+}
+
 void stem_conv(Family& f) {
   Rng rng(13);
   struct Case { int cin, stride, h, w, k; };
@@ -526,7 +621,8 @@ int main(int argc, char** argv) {
     ++bad;
   }
   std::vector<Family> fams = {{"gemm_random"}, {"gemm_many_rows"}, {"gemm_int32"}, {"requant_ties"},
-                              {"epilogue_unfused"}, {"depthwise"}, {"stem_conv"}, {"pool_se"}, {"plan"}};
+                              {"epilogue_unfused"}, {"depthwise"}, {"stem_conv"}, {"pool_se"}, {"plan"},
+                              {"dw_row_window"}, {"fused_block"}};
   gemm_random_shapes(fams[0]);
   gemm_many_rows(fams[1]);
   gemm_int32_logits(fams[2]);
@@ -536,6 +632,8 @@ int main(int argc, char** argv) {
   stem_conv(fams[6]);
   pool_and_se(fams[7]);
   plan_chain(fams[8]);
+  depthwise_row_windows(fams[9]);
+  fused_blocks(fams[10]);
   int cases = 0;
   for (const Family& f : fams) {
     std::printf("%-16s cases %3d  output bytes %8lld  mismatches %d\n", f.name.c_str(), f.cases,
