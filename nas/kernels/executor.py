@@ -8,8 +8,9 @@ Per-layer fusion (one kernel call per ``search_spaces.layers`` entry, so per-lay
 - ``pool``: global average pool; ``classifier``: GEMM writing int32 ``acc + bias``, scaled to float logits.
 
 ``run(x, fused=True)`` runs each block without squeeze-excite (expand -> dw -> project, or dw -> project) as one
-fused op in bands of rows (``ops.FusedBlockSpec``; `nas.kernels.memory.fusion_groups` picks the blocks): the same
-logits bit for bit from a smaller arena, since the expanded and depthwise tensors are never materialized.
+fused op in bands of rows (``ops.FusedBlockSpec``; `nas.kernels.memory.fused_steps` picks the blocks, those whose
+fused step needs no more memory than their layers): the same logits bit for bit from a smaller arena, since the
+expanded and depthwise tensors are never materialized.
 """
 
 from __future__ import annotations
@@ -43,29 +44,43 @@ class QuantizedNetwork:
     logit_scale: np.ndarray  # float32 [num_classes]: logits = int32 accumulator * logit_scale
     bits: int = 8
     arch: str = ""  # architecture string (search_spaces.encode) for reference
-    _compiled: dict[tuple[str, bool], list[CompiledOp]] = field(default_factory=dict, repr=False, compare=False)
+    _compiled: dict[str, list[CompiledOp]] = field(default_factory=dict, repr=False, compare=False)
+    _fused: dict[tuple[str, int], CompiledOp] = field(default_factory=dict, repr=False, compare=False)
     _plans: dict[tuple, tuple] = field(default_factory=dict, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def compile(self, isa: str | None = None, fused: bool = False) -> list[CompiledOp]:
-        """Pack every step (a layer, or with ``fused`` a fused block) for ``isa`` once (cached)."""
+    def compile(self, isa: str | None = None) -> list[CompiledOp]:
+        """Pack every layer for ``isa`` once (cached)."""
         isa = resolve_isa(isa)
-        if (isa, fused) not in self._compiled:
-            self._compiled[isa, fused] = [compile_op(spec, isa) for _, spec in self.steps(fused)]
-        return self._compiled[isa, fused]
+        if isa not in self._compiled:
+            self._compiled[isa] = [compile_op(layer.spec, isa) for layer in self.layers]
+        return self._compiled[isa]
 
-    def steps(self, fused: bool = False) -> list[tuple[str, Spec]]:
-        """(name, spec) of what runs, in order: the layers, or with ``fused`` each fusable block as one
-        ``FusedBlockSpec`` named ``blocks.<id>.fused`` (`nas.kernels.memory.fusion_groups`)."""
-        names = [layer.name for layer in self.layers]
-        if not fused:
-            return [(layer.name, layer.spec) for layer in self.layers]
-        out: list[tuple[str, Spec]] = []
-        for g in memory.fusion_groups(names):
+    def steps(self, shape: tuple[int, ...] | None = None, threads: int = 1) -> list[tuple[list[int], Spec]]:
+        """What runs, in order, as (layer indices, spec): every layer alone (`shape` None), or for uint8 NHWC input of
+        `shape` on `threads` threads, each block that `nas.kernels.memory.fused_steps` fuses as one
+        ``FusedBlockSpec`` (the same decision `nas.kernels.memory.activation_plan(fused=True)` takes)."""
+        if shape is None:
+            return [([i], layer.spec) for i, layer in enumerate(self.layers)]
+        shapes = [tuple(shape)]  # shapes[i]: layer i's input, shapes[i + 1]: its output
+        for layer in self.layers:
+            shapes.append(out_shape(layer.spec, shapes[-1]))
+        size = [int(np.prod(s)) for s in shapes]
+
+        def fused_spec(g: list[int]) -> FusedBlockSpec:
             specs = [self.layers[i].spec for i in g]
-            spec = specs[0] if len(g) == 1 else FusedBlockSpec(specs[0] if len(g) == 3 else None, *specs[-2:])
-            out.append((memory.fused_name(names, g), spec))
-        return out
+            return FusedBlockSpec(specs[0] if len(g) == 3 else None, specs[-2], specs[-1])
+
+        def pays(g: list[int]) -> bool:
+            spec = fused_spec(g)
+            n, h, w, _ = shapes[g[0]]
+            c, k, _ = spec.dw.weight.shape
+            scratch = memory.fused_scratch(n, h, w, c, k, spec.dw.stride, len(g) == 3, threads)
+            return memory.fusing_pays(size[g[0]], size[g[0] + 1] if len(g) == 3 else 0, size[g[-2] + 1],
+                                      size[g[-1] + 1], scratch, len(g) == 3, spec.project.residual is not None)
+
+        groups = memory.fused_steps([layer.name for layer in self.layers], pays)
+        return [(g, self.layers[g[0]].spec if len(g) == 1 else fused_spec(g)) for g in groups]
 
     def quantize_input(self, x: np.ndarray, fast: bool = False) -> np.ndarray:
         """Float NCHW (as for the torch model) -> uint8 NHWC on the input grid; uint8 NHWC passes through.
@@ -93,10 +108,10 @@ class QuantizedNetwork:
         ``fused``: blocks without squeeze-excite as fused ops (same logits, smaller arena)."""
         if not isinstance(threads, int | np.integer) or threads < 1:
             raise ValueError(f"threads: expected a positive int, got {threads!r}")
-        ops = self.compile(isa, fused)
+        isa = self.compile(isa)[0].isa
         x = np.asarray(x)
         with self._lock:  # the plan's buffers are reused across calls (no page faults per run)
-            plan, xin, out, _ = self._planned(ops, self._input_shape(x), fused, int(threads))
+            plan, xin, out, _ = self._planned(isa, self._input_shape(x), fused, int(threads))
             if x.dtype == np.uint8:
                 np.copyto(xin, x)
             else:
@@ -116,10 +131,16 @@ class QuantizedNetwork:
         n, c, h, w = x.shape
         return (n, h, w, c)
 
-    def _plan(self, ops: list[CompiledOp], shape: tuple[int, ...], fused: bool, threads: int) -> tuple:
+    def _plan(self, isa: str, shape: tuple[int, ...], fused: bool, threads: int) -> tuple:
         """Every buffer (input, each step's output, the fused steps' scratch for `threads` threads) placed in one
         arena by `nas.kernels.memory.plan`, and a ``_C.Plan`` running all steps on them."""
-        steps = self.steps(fused)
+        steps = self.steps(shape if fused else None, threads)
+        layer_ops = self.compile(isa)
+        ops = []
+        for g, spec in steps:
+            if len(g) > 1 and (isa, g[0]) not in self._fused:
+                self._fused[isa, g[0]] = compile_op(spec, isa)
+            ops.append(layer_ops[g[0]] if len(g) == 1 else self._fused[isa, g[0]])
         shapes, dtypes, scratch = [shape], [np.uint8], []
         for _, spec in steps:
             if isinstance(spec, FusedBlockSpec):
@@ -131,7 +152,7 @@ class QuantizedNetwork:
             shapes.append(out_shape(spec, shapes[-1]))
             dtypes.append(np.int32 if getattr(spec, "out_int32", False) else np.uint8)
         sizes = [int(np.prod(s)) * np.dtype(d).itemsize for s, d in zip(shapes, dtypes, strict=True)]
-        wires = self._wiring(fused)
+        wires = self._wiring(steps)
         arena_plan = memory.plan(sizes, wires, scratch)
         arena = np.empty(arena_plan.arena_bytes + memory.ALIGN, dtype=np.uint8)
         start = -arena.ctypes.data % memory.ALIGN  # offsets are multiples of ALIGN from an aligned start
@@ -160,22 +181,23 @@ class QuantizedNetwork:
                     threads: int = 1) -> memory.MemoryPlan:
         """The arena plan `run` uses for uint8 NHWC input of `shape` (planned now if not yet); with ``fused`` it
         depends on `threads` (the fused blocks' scratch)."""
-        ops = self.compile(isa, fused)
+        isa = self.compile(isa)[0].isa
         with self._lock:
-            return self._planned(ops, tuple(shape), fused, int(threads))[3]
+            return self._planned(isa, tuple(shape), fused, int(threads))[3]
 
-    def _planned(self, ops: list[CompiledOp], shape: tuple[int, ...], fused: bool = False, threads: int = 1) -> tuple:
-        """The cached plan for input `shape` on the ops' ISA (the caller holds the lock)."""
-        key = (ops[0].isa, shape, fused, threads if fused else 0)  # only fused scratch depends on the threads
+    def _planned(self, isa: str, shape: tuple[int, ...], fused: bool = False, threads: int = 1) -> tuple:
+        """The cached plan for input `shape` on `isa` (the caller holds the lock)."""
+        key = (isa, shape, fused, threads if fused else 0)  # only the fused steps depend on the threads
         if key not in self._plans:
-            self._plans[key] = self._plan(ops, shape, fused, threads)
+            self._plans[key] = self._plan(isa, shape, fused, threads)
         return self._plans[key]
 
-    def _wiring(self, fused: bool = False) -> list[tuple[int, int | None]]:
-        """(input, residual) of every step as indices of earlier steps' outputs (-1 = network input); a fused
-        block adds its residual itself (from its own input)."""
-        steps = self.steps(fused)
-        return memory.wiring([name for name, _ in steps],
+    def _wiring(self, steps: list[tuple[list[int], Spec]] | None = None) -> list[tuple[int, int | None]]:
+        """(input, residual) of every step (default: every layer) as indices of earlier steps' outputs (-1 = network
+        input); a fused block adds its residual itself (from its own input)."""
+        steps = self.steps() if steps is None else steps
+        names = [layer.name for layer in self.layers]
+        return memory.wiring([memory.fused_name(names, g) for g, _ in steps],
                              [isinstance(spec, GemmSpec) and spec.residual is not None for _, spec in steps])
 
     def run_reference(self, x: np.ndarray) -> np.ndarray:

@@ -8,15 +8,17 @@ executor runs on exactly this plan, so `activation_plan(arch).arena_bytes` is th
 input and output included. Not in the arena: an op's own scratch (the stem convolution's padded input or im2col
 rows, kept per thread and reused; squeeze-excite's pooled and hidden vectors, a few hundred bytes), and the weights.
 
-Fused blocks (`fused=True`, issue #33): each inverted-residual block without squeeze-excite runs as one step (ops.h
+Fused blocks (`fused=True`, issue #33): an inverted-residual block without squeeze-excite runs as one step (ops.h
 FusedBlock, in bands of rows), so its expanded and depthwise tensors never exist; the arena holds the block's input
 and output, plus the fused op's band buffers for its step: one slot per thread (`threads`, at most one per output row),
-each `_C.fused_scratch_bytes` long.
+each `_C.fused_scratch_bytes` long. A block is fused only where that holds no more bytes than its layers would at
+their fullest step (`fusing_pays`: not so for small late blocks whose band is the whole image, their buffers as big as
+the tensors they replace); the executor decides with the same functions, so the prediction stays exact.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from nas.kernels import _C
@@ -61,6 +63,26 @@ def fusion_groups(names: Sequence[str]) -> list[list[int]]:
             groups.append([i])
             i += 1
     return groups
+
+
+def fused_steps(names: Sequence[str], pays: Callable[[list[int]], bool]) -> list[list[int]]:
+    """`fusion_groups(names)` with each group for which `pays(group)` is false split into one step per layer."""
+    return [s for g in fusion_groups(names) for s in ([g] if len(g) == 1 or pays(g) else [[i] for i in g])]
+
+
+def fused_scratch(batch: int, h: int, w: int, c: int, k: int, stride: int, expand: bool, threads: int) -> int:
+    """Arena bytes of a fused block's band buffers: `scratch_slots` slots of `_C.fused_scratch_bytes` each."""
+    per = _C.fused_scratch_bytes(h, w, c, k, stride, expand)
+    return per * scratch_slots(threads, batch * ((h - 1) // stride + 1))
+
+
+def fusing_pays(x: int, expanded: int, dw: int, out: int, scratch: int, expand: bool, residual: bool) -> bool:
+    """Whether a fused block's step (its input, output and band buffers alive) holds no more bytes than its layers'
+    fullest step: expand (input + expanded), depthwise (its input + its output, + the block input it keeps for the
+    residual) and project (depthwise output + output, + the block input for the residual). Sizes in bytes."""
+    keep = x if residual else 0
+    layers = max(x + expanded if expand else 0, (expanded + keep if expand else x) + dw, dw + out + keep)
+    return x + out + scratch <= layers
 
 
 def fused_name(names: Sequence[str], group: Sequence[int]) -> str:
@@ -129,19 +151,25 @@ def activation_plan(arch: Arch, batch: int = 1, fused: bool = False, threads: in
         raise ValueError(f"threads: expected a positive int, got {threads}")
     ls = layers(arch)
     names = [x.name for x in ls]
-    groups = fusion_groups(names) if fused else [[i] for i in range(len(ls))]
+    out_bytes = [batch * x.out_hw ** 2 * x.out_channels for x in ls]
+
+    def block_scratch(g: list[int]) -> int:
+        dw = ls[g[-2]]
+        return fused_scratch(batch, dw.in_hw, dw.in_hw, dw.in_channels, dw.kernel, dw.stride, len(g) == 3, threads)
+
+    def pays(g: list[int]) -> bool:
+        x = batch * ls[g[0]].in_hw ** 2 * ls[g[0]].in_channels
+        expanded = out_bytes[g[0]] if len(g) == 3 else 0
+        return fusing_pays(x, expanded, out_bytes[g[-2]], out_bytes[g[-1]], block_scratch(g), len(g) == 3,
+                           ls[g[-1]].residual)
+
+    groups = fused_steps(names, pays) if fused else [[i] for i in range(len(ls))]
     sizes = [batch * arch.resolution ** 2 * arch.in_channels]
     scratch = []
     for g in groups:
-        out = ls[g[-1]]
         # the classifier writes int32 logits
-        sizes.append(batch * out.out_hw ** 2 * out.out_channels * (4 if g[-1] == len(ls) - 1 else 1))
-        if len(g) == 1:
-            scratch.append(0)
-            continue
-        dw = ls[g[-2]]
-        per = _C.fused_scratch_bytes(dw.in_hw, dw.in_hw, dw.in_channels, dw.kernel, dw.stride, len(g) == 3)
-        scratch.append(per * scratch_slots(threads, batch * dw.out_hw))
+        sizes.append(out_bytes[g[-1]] * (4 if g[-1] == len(ls) - 1 else 1))
+        scratch.append(0 if len(g) == 1 else block_scratch(g))
     wires = wiring([fused_name(names, g) for g in groups], [len(g) == 1 and ls[g[0]].residual for g in groups])
     return plan(sizes, wires, scratch)
 
@@ -172,5 +200,5 @@ def cost(kind: str, arch: Arch) -> float:
     raise ValueError(f"kind: expected one of {MEMORY_KINDS}, got {kind!r}")
 
 
-__all__ = ["ALIGN", "FUSABLE", "MemoryPlan", "activation_plan", "cost", "fused_name", "fusion_groups",
-           "peak_activation_bytes", "plan", "scratch_slots", "weight_bytes", "wiring"]
+__all__ = ["ALIGN", "FUSABLE", "MemoryPlan", "activation_plan", "cost", "fused_name", "fused_scratch", "fused_steps",
+           "fusing_pays", "fusion_groups", "peak_activation_bytes", "plan", "scratch_slots", "weight_bytes", "wiring"]

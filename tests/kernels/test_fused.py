@@ -173,3 +173,16 @@ def test_fusion_groups_skip_squeeze_excite_blocks():
     groups = fusion_groups(names)
     assert groups == [[0], [1, 2], [3], [4], [5], [6], [7, 8, 9], [10], [11], [12]]
     assert [fused_name(names, g) for g in groups][1:3] == ["blocks.0.fused", "blocks.1.expand"]
+
+
+def test_a_block_is_fused_only_where_its_step_needs_no_more_memory():
+    """An early block (bands much smaller than the image) is fused; a late one whose band buffers are as large as
+    the tensors they replace is not, since its step would then also hold the block input and output."""
+    from nas.kernels.memory import fusing_pays
+
+    # input, expanded, depthwise output, output, scratch (bytes)
+    assert fusing_pays(100, 600, 600, 100, 100, expand=True, residual=False)
+    assert not fusing_pays(100, 600, 600, 100, 1200, expand=True, residual=False)
+    # without expand the depthwise step reads the input itself; with a residual the input stays alive anyway
+    assert fusing_pays(100, 0, 100, 100, 100, expand=False, residual=True)
+    assert not fusing_pays(100, 0, 100, 100, 101, expand=False, residual=True)

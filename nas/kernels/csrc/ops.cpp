@@ -372,7 +372,9 @@ int FusedBlock::band_rows(int h, int w, int c, int k, int stride, int band) {
   // bytes(rows) = ((rows - 1) * stride + k) * w * c (expanded) + rows * wo * c (depthwise out)
   const int64_t fixed = static_cast<int64_t>(k - stride) * w * c, per = (static_cast<int64_t>(stride) * w + wo) * c;
   const int64_t rows = (static_cast<int64_t>(kBandBytes) - fixed) / per;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(rows, (ho + kMinBands - 1) / kMinBands)));
+  const int64_t least = (kMinPixels + wo - 1) / wo;
+  const int64_t best = std::max(least, std::min<int64_t>(rows, (ho + kMinBands - 1) / kMinBands));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(best, ho)));
 }
 
 size_t FusedBlock::scratch_bytes(int h, int w, int c, int k, int stride, bool expand, int band) {

@@ -178,7 +178,8 @@ class FusedBlock {
   int out_size(int in) const { return dw_->out_size(in); }
   // Output rows per band: `band` (clamped to [1, ho]) when positive, else the most whose band buffers (below) fit
   // kBandBytes, at most ceil(ho / kMinBands) (small images: the buffers stay well below the expanded tensor, also
-  // with one set per thread), at least 1.
+  // with one set per thread), but at least ceil(kMinPixels / wo) (GEMMs of a few rows waste their register tiles
+  // and reload the weights per band) and at most ho.
   static int band_rows(int h, int w, int c, int k, int stride, int band = 0);
   // Scratch bytes one thread needs for input h x w: the expanded rows of a band (with expand) and the band's
   // depthwise output, each rounded up to 64 bytes. c: the expanded (depthwise) channels.
@@ -191,7 +192,7 @@ class FusedBlock {
   Task task(const uint8_t* x, int b, int h, int w, uint8_t* out, uint8_t* scratch, int slots) const;
 
   static constexpr size_t kBandBytes = 64 * 1024;  // band buffers per thread: about half a core's L2
-  static constexpr int kMinBands = 8;
+  static constexpr int kMinBands = 8, kMinPixels = 32;
 
  private:
   void run_raw(const uint8_t* x, int b, int h, int w, uint8_t* out, uint8_t* scratch, int slots,
