@@ -1,12 +1,12 @@
 """Peak activation memory of networks on the kernels, in one run (issue #33's memory table).
 
-For each network: the executor's arena (`nas.kernels.memory`, input and int32 logits included), one buffer per
-tensor with no reuse (what the executor allocated before it had a planner), and the most bytes alive during one
-layer (no layer-by-layer plan can use less); the arena with fused inverted-residual blocks (`run(fused=True)`,
-issue #33: blocks without squeeze-excite in bands of rows, the expanded tensor never materialised; 1 thread, the band
-buffers included); and its int8 weight bytes. With `--run`, each network is also lowered with random weights and
-run on the kernels, fused and not, and the arenas the executor allocates are checked against the predictions from
-the architecture alone (and the fused logits against the unfused ones).
+For each network: the executor's layer-by-layer arena (`run(fused=False)`; `nas.kernels.memory`, input and int32
+logits included), one buffer per tensor with no reuse (what the executor allocated before it had a planner), and the
+most bytes alive during one layer (no layer-by-layer plan can use less); the arena with fused inverted-residual
+blocks (the default `run`, issue #33: blocks without squeeze-excite in bands of rows, the expanded tensor never
+materialised; 1 thread, the band buffers included); and its int8 weight bytes. With `--run`, each network is also
+lowered with random weights and run on the kernels, fused and not, and the arenas the executor allocates are
+checked against the predictions from the architecture alone (and the fused logits against the unfused ones).
 
     python benchmarks/bench_memory.py [--arch ARCH ...] [--run] [--json out.json]
 
@@ -35,7 +35,7 @@ NETWORKS = {
 
 
 def row(name: str, arch: ss.Arch, run: bool) -> dict:
-    mem, fused = activation_plan(arch), activation_plan(arch, fused=True)
+    mem, fused = activation_plan(arch, fused=False), activation_plan(arch, fused=True)
     out = {"network": name, "arch": str(arch), "mmacs": ss.count_macs(arch) / 1e6, "arena": mem.arena_bytes,
            "unplanned": mem.unplanned_bytes, "most_alive": max(mem.live_bytes()), "fused_arena": fused.arena_bytes,
            "weights": weight_bytes(arch)}
@@ -47,8 +47,8 @@ def row(name: str, arch: ss.Arch, run: bool) -> dict:
         net = kernel_network(arch)
         shape = (1, arch.resolution, arch.resolution, arch.in_channels)
         x = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
-        assert np.array_equal(net.run(x), net.run(x, fused=True)), name
-        out["executor_arena"] = net.memory_plan(shape).arena_bytes
+        assert np.array_equal(net.run(x, fused=False), net.run(x, fused=True)), name
+        out["executor_arena"] = net.memory_plan(shape, fused=False).arena_bytes
         assert out["executor_arena"] == mem.arena_bytes, (name, out["executor_arena"], mem.arena_bytes)
         out["executor_fused_arena"] = net.memory_plan(shape, fused=True).arena_bytes
         assert out["executor_fused_arena"] == fused.arena_bytes, (name, out["executor_fused_arena"], fused.arena_bytes)

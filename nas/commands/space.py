@@ -59,8 +59,8 @@ def cmd_cost(args: argparse.Namespace) -> int:
     from nas.kernels.memory import activation_plan
 
     arch = ss.parse_arch(args.arch)
-    mem = activation_plan(arch)
-    live = mem.live_bytes()
+    mem, layerwise = activation_plan(arch), activation_plan(arch, fused=False)  # the default run fuses blocks
+    live = layerwise.live_bytes()  # per layer, so from the layer-by-layer plan
     print(f"arch {arch.hash()}: {arch}\n")
     print(f"{'layer':<20}{'op':<7}{'in':>9}{'out':>9}{'k':>3}{'s':>3}{'act':>7}{'MACs':>14}{'params':>11}"
           f"{'live bytes':>12}")
@@ -72,6 +72,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     print(f"{'total':<58}{c.macs:>14,}{c.params:>11,}")
     print(f"\n{c.mmacs:.2f}M MACs (1 MAC = 1 FLOP), {c.mparams:.3f}M parameters (incl. BN gamma/beta)")
     print(f"peak activation memory on the kernels: {mem.arena_bytes:,} bytes per image (one arena, input and logits "
-          f"included; {mem.unplanned_bytes:,} with a buffer per tensor; live bytes: the buffers in use during the "
-          f"layer, {max(live):,} at most)")
+          f"included, blocks fused where that needs less; {layerwise.arena_bytes:,} layer by layer, "
+          f"{layerwise.unplanned_bytes:,} with a buffer per tensor; live bytes: the buffers in use during the layer "
+          f"run alone, {max(live):,} at most)")
     return 0

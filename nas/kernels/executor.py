@@ -7,10 +7,11 @@ Per-layer fusion (one kernel call per ``search_spaces.layers`` entry, so per-lay
 - ``project``: GEMM + bias + requant, with the block's residual add fused when the block has one;
 - ``pool``: global average pool; ``classifier``: GEMM writing int32 ``acc + bias``, scaled to float logits.
 
-``run(x, fused=True)`` runs each block without squeeze-excite (expand -> dw -> project, or dw -> project) as one
-fused op in bands of rows (``ops.FusedBlockSpec``; `nas.kernels.memory.fused_steps` picks the blocks, those whose
-fused step needs no more memory than their layers): the same logits bit for bit from a smaller arena, since the
-expanded and depthwise tensors are never materialized.
+By default ``run`` runs each block without squeeze-excite (expand -> dw -> project, or dw -> project) whose fused
+step needs no more memory than its layers (`nas.kernels.memory.fused_steps` with ops.h ``fused_block_pays``, the
+rule the C runtime applies too) as one fused op in bands of rows (``ops.FusedBlockSpec``): the same logits bit for
+bit from a smaller arena, since the expanded and depthwise tensors are never materialized; ``fused=False`` runs
+layer by layer (the per-layer ops above, as the latency profiler times them).
 """
 
 from __future__ import annotations
@@ -103,9 +104,9 @@ class QuantizedNetwork:
             return out
         return np.ascontiguousarray(quantize_input(x.transpose(0, 2, 3, 1), self.input_q))
 
-    def run(self, x: np.ndarray, threads: int = 1, isa: str | None = None, fused: bool = False) -> np.ndarray:
-        """Float32 logits [N, num_classes] computed on the kernels (one C++ call for all layers, GIL released);
-        ``fused``: blocks without squeeze-excite as fused ops (same logits, smaller arena)."""
+    def run(self, x: np.ndarray, threads: int = 1, isa: str | None = None, fused: bool = True) -> np.ndarray:
+        """Float32 logits [N, num_classes] computed on the kernels (one C++ call for all steps, GIL released), with
+        the blocks where fusing pays as fused ops; ``fused=False``: layer by layer (the same logits bit for bit)."""
         if not isinstance(threads, int | np.integer) or threads < 1:
             raise ValueError(f"threads: expected a positive int, got {threads!r}")
         isa = self.compile(isa)[0].isa
@@ -177,15 +178,15 @@ class QuantizedNetwork:
         plan = _C.Plan([op._op for op in ops], xs, outs, ress, scr)
         return plan, xin, outputs[-1], arena_plan
 
-    def memory_plan(self, shape: tuple[int, ...], isa: str | None = None, fused: bool = False,
+    def memory_plan(self, shape: tuple[int, ...], isa: str | None = None, fused: bool = True,
                     threads: int = 1) -> memory.MemoryPlan:
-        """The arena plan `run` uses for uint8 NHWC input of `shape` (planned now if not yet); with ``fused`` it
-        depends on `threads` (the fused blocks' scratch)."""
+        """The arena plan `run` uses for uint8 NHWC input of `shape` on `threads` threads (planned now if not yet);
+        with ``fused`` (the default) it depends on `threads` (the fused blocks' scratch)."""
         isa = self.compile(isa)[0].isa
         with self._lock:
             return self._planned(isa, tuple(shape), fused, int(threads))[3]
 
-    def _planned(self, isa: str, shape: tuple[int, ...], fused: bool = False, threads: int = 1) -> tuple:
+    def _planned(self, isa: str, shape: tuple[int, ...], fused: bool = True, threads: int = 1) -> tuple:
         """The cached plan for input `shape` on `isa` (the caller holds the lock)."""
         key = (isa, shape, fused, threads if fused else 0)  # only the fused steps depend on the threads
         if key not in self._plans:

@@ -4,16 +4,20 @@ Buffers: the quantized input, then each layer's output (uint8 NHWC; the classifi
 the input, step i + 1 runs layer i, which reads its input and (a project GEMM of a residual block) its block's input.
 A buffer lives from the step that writes it to the last step that reads it; `_C.plan_arena` (csrc/ops.h, the planner
 the C runtime uses too) places buffers whose lives overlap at disjoint offsets and lets the others share bytes. The
-executor runs on exactly this plan, so `activation_plan(arch).arena_bytes` is the executor's activation memory,
-input and output included. Not in the arena: an op's own scratch (the stem convolution's padded input or im2col
-rows, kept per thread and reused; squeeze-excite's pooled and hidden vectors, a few hundred bytes), and the weights.
+executor runs on exactly this plan (layer by layer: `activation_plan(arch, fused=False)`), so its `arena_bytes` is
+the executor's activation memory, input and output included. Not in the arena: an op's own scratch (the stem
+convolution's padded input or im2col rows, kept per thread and reused; squeeze-excite's pooled and hidden vectors, a
+few hundred bytes), and the weights.
 
-Fused blocks (`fused=True`, issue #33): an inverted-residual block without squeeze-excite runs as one step (ops.h
-FusedBlock, in bands of rows), so its expanded and depthwise tensors never exist; the arena holds the block's input
-and output, plus the fused op's band buffers for its step: one slot per thread (`threads`, at most one per output row),
-each `_C.fused_scratch_bytes` long. A block is fused only where that holds no more bytes than its layers would at
-their fullest step (`fusing_pays`: not so for small late blocks whose band is the whole image, their buffers as big as
-the tensors they replace); the executor decides with the same functions, so the prediction stays exact.
+Fused blocks (the default, issue #33; `fused=False` plans layer by layer): an inverted-residual block without
+squeeze-excite runs as one step (ops.h FusedBlock, in bands of rows), so its expanded and depthwise tensors never
+exist; the arena holds the block's input and output, plus the fused op's band buffers for its step: one slot per
+thread (`threads`, at most one per output row), each `_C.fused_scratch_bytes` long. A block is fused only where that
+holds no more bytes than its layers would at their fullest step (`fusing_pays`, ops.h fused_block_pays: not so for
+small late blocks whose band is the whole image, their buffers as big as the tensors they replace); the executor and
+the C runtime (capi.cpp) decide with the same rule, so the prediction stays exact, and `peak_activation_bytes(arch)`
+is the arena the default execution (Python `QuantizedNetwork.run` or the C runtime) allocates for one image on one
+thread.
 """
 
 from __future__ import annotations
@@ -79,10 +83,11 @@ def fused_scratch(batch: int, h: int, w: int, c: int, k: int, stride: int, expan
 def fusing_pays(x: int, expanded: int, dw: int, out: int, scratch: int, expand: bool, residual: bool) -> bool:
     """Whether a fused block's step (its input, output and band buffers alive) holds no more bytes than its layers'
     fullest step: expand (input + expanded), depthwise (its input + its output, + the block input it keeps for the
-    residual) and project (depthwise output + output, + the block input for the residual). Sizes in bytes."""
-    keep = x if residual else 0
-    layers = max(x + expanded if expand else 0, (expanded + keep if expand else x) + dw, dw + out + keep)
-    return x + out + scratch <= layers
+    residual) and project (depthwise output + output, + the block input for the residual). Sizes in bytes.
+
+    The rule is ops.h ``fused_block_pays``, the one the C runtime applies too, so all three decide alike."""
+    return bool(_C.fused_block_pays(int(x), int(expanded), int(dw), int(out), int(scratch), bool(expand),
+                                    bool(residual)))
 
 
 def fused_name(names: Sequence[str], group: Sequence[int]) -> str:
@@ -92,7 +97,7 @@ def fused_name(names: Sequence[str], group: Sequence[int]) -> str:
 
 def scratch_slots(threads: int, rows: int) -> int:
     """Band-buffer slots a fused step gets: one per thread, at most one per output row (batch x height)."""
-    return max(1, min(int(threads), int(rows)))
+    return int(_C.fused_scratch_slots(int(threads), int(rows)))  # ops.h, as the C runtime counts them
 
 
 @dataclass(frozen=True)
@@ -142,9 +147,10 @@ def plan(sizes: Sequence[int], wires: Sequence[tuple[int, int | None]], scratch:
     return MemoryPlan(tuple(int(s) for s in sizes), tuple(first), tuple(last), tuple(offsets), int(arena))
 
 
-def activation_plan(arch: Arch, batch: int = 1, fused: bool = False, threads: int = 1) -> MemoryPlan:
-    """The executor's arena plan for `arch` at `batch` images, from the architecture alone (no weights); `fused`:
-    with fused blocks (`QuantizedNetwork.run(fused=True)`) on `threads` threads (their scratch grows with it)."""
+def activation_plan(arch: Arch, batch: int = 1, fused: bool = True, threads: int = 1) -> MemoryPlan:
+    """The executor's arena plan for `arch` at `batch` images on `threads` threads, from the architecture alone (no
+    weights): with the blocks `fusing_pays` fuses (the default execution; their scratch grows with `threads`), or
+    layer by layer (`fused=False`, as `QuantizedNetwork.run(fused=False)`)."""
     if batch < 1:
         raise ValueError(f"batch: expected a positive int, got {batch}")
     if threads < 1:
@@ -174,9 +180,9 @@ def activation_plan(arch: Arch, batch: int = 1, fused: bool = False, threads: in
     return plan(sizes, wires, scratch)
 
 
-def peak_activation_bytes(arch: Arch, batch: int = 1, fused: bool = False, threads: int = 1) -> int:
-    """Peak activation memory (bytes) of `arch` on the kernels: its arena, input and logits included (`fused`:
-    with fused blocks on `threads` threads)."""
+def peak_activation_bytes(arch: Arch, batch: int = 1, fused: bool = True, threads: int = 1) -> int:
+    """Peak activation memory (bytes) of `arch` on the kernels: the arena its default execution allocates (fused
+    blocks where they pay; `fused=False`: layer by layer) on `threads` threads, input and logits included."""
     return activation_plan(arch, batch, fused, threads).arena_bytes
 
 

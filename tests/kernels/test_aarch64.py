@@ -99,6 +99,7 @@ def test_whole_networks_on_arm_give_the_x86_logits_bit_for_bit(binaries: dict[st
     import numpy as np
 
     from nas.export import load
+    from nas.kernels.memory import peak_activation_bytes
 
     x = np.random.default_rng(7).standard_normal((3, 1, 16, 16)).astype(np.float32)
     x.tofile(tmp_path / "x.f32")
@@ -108,4 +109,9 @@ def test_whole_networks_on_arm_give_the_x86_logits_bit_for_bit(binaries: dict[st
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"on {isa}" in run.stdout, run.stdout  # the CPU's features chose the ISA
     arm = np.fromfile(tmp_path / "y.f32", dtype=np.float32).reshape(3, 10)
-    assert np.array_equal(arm, load(checkpoints[name]).network.run(x, threads=2))
+    model = load(checkpoints[name])
+    assert np.array_equal(arm, model.network.run(x, threads=2))
+    # the same fused steps in the same arena as the x86 executor (and as predicted from the architecture)
+    arena = model.network.memory_plan((3, 16, 16, 1), threads=2).arena_bytes
+    assert arena == peak_activation_bytes(model.arch, 3, threads=2)
+    assert f"activation arena {arena} bytes" in run.stdout, run.stdout

@@ -14,6 +14,7 @@ import pytest
 
 from nas.export import load
 from nas.kernels import available_isas, capi
+from nas.kernels.memory import peak_activation_bytes
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("cmake") and shutil.which("cc") and shutil.which("c++")),
@@ -37,6 +38,7 @@ def runtime(request):
     for run in (lib.nas_model_run, lib.nas_model_run_u8):
         run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
     lib.nas_last_error.restype = ctypes.c_char_p
+    lib.nas_model_arena_bytes.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_size_t)]
     return out, lib
 
 
@@ -62,7 +64,9 @@ def test_c_program_logits_are_bit_identical_to_the_executor(runtime, checkpoints
                           str(tmp_path / "y.f32"), "2"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     logits = np.fromfile(tmp_path / "y.f32", dtype=np.float32).reshape(3, 10)
-    assert np.array_equal(logits, load(checkpoints[name]).network.run(x, threads=2))
+    ck = load(checkpoints[name])
+    assert np.array_equal(logits, ck.network.run(x, threads=2))
+    assert f"activation arena {peak_activation_bytes(ck.arch, 3, threads=2)} bytes" in run.stdout, run.stdout
 
 
 @pytest.mark.parametrize("isa", available_isas())
@@ -86,6 +90,33 @@ def test_library_matches_on_every_isa_for_float_and_uint8_input(runtime, checkpo
         logits = np.empty((1, 10), dtype=np.float32)
         assert lib.nas_model_run(model, xf.ctypes.data, 0, logits.ctypes.data, 1) == NAS_ERR_ARGUMENT
         assert "batch=0" in lib.nas_last_error().decode()
+    finally:
+        lib.nas_model_free(model)
+
+
+def test_the_runtime_fuses_blocks_in_the_predicted_arena(runtime, checkpoints):
+    """The C runtime runs the blocks where fusing pays fused, in the arena the Python executor plans and
+    `peak_activation_bytes` predicts from the architecture (smaller than layer by layer for this network), for every
+    batch and thread count (the plan is rebuilt when either changes), with bit-identical logits."""
+    _, lib = runtime
+    ck = load(checkpoints["int8"])
+    assert peak_activation_bytes(ck.arch) < peak_activation_bytes(ck.arch, fused=False)  # fusing shows in the bytes
+    status, model, err = _load(lib, checkpoints["int8"])
+    assert status == NAS_OK, err
+    try:
+        rng = np.random.default_rng(2)
+        got = ctypes.c_size_t()
+        for batch, threads in [(1, 1), (1, 2), (1, 3), (4, 1), (4, 3), (1, 1)]:
+            assert lib.nas_model_arena_bytes(model, batch, threads, ctypes.byref(got)) == NAS_OK, lib.nas_last_error()
+            want = peak_activation_bytes(ck.arch, batch, threads=threads)
+            assert got.value == want == ck.network.memory_plan((batch, 16, 16, 1), threads=threads).arena_bytes
+            x = rng.integers(0, 256, size=(batch, 16, 16, 1), dtype=np.uint8)
+            assert np.array_equal(_run(lib, model, x, threads=threads), ck.network.run(x, threads=threads))
+            assert np.array_equal(_run(lib, model, x, threads=threads), ck.network.run(x, fused=False))
+        for batch, threads, fragment in [(0, 1, "batch=0"), (1, 0, "threads=0"), (1, 1025, "threads=1025")]:
+            assert lib.nas_model_arena_bytes(model, batch, threads, ctypes.byref(got)) == NAS_ERR_ARGUMENT
+            assert fragment in lib.nas_last_error().decode()
+        assert lib.nas_model_arena_bytes(model, 1, 1, None) == NAS_ERR_ARGUMENT
     finally:
         lib.nas_model_free(model)
 

@@ -132,9 +132,10 @@ def test_fused_block_rejects_parts_that_do_not_chain():
 
 @pytest.mark.parametrize("space", ["small32", "small32-v3"])
 def test_fused_networks_give_the_same_logits_from_the_predicted_smaller_arena(space):
-    """Random networks (SE blocks stay unfused, residual, stride 2, expand ratio 1): fused logits equal the unfused
-    ones bit for bit on every ISA and thread count; the executor's fused arena is the one `activation_plan(fused=True)`
-    predicts from the architecture, at batch 1 and 3 and 1 or 3 threads, and never above the unfused arena."""
+    """Random networks (SE blocks stay unfused, residual, stride 2, expand ratio 1): the default (fused) logits equal
+    the layer-by-layer ones bit for bit on every ISA and thread count; the executor's default arena is the fused one
+    `activation_plan` predicts from the architecture, at batch 1 and 3 and 1 or 3 threads, and never above the
+    layer-by-layer arena (`fused=False`, predicted alike)."""
     import random
 
     import search_spaces as ss
@@ -149,19 +150,22 @@ def test_fused_networks_give_the_same_logits_from_the_predicted_smaller_arena(sp
         assert any(len(g) > 1 for g in fusion_groups([layer.name for layer in net.layers]))
         for batch in (1, 3):
             shape = (batch, arch.resolution, arch.resolution, arch.in_channels)
-            unfused = net.memory_plan(shape).arena_bytes
+            layerwise = net.memory_plan(shape, fused=False)
+            assert layerwise == activation_plan(arch, batch, fused=False)
+            unfused = layerwise.arena_bytes
             for threads in (1, 3):
-                got = net.memory_plan(shape, fused=True, threads=threads)
-                assert got == activation_plan(arch, batch, fused=True, threads=threads)
+                got = net.memory_plan(shape, threads=threads)  # the default: fused where it pays
+                assert got == net.memory_plan(shape, fused=True, threads=threads)
+                assert got == activation_plan(arch, batch, threads=threads)
                 assert got.arena_bytes <= unfused
                 smaller += got.arena_bytes < unfused
         x = np.random.default_rng(0).integers(0, 256, size=(2, arch.resolution, arch.resolution, arch.in_channels),
                                               dtype=np.uint8)
-        want = net.run(x)
+        want = net.run(x, fused=False)
         np.testing.assert_array_equal(net.run_reference(x), want)
         for isa in SUPPORTED:
             for threads in (1, 2, 3):
-                np.testing.assert_array_equal(net.run(x, threads=threads, isa=isa, fused=True), want)
+                np.testing.assert_array_equal(net.run(x, threads=threads, isa=isa), want)
     assert smaller >= 2  # fusing really lowers the peak on some of these networks
 
 

@@ -69,11 +69,13 @@ def test_the_executor_runs_on_the_plan_predicted_from_the_architecture(space):
             shape = (batch, arch.resolution, arch.resolution, arch.in_channels)
             assert net.memory_plan(shape).arena_bytes == peak_activation_bytes(arch, batch)
             assert net.memory_plan(shape) == activation_plan(arch, batch)
+            assert net.memory_plan(shape, fused=False) == activation_plan(arch, batch, fused=False)
         x = np.random.default_rng(0).integers(0, 256, size=(2, arch.resolution, arch.resolution, arch.in_channels),
                                               dtype=np.uint8)
         ref = net.run_reference(x)
         for isa in available_isas():
             assert np.array_equal(net.run(x, isa=isa), ref), isa
+            assert np.array_equal(net.run(x, isa=isa, fused=False), ref), isa
             assert np.array_equal(net.run(x, threads=2, isa=isa), ref), isa
         plan_ = activation_plan(arch)
         assert plan_.arena_bytes < plan_.unplanned_bytes

@@ -1,5 +1,6 @@
 // The C API (nas_runtime.h): an exported checkpoint directory (nas/export/checkpoint.py) read without Python and run
-// on the ops of ops.h exactly as nas.kernels.executor.QuantizedNetwork.run runs it:
+// on the ops of ops.h exactly as nas.kernels.executor.QuantizedNetwork.run runs it by default (the blocks where
+// ops.h fused_block_pays says so as FusedBlock steps, every buffer in the same arena plan):
 //   metadata.json        format, major version and the SHA-256 of every other file (checked before anything is read)
 //   arch.json            the input resolution and channels
 //   network.json         input grid, layers (op specs as nas.kernels.ops dataclasses), logit scales; arrays are
@@ -387,6 +388,7 @@ std::shared_ptr<nask::SqueezeExcite> squeeze_excite(const Arrays& a, const Value
 // One fused layer: exactly one op pointer is set; src / res index earlier layers' outputs (-1: the input).
 struct Layer {
   std::string where;
+  std::string name;  // as in network.json, e.g. "blocks.3.expand"
   std::shared_ptr<nask::Gemm> gemm;
   std::shared_ptr<nask::Conv> conv;
   std::shared_ptr<nask::Depthwise> dw;
@@ -464,9 +466,18 @@ struct nas_model {
   int in_zp = 0;
   std::vector<float> logit_scale;
   std::vector<Layer> layers;
+  // The layers of each step as nas.kernels.memory.fusion_groups: a block whose layers are expand -> dw -> project or
+  // dw -> project (with `fused` set: its FusedBlock), every other layer alone. prepare() runs a group fused only
+  // where ops.h fused_block_pays says so for the batch and threads, else its layers one by one.
+  struct Group {
+    std::vector<int> layers;
+    std::shared_ptr<nask::FusedBlock> fused;
+  };
+  std::vector<Group> groups;
 
-  std::mutex mu;  // guards the plan and its buffers, rebuilt when the batch size changes
-  int plan_batch = 0;
+  std::mutex mu;  // guards the plan and its buffers, rebuilt when the batch size or thread count changes
+  int plan_batch = 0, plan_threads = 0;
+  size_t arena_bytes = 0;      // the plan's arena (nask::ArenaPlan::bytes, without the alignment slack)
   std::vector<uint8_t> arena;  // every activation buffer (nask::plan_arena)
   uint8_t* input = nullptr;    // the quantized input, in the arena
   size_t input_bytes = 0;
@@ -474,7 +485,8 @@ struct nas_model {
   nask::Plan plan;
 
   void load(const std::filesystem::path& dir);
-  void prepare(int batch);
+  void group_layers();
+  void prepare(int batch, int threads);
   void run(const float* xf, const uint8_t* xu, int batch, float* logits, int threads);
 };
 
@@ -551,6 +563,7 @@ void nas_model::load(const std::filesystem::path& dir) {
     const Value& type = need_kind(member(spec, "__type__", where + ".spec"), Kind::String, where + ".spec");
     Layer layer;
     layer.where = where;
+    layer.name = name;
     const std::string at = where + ".spec";
     if (type.str == "GemmSpec") layer.gemm = gemm(arrays, spec, isa, at);
     else if (type.str == "ConvSpec") layer.conv = conv(arrays, spec, isa, at);
@@ -587,44 +600,138 @@ void nas_model::load(const std::filesystem::path& dir) {
     bad(nfile, "logit_scale has " + std::to_string(ls_scale.size()) + " entries, the network outputs " +
                    shape_str(last));
   logit_scale = ls_scale;
+  group_layers();
 }
 
-void nas_model::prepare(int batch) {
-  if (batch == plan_batch) return;
-  plan_batch = 0;
+namespace {
+
+// "blocks.<id>" for a layer of a block, "" for any other (as name.split(".")[:2] in nas.kernels.memory).
+std::string block_of(const std::string& name) {
+  return name.rfind("blocks.", 0) == 0 ? name.substr(0, name.find('.', 7)) : std::string();
+}
+
+std::string role_of(const std::string& name) { return name.substr(name.rfind('.') + 1); }
+
+int64_t numel(const Shape& s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return n;
+}
+
+}  // namespace
+
+void nas_model::group_layers() {
+  groups.clear();
+  for (size_t i = 0; i < layers.size();) {
+    const std::string block = block_of(layers[i].name);
+    size_t j = i;
+    while (!block.empty() && j < layers.size() && block_of(layers[j].name) == block) ++j;
+    std::vector<std::string> roles;
+    for (size_t t = i; t < j; ++t) roles.push_back(role_of(layers[t].name));
+    const bool three = roles == std::vector<std::string>{"expand", "dw", "project"};
+    const bool two = roles == std::vector<std::string>{"dw", "project"};
+    // the ops must be what the names say (always so in an exported network); otherwise the layers run one by one
+    if ((three || two) && layers[j - 2].dw && layers[j - 1].gemm && (two || layers[i].gemm)) {
+      Group g;
+      for (size_t t = i; t < j; ++t) g.layers.push_back(static_cast<int>(t));
+      try {
+        g.fused = std::make_shared<nask::FusedBlock>(three ? layers[i].gemm : nullptr, layers[j - 2].dw,
+                                                     layers[j - 1].gemm);
+      } catch (const std::invalid_argument& e) {
+        bad(layers[i].where, std::string("block does not fuse: ") + e.what());
+      }
+      groups.push_back(std::move(g));
+      i = j;
+    } else {
+      groups.push_back(Group{{static_cast<int>(i)}, nullptr});
+      ++i;
+    }
+  }
+}
+
+void nas_model::prepare(int batch, int threads) {
+  if (batch == plan_batch && threads == plan_threads) return;
+  plan_batch = plan_threads = 0;
   plan = nask::Plan();
-  // The input and every layer's output in one arena, planned as nas.kernels.memory.plan: step 0 writes the input,
-  // step i + 1 runs layer i, a buffer lives until the last step that reads it.
-  std::vector<Shape> shapes;
-  std::vector<size_t> sizes{static_cast<size_t>(batch) * height * width * channels};
-  std::vector<int> first{0}, last{0};
   const Shape in{batch, height, width, channels};
-  for (size_t i = 0; i < layers.size(); ++i) {
-    const Layer& l = layers[i];
-    const int step = static_cast<int>(i) + 1;
-    shapes.push_back(l.out_shape(l.src < 0 ? in : shapes[l.src]));
-    int64_t n = 1;
-    for (int64_t d : shapes.back()) n *= d;
-    sizes.push_back(static_cast<size_t>(n) * (l.gemm && l.gemm->out_int32() ? 4 : 1));
+  std::vector<Shape> shapes;  // shapes[i]: layer i's output
+  for (const Layer& l : layers) shapes.push_back(l.out_shape(l.src < 0 ? in : shapes[l.src]));
+  auto input_of = [&](int i) -> const Shape& { return layers[i].src < 0 ? in : shapes[layers[i].src]; };
+  auto bytes = [&](int i) { return static_cast<size_t>(numel(shapes[i])); };
+
+  // The steps, as QuantizedNetwork.steps: a group fused where its step needs no more bytes than its layers.
+  struct Step {
+    std::vector<int> layers;
+    const nask::FusedBlock* fused = nullptr;
+    size_t scratch = 0;  // the fused step's band buffers: `slots` x FusedBlock::scratch_bytes
+    int slots = 0;
+  };
+  std::vector<Step> steps;
+  for (const Group& g : groups) {
+    if (g.fused) {
+      const std::vector<int>& ls = g.layers;
+      const Shape& xs = input_of(ls[0]);
+      const int h = static_cast<int>(xs[1]), w = static_cast<int>(xs[2]);
+      const bool expand = ls.size() == 3;
+      const int dw = ls[ls.size() - 2], out = ls.back();
+      const int slots = nask::fused_scratch_slots(threads, static_cast<int64_t>(batch) * g.fused->out_size(h));
+      const size_t scratch = g.fused->scratch_bytes(h, w) * slots;
+      if (nask::fused_block_pays(static_cast<size_t>(numel(xs)), expand ? bytes(ls[0]) : 0, bytes(dw), bytes(out),
+                                 scratch, expand, layers[out].gemm->residual())) {
+        steps.push_back(Step{ls, g.fused.get(), scratch, slots});
+        continue;
+      }
+    }
+    for (int i : g.layers) steps.push_back(Step{{i}});
+  }
+
+  // The input and every step's output, then the fused steps' band buffers, in one arena planned as
+  // nas.kernels.memory.plan: step 0 writes the input, step s + 1 runs steps[s] (which reads the previous step's
+  // output and, a residual GEMM, its block's input), a buffer lives until the last step that reads it.
+  std::vector<size_t> sizes{static_cast<size_t>(numel(in))};
+  std::vector<int> first{0}, last{0}, res(steps.size(), -2);  // res: -2 none, -1 the input, else a step's output
+  std::vector<int> step_of(layers.size(), -1);                // the step that writes layer i's output
+  for (size_t s = 0; s < steps.size(); ++s) {
+    const int step = static_cast<int>(s) + 1, l = steps[s].layers.back();
+    step_of[l] = static_cast<int>(s);
+    // a fused block adds its residual itself; a block's input is the output of the step before it
+    if (!steps[s].fused && layers[l].has_res) res[s] = layers[l].res < 0 ? -1 : step_of[layers[l].res];
+    sizes.push_back(bytes(l) * (layers[l].gemm && layers[l].gemm->out_int32() ? 4 : 1));
     first.push_back(step);
     last.push_back(step);
-    last[l.src + 1] = std::max(last[l.src + 1], step);
-    if (l.has_res) last[l.res + 1] = std::max(last[l.res + 1], step);
+    last[s] = std::max(last[s], step);  // the previous step's output (s = 0: the input)
+    if (res[s] != -2) last[res[s] + 1] = std::max(last[res[s] + 1], step);
+  }
+  std::vector<size_t> scratch_buf(steps.size(), 0);  // index into sizes of each fused step's band buffers
+  for (size_t s = 0; s < steps.size(); ++s) {
+    if (!steps[s].scratch) continue;
+    scratch_buf[s] = sizes.size();
+    sizes.push_back(steps[s].scratch);
+    first.push_back(static_cast<int>(s) + 1);
+    last.push_back(static_cast<int>(s) + 1);
   }
   constexpr size_t kAlign = 64;
   const nask::ArenaPlan ap = nask::plan_arena(sizes, first, last, kAlign);
   arena.assign(ap.bytes + kAlign, 0);
   uint8_t* base = arena.data() + (kAlign - reinterpret_cast<uintptr_t>(arena.data()) % kAlign) % kAlign;
-  auto buffer = [&](int b) { return base + ap.offsets[b + 1]; };  // b = -1: the input
+  auto buffer = [&](int s) { return base + ap.offsets[s + 1]; };  // s = -1: the input
   input = buffer(-1);
   input_bytes = sizes[0];
-  for (size_t i = 0; i < layers.size(); ++i) {
-    const Layer& l = layers[i];
-    const Shape x = l.src < 0 ? in : shapes[l.src];
-    plan.add(l.task(buffer(l.src), x, buffer(static_cast<int>(i)), l.has_res ? buffer(l.res) : nullptr));
+  for (size_t s = 0; s < steps.size(); ++s) {
+    const Step& st = steps[s];
+    const int i = static_cast<int>(s);
+    const Shape& xs = input_of(st.layers[0]);
+    if (st.fused) {
+      plan.add(st.fused->task(buffer(i - 1), batch, static_cast<int>(xs[1]), static_cast<int>(xs[2]), buffer(i),
+                              base + ap.offsets[scratch_buf[s]], st.slots));
+    } else {
+      plan.add(layers[st.layers[0]].task(buffer(i - 1), xs, buffer(i), res[s] == -2 ? nullptr : buffer(res[s])));
+    }
   }
-  logits_acc = buffer(static_cast<int>(layers.size()) - 1);
+  logits_acc = buffer(static_cast<int>(steps.size()) - 1);
+  arena_bytes = ap.bytes;
   plan_batch = batch;
+  plan_threads = threads;
 }
 
 void nas_model::run(const float* xf, const uint8_t* xu, int batch, float* logits, int threads) {
@@ -632,7 +739,7 @@ void nas_model::run(const float* xf, const uint8_t* xu, int batch, float* logits
   if (batch < 1 || batch > (1 << 20)) throw Error(NAS_ERR_ARGUMENT, "batch=" + std::to_string(batch) + " outside [1, 1048576]");
   if (threads < 1 || threads > 1024) throw Error(NAS_ERR_ARGUMENT, "threads=" + std::to_string(threads) + " outside [1, 1024]");
   const std::lock_guard<std::mutex> lock(mu);
-  prepare(batch);
+  prepare(batch, threads);
   if (xu) std::memcpy(input, xu, input_bytes);
   else nask::quantize_nchw(xf, batch, channels, height, width, in_scale, in_zp, input);
   plan.run(threads);
@@ -711,6 +818,19 @@ nas_status nas_model_run_u8(nas_model* model, const uint8_t* input, int batch, f
   return guarded([&] {
     if (!model || !input) throw Error(NAS_ERR_ARGUMENT, "model and input must not be NULL");
     model->run(nullptr, input, batch, logits, threads);
+  });
+}
+
+nas_status nas_model_arena_bytes(nas_model* model, int batch, int threads, size_t* bytes) {
+  return guarded([&] {
+    if (!model || !bytes) throw Error(NAS_ERR_ARGUMENT, "model and bytes must not be NULL");
+    if (batch < 1 || batch > (1 << 20))
+      throw Error(NAS_ERR_ARGUMENT, "batch=" + std::to_string(batch) + " outside [1, 1048576]");
+    if (threads < 1 || threads > 1024)
+      throw Error(NAS_ERR_ARGUMENT, "threads=" + std::to_string(threads) + " outside [1, 1024]");
+    const std::lock_guard<std::mutex> lock(model->mu);
+    model->prepare(batch, threads);  // the plan a run with these arguments uses (kept for it)
+    *bytes = model->arena_bytes;
   });
 }
 

@@ -417,6 +417,11 @@ PYBIND11_MODULE(_C, m) {
         "Scratch bytes per thread of a fused block (ops.h FusedBlock) on h x w input, c depthwise channels.");
   m.def("fused_band_rows", &FusedBlock::band_rows, py::arg("h"), py::arg("w"), py::arg("c"), py::arg("k"),
         py::arg("stride"), py::arg("band_rows") = 0, "Output rows per band of a fused block (ops.h FusedBlock).");
+  m.def("fused_scratch_slots", &fused_scratch_slots, py::arg("threads"), py::arg("rows"),
+        "Band-buffer slots of a fused step on `threads` threads over `rows` output rows (ops.h).");
+  m.def("fused_block_pays", &fused_block_pays, py::arg("x"), py::arg("expanded"), py::arg("dw"), py::arg("out"),
+        py::arg("scratch"), py::arg("expand"), py::arg("residual"),
+        "Whether a block runs fused (ops.h fused_block_pays: its fused step needs no more bytes than its layers').");
   py::class_<SqueezeExcite>(m, "SqueezeExcite")
       .def(py::init<std::shared_ptr<Pool>, std::shared_ptr<Gemm>, std::shared_ptr<Gemm>, int, int32_t, int32_t, int,
                     const std::string&>(),

@@ -7,7 +7,8 @@
  *   nas_model_free(m);
  *
  * The logits are bit-identical to QuantizedNetwork.run in Python on the same CPU kernels (ISA: NAS_KERNELS_ISA when
- * set, else the best this CPU supports). Every function returns NAS_OK or an error code and never crashes on a bad
+ * set, else the best this CPU supports), run the same way: inverted-residual blocks fused where that needs less
+ * memory (nas.kernels.memory.fusing_pays), all activations in one arena (nas_model_arena_bytes). Every function returns NAS_OK or an error code and never crashes on a bad
  * checkpoint; nas_last_error() then says what went wrong, naming the file. One model may be used from several
  * threads (runs on it are serialized).
  */
@@ -60,6 +61,11 @@ NAS_API nas_status nas_model_run(nas_model* model, const float* input, int batch
 
 /* Already-quantized uint8 NHWC images -> logits [batch][num_classes]. */
 NAS_API nas_status nas_model_run_u8(nas_model* model, const uint8_t* input, int batch, float* logits, int threads);
+
+/* Bytes of the activation arena a run of `batch` images on `threads` threads uses: the input, every step's output
+ * and the fused blocks' band buffers in one planned buffer (weights and an op's own small scratch not counted), as
+ * nas.kernels.memory.peak_activation_bytes(arch, batch, threads=threads) predicts. Plans it (kept for such runs). */
+NAS_API nas_status nas_model_arena_bytes(nas_model* model, int batch, int threads, size_t* bytes);
 
 /* The message of the last failed call on this thread ("" when none). */
 NAS_API const char* nas_last_error(void);

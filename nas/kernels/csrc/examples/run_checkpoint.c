@@ -37,7 +37,13 @@ int main(int argc, char** argv) {
     fprintf(stderr, "%s: cannot write the logits\n", argv[4]);
     return 1;
   }
-  printf("%s: %d images -> %d logits each on %s\n", argv[1], batch, nas_model_num_classes(model), nas_model_isa(model));
+  size_t arena = 0; /* the activation memory that run used (input, outputs, fused blocks' band buffers) */
+  if (nas_model_arena_bytes(model, batch, threads, &arena) != NAS_OK) {
+    fprintf(stderr, "%s\n", nas_last_error());
+    return 1;
+  }
+  printf("%s: %d images -> %d logits each on %s, activation arena %zu bytes\n", argv[1], batch,
+         nas_model_num_classes(model), nas_model_isa(model), arena);
   nas_model_free(model);
   free(images);
   free(logits);
