@@ -28,7 +28,9 @@ struct Job {
 
 class ThreadPool {
  public:
-  void run(int nt, void (*fn)(void*, int, int), void* ctx, int tasks) {
+  // balanced: the tasks are a few long ones of equal work (FusedBlock strips), so waiting for a worker to finish
+  // its task is expected (it started a wake-up later) and is no sign of a preempted worker: no backoff for it.
+  void run(int nt, void (*fn)(void*, int, int), void* ctx, int tasks, bool balanced = false) {
     std::lock_guard<std::mutex> guard(run_mu_);
     while (static_cast<int>(threads_.size()) < nt - 1) {
       const uint64_t seen = gen_.load();
@@ -75,7 +77,8 @@ class ThreadPool {
       if (++spins < 20000) cpu_relax();
       else std::this_thread::yield();
     }
-    if (std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(kLongWaitUs)) backoff_.store(kBackoffJobs);
+    if (!balanced && std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(kLongWaitUs))
+      backoff_.store(kBackoffJobs);
   }
 
   // True if this job should run single-threaded (after a long wait for a preempted worker).
@@ -142,6 +145,16 @@ void parallel_for_raw(int threads, int tasks, void (*fn)(void*, int, int), void*
     return;
   }
   pool().run(nt, fn, ctx, tasks);
+}
+
+void parallel_for_strips(int threads, int tasks, void (*fn)(void*, int, int), void* ctx) {
+  if (tasks <= 0) return;
+  const int nt = std::max(1, std::min(threads, tasks));
+  if (nt == 1 || pool().backing_off()) {
+    fn(ctx, 0, tasks);
+    return;
+  }
+  pool().run(nt, fn, ctx, tasks, true);
 }
 
 void parallel_for_fresh(int threads, int tasks, void (*fn)(void*, int, int), void* ctx) {
