@@ -175,13 +175,22 @@ def test_default_store_is_a_journal_unless_the_run_has_an_sqlite_study(tmp_path)
     assert default_storage(tmp_path).endswith("study.journal")
 
 
-def test_verify_fine_tunes_candidates_chooses_the_best_and_resumes(run):
+VERIFIED = ["--budget", BUDGET, "--quick", "--device", "torch-fp32", "--trials", "8", "--study", "verified",
+            "--verify", "2", "--seed", "1"]
+
+
+@pytest.fixture(scope="module")
+def verified(run):
+    """A second search in the same folder (its supernet cache, another seed): --verify 2 --seed 1, finalized."""
+    out, _ = run
+    return out, finish(nas(*VERIFIED, out=out))
+
+
+def test_verify_fine_tunes_candidates_chooses_the_best_and_resumes(verified):
     """--verify 2: two candidates fine-tuned, the best fine-tuned val accuracy chosen and finalized from those very
     weights; a rerun loads the stored candidates instead of training them again."""
-    out, _ = run
-    args = ["--budget", BUDGET, "--quick", "--device", "torch-fp32", "--trials", "8", "--study", "verified",
-            "--verify", "2"]
-    log = finish(nas(*args, out=out))
+    out, log = verified
+    args = VERIFIED
     d = out / "verified"
     table = pd.read_csv(d / "verify" / "verify.csv")
     assert 1 <= len(table) <= 2 and table["chosen"].sum() == 1
@@ -211,15 +220,13 @@ def test_verify_fine_tunes_candidates_chooses_the_best_and_resumes(run):
         assert proc.returncode == 2 and "--verify" in text and "expected a positive integer" in text
 
 
-def test_eval_of_a_searched_checkpoint_reproduces_its_test_accuracy(run, capsys):
+def test_eval_of_a_searched_checkpoint_reproduces_its_test_accuracy(verified, capsys):
     """A run with --seed 1 splits its data by seed 1: the checkpoint records that (and its subsets and the splits'
     fingerprints), so `nas eval CKPT` with no flags scores the very test split the search reported on."""
     from nas.cli import main
 
-    out, _ = run
-    finish(nas("--budget", BUDGET, "--quick", "--device", "torch-fp32", "--trials", "4", "--seed", "1", "--study",
-               "seed1", out=out))
-    summary = json.loads((out / "seed1" / "summary.json").read_text())
+    out, _ = verified
+    summary = json.loads((out / "verified" / "summary.json").read_text())
     ck = summary["finalized"]["checkpoint"]
     meta = json.loads((Path(ck) / "metadata.json").read_text())
     assert meta["data"]["split_seed"] == 1 and meta["data"]["train_images"] == 512
