@@ -76,6 +76,32 @@ def test_depthwise_random_shapes(isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_depthwise_channel_blocks_borders_and_extremes(isa):
+    """The boundaries of the 16-channel / tap-pair kernels: channel counts around multiples of 8 and 16 (tails of
+    1, 8 and 15 channels, whose 16-byte reads stop at the input's end), images narrower or shorter than the kernel,
+    exactly one interior column (k = 7 on 7 px), odd tap counts (the last pair's zero partner), batch 2; then the
+    extreme products (|x - in_zp| = 255 times |w| = 127 on every tap) at a scale that keeps them unsaturated."""
+    rng = np.random.default_rng(21)
+    for c in (1, 15, 16, 17, 24, 33):
+        for k in (3, 5, 7):
+            for stride in (1, 2):
+                for h, w in ((1, 1), (2, k - 1), (k, k), (k + 1, k + 2), (9, 4)):
+                    spec = R.random_depthwise(rng, c, k, stride, "none")
+                    _check(spec, _x(rng, (2, h, w, c)), isa)
+    for k in (3, 7):
+        c = 33
+        for in_zp, xv in ((0, 255), (255, 0)):
+            for sign in (1, -1):
+                wd = np.full((c, k, k), 127 * sign, np.int8)
+                wd[::2] *= -1  # both signs of the product in one op
+                rq = Requant(np.full(c, 1 << 30, np.int32), np.full(c, -13, np.int32), 128, 0, 255)
+                spec = DepthwiseSpec(wd, 1, np.zeros(c, np.int32), in_zp, rq)
+                want = _check(spec, np.full((1, k + 2, k + 2, c), xv, np.uint8), isa)
+                # the center pixel sums k * k products of 255 * 127, about 2^-14 of that after the scale
+                assert abs(int(want[0, k // 2 + 1, k // 2 + 1, 0]) - 128) == round(k * k * 255 * 127 / 2**14)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_stem_conv(isa):
     rng = np.random.default_rng(13)
     for cin in (1, 3, 4):

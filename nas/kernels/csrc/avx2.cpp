@@ -1,5 +1,6 @@
 // AVX2 kernels (Haswell-class, no VNNI): GEMM via vpmaddwd on u8->s16 activation pairs and
-// s8->s16 weight pairs (exact, no saturation), channel-vectorised NHWC depthwise, pool, SE scaling.
+// s8->s16 weight pairs (exact, no saturation), NHWC depthwise on 16 channels with two taps per vpmaddwd, pool,
+// SE scaling.
 #if defined(__x86_64__) || defined(_M_X64)  // compiles to nothing on other architectures
 #include <immintrin.h>
 
@@ -206,38 +207,135 @@ void gemm(const GemmArgs& a, int threads) {
   }
 }
 
-void depthwise(const DwArgs& a, int threads) {
-  const int pad = a.k / 2;
-  const __m256i zpv = bcast(a.in_zp);
+namespace {
+
+// 16 channels at p as int16.
+inline __m256i dw_load16(const uint8_t* p) {
+  return _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// As dw_load16 for the channel tail, whose 16-byte read may pass the input's last byte (lim): it reads past the
+// pixel's channels only while that stays inside the input (those lanes are never stored), else copies.
+inline __m256i dw_load16_tail(const uint8_t* p, const uint8_t* lim, int n) {
+  if (p + 16 <= lim) return dw_load16(p);
+  uint8_t tmp[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  std::memcpy(tmp, p, static_cast<size_t>(n));
+  return dw_load16(tmp);
+}
+
+// One output pixel, 16 channels from byte offset off of every tap pointer tp[t] (t = ky * k + kx): sum_t x_t * w_t.
+// Two taps per vpmaddwd: the (x_t, x_t+1) int16 pairs of _mm256_unpack{lo,hi}_epi16 against the (w_t, w_t+1)
+// pairs of pack_dw_pairs; x * |w| <= 255 * 127, so each pair sum is exact in int32. The zero point is not
+// subtracted per tap: the epilogue adds dw_init = bias - in_zp * sum_t w_t instead, and a tap outside the image
+// points at a row of in_zp bytes, and that term cancels the in_zp * w_t it adds, so the int32 result equals bias +
+// sum over the taps inside of (x - in_zp) * w (mod 2^32, which the true sum fits). lo holds channels 0-3 | 8-11,
+// hi 4-7 | 12-15.
+template <int KK, bool Tail>
+inline void dw_pixel(const uint8_t* const* tp, int64_t off, const int16_t* wb, int kk, const uint8_t* lim, int n,
+                     __m256i& lo, __m256i& hi) {
+  const int taps = KK ? KK : kk;
+  const __m256i zero = _mm256_setzero_si256();
+  lo = hi = zero;
+#pragma GCC unroll 49
+  for (int t = 0; t < taps; t += 2) {
+    const __m256i xa = Tail ? dw_load16_tail(tp[t] + off, lim, n) : dw_load16(tp[t] + off);
+    __m256i xb = zero;  // odd tap count: the last pair's second weight is 0
+    if (t + 1 < taps) xb = Tail ? dw_load16_tail(tp[t + 1] + off, lim, n) : dw_load16(tp[t + 1] + off);
+    const __m256i* w = reinterpret_cast<const __m256i*>(wb + t * 16);
+    lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(xa, xb), _mm256_load_si256(w)));
+    hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(xa, xb), _mm256_load_si256(w + 1)));
+  }
+}
+
+// Every channel block of one output pixel (tap pointers tp, output o), then the unchanged 8-lane epilogue on
+// channels 0-7 and 8-15 of each block (q: a.q with the folded bias dw_init).
+template <int KK>
+inline void dw_pixel_all(const DwArgs& a, const RqView& q, const uint8_t* const* tp, uint8_t* o, int kk,
+                         const uint8_t* lim) {
+  const int np = (kk + 1) / 2;
+  const int16_t* wb = reinterpret_cast<const int16_t*>(a.dw_w);
+  int c = 0;
+  __m256i lo, hi;
+  for (; c + 16 <= a.c; c += 16, wb += np * 32) {
+    dw_pixel<KK, false>(tp, c, wb, kk, lim, 16, lo, hi);
+    epilogue(_mm256_permute2x128_si256(lo, hi, 0x20), q, c, 8, o + c, nullptr);
+    epilogue(_mm256_permute2x128_si256(lo, hi, 0x31), q, c + 8, 8, o + c + 8, nullptr);
+  }
+  if (c < a.c) {
+    const int n = a.c - c;
+    dw_pixel<KK, true>(tp, c, wb, kk, lim, n, lo, hi);
+    epilogue(_mm256_permute2x128_si256(lo, hi, 0x20), q, c, n < 8 ? n : 8, o + c, nullptr);
+    if (n > 8) epilogue(_mm256_permute2x128_si256(lo, hi, 0x31), q, c + 8, n - 8, o + c + 8, nullptr);
+  }
+}
+
+// K: kernel size (0: a.k at run time). Per output row, the columns whose taps all lie inside the image (and a row
+// whose kernel rows all do) take their tap pointers without bound checks; border pixels point the taps outside
+// the image at zrow (in_zp bytes).
+template <int K>
+void dw_impl(const DwArgs& a, int threads) {
+  const int k = K ? K : a.k, kk = k * k, pad = k / 2, s = a.stride;
+  const int64_t C = a.c;
+  RqView q = a.q;
+  q.bias = a.dw_init;
   const int rows = dw_rows(a);
+  const int held = a.held ? a.held : a.h;
+  const uint8_t* lim = a.x + static_cast<int64_t>(a.batch) * held * a.w * C;
+  // a tail block reads 16 bytes from zrow + c; zrow's padding keeps that inside
+  uint8_t* zrow = new uint8_t[static_cast<size_t>(a.c) + 32];
+  std::memset(zrow, a.in_zp, static_cast<size_t>(a.c) + 32);
+  // columns [ox_lo, ox_hi) have every tap inside the image horizontally
+  const int ox_lo = std::min(a.wo, (pad + s - 1) / s);
+  const int ox_hi = std::max(ox_lo, std::min(a.wo, a.w - k + pad >= 0 ? (a.w - k + pad) / s + 1 : 0));
   par(threads, a.batch * rows, [&](int r0, int r1) {
+    const uint8_t* tp[49];
+    const uint8_t* rowp[7];
     for (int r = r0; r < r1; ++r) {
       const int b = r / rows, oy = a.oy0 + r % rows;
-      const int iy0 = oy * a.stride - pad;
-      const int ky0 = iy0 < 0 ? -iy0 : 0;
-      const int ky1 = a.h - iy0 < a.k ? a.h - iy0 : a.k;
+      const int iy0 = oy * s - pad;
+      bool rows_in = true;
+      for (int ky = 0; ky < k; ++ky) {
+        const int iy = iy0 + ky;
+        const bool in = iy >= 0 && iy < a.h;
+        rowp[ky] = in ? dw_in_row(a, b, iy) : nullptr;
+        rows_in = rows_in && in;
+      }
+      uint8_t* orow = dw_out_row(a, b, oy);
       for (int ox = 0; ox < a.wo; ++ox) {
-        const int ix0 = ox * a.stride - pad;
-        const int kx0 = ix0 < 0 ? -ix0 : 0;
-        const int kx1 = a.w - ix0 < a.k ? a.w - ix0 : a.k;
-        uint8_t* o = dw_out_row(a, b, oy) + static_cast<int64_t>(ox) * a.c;
-        for (int c = 0; c < a.c; c += 8) {
-          const int n = a.c - c < 8 ? a.c - c : 8;
-          __m256i acc = _mm256_setzero_si256();
-          for (int ky = ky0; ky < ky1; ++ky) {
-            const uint8_t* xrow = dw_in_row(a, b, iy0 + ky) + static_cast<int64_t>(ix0) * a.c + c;
-            const int32_t* wrow = a.wt + ky * a.k * a.cpad + c;
-            for (int kx = kx0; kx < kx1; ++kx) {
-              const __m256i xv = _mm256_sub_epi32(load8_u8(xrow + kx * a.c, n), zpv);
-              const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow + kx * a.cpad));
-              acc = _mm256_add_epi32(acc, _mm256_madd_epi16(xv, wv));
+        const int ix0 = ox * s - pad;
+        if (rows_in && ox >= ox_lo && ox < ox_hi) {
+#pragma GCC unroll 7
+          for (int ky = 0; ky < k; ++ky)
+#pragma GCC unroll 7
+            for (int kx = 0; kx < k; ++kx) tp[ky * k + kx] = rowp[ky] + (ix0 + kx) * C;
+        } else {
+          for (int ky = 0; ky < k; ++ky)
+            for (int kx = 0; kx < k; ++kx) {
+              const int ix = ix0 + kx;
+              tp[ky * k + kx] = rowp[ky] && ix >= 0 && ix < a.w ? rowp[ky] + ix * C : zrow;
             }
-          }
-          epilogue(acc, a.q, c, n, o + c, nullptr);
         }
+        dw_pixel_all<K * K>(a, q, tp, orow + ox * C, kk, lim);
       }
     }
   });
+  delete[] zrow;
+}
+
+}  // namespace
+
+void depthwise(const DwArgs& a, int threads) {
+  switch (a.k) {
+    case 3: dw_impl<3>(a, threads); break;
+    case 5: dw_impl<5>(a, threads); break;
+    case 7: dw_impl<7>(a, threads); break;
+    // the Depthwise op admits only k = 3, 5, 7 (ops.cpp); other sizes the pointer arrays hold run with k read at
+    // run time, and larger ones would overrun them
+    default:
+      if (a.k > 7) std::abort();
+      dw_impl<0>(a, threads);
+      break;
+  }
 }
 
 void pool(const PoolArgs& a, int threads) {

@@ -148,10 +148,11 @@ struct DwArgs {
   int batch = 0, h = 0, w = 0, c = 0, k = 0, stride = 1, ho = 0, wo = 0;
   int32_t in_zp = 0;
   const uint8_t* x = nullptr;
-  const int32_t* wt = nullptr;    // [k*k][cpad] int32, value w & 0xffff (pairs for vpmaddwd)
+  const int32_t* wt = nullptr;    // [k*k][cpad] int32, value w & 0xffff (reference)
   // AVX512-VNNI layout (see avx512.cpp), per block of 64 channels in the interleaved channel order:
-  const int8_t* dw_w = nullptr;      // [C/64][k (kx)][ceil(k/4) (row group)][4 (zmm)][64 bytes]
-  const int32_t* dw_init = nullptr;  // [C/64 * 64] bias - in_zp * sum_taps w
+  //   [C/64][k (kx)][ceil(k/4) (row group)][4 (zmm)][64 bytes]; avx2 and neon: int16 layouts of pack.h
+  const int8_t* dw_w = nullptr;
+  const int32_t* dw_init = nullptr;  // [C/64 * 64] (avx2: [cpad]) bias - in_zp * sum_taps w
   const float* dw_scale = nullptr;   // [C/64 * 64] requantization scales
   int cpad = 0;
   RqView q{};

@@ -78,7 +78,7 @@ KernelTable avx2_table() {
   t.pool = avx2::pool;
   t.channel_scale = avx2::channel_scale;
   t.pack_gemm = pack_gemm_8x2;
-  t.pack_depthwise = pack_dw_taps;
+  t.pack_depthwise = pack_dw_pairs;
   t.dw_weight_grad = avx2::dw_weight_grad;
   t.fake_quant = avx2::fake_quant;
   return t;

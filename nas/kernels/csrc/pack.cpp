@@ -84,6 +84,28 @@ void pack_dw_taps(DwPacked& p, const int8_t* w, int c, int k, int /*in_zp*/, con
           static_cast<int32_t>(static_cast<uint16_t>(static_cast<int16_t>(w[ch * k * k + t])));
 }
 
+void pack_dw_pairs(DwPacked& p, const int8_t* w, int c, int k, int in_zp, const Requant& q) {
+  p.cpad = (c + 15) / 16 * 16;
+  const int kk = k * k, np = (kk + 1) / 2, nblk = p.cpad / 16;
+  p.vw.resize(static_cast<size_t>(nblk) * np * 32 * 2);
+  p.vinit.resize(static_cast<size_t>(p.cpad) * 4);
+  int32_t* init = p.vinit.as<int32_t>();
+  for (int ch = 0; ch < c; ++ch) {
+    uint32_t sum = 0;  // modulo 2^32, as the kernel's int32 accumulators and the epilogue's bias addition
+    for (int t = 0; t < kk; ++t) sum += static_cast<uint32_t>(w[static_cast<int64_t>(ch) * kk + t]);
+    init[ch] = static_cast<int32_t>(static_cast<uint32_t>(q.bias[ch]) - static_cast<uint32_t>(in_zp) * sum);
+  }
+  int16_t* d = p.vw.as<int16_t>();
+  for (int blk = 0; blk < nblk; ++blk)
+    for (int pr = 0; pr < np; ++pr)
+      for (int h = 0; h < 2; ++h)
+        for (int e = 0; e < 16; ++e) {
+          const int ch = 16 * blk + 8 * (e / 8) + 4 * h + (e % 8) / 2, t = 2 * pr + e % 2;
+          d[((static_cast<size_t>(blk) * np + pr) * 2 + h) * 16 + e] =
+              ch < c && t < kk ? static_cast<int16_t>(w[static_cast<int64_t>(ch) * kk + t]) : int16_t{0};
+        }
+}
+
 void pack_dw_taps16(DwPacked& p, const int8_t* w, int c, int k, int /*in_zp*/, const Requant& /*q*/) {
   p.cpad = (c + 15) / 16 * 16;
   p.vw.resize(static_cast<size_t>(k) * k * p.cpad * 2);

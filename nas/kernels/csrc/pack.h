@@ -26,12 +26,18 @@ struct DwPacked {
   int cpad = 0;                    // channels padded to a multiple of 16
   std::vector<int32_t> taps;       // [k*k][cpad] int32, value w & 0xffff (DwArgs::wt)
   AlignedBuf vw, vinit, vscale;    // AVX512-VNNI layout (DwArgs::dw_w, dw_init, dw_scale);
-                                   // neon: vw holds int16 taps [k*k][cpad] (read as DwArgs::dw_w)
+                                   // neon: vw holds int16 taps [k*k][cpad] (read as DwArgs::dw_w);
+                                   // avx2: vw, vinit as pack_dw_pairs says (DwArgs::dw_w, dw_init)
 };
 
 // w [C][k][k] int8 in [-127, 127]; q holds the (unfolded) bias and the scale per channel.
 using PackDepthwiseFn = void (*)(DwPacked& p, const int8_t* w, int c, int k, int in_zp, const Requant& q);
-void pack_dw_taps(DwPacked& p, const int8_t* w, int c, int k, int in_zp, const Requant& q);  // reference, avx2
+void pack_dw_taps(DwPacked& p, const int8_t* w, int c, int k, int in_zp, const Requant& q);  // reference
+// avx2: int16 [cpad / 16][ceil(k*k / 2) (pair)][2 (half)][16], taps t = 2 pair and 2 pair + 1 of the flattened
+// t = ky * k + kx order side by side, in the order _mm256_unpack{lo,hi}_epi16 interleaves two vectors of 16
+// channels: element e of half h is tap 2 pair + e % 2 of channel 16 blk + 8 (e / 8) + 4 h + (e % 8) / 2
+// (zero past k*k taps or c channels); vinit: int32 [cpad] bias - in_zp * sum of the channel's taps (mod 2^32).
+void pack_dw_pairs(DwPacked& p, const int8_t* w, int c, int k, int in_zp, const Requant& q);
 void pack_dw_vnni(DwPacked& p, const int8_t* w, int c, int k, int in_zp, const Requant& q);  // avx512vnni
 void pack_dw_taps16(DwPacked& p, const int8_t* w, int c, int k, int in_zp, const Requant& q);  // neon
 
