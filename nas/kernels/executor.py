@@ -23,7 +23,16 @@ import numpy as np
 
 from nas.kernels import _C, memory, reference
 from nas.kernels.isa import resolve_isa
-from nas.kernels.ops import CompiledOp, FusedBlockSpec, GemmSpec, Spec, compile_op, fused_scratch_bytes, out_shape
+from nas.kernels.ops import (
+    CompiledOp,
+    FusedBlockSpec,
+    GemmSpec,
+    Spec,
+    compile_op,
+    fuse,
+    fused_scratch_bytes,
+    out_shape,
+)
 from nas.kernels.quant import QParams, quantize_input
 
 
@@ -139,8 +148,9 @@ class QuantizedNetwork:
         layer_ops = self.compile(isa)
         ops = []
         for g, spec in steps:
-            if len(g) > 1 and (isa, g[0]) not in self._fused:
-                self._fused[isa, g[0]] = compile_op(spec, isa)
+            if len(g) > 1 and (isa, g[0]) not in self._fused:  # over the layers' packed weights, not packed again
+                parts = [layer_ops[i] for i in g]
+                self._fused[isa, g[0]] = fuse(spec, parts[0] if len(g) == 3 else None, parts[-2], parts[-1])
             ops.append(layer_ops[g[0]] if len(g) == 1 else self._fused[isa, g[0]])
         shapes, dtypes, scratch = [shape], [np.uint8], []
         for _, spec in steps:

@@ -235,6 +235,13 @@ def fused_scratch_bytes(spec: FusedBlockSpec, h: int, w: int) -> int:
                                       int(spec.band_rows)))
 
 
+def fuse(spec: FusedBlockSpec, expand: CompiledOp | None, dw: CompiledOp, project: CompiledOp) -> CompiledOp:
+    """The fused block of ``spec`` over its parts already packed (``compile_op`` of spec.expand, .dw, .project, one
+    ISA): the fused op shares their packed weights instead of packing them again."""
+    op = _C.FusedBlock(None if expand is None else expand._op, dw._op, project._op, int(spec.band_rows))
+    return CompiledOp(spec=spec, isa=dw.isa, _op=op)
+
+
 def compile_op(spec: Spec, isa: str | None = None) -> CompiledOp:
     """Validate and pack ``spec`` for ``isa`` (default: the active ISA)."""
     isa = resolve_isa(isa)
@@ -248,8 +255,8 @@ def compile_op(spec: Spec, isa: str | None = None) -> CompiledOp:
     elif isinstance(spec, PoolSpec):
         op = _C.Pool(int(spec.hw), int(spec.in_zp), int(spec.multiplier), int(spec.shift), int(spec.out_zp), isa)
     elif isinstance(spec, FusedBlockSpec):
-        expand = None if spec.expand is None else _gemm(spec.expand, isa)
-        op = _C.FusedBlock(expand, _depthwise(spec.dw, isa), _gemm(spec.project, isa), int(spec.band_rows))
+        expand = None if spec.expand is None else compile_op(spec.expand, isa)
+        return fuse(spec, expand, compile_op(spec.dw, isa), compile_op(spec.project, isa))
     elif isinstance(spec, SESpec):
         p = spec.pool
         pool = _C.Pool(int(p.hw), int(p.in_zp), int(p.multiplier), int(p.shift), int(p.out_zp), isa)

@@ -282,8 +282,8 @@ void dw_impl(const DwArgs& a, int threads) {
   const int held = a.held ? a.held : a.h;
   const uint8_t* lim = a.x + static_cast<int64_t>(a.batch) * held * a.w * C;
   // a tail block reads 16 bytes from zrow + c; zrow's padding keeps that inside
-  uint8_t* zrow = new uint8_t[static_cast<size_t>(a.c) + 32];
-  std::memset(zrow, a.in_zp, static_cast<size_t>(a.c) + 32);
+  const std::vector<uint8_t> zbuf(static_cast<size_t>(a.c) + 32, static_cast<uint8_t>(a.in_zp));
+  const uint8_t* zrow = zbuf.data();
   // columns [ox_lo, ox_hi) have every tap inside the image horizontally
   const int ox_lo = std::min(a.wo, (pad + s - 1) / s);
   const int ox_hi = std::max(ox_lo, std::min(a.wo, a.w - k + pad >= 0 ? (a.w - k + pad) / s + 1 : 0));
@@ -319,7 +319,6 @@ void dw_impl(const DwArgs& a, int threads) {
       }
     }
   });
-  delete[] zrow;
 }
 
 }  // namespace

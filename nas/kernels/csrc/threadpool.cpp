@@ -137,24 +137,26 @@ ThreadPool& pool() {
 
 }  // namespace
 
-void parallel_for_raw(int threads, int tasks, void (*fn)(void*, int, int), void* ctx) {
+namespace {
+
+void parallel_for_pooled(int threads, int tasks, void (*fn)(void*, int, int), void* ctx, bool balanced) {
   if (tasks <= 0) return;
   const int nt = std::max(1, std::min(threads, tasks));
   if (nt == 1 || pool().backing_off()) {
     fn(ctx, 0, tasks);
     return;
   }
-  pool().run(nt, fn, ctx, tasks);
+  pool().run(nt, fn, ctx, tasks, balanced);
+}
+
+}  // namespace
+
+void parallel_for_raw(int threads, int tasks, void (*fn)(void*, int, int), void* ctx) {
+  parallel_for_pooled(threads, tasks, fn, ctx, false);
 }
 
 void parallel_for_strips(int threads, int tasks, void (*fn)(void*, int, int), void* ctx) {
-  if (tasks <= 0) return;
-  const int nt = std::max(1, std::min(threads, tasks));
-  if (nt == 1 || pool().backing_off()) {
-    fn(ctx, 0, tasks);
-    return;
-  }
-  pool().run(nt, fn, ctx, tasks, true);
+  parallel_for_pooled(threads, tasks, fn, ctx, true);
 }
 
 void parallel_for_fresh(int threads, int tasks, void (*fn)(void*, int, int), void* ctx) {
