@@ -213,11 +213,6 @@ void dw_grad_reduce(const DwGradArgs& a);
 // library templates with their wider target flags.
 void parallel_for_raw(int threads, int tasks, void (*fn)(void*, int, int), void* ctx);
 
-// As parallel_for_raw, for a few long tasks of equal work that cannot be split (a fused block's strips, one per
-// thread): the caller waiting at the end for a worker's strip is no reason for the pool's single-thread backoff
-// (with it, one such wait made the next 200 ops of a network serial: 2 threads as slow as 1).
-void parallel_for_strips(int threads, int tasks, void (*fn)(void*, int, int), void* ctx);
-
 // Runs fn(ctx, t, t + 1) for every t in [0, tasks) on `threads` threads started for this call (the caller is
 // one), taking tasks in turn. For long jobs (training kernels, milliseconds): no shared adaptive back-off.
 void parallel_for_fresh(int threads, int tasks, void (*fn)(void*, int, int), void* ctx);
@@ -227,9 +222,6 @@ void tramp(void* ctx, int b, int e) { (*static_cast<F*>(ctx))(b, e); }
 
 template <class F>
 inline void par(int threads, int tasks, F f) { parallel_for_raw(threads, tasks, &tramp<F>, &f); }
-
-template <class F>
-inline void par_strips(int threads, int tasks, F f) { parallel_for_strips(threads, tasks, &tramp<F>, &f); }
 
 template <class F>
 inline void par_fresh(int threads, int tasks, F f) { parallel_for_fresh(threads, tasks, &tramp<F>, &f); }

@@ -401,7 +401,7 @@ void FusedBlock::run_raw(const uint8_t* x, int b, int h, int w, uint8_t* out, ui
   }
   // one strip per thread (fixed bounds, so a strip's buffers are its own whichever thread runs it)
   const int strips = std::max(1, std::min({threads, slots, rows}));
-  par_strips(strips, strips, [&](int t0, int t1) {
+  par(strips, strips, [&](int t0, int t1) {
     for (int t = t0; t < t1; ++t) {
       const int r0 = static_cast<int>(static_cast<int64_t>(rows) * t / strips);
       const int r1 = static_cast<int>(static_cast<int64_t>(rows) * (t + 1) / strips);

@@ -28,9 +28,7 @@ struct Job {
 
 class ThreadPool {
  public:
-  // balanced: the tasks are a few long ones of equal work (FusedBlock strips), so waiting for a worker to finish
-  // its task is expected (it started a wake-up later) and is no sign of a preempted worker: no backoff for it.
-  void run(int nt, void (*fn)(void*, int, int), void* ctx, int tasks, bool balanced = false) {
+  void run(int nt, void (*fn)(void*, int, int), void* ctx, int tasks) {
     std::lock_guard<std::mutex> guard(run_mu_);
     while (static_cast<int>(threads_.size()) < nt - 1) {
       const uint64_t seen = gen_.load();
@@ -50,7 +48,7 @@ class ThreadPool {
     }
     cv_.notify_all();
     const auto start = std::chrono::steady_clock::now();
-    drain(false);
+    const auto longest_chunk = drain(false);
     closed_.store(true);
     if (inside_.load() == 0) {
       // No worker took part in a multi-chunk job: the workers are probably not getting a core (a running worker
@@ -77,7 +75,11 @@ class ThreadPool {
       if (++spins < 20000) cpu_relax();
       else std::this_thread::yield();
     }
-    if (!balanced && std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(kLongWaitUs))
+    // A running worker finishes its chunk within about one chunk's time (chunks are equal work), so only a wait
+    // well past the longest chunk this thread ran is a preempted worker (a lost time slice: milliseconds). A fixed
+    // 50 us threshold fired on layers whose chunks take longer (MobileNetV2's 112x112 layers, a fused block's
+    // strips) and kept two threads at one thread's speed for the next 200 ops.
+    if (std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(kLongWaitUs) + 4 * longest_chunk)
       backoff_.store(kBackoffJobs);
   }
 
@@ -89,12 +91,20 @@ class ThreadPool {
   }
 
  private:
-  void drain(bool worker) {
+  // Runs chunks until none is left; the calling thread (worker false) returns the longest chunk it ran.
+  std::chrono::steady_clock::duration drain(bool worker) {
+    std::chrono::steady_clock::duration longest{0};
     for (;;) {
       const int b = job_.next.fetch_add(job_.chunk);
-      if (b >= job_.tasks) return;
-      if (worker) worker_chunks_.fetch_add(1);
-      job_.fn(job_.ctx, b, std::min(job_.tasks, b + job_.chunk));
+      if (b >= job_.tasks) return longest;
+      if (worker) {
+        worker_chunks_.fetch_add(1);
+        job_.fn(job_.ctx, b, std::min(job_.tasks, b + job_.chunk));
+      } else {
+        const auto t = std::chrono::steady_clock::now();
+        job_.fn(job_.ctx, b, std::min(job_.tasks, b + job_.chunk));
+        longest = std::max(longest, std::chrono::steady_clock::now() - t);
+      }
     }
   }
 
@@ -124,9 +134,9 @@ class ThreadPool {
   std::atomic<uint64_t> gen_{0};
   std::atomic<int> inside_{0}, wanted_{0}, backoff_{0}, worker_chunks_{0};
   int strikes_ = 0;  // multi-chunk jobs in a row that no worker joined, weighted (guarded by run_mu_)
-  // worker spin before sleeping (~60 us), long wait, job time a running worker surely joins, jobs without
-  // workers before backing off, backoff length (jobs)
-  static constexpr int kWorkerSpins = 4000, kLongWaitUs = 50, kJoinUs = 20, kStrikes = 8, kBackoffJobs = 200;
+  // worker spin before sleeping (~60 us), long wait (beyond 4 chunks' time), job time a running worker surely
+  // joins, jobs without workers before backing off, backoff length (jobs)
+  static constexpr int kWorkerSpins = 4000, kLongWaitUs = 200, kJoinUs = 20, kStrikes = 8, kBackoffJobs = 200;
   std::atomic<bool> closed_{true};
 };
 
@@ -137,26 +147,14 @@ ThreadPool& pool() {
 
 }  // namespace
 
-namespace {
-
-void parallel_for_pooled(int threads, int tasks, void (*fn)(void*, int, int), void* ctx, bool balanced) {
+void parallel_for_raw(int threads, int tasks, void (*fn)(void*, int, int), void* ctx) {
   if (tasks <= 0) return;
   const int nt = std::max(1, std::min(threads, tasks));
   if (nt == 1 || pool().backing_off()) {
     fn(ctx, 0, tasks);
     return;
   }
-  pool().run(nt, fn, ctx, tasks, balanced);
-}
-
-}  // namespace
-
-void parallel_for_raw(int threads, int tasks, void (*fn)(void*, int, int), void* ctx) {
-  parallel_for_pooled(threads, tasks, fn, ctx, false);
-}
-
-void parallel_for_strips(int threads, int tasks, void (*fn)(void*, int, int), void* ctx) {
-  parallel_for_pooled(threads, tasks, fn, ctx, true);
+  pool().run(nt, fn, ctx, tasks);
 }
 
 void parallel_for_fresh(int threads, int tasks, void (*fn)(void*, int, int), void* ctx) {
