@@ -8,10 +8,11 @@ Per-layer fusion (one kernel call per ``search_spaces.layers`` entry, so per-lay
 - ``pool``: global average pool; ``classifier``: GEMM writing int32 ``acc + bias``, scaled to float logits.
 
 By default ``run`` runs each block without squeeze-excite (expand -> dw -> project, or dw -> project) whose fused
-step needs no more memory than its layers (`nas.kernels.memory.fused_steps` with ops.h ``fused_block_pays``, the
-rule the C runtime applies too) as one fused op in bands of rows (``ops.FusedBlockSpec``): the same logits bit for
-bit from a smaller arena, since the expanded and depthwise tensors are never materialized; ``fused=False`` runs
-layer by layer (the per-layer ops above, as the latency profiler times them).
+step needs no more memory than its layers (`nas.kernels.memory.fused_steps` with `memory.block_fuses`, ops.h
+``fused_block_pays`` on the block's shapes: the rule the C runtime and the latency tables apply too) as one fused
+op in bands of rows (``ops.FusedBlockSpec``): the same logits bit for bit from a smaller arena, since the expanded
+and depthwise tensors are never materialized; ``fused=False`` runs layer by layer (the per-layer ops above, which
+the latency tables time alongside the fused blocks).
 """
 
 from __future__ import annotations
@@ -75,7 +76,6 @@ class QuantizedNetwork:
         shapes = [tuple(shape)]  # shapes[i]: layer i's input, shapes[i + 1]: its output
         for layer in self.layers:
             shapes.append(out_shape(layer.spec, shapes[-1]))
-        size = [int(np.prod(s)) for s in shapes]
 
         def fused_spec(g: list[int]) -> FusedBlockSpec:
             specs = [self.layers[i].spec for i in g]
@@ -83,11 +83,10 @@ class QuantizedNetwork:
 
         def pays(g: list[int]) -> bool:
             spec = fused_spec(g)
-            n, h, w, _ = shapes[g[0]]
+            n, h, w, cin = shapes[g[0]]
             c, k, _ = spec.dw.weight.shape
-            scratch = memory.fused_scratch(n, h, w, c, k, spec.dw.stride, len(g) == 3, threads)
-            return memory.fusing_pays(size[g[0]], size[g[0] + 1] if len(g) == 3 else 0, size[g[-2] + 1],
-                                      size[g[-1] + 1], scratch, len(g) == 3, spec.project.residual is not None)
+            return memory.block_fuses(n, h, w, cin, c, spec.project.weight.shape[0], k, spec.dw.stride, len(g) == 3,
+                                      spec.project.residual is not None, threads)
 
         groups = memory.fused_steps([layer.name for layer in self.layers], pays)
         return [(g, self.layers[g[0]].spec if len(g) == 1 else fused_spec(g)) for g in groups]

@@ -15,7 +15,8 @@ exist; the arena holds the block's input and output, plus the fused op's band bu
 thread (`threads`, at most one per output row), each `_C.fused_scratch_bytes` long. A block is fused only where that
 holds no more bytes than its layers would at their fullest step (`fusing_pays`, ops.h fused_block_pays: not so for
 small late blocks whose band is the whole image, their buffers as big as the tensors they replace); the executor and
-the C runtime (capi.cpp) decide with the same rule, so the prediction stays exact, and `peak_activation_bytes(arch)`
+the C runtime (capi.cpp) decide with the same rule (here `block_fuses`, from one block's shapes, which the executor's
+`steps` and the latency tables' fused ops use too), so the prediction stays exact, and `peak_activation_bytes(arch)`
 is the arena the default execution (Python `QuantizedNetwork.run` or the C runtime) allocates for one image on one
 thread.
 """
@@ -90,6 +91,20 @@ def fusing_pays(x: int, expanded: int, dw: int, out: int, scratch: int, expand: 
                                     bool(residual)))
 
 
+def block_fuses(batch: int, h: int, w: int, cin: int, mid: int, cout: int, kernel: int, stride: int, expand: bool,
+                residual: bool, threads: int) -> bool:
+    """Whether the default execution runs one inverted-residual block without squeeze-excite as one fused step:
+    `batch` images of `h` x `w` x `cin`, expanded to `mid` channels (`expand`; for expand ratio 1 `mid` is `cin`),
+    a `kernel` x `kernel` depthwise of `stride`, projected to `cout` (+ the block input when `residual`), on
+    `threads` threads. `fusing_pays` on the block's buffer sizes and band-buffer scratch: the one per-block rule
+    `activation_plan`, `QuantizedNetwork.steps` and the latency tables (`latency_models.ops.fuses`) share."""
+    oh = (h + 2 * (kernel // 2) - kernel) // stride + 1  # ops.out_shape of the depthwise (padding k // 2)
+    ow = (w + 2 * (kernel // 2) - kernel) // stride + 1
+    x, dw, out = batch * h * w * cin, batch * oh * ow * mid, batch * oh * ow * cout
+    scratch = fused_scratch(batch, h, w, mid, kernel, stride, expand, threads)
+    return fusing_pays(x, batch * h * w * mid if expand else 0, dw, out, scratch, expand, residual)
+
+
 def fused_name(names: Sequence[str], group: Sequence[int]) -> str:
     """The step name of a group: the layer's own name, or `blocks.<id>.fused` for a fused block."""
     return names[group[0]] if len(group) == 1 else ".".join(names[group[0]].split(".")[:2]) + ".fused"
@@ -147,35 +162,45 @@ def plan(sizes: Sequence[int], wires: Sequence[tuple[int, int | None]], scratch:
     return MemoryPlan(tuple(int(s) for s in sizes), tuple(first), tuple(last), tuple(offsets), int(arena))
 
 
-def activation_plan(arch: Arch, batch: int = 1, fused: bool = True, threads: int = 1) -> MemoryPlan:
-    """The executor's arena plan for `arch` at `batch` images on `threads` threads, from the architecture alone (no
-    weights): with the blocks `fusing_pays` fuses (the default execution; their scratch grows with `threads`), or
-    layer by layer (`fused=False`, as `QuantizedNetwork.run(fused=False)`)."""
+def arch_steps(arch: Arch, batch: int = 1, fused: bool = True, threads: int = 1) -> list[list[int]]:
+    """The executor's steps for `arch` at `batch` images on `threads` threads, as lists of indices into
+    `search_spaces.layers(arch)`: each block `block_fuses` fuses is one step of its layers, every other layer a
+    step of its own (`fused=False`: every layer alone)."""
+    return _steps(layers(arch), batch, fused, threads)
+
+
+def _steps(ls: Sequence, batch: int, fused: bool, threads: int) -> list[list[int]]:
     if batch < 1:
         raise ValueError(f"batch: expected a positive int, got {batch}")
     if threads < 1:
         raise ValueError(f"threads: expected a positive int, got {threads}")
-    ls = layers(arch)
-    names = [x.name for x in ls]
-    out_bytes = [batch * x.out_hw ** 2 * x.out_channels for x in ls]
-
-    def block_scratch(g: list[int]) -> int:
-        dw = ls[g[-2]]
-        return fused_scratch(batch, dw.in_hw, dw.in_hw, dw.in_channels, dw.kernel, dw.stride, len(g) == 3, threads)
+    if not fused:
+        return [[i] for i in range(len(ls))]
 
     def pays(g: list[int]) -> bool:
-        x = batch * ls[g[0]].in_hw ** 2 * ls[g[0]].in_channels
-        expanded = out_bytes[g[0]] if len(g) == 3 else 0
-        return fusing_pays(x, expanded, out_bytes[g[-2]], out_bytes[g[-1]], block_scratch(g), len(g) == 3,
-                           ls[g[-1]].residual)
+        dw, project = ls[g[-2]], ls[g[-1]]
+        return block_fuses(batch, dw.in_hw, dw.in_hw, ls[g[0]].in_channels, dw.in_channels, project.out_channels,
+                           dw.kernel, dw.stride, len(g) == 3, project.residual, threads)
 
-    groups = fused_steps(names, pays) if fused else [[i] for i in range(len(ls))]
+    return fused_steps([x.name for x in ls], pays)
+
+
+def activation_plan(arch: Arch, batch: int = 1, fused: bool = True, threads: int = 1) -> MemoryPlan:
+    """The executor's arena plan for `arch` at `batch` images on `threads` threads, from the architecture alone (no
+    weights): with the blocks `block_fuses` fuses (the default execution, `arch_steps`; their scratch grows with
+    `threads`), or layer by layer (`fused=False`, as `QuantizedNetwork.run(fused=False)`)."""
+    ls = layers(arch)
+    groups = _steps(ls, batch, fused, threads)
+    names = [x.name for x in ls]
+    out_bytes = [batch * x.out_hw ** 2 * x.out_channels for x in ls]
     sizes = [batch * arch.resolution ** 2 * arch.in_channels]
     scratch = []
     for g in groups:
         # the classifier writes int32 logits
         sizes.append(out_bytes[g[-1]] * (4 if g[-1] == len(ls) - 1 else 1))
-        scratch.append(0 if len(g) == 1 else block_scratch(g))
+        dw = ls[g[-2]] if len(g) > 1 else None
+        scratch.append(0 if dw is None else fused_scratch(batch, dw.in_hw, dw.in_hw, dw.in_channels, dw.kernel,
+                                                          dw.stride, len(g) == 3, threads))
     wires = wiring([fused_name(names, g) for g in groups], [len(g) == 1 and ls[g[0]].residual for g in groups])
     return plan(sizes, wires, scratch)
 
@@ -206,5 +231,6 @@ def cost(kind: str, arch: Arch) -> float:
     raise ValueError(f"kind: expected one of {MEMORY_KINDS}, got {kind!r}")
 
 
-__all__ = ["ALIGN", "FUSABLE", "MemoryPlan", "activation_plan", "cost", "fused_name", "fused_scratch", "fused_steps",
-           "fusing_pays", "fusion_groups", "peak_activation_bytes", "plan", "scratch_slots", "weight_bytes", "wiring"]
+__all__ = ["ALIGN", "FUSABLE", "MemoryPlan", "activation_plan", "arch_steps", "block_fuses", "cost", "fused_name",
+           "fused_scratch", "fused_steps", "fusing_pays", "fusion_groups", "peak_activation_bytes", "plan",
+           "scratch_slots", "weight_bytes", "wiring"]

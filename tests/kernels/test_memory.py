@@ -80,3 +80,47 @@ def test_the_executor_runs_on_the_plan_predicted_from_the_architecture(space):
         plan_ = activation_plan(arch)
         assert plan_.arena_bytes < plan_.unplanned_bytes
         assert net.weight_bytes() == weight_bytes(arch)  # the int8 weights as stored
+
+
+@pytest.mark.parametrize("space", ["small32", "small32-v3"])
+def test_plan_executor_and_latency_tables_take_one_fusing_decision(space):
+    """`block_fuses` (one block's shapes) is the rule: the executor's steps for real lowered networks are
+    `arch_steps` at batch 1 and 3 on 1-3 threads, and each block's decision is `fusing_pays` of its buffer sizes
+    and band-buffer scratch, as `activation_plan` computed it before the rule had its own function."""
+    from latency_models.ops import fused_block_op, fuses
+    from nas.kernels.memory import arch_steps, block_fuses, fused_scratch, fusing_pays
+
+    rng = random.Random(4)
+    sp = ss.get_space(space)
+    decided = set()
+    for arch in [sp.random_arch(rng) for _ in range(3)]:
+        net = kernel_network(arch)
+        ls = ss.layers(arch)
+        for batch in (1, 3):
+            for threads in (1, 2, 3):
+                shape = (batch, arch.resolution, arch.resolution, arch.in_channels)
+                assert [g for g, _ in net.steps(shape, threads)] == arch_steps(arch, batch, threads=threads)
+                for g in (g for g in arch_steps(arch, batch, fused=False) if ls[g[0]].name.endswith(".dw")):
+                    dw, project = ls[g[0]], ls[g[0] + 1]
+                    if project.op != "pw":
+                        continue  # squeeze-excite between: never fused
+                    expand = ls[g[0] - 1].name.endswith(".expand")
+                    cin = ls[g[0] - 1].in_channels if expand else dw.in_channels
+                    x = batch * dw.in_hw ** 2 * cin
+                    mid = [batch * dw.in_hw ** 2 * dw.in_channels if expand else 0,
+                           batch * dw.out_hw ** 2 * dw.out_channels, batch * dw.out_hw ** 2 * project.out_channels]
+                    scratch = fused_scratch(batch, dw.in_hw, dw.in_hw, dw.in_channels, dw.kernel, dw.stride, expand,
+                                            threads)
+                    want = fusing_pays(x, *mid, scratch, expand, project.residual)
+                    got = block_fuses(batch, dw.in_hw, dw.in_hw, cin, dw.in_channels, project.out_channels,
+                                      dw.kernel, dw.stride, expand, project.residual, threads)
+                    assert got == want
+                    decided.add(got)
+        for threads in (1, 2):  # the latency tables' decision for a block (batch 1) is the same rule
+            fused = {ls[g[0]].name.split(".")[1] for g in arch_steps(arch, threads=threads) if len(g) > 1}
+            c, hw = arch.stem_channels, (arch.resolution - 1) // arch.stem_stride + 1
+            for i, b in enumerate(arch.blocks()):
+                key = fused_block_op(c, hw, b)
+                assert (key is not None and fuses(key, threads)) == (str(i) in fused)
+                c, hw = b.out_channels, (hw - 1) // b.stride + 1
+    assert decided == {True, False}
