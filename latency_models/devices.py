@@ -80,6 +80,13 @@ class DeviceSpec:
         return cls(name, bits, threads, isa or m.group(4))
 
     @property
+    def fused_threads(self) -> int | None:
+        """The thread count at which this device runs inverted-residual blocks as fused ops (`kernels`: its
+        executor fuses a block where `nas.kernels.memory.block_fuses` says so at `threads`), or None for a device
+        that runs every layer alone (ONNX Runtime, PyTorch): what decides whether its tables get fused-block rows."""
+        return self.threads if self.name == "kernels" else None
+
+    @property
     def table_id(self) -> str:
         natural = DEVICE_BITS[self.name][0]
         return (self.name + (f"-int{self.bits}" if self.bits != natural else "")

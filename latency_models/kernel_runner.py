@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # devices imports this module for its kernels device
 
 
 def time_kernel_op(op: OpKey, spec: DeviceSpec, reps: int) -> list[float]:
-    """Per-run times (ms) of one op, as the fused variant the kernel executor runs (`nas.kernels.time_layer`)."""
+    """Per-run times (ms) of one op, as the fused variant the kernel executor runs (`nas.kernels.time_layer`); a
+    fused-block key (`mbconv` / `mbconv1`) as the compiled fused block with the executor's band-buffer scratch."""
     # OpKey carries every field time_layer reads from a search_spaces Layer (op, sizes, kernel, act, residual...)
     secs = time_layer(op, bits=spec.bits, isa=spec.isa, threads=spec.threads, reps=reps, warmup=5)
     return [s * 1e3 for s in secs]

@@ -6,6 +6,13 @@ measured/model ratio of the nearest measured ops of the same family (op, kernel,
 The ops are the fused ops the kernel executor runs (activation in the conv, residual add in the project conv, SE
 as one op), one per `search_spaces.Layer`. Block results are cached by (input width, input size, block), so a
 search evaluating many architectures mostly does dict look-ups.
+
+Fused blocks (issue #33): a table with fused-block rows (`mbconv` / `mbconv1`, see `latency_models.ops`; only
+`kernels` tables profiled with them have any) prices each block its executor fuses at the table's thread count
+(`latency_models.ops.fuses`, the executor's own rule) as that ONE op: its row, or the `OpModel` of its op type where
+the exact key is missing (the sum of its layers' times where the table has no row of that type at all), counted
+as one op with the block's weights and output in `OpSums`. Every other block, and every block of a table without
+fused rows (tables profiled before, ONNX Runtime and PyTorch tables), is the sum of its layers as before.
 """
 
 from __future__ import annotations
@@ -16,16 +23,19 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from latency_models.ops import OpKey, arch_ops, block_ops, head_ops, stem_op
+from latency_models.ops import FUSED_OPS, OpKey, arch_ops, executor_block_ops, fused_layers, head_ops, stem_op
 from latency_models.table import LatencyTable
 from search_spaces import Arch
 
 
 def op_features(op: OpKey) -> list[float]:
-    """Cost features of an op: [1, MACs, input elements, output elements, weight elements, channels]."""
+    """Cost features of an op: [1, MACs, input elements, output elements, weight elements, channels]. A fused block
+    counts its own input and output (its expanded and depthwise tensors never exist) and its layers' weights."""
     inp = op.in_hw * op.in_hw * op.in_channels
     out = op.out_hw * op.out_hw * op.out_channels
-    if op.op == "dw":
+    if op.op in FUSED_OPS:
+        w = (op.in_channels * op.hidden if op.op == "mbconv" else 0) + op.hidden * (op.kernel ** 2 + op.out_channels)
+    elif op.op == "dw":
         w = op.out_channels * op.kernel * op.kernel
     elif op.op == "se":
         w = 2 * op.in_channels * op.hidden
@@ -230,16 +240,25 @@ class Predictor:
         if serial and len(serial) == len(self._ms):
             self._serial = serial
             self._serial_ratio = float(np.median([serial[o] / self._ms[o] for o in serial]))
+        # the thread count whose fusing decisions the table's fused rows price; None: no fused rows, every block
+        # is the sum of its layers (as for every table profiled before fused rows existed)
+        self.fused_threads: int | None = (int(table.fingerprint.get("threads", 1))
+                                          if any(k.op in FUSED_OPS for k in self._ms) else None)
         self._blocks: dict[tuple, tuple[float, int, float, float, float, int]] = {}  # OpSums + output size
         self._ends: dict[tuple, OpSums] = {}
 
     def op_ms(self, op: OpKey) -> float:
-        """Latency of one op: the table's median, or the interpolation model's estimate (cached)."""
+        """Latency of one op: the table's median, or the interpolation model's estimate (cached). A fused block
+        whose op type has no row in the table at all is estimated as the sum of its layers."""
         ms = self._ms.get(op)
         if ms is None:
             if self._model is None:
                 raise ValueError(f"latency table {self.table.path} is empty; profile it first")
-            ms = self._ms[op] = self._model.predict(op)
+            if op.op in FUSED_OPS and op.op not in self._model.coef:
+                ms = sum(self.op_ms(x) for x in fused_layers(op))
+            else:
+                ms = self._model.predict(op)
+            self._ms[op] = ms
         return ms
 
     def serial_ms(self, op: OpKey) -> float:
@@ -268,8 +287,8 @@ class Predictor:
         for b in arch.blocks():  # plain float sums: this loop is most of a search's prediction time
             k = (se, c, hw, b)
             hit = blocks.get(k)
-            if hit is None:
-                ops = block_ops(arch, c, hw, b)
+            if hit is None:  # the executor's ops for this block: its fused op or its layers
+                ops = executor_block_ops(arch, c, hw, b, self.fused_threads)
                 hit = blocks[k] = (*self._sums(ops), (hw - 1) // b.stride + 1)
             ms += hit[0]
             n += hit[1]
@@ -295,5 +314,6 @@ class Predictor:
     __call__ = predict_ms
 
     def breakdown(self, arch: Arch) -> list[tuple[OpKey, float, bool]]:
-        """(op, ms, measured?) for every op of `arch`, in execution order."""
-        return [(o, self.op_ms(o), o in self._measured) for o in arch_ops(arch)]
+        """(op, ms, measured?) for every op the executor runs for `arch`, in execution order: with fused rows in
+        the table, each block it fuses is one fused op."""
+        return [(o, self.op_ms(o), o in self._measured) for o in arch_ops(arch, self.fused_threads)]

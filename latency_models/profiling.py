@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from latency_models.devices import DeviceSpec, get_device
-from latency_models.ops import OpKey
+from latency_models.ops import FUSED_OPS, OpKey
 from latency_models.table import LatencyTable, LatencyTableError
 from nas.timing import summarize
 
@@ -68,7 +68,16 @@ def profile(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, reps
     after that many new measurements (time-boxed profiling; rerun to continue). With `passes` > 1 every op is
     measured again in later passes over the whole table and keeps its lowest median, which filters out
     stretches when other processes slowed the machine.
+
+    Fused-block ops (`latency_models.ops`, from `enumerate_ops(..., device=spec)`) are timed on the `kernels`
+    device only; other devices refuse them. When fused rows join a table whose stored overhead was fitted without
+    them (`nas latency fit` before fused rows existed), that overhead no longer matches what the predictor sums, so
+    it is dropped (logged): `nas latency fit` fits a new one, and the search fits one itself.
     """
+    fused = next((o for o in ops if o.op in FUSED_OPS), None)
+    if fused is not None and spec.fused_threads is None:
+        raise ValueError(f"ops: {spec.table_id} runs every layer alone; fused blocks such as {fused.describe()} are "
+                         f"timed on the kernels device only")
     out = Path(out)
     local = measure is None
     fingerprint = get_device(spec).fingerprint() if local else None
@@ -104,6 +113,11 @@ def profile(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, reps
             elif not local:
                 table.check_fingerprint(fp, strict=True)
             table.add(rows)
+            if table.overhead is not None and not table.overhead.get("fused_ops") and any(
+                    r["op"] in FUSED_OPS for r in rows):
+                log(f"profile {spec.table_id}: the table's overhead was fitted without fused-block rows: dropped "
+                    f"(run `nas latency fit` for end-to-end predictions)")
+                table.overhead = None
             table.save(out)
             if bar is not None:
                 bar.update(len(part))

@@ -4,6 +4,9 @@ Files: `<stem>.csv` (or `.parquet`) with one row per `OpKey` and its timing summ
 device fingerprint (CPU, ISA, threads, bits, library version, kernel build hash) and, once fitted, the
 per-network overhead model. Column `source` says whether a row was `measured` or `transferred` (predicted from
 another device's table by `latency_models.transfer`; such rows have `passes` 0, so profiling measures them).
+Rows of op `mbconv` / `mbconv1` (kernels tables profiled with `enumerate_ops(..., device=spec)`) are fused
+inverted-residual blocks, timed as the one op the executor runs (`latency_models.ops`); `hidden` is their
+expanded width.
 Writes are atomic (temporary file + rename), so a crash never leaves half a table.
 """
 
@@ -20,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from latency_models.devices import MATCH_FIELDS, DeviceSpec
-from latency_models.ops import KEY_COLUMNS, OpKey
+from latency_models.ops import FUSED_OPS, KEY_COLUMNS, OpKey
 from nas.io import results_dir, write_atomic
 
 FORMAT = "nas-latency-table/1"
@@ -31,7 +34,7 @@ SOURCES = ("measured", "transferred")  # values of the `source` column
 # table; 0 where it was not measured, in tables written before the column existed). A network on N threads
 # keeps part of each op's hand-off cost that the op timed alone hides; the overhead fit prices it from this.
 COLUMNS = KEY_COLUMNS + ("bits", "macs") + STAT_COLUMNS + ("source",)
-OP_TYPES = ("conv", "pw", "dw", "se", "pool", "linear")
+OP_TYPES = ("conv", "pw", "dw", "se", "pool", "linear", *FUSED_OPS)  # fused blocks: kernels tables only
 ACTS = ("none", "relu", "relu6", "hswish", "swish")
 
 

@@ -9,6 +9,13 @@ its range, or an activation/kernel/stride it lacks) are extrapolated by that mod
 fingerprint and the command's output. The result is a
 normal `LatencyTable` of the target device: sampled ops keep their measured rows (`source` = measured), the
 others get predicted ones (`source` = transferred, `passes` 0).
+
+Fused blocks (`mbconv` / `mbconv1` rows of a `kernels` target, see `latency_models.ops`): a source table that has
+the block's fused row lends it as for any op. A source without it (every ONNX Runtime or PyTorch table, a `kernels`
+table profiled before fused rows, or one of another thread count that does not fuse that block) lends the sum of
+the block's layer rows instead: what the source device spends on the block layer by layer. Such blocks form their
+own group (`<op>~layers`) in the sample and in the ratio model, so the target's sampled fused blocks are measured
+and the rest of them are predicted from the source's layer sums; nothing is refused for lacking fused rows.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from latency_models.ops import KEY_COLUMNS, OpKey
+from latency_models.ops import FUSED_OPS, KEY_COLUMNS, OpKey, fused_layers
 from latency_models.predictor import op_features
 from latency_models.table import ACTS, COLUMNS, OP_TYPES, STATS, LatencyTable
 
@@ -36,9 +43,33 @@ def check_fraction(fraction: float) -> float:
     return float(fraction)
 
 
+def source_times(source: LatencyTable, ops: Sequence[OpKey]) -> tuple[dict[str, dict[OpKey, float]], set[OpKey]]:
+    """Per statistic (`STATS`, `mad_ms`, `max_ms`) the source table's time of each op it has, plus, for each fused
+    block of `ops` it lacks but whose layers it has, the sum of its layers' times (the second value: those blocks)."""
+    f = source.frame
+    keys = [OpKey(*k) for k in zip(*[f[c].tolist() for c in KEY_COLUMNS], strict=True)]
+    times = {s: dict(zip(keys, f[s].tolist(), strict=True)) for s in (*STATS, "mad_ms", "max_ms")}
+    have = times["median_ms"]
+    derived = set()
+    for o in ops:
+        if o.op in FUSED_OPS and o not in have:
+            parts = fused_layers(o)
+            if all(p in have for p in parts):
+                derived.add(o)
+                for t in times.values():
+                    t[o] = sum(t[p] for p in parts)
+    return times, derived
+
+
+def _group(op: OpKey, derived: set[OpKey]) -> str:
+    """The op's group in the sample and the ratio model: its type, apart for fused blocks timed from layers."""
+    return op.op + "~layers" if op in derived else op.op
+
+
 def missing_ops(source: LatencyTable, ops: Sequence[OpKey]) -> list[OpKey]:
-    """The ops a transfer source lacks; refuses a source lacking more than `MAX_MISSING` of them."""
-    have = source.keys()
+    """The ops a transfer source lacks (a fused block whose layers it has is not lacking: `source_times`); refuses
+    a source lacking more than `MAX_MISSING` of them."""
+    have = source_times(source, ops)[0]["median_ms"]
     missing = [o for o in ops if o not in have]
     if len(missing) > MAX_MISSING * len(ops):
         raise ValueError(f"from: {source.path} lacks {len(missing)} of the {len(ops)} ops to profile (e.g. "
@@ -53,10 +84,11 @@ def choose_sample(source: LatencyTable, ops: Sequence[OpKey], fraction: float, s
     table lacks. Raises if the fraction leaves fewer ops than the fit needs."""
     fraction = check_fraction(fraction)
     lacking = missing_ops(source, ops)
-    src = source.lookup("median_ms")
+    times, derived = source_times(source, ops)
+    src = times["median_ms"]
     by_type: dict[str, list[OpKey]] = {}
     for o in sorted(set(ops) - set(lacking)):
-        by_type.setdefault(o.op, []).append(o)
+        by_type.setdefault(_group(o, derived), []).append(o)
     base = {t: min(len(v), MIN_PER_TYPE) for t, v in by_type.items()}
     total, need = sum(len(v) for v in by_type.values()), sum(base.values())
     budget = math.ceil(fraction * total)
@@ -95,14 +127,15 @@ def _spread(n: int, k: int, rng: np.random.Generator) -> list[int]:
     return [0, *inner, n - 1]
 
 
-def _features(op: OpKey, source_ms: float) -> np.ndarray:
+def _features(op: OpKey, source_ms: float, from_layers: bool = False) -> np.ndarray:
     """Log sizes (the ratio of two devices' times moves smoothly with them) and indicators of the op type, fused
-    activation, kernel, stride and residual add (a kernel's vector code path differs by them)."""
+    activation, kernel, stride and residual add (a kernel's vector code path differs by them), and whether the
+    source time is a fused block's layers summed (`source_times`)."""
     _, macs, inp, out, weights, _ = op_features(op)
     logs = np.log([source_ms, macs + 1, inp + out + 1, weights + 1, op.in_hw, op.out_hw, op.in_channels,
                    op.out_channels, op.hidden + 1])
     cats = ([op.op == t for t in OP_TYPES] + [op.act == a for a in ACTS] + [op.kernel == k for k in (1, 3, 5, 7)]
-            + [op.stride == 2, op.residual])
+            + [op.stride == 2, op.residual, from_layers])
     return np.concatenate([logs, np.array(cats, dtype=float)])
 
 
@@ -118,16 +151,17 @@ class RatioModel:
     high: dict[str, np.ndarray]
 
     @classmethod
-    def fit(cls, pairs: Sequence[tuple[OpKey, float, float]]) -> RatioModel:
-        """Fit on (op, source ms, target ms) of the measured ops."""
-        raw = np.array([_features(o, s) for o, s, _ in pairs])
+    def fit(cls, pairs: Sequence[tuple[OpKey, float, float]], derived: set[OpKey] = frozenset()) -> RatioModel:
+        """Fit on (op, source ms, target ms) of the measured ops; `derived`: the fused blocks whose source ms is
+        their layers' sum (a group of their own)."""
+        raw = np.array([_features(o, s, o in derived) for o, s, _ in pairs])
         y = np.log([t / s for _, s, t in pairs])
         mean, std = raw.mean(axis=0), raw.std(axis=0)
         std[std < 1e-9] = 1.0  # a feature constant over the sample
         x = _design((raw - mean) / std)
         prior = np.zeros(x.shape[1])
         shared = _ridge(x, y, prior, _SHARED_RIDGE, free_intercept=True)
-        types = np.array([o.op for o, _, _ in pairs])
+        types = np.array([_group(o, derived) for o, _, _ in pairs])
         by_type, low, high = {}, {}, {}
         for t in sorted(set(types)):
             m = types == t
@@ -135,14 +169,16 @@ class RatioModel:
             low[t], high[t] = raw[m].min(axis=0), raw[m].max(axis=0)
         return cls(mean, std, shared, by_type, low, high)
 
-    def predict(self, op: OpKey, source_ms: float) -> tuple[float, bool]:
-        """(predicted target ms, whether the op lies outside the sample of its type: extrapolated)."""
-        raw = _features(op, source_ms)
+    def predict(self, op: OpKey, source_ms: float, from_layers: bool = False) -> tuple[float, bool]:
+        """(predicted target ms, whether the op lies outside the sample of its type: extrapolated);
+        `from_layers`: `source_ms` is a fused block's layers summed."""
+        raw = _features(op, source_ms, from_layers)
         x = _design((raw[None, :] - self.mean) / self.std)[0]
-        if op.op not in self.by_type:
+        group = _group(op, {op} if from_layers else set())
+        if group not in self.by_type:
             return source_ms * math.exp(float(x @ self.shared)), True
-        outside = bool(((raw < self.low[op.op]) | (raw > self.high[op.op])).any())
-        return source_ms * math.exp(float(x @ self.by_type[op.op])), outside
+        outside = bool(((raw < self.low[group]) | (raw > self.high[group])).any())
+        return source_ms * math.exp(float(x @ self.by_type[group])), outside
 
 
 def _design(z: np.ndarray) -> np.ndarray:
@@ -179,7 +215,8 @@ def transfer_table(source: LatencyTable, target: LatencyTable, ops: Sequence[OpK
     measured = LatencyTable(target.frame[target.frame["source"] == "measured"])
     have = measured.keys()
     todo = [o for o in ops if o not in have]
-    src = {s: source.lookup(s) for s in STATS}
+    times, derived = source_times(source, ops)
+    src = {s: times[s] for s in STATS}
     lacking = [o for o in todo if o not in src["median_ms"]]
     if lacking:
         raise ValueError(f"from: {source.path} lacks {len(lacking)} ops that are not measured either (e.g. "
@@ -189,26 +226,25 @@ def transfer_table(source: LatencyTable, target: LatencyTable, ops: Sequence[OpK
         raise ValueError(f"sample: only {len(common)} ops are measured on both devices; the transfer fit needs "
                          f"at least {2 * MIN_PER_TYPE}")
     tgt = {s: measured.lookup(s) for s in STATS}
-    models = {s: RatioModel.fit([(o, src[s][o], tgt[s][o]) for o in common]) for s in STATS}
+    models = {s: RatioModel.fit([(o, src[s][o], tgt[s][o]) for o in common], derived) for s in STATS}
     # the 1-thread times of a multi-thread target (`serial_ms`) get their own model from the source's p10 (a
     # 1-thread target's are its p10; a target sampled without them has none)
     threads = int(target.fingerprint.get("threads", 1))
     tgt_serial = measured.serial()
-    serial_model = (RatioModel.fit([(o, src["p10_ms"][o], tgt_serial[o]) for o in common])
+    serial_model = (RatioModel.fit([(o, src["p10_ms"][o], tgt_serial[o]) for o in common], derived)
                     if threads > 1 and all(o in tgt_serial for o in common) else None)
-    f = source.frame
-    spread = {OpKey(*k): (mad, mx) for *k, mad, mx in zip(*[f[c].tolist() for c in KEY_COLUMNS],
-                                                           f["mad_ms"].tolist(), f["max_ms"].tolist(), strict=True)}
     bits = int(target.fingerprint.get("bits", 8))
     rows, outside = [], 0
     for o in todo:
-        median, beyond = models["median_ms"].predict(o, src["median_ms"][o])
+        lay = o in derived
+        median, beyond = models["median_ms"].predict(o, src["median_ms"][o], lay)
         # each statistic has its own model; keep the order min <= p10 <= median <= max of a measured row
-        p10 = min(models["p10_ms"].predict(o, src["p10_ms"][o])[0], median)
-        low = min(models["min_ms"].predict(o, src["min_ms"][o])[0], p10)
+        p10 = min(models["p10_ms"].predict(o, src["p10_ms"][o], lay)[0], median)
+        low = min(models["min_ms"].predict(o, src["min_ms"][o], lay)[0], p10)
         scale = median / src["median_ms"][o]
-        mad, mx = spread[o]
-        serial = (p10 if threads == 1 else serial_model.predict(o, src["p10_ms"][o])[0] if serial_model else 0.0)
+        mad, mx = times["mad_ms"][o], times["max_ms"][o]
+        serial = (p10 if threads == 1 else serial_model.predict(o, src["p10_ms"][o], lay)[0] if serial_model
+                  else 0.0)
         rows.append({**o._asdict(), "bits": bits, "macs": o.macs, "median_ms": median, "p10_ms": p10,
                      "mad_ms": mad * scale, "min_ms": low, "max_ms": max(mx * scale, median), "n": 0,
                      "rejected": 0, "passes": 0, "serial_ms": serial, "source": "transferred"})
@@ -220,5 +256,6 @@ def transfer_table(source: LatencyTable, target: LatencyTable, ops: Sequence[OpK
     report = TransferReport(len(set(ops) & have), len(todo), outside)
     info = {"from": str(source.path) if source.path else None, "from_fingerprint": source.fingerprint,
             "fraction": round(report.fraction, 6), "measured": report.measured,
-            "transferred": report.transferred, "outside_sample": report.outside}
+            "transferred": report.transferred, "outside_sample": report.outside,
+            "fused_from_layers": len(derived)}
     return LatencyTable(frame, {**target.fingerprint, "transfer": info}, target.overhead, target.path), report

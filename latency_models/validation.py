@@ -90,8 +90,10 @@ def _fit(predictor: Predictor, space: SearchSpace, archs: list[Arch], measured: 
                             measured)
     macs = [count_macs(a) for a in archs]
     base = np.polyfit(macs, measured, 1, w=1 / np.asarray(measured))
+    # `fused_ops`: whether the sums priced fused blocks as one op (a table with fused rows); profiling drops an
+    # overhead fitted without them once fused rows join the table
     data = {"space": space.name, "stat": predictor.stat, "archs": [a.hash() for a in archs],
-            "measured_ms": measured,
+            "measured_ms": measured, "fused_ops": predictor.fused_threads is not None,
             "baseline": {"ms_per_mmac": float(base[0]) * 1e6, "const_ms": float(base[1])}}
     return overhead, data
 

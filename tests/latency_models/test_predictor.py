@@ -7,6 +7,7 @@ import pytest
 
 import search_spaces as ss
 from latency_models import LatencyTable, OpKey, Overhead, Predictor, arch_ops
+from latency_models.ops import FUSED_OPS, fused_layers
 from latency_models.predictor import OpSums, op_features
 
 
@@ -138,3 +139,117 @@ def test_a_multi_thread_table_sums_its_ops_one_thread_times(fp32_table: LatencyT
     frame["serial_ms"] = 0.0  # written before the column existed
     old = Predictor(LatencyTable(frame, {**fp32_table.fingerprint, "threads": 2}), Overhead())
     assert old.ops_ms(a).serial == pytest.approx(old.ops_ms(a).ms, rel=1e-12) and len(ops) == sums.ops
+
+
+# ---------------------------------------------------------------- fused blocks (issue #33)
+
+
+def _fused_keys(archs: list[ss.Arch], threads: int) -> list[OpKey]:
+    return sorted({o for a in archs for o in arch_ops(a, threads) if o.op in FUSED_OPS}, key=lambda k: k.macs)
+
+
+def _layer_sum(lookup: dict[OpKey, float], key: OpKey) -> float:
+    return sum(lookup[x] for x in fused_layers(key))
+
+
+def test_a_table_with_fused_rows_prices_each_fused_block_as_one_op(fp32_table: LatencyTable, archs: list[ss.Arch],
+                                                                   with_fused_rows) -> None:
+    """Each block the executor fuses at the table's thread count is its fused row, one op with the block's
+    weights and output elements; a fused row set to a known value moves the prediction by exactly that much per
+    block using it. The same table without fused rows sums layers, as before."""
+    lookup = fp32_table.lookup("p10_ms")
+    keys = _fused_keys(archs, 1)
+    assert len(keys) >= 3
+    values = {k: 0.6 * _layer_sum(lookup, k) for k in keys}
+    table = with_fused_rows(fp32_table, values)
+    pred, plain = Predictor(table, Overhead()), Predictor(fp32_table, Overhead())
+    assert pred.fused_threads == 1 and plain.fused_threads is None
+    full = {**lookup, **values}
+    assert all(len(arch_ops(a, 1)) < len(arch_ops(a)) for a in archs)  # every one of them fuses some block
+    for a in archs:
+        ops = arch_ops(a, 1)
+        assert pred.predict_ms(a) == pytest.approx(sum(full[o] for o in ops), rel=1e-12)
+        weights = sum(op_features(o)[4] for o in ops)
+        outputs = sum(o.out_hw ** 2 * o.out_channels for o in ops)
+        assert pred.ops_ms(a) == OpSums(pytest.approx(sum(full[o] for o in ops), rel=1e-12), len(ops),
+                                        pytest.approx(weights), pytest.approx(outputs), pytest.approx(
+                                            sum(full[o] for o in ops), rel=1e-12))
+        assert weights == sum(op_features(o)[4] for o in arch_ops(a))  # a fused block keeps its layers' weights
+        assert outputs < sum(o.out_hw ** 2 * o.out_channels for o in arch_ops(a))  # not its inner tensors
+        assert [(o, measured) for o, _, measured in pred.breakdown(a)] == [(o, True) for o in ops]
+        # without fused rows: the layer sums, exactly as before fused rows existed
+        assert plain.predict_ms(a) == pytest.approx(sum(lookup[o] for o in arch_ops(a)), rel=1e-12)
+        assert [o for o, _, _ in plain.breakdown(a)] == arch_ops(a)
+    a = archs[0]
+    key = next(o for o in arch_ops(a, 1) if o.op in FUSED_OPS)
+    uses = arch_ops(a, 1).count(key)
+    bumped = Predictor(with_fused_rows(fp32_table, {**values, key: values[key] + 0.25}), Overhead())
+    assert bumped.predict_ms(a) - pred.predict_ms(a) == pytest.approx(0.25 * uses, rel=1e-9)
+    with_overhead = Predictor(table, Overhead(scale=0.9, per_op=0.002, const=0.05))
+    assert with_overhead.predict_ms(a) == pytest.approx(
+        0.9 * sum(full[o] for o in arch_ops(a, 1)) + 0.002 * len(arch_ops(a, 1)) + 0.05, rel=1e-12)
+
+
+def test_fused_rows_follow_the_tables_thread_count(fp32_table: LatencyTable, archs: list[ss.Arch],
+                                                   with_fused_rows) -> None:
+    """A 2-thread table fuses what the executor fuses on 2 threads (and sums its 1-thread times); a 1-thread
+    table what it fuses on 1."""
+    lookup = fp32_table.lookup("p10_ms")
+    values = {k: 0.5 * _layer_sum(lookup, k) for k in _fused_keys(archs, 1) + _fused_keys(archs, 2)}
+    two = Predictor(with_fused_rows(fp32_table, values, threads=2, serial=1.5), Overhead())
+    assert two.fused_threads == 2
+    full = {**lookup, **values}
+    for a in archs:
+        ops = arch_ops(a, 2)
+        assert two.predict_ms(a) == pytest.approx(sum(full[o] for o in ops), rel=1e-12)
+        layer_serial = sum(lookup[o] for o in ops if o.op not in FUSED_OPS)  # the layers' serial_ms is their p10
+        assert two.ops_ms(a).serial == pytest.approx(layer_serial + 1.5 * sum(values[o] for o in ops
+                                                                              if o.op in FUSED_OPS), rel=1e-12)
+    one = Predictor(with_fused_rows(fp32_table, values, threads=1), Overhead())
+    differ = [a for a in archs if arch_ops(a, 1) != arch_ops(a, 2)]
+    assert differ  # some block fuses on one thread but not on two: the thread count matters
+    for a in differ:
+        assert one.predict_ms(a) != pytest.approx(two.predict_ms(a), rel=1e-9)
+        assert one.predict_ms(a) == pytest.approx(sum(full[o] for o in arch_ops(a, 1)), rel=1e-12)
+
+
+def test_a_missing_fused_row_is_interpolated(fp32_table: LatencyTable, archs: list[ss.Arch], with_fused_rows) -> None:
+    """A fused block without its row gets the fused rows' `OpModel` estimate (near the truth of a clean
+    relation); a table with no row of the block's kind at all estimates it as its layers' sum."""
+    lookup = fp32_table.lookup("p10_ms")
+    keys = _fused_keys(archs, 1)
+    values = {k: 0.7 * _layer_sum(lookup, k) for k in keys}
+    held = [k for k in keys if k.op == "mbconv"][1::3]
+    pred = Predictor(with_fused_rows(fp32_table, {k: v for k, v in values.items() if k not in held}), Overhead())
+    for k in held:
+        assert not pred.in_table(k)
+        assert pred.op_ms(k) == pytest.approx(values[k], rel=0.5)
+    a = next(a for a in archs if set(arch_ops(a, 1)) & set(held))
+    assert any(not measured for _, _, measured in pred.breakdown(a))
+    only = {k: v for k, v in values.items() if k.op == "mbconv"}
+    one = next((k for k in keys if k.op == "mbconv1"), None)
+    if one is not None:
+        no_kind = Predictor(with_fused_rows(fp32_table, only), Overhead())
+        assert no_kind.op_ms(one) == pytest.approx(_layer_sum(lookup, one), rel=1e-12)
+
+
+def test_fused_table_predictions_per_second(fp32_table: LatencyTable, archs: list[ss.Arch], with_fused_rows) -> None:
+    """The block cache keeps a table with fused rows as fast as one without (the fusing decision is made once
+    per block configuration)."""
+    space = ss.get_space("small32")
+    rng = random.Random(0)
+    pool = [space.random_arch(rng) for _ in range(3000)]
+    lookup = fp32_table.lookup("p10_ms")
+    table = with_fused_rows(fp32_table, {k: 0.6 * _layer_sum(lookup, k) for k in _fused_keys(archs, 1)})
+    pred = Predictor(table, Overhead(1.0, 0.001, 0.0, 0.01))
+    pred.predict_ms(pool[0])
+    cpu = time.process_time()
+    for a in pool:
+        pred.predict_ms(a)
+    rate = len(pool) / (time.process_time() - cpu)
+    cpu = time.process_time()
+    for a in pool:
+        pred.predict_ms(a)
+    warm = len(pool) / (time.process_time() - cpu)
+    print(f"fused table: {rate:,.0f} predictions/s per CPU second cold, {warm:,.0f} warm")
+    assert rate >= 2000 and warm >= 10_000

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 import search_spaces as ss
-from latency_models import DeviceSpec, LatencyTable, enumerate_ops, profile
+from latency_models import DeviceSpec, LatencyTable, OpKey, enumerate_ops, profile
+from latency_models.ops import FUSED_OPS, KEY_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -142,3 +143,58 @@ def test_a_multi_thread_profile_also_times_each_op_on_one_thread(tmp_path) -> No
     old.add([{**old.frame.iloc[0].to_dict(), "serial_ms": 0.5}])
     old.add([{**old.frame.iloc[0].to_dict(), "serial_ms": 0.0}])  # an unmeasured row never replaces one
     assert old.serial() == {ops[0]: 0.5}
+
+
+def _kernels_ops(threads: int = 1) -> list:
+    """A few cheap kernels ops of small32 at 24 x 24: layer ops and at least two fused blocks."""
+    ops = enumerate_ops([ss.get_space("small32")], [24], device=DeviceSpec("kernels", threads=threads))
+    fused = [o for o in ops if o.op in FUSED_OPS][:3]
+    return [*[o for o in ops if o.op not in FUSED_OPS][::40], *fused]
+
+
+def test_a_kernels_table_keeps_fused_rows_and_resumes(tmp_path) -> None:
+    """Fused-block rows are timed like any op (1-thread `serial_ms` in a 2-thread table), saved, loaded back and
+    not timed again; a device that runs layers alone refuses them."""
+    ops = _kernels_ops(2)
+    assert sum(o.op in FUSED_OPS for o in ops) >= 2
+    out = tmp_path / "kernels-t2.csv"
+    logs: list[str] = []
+    table = profile(DeviceSpec("kernels", threads=2), ops, out, reps=3, chunk=4, passes=1, progress=False,
+                    log=logs.append)
+    loaded = LatencyTable.load(out)
+    assert loaded.keys() == set(ops) and set(loaded.serial()) == set(ops)
+    fused = loaded.frame[loaded.frame["op"].isin(FUSED_OPS)]
+    assert len(fused) == sum(o.op in FUSED_OPS for o in ops) and (fused["p10_ms"] > 0).all()
+    assert (fused["macs"] == [OpKey(*r).macs for r in fused[list(KEY_COLUMNS)].itertuples(index=False)]).all()
+    assert table.fingerprint == loaded.fingerprint
+    profile(DeviceSpec("kernels", threads=2), ops, out, reps=3, passes=1, progress=False, log=logs.append)
+    assert f"{len(ops)} already measured, 0 to measure" in logs[-1]
+    for other in ("torch-fp32", "ort-int8"):
+        with pytest.raises(ValueError, match=r"ops: .* runs every layer alone; fused blocks such as mbconv"):
+            profile(DeviceSpec.make(other), ops, tmp_path / "x.csv", reps=3, progress=False, log=logs.append)
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_fused_rows_drop_an_overhead_fitted_without_them(tmp_path) -> None:
+    """A table whose stored overhead was fitted on layer sums gains fused rows (a resumed `nas profile`): that
+    overhead no longer prices what the predictor sums, so it goes (logged); one fitted with fused rows stays, and
+    so does any overhead when only layer rows are added."""
+    ops = _kernels_ops()
+    layers = [o for o in ops if o.op not in FUSED_OPS]
+    out = tmp_path / "kernels.csv"
+    table = profile(DeviceSpec("kernels"), layers[:3], out, reps=3, passes=1, progress=False, log=lambda s: None)
+    table.overhead = {"scale": 1.1, "per_op": 0.001, "const": 0.01, "space": "small32"}
+    table.save(out)
+    logs: list[str] = []
+    profile(DeviceSpec("kernels"), layers, out, reps=3, passes=1, progress=False, log=logs.append)
+    assert LatencyTable.load(out).overhead["scale"] == 1.1  # layer rows only: kept
+    profile(DeviceSpec("kernels"), ops, out, reps=3, passes=1, progress=False, log=logs.append)
+    assert LatencyTable.load(out).overhead is None
+    assert any("fitted without fused-block rows: dropped" in line for line in logs)
+    table = LatencyTable.load(out)
+    table.overhead = {"scale": 1.2, "per_op": 0.001, "const": 0.01, "fused_ops": True}
+    table.save(out)
+    more = [o for o in enumerate_ops([ss.get_space("small32")], [24], device=DeviceSpec("kernels"))
+            if o.op in FUSED_OPS and o not in set(ops)][:1]
+    profile(DeviceSpec("kernels"), [*ops, *more], out, reps=3, passes=1, progress=False, log=logs.append)
+    assert LatencyTable.load(out).overhead["scale"] == 1.2

@@ -4,10 +4,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from latency_models import LatencyTable, Predictor
-from latency_models.ops import OpKey
+from latency_models import LatencyTable, Predictor, arch_ops
+from latency_models.ops import FUSED_OPS, OpKey, fused_layers
 from latency_models.table import STATS
-from latency_models.transfer import MIN_PER_TYPE, check_fraction, choose_sample, transfer_table
+from latency_models.transfer import (
+    MIN_PER_TYPE,
+    check_fraction,
+    choose_sample,
+    missing_ops,
+    source_times,
+    transfer_table,
+)
 from nas.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -162,3 +169,49 @@ def test_bad_transfer_flags_are_one_line_errors(tmp_path, capsys) -> None:
     assert "--from: " in err and "lacks" in err and "same --space/--resolution" in err
     assert main([*base, "--sample", "0.2", "--from", str(src)]) == 0
     assert "130 distinct ops (26 sampled)" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- fused blocks (issue #33)
+
+
+def test_transfer_to_a_table_with_fused_rows_from_one_without(fp32_table: LatencyTable, archs, with_fused_rows
+                                                              ) -> None:
+    """A kernels target's fused blocks from a source without fused rows (a PyTorch table here): the source lends
+    each block's layers summed; the sample measures some fused blocks (a group of their own) and the ratio model
+    predicts the others from their layer sums, as closely as it predicts layers."""
+    factor = {"conv": 3.0, "pw": 5.0, "dw": 12.0, "se": 2.0, "pool": 1.5, "linear": 0.8, "mbconv": 4.0,
+              "mbconv1": 6.0}
+
+    def ratio(o: OpKey, ms: float) -> float:
+        return factor[o.op] * (o.macs + 1) ** 0.15
+
+    fused = sorted({o for a in archs for o in arch_ops(a, 1) if o.op in FUSED_OPS})
+    assert len(fused) >= 2 * MIN_PER_TYPE
+    ops = sorted(fp32_table.keys() | set(fused))
+    src = fp32_table.lookup("p10_ms")
+    assert missing_ops(fp32_table, ops) == []  # derivable from layers: not lacking
+    times, derived = source_times(fp32_table, ops)
+    assert derived == set(fused)
+    assert all(times["p10_ms"][k] == pytest.approx(sum(src[x] for x in fused_layers(k))) for k in fused)
+    truth = {k: times["p10_ms"][k] * ratio(k, 0) for k in fused}
+    full = with_fused_rows(_derived(fp32_table, ratio), truth)
+    sample = set(choose_sample(fp32_table, ops, 0.4))
+    assert len(sample & set(fused)) >= MIN_PER_TYPE
+    measured = LatencyTable(full.frame[[k in sample for k in full.lookup()]].reset_index(drop=True),
+                            full.fingerprint)
+    table, report = transfer_table(fp32_table, measured, ops)
+    assert table.keys() == set(ops) and report.transferred == len(ops) - len(sample)
+    assert table.fingerprint["transfer"]["fused_from_layers"] == len(fused)
+    got = table.lookup("p10_ms")
+    err = {k.describe(): got[k] / truth[k] - 1 for k in fused if k not in sample}
+    assert err and max(map(abs, err.values())) < 0.05, err
+    # a source that has the fused rows lends them as they are
+    with_rows = with_fused_rows(fp32_table, {k: 0.5 * times["p10_ms"][k] for k in fused})
+    assert source_times(with_rows, ops)[1] == set()
+    assert transfer_table(with_rows, measured, ops)[0].fingerprint["transfer"]["fused_from_layers"] == 0
+    # a fused block whose layers the source lacks too is lacking
+    k = fused[0]
+    part = fused_layers(k)[0]
+    keep = [o != part for o in fp32_table.lookup()]
+    short = LatencyTable(fp32_table.frame[keep].reset_index(drop=True), fp32_table.fingerprint)
+    assert k in missing_ops(short, ops) and part in missing_ops(short, ops)
