@@ -77,7 +77,7 @@ def main() -> int:
     print(f"predictions/s, {len(prune)} pruned archs (interpolated ops):            {inter:,.0f}")
     if args.profile:
         spec = DeviceSpec.make(args.device)
-        ops = enumerate_ops([space])
+        ops = enumerate_ops([space], device=spec)
         with tempfile.TemporaryDirectory() as d:
             t = time.perf_counter()
             profile(spec, ops, Path(d) / "t.csv", progress=False, log=lambda s: None)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import search_spaces as ss  # noqa: E402
 from latency_models import DeviceSpec, LatencyTable, Overhead, Predictor, enumerate_ops, profile  # noqa: E402
 from latency_models.predictor import DEFAULT_STAT  # noqa: E402
-from latency_models.transfer import choose_sample, transfer_table  # noqa: E402
+from latency_models.transfer import choose_sample, source_times, transfer_table  # noqa: E402
 
 
 def full_table(path: Path, ops: list) -> LatencyTable:
@@ -47,7 +47,8 @@ def run_one(source: LatencyTable, target: LatencyTable, ops: list, archs: list, 
     measured = LatencyTable(target.frame[[k in sample for k in _keys(target)]].reset_index(drop=True),
                             target.fingerprint)
     table, report = transfer_table(source, measured, ops)
-    full, got, src = target.lookup(DEFAULT_STAT), table.lookup(DEFAULT_STAT), source.lookup(DEFAULT_STAT)
+    full, got = target.lookup(DEFAULT_STAT), table.lookup(DEFAULT_STAT)
+    src = source_times(source, ops)[0][DEFAULT_STAT]  # a fused block the source lacks: its layers' sum
     moved = [o for o in ops if o not in sample]
     true = np.array([full[o] for o in moved])
     op_err = errors(np.array([got[o] for o in moved]), true)
@@ -75,8 +76,9 @@ def main() -> int:
     p.add_argument("--archs", type=int, default=100)
     args = p.parse_args()
     space = ss.get_space(args.space)
-    ops = enumerate_ops([space])
-    source, target = full_table(args.source, ops), full_table(args.target, ops)
+    ops = enumerate_ops([space], device=DeviceSpec.make(args.target.stem))  # what the new device runs
+    source = full_table(args.source, enumerate_ops([space], device=DeviceSpec.make(args.source.stem)))
+    target = full_table(args.target, ops)
     rng = random.Random(0)
     archs = [space.random_arch(rng) for _ in range(args.archs)]
     print(f"source {args.source} ({source.fingerprint.get('table_id')}, isa {source.fingerprint.get('isa')}) -> "

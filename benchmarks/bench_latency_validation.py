@@ -55,7 +55,7 @@ def row(name: str, threads: int, space: ss.SearchSpace, args: argparse.Namespace
     folder = Path(args.out) / "latency" / space.name
     path = folder / f"{spec.table_id}.csv"
     t0 = time.perf_counter()
-    table = profile(spec, enumerate_ops([space]), path, reps=args.reps, passes=args.profile_passes,
+    table = profile(spec, enumerate_ops([space], device=spec), path, reps=args.reps, passes=args.profile_passes,
                     progress=not args.no_progress, log=lambda m: print(f"  {m}", file=sys.stderr))
     table = LatencyTable.load(path, spec.table_id)
     profile_s = time.perf_counter() - t0
@@ -95,11 +95,11 @@ def transfer_curves(rows: list[dict], fractions: list[float], seeds: int) -> lis
         pairs += [(a, b) for a in ones for b in here if b["threads"] > 1 and b["device"].startswith(a["device"])
                   and b["device"].removeprefix(a["device"]) == f"-t{b['threads']}"]
         space = ss.get_space(space_name)
-        ops = enumerate_ops([space])
         rng = random.Random(0)
         archs = [space.random_arch(rng) for _ in range(100)]
         for a, b in pairs:
             source, target = LatencyTable.load(Path(a["path"])), LatencyTable.load(Path(b["path"]))
+            ops = enumerate_ops([space], device=DeviceSpec.make(b["device"]))  # what the target device runs
             cells = []
             for f in fractions:
                 runs = [run_one(source, target, ops, archs, f, seed) for seed in range(seeds)]

@@ -70,11 +70,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     pred = Predictor(table)
     for text in args.arch:
         arch = ss.parse_arch(text)
+        steps = pred.breakdown(arch)  # the ops the device runs (a fused block is one)
         if args.breakdown:
-            for op, ms, measured in pred.breakdown(arch):
+            for op, ms, measured in steps:
                 print(f"  {op.describe():<58}{ms * 1000:>10.1f} us  {'table' if measured else 'interpolated'}")
-        interpolated = sum(not measured for _, _, measured in pred.breakdown(arch))
-        note = f"  ({interpolated} of {len(ss.layers(arch))} ops interpolated)" if interpolated else ""
+        interpolated = sum(not measured for _, _, measured in steps)
+        note = f"  ({interpolated} of {len(steps)} ops interpolated)" if interpolated else ""
         print(f"{pred.predict_ms(arch):.4f} ms  {arch}{note}")
     if table.overhead is None:
         print("(no fitted overhead: raw sum of ops; run `nas latency fit` for end-to-end predictions)")

@@ -96,7 +96,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         if bad:
             raise ValueError(f"--resolution: {bad} not a resolution of {[s.name for s in spaces]} "
                              f"(choices {sorted(known)})")
-    ops = enumerate_ops(spaces, args.resolution)
+    ops = enumerate_ops(spaces, args.resolution, device=spec)
     if args.budget:
         budget = ss.parse_budget(args.budget)
         if budget.kind != "macs":

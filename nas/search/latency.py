@@ -42,7 +42,8 @@ def latency_predictor(plan: LatencyPlan, space: ss.SearchSpace, log: Callable[[s
         # several passes: shared machines slow down for seconds at a time, and one pass left such bursts in the
         # table (benchmarks/RESULTS_latency.md)
         with fair_threads(plan.threads):  # see `measure_all`
-            lm.profile(spec, lm.enumerate_ops([space]), path, reps=plan.profile_reps, passes=plan.profile_passes)
+            lm.profile(spec, lm.enumerate_ops([space], device=spec), path, reps=plan.profile_reps,
+                       passes=plan.profile_passes)
     table = lm.LatencyTable.load(path, plan.device)
     if plan.table:  # a table of another device, bit width or thread count would predict the wrong latency
         diffs = table.fingerprint_diffs({"device": spec.name, "bits": spec.bits, "threads": spec.threads})
