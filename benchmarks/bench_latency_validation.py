@@ -92,8 +92,8 @@ def transfer_curves(rows: list[dict], fractions: list[float], seeds: int) -> lis
         here = [r for r in done if r["space"] == space_name]
         ones = [r for r in here if r["threads"] == 1]
         pairs = [(ones[0], r) for r in ones[1:]]
-        pairs += [(a, b) for a in ones for b in here if b["threads"] > 1 and b["device"].startswith(a["device"])
-                  and b["device"].removeprefix(a["device"]) == f"-t{b['threads']}"]
+        pairs += [(a, b) for a in ones for b in here  # the same device at N > 1 threads (DeviceSpec owns the ids)
+                  if b["threads"] > 1 and DeviceSpec.make(a["device"], threads=b["threads"]).table_id == b["device"]]
         space = ss.get_space(space_name)
         rng = random.Random(0)
         archs = [space.random_arch(rng) for _ in range(100)]
