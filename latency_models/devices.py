@@ -40,7 +40,7 @@ DEVICE_NAMES = ("kernels", "torch-fp32", "torch-int8", "ort-int8", "ort-fp32")
 # weight bits each device runs; the first is its natural width (left out of the table id)
 DEVICE_BITS = {"kernels": (8, 4), "torch-fp32": (32,), "torch-int8": (8,), "ort-int8": (8,), "ort-fp32": (32,)}
 # Fingerprint fields that must agree for a table to describe this machine and library.
-MATCH_FIELDS = ("device", "cpu_model", "isa", "threads", "bits", "library", "library_version", "build_hash")
+MATCH_FIELDS = ("device", "cpu_model", "isa", "threads", "bits", "library", "library_version", "build_hash", "graph")
 
 
 @dataclass(frozen=True)
@@ -273,6 +273,8 @@ class OrtDevice:
     def fingerprint(self) -> dict[str, Any]:
         import onnxruntime as ort
 
+        from nas.export.onnx_qdq import GRAPH_FORMAT
+
         flags = cpu_flags()
         simd = next((f for f in _MLAS_FLAGS if f in flags), platform.machine())
         info = ort.get_build_info() if hasattr(ort, "get_build_info") else ""
@@ -281,7 +283,7 @@ class OrtDevice:
         fp = _base_fingerprint(self.spec)
         fp.update(isa=f"cpu-ep-{simd}", library="onnxruntime", library_version=ort.__version__,
                   build_hash=f"{build}:{'+'.join(ort.get_available_providers())}", provider="CPUExecutionProvider",
-                  graph_optimization="ORT_ENABLE_ALL")
+                  graph_optimization="ORT_ENABLE_ALL", graph=GRAPH_FORMAT)
         return fp
 
     def time_op(self, op: OpKey, reps: int) -> list[float]:

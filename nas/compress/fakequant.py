@@ -92,9 +92,10 @@ def weight_scales(w: torch.Tensor, bits: int, method: str = "minmax") -> torch.T
 class ActObserver(nn.Module):
     """Observes a tensor (extremes and a value sample) and, once `enabled`, fake-quantizes it to uint8."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, range_only: bool = False):
         super().__init__()
         self.name = name
+        self.range_only = range_only  # a range export needs but the kernels never round to: never fake-quantized
         self.register_buffer("lo", torch.tensor(math.inf))
         self.register_buffer("hi", torch.tensor(-math.inf))
         self.observe, self.enabled, self.momentum = True, False, 0.0
@@ -129,7 +130,7 @@ class ActObserver(nn.Module):
                         idx = torch.randint(0, flat.numel(), (_SAMPLES,), generator=self.generator)
                         flat = flat[idx]
                     self.samples.append(flat.numpy().astype(np.float32))
-        if not self.enabled:
+        if not self.enabled or self.range_only:
             return x
         scale, zp = self.qparams()
         return fake_quantize(x, scale, zp, 0, 255)
@@ -171,8 +172,10 @@ class QuantSim(nn.Module):
     """A fake-quantized copy of an `MBConvNet`: every tensor the kernel executor stores as uint8 is observed and
     (once calibrated) fake-quantized, with the executor's names (`nas.kernels.lower.Calibration`): `input`, `stem`,
     `stem.pre` (before a lookup-table activation), `blocks.i.expand`, `blocks.i.dw`, `blocks.i.se.pool`,
-    `blocks.i.se.fc1`, `blocks.i.se.fc2.pre`, `blocks.i.se`, `blocks.i.project` or `blocks.i.out` (after the
-    residual add), `head`, `pool`, `hidden`. The SE gate uses the executor's fixed grid (1/255).
+    `blocks.i.se.fc1`, `blocks.i.se.fc2.pre`, `blocks.i.se`, `blocks.i.project`, `blocks.i.out` (after the
+    residual add), `head`, `pool`, `hidden`. The SE gate uses the executor's fixed grid (1/255). A residual block's
+    `blocks.i.project` (before the add) is observed only: the kernels fuse the add before rounding, so it is never
+    fake-quantized; its range is the grid ONNX export puts that term on (`nas.export.onnx_qdq`).
 
     `bits` maps layer names to 4 or 8 (default 8; only `gemm_layers` may be 4).
     """
@@ -203,12 +206,12 @@ class QuantSim(nn.Module):
             self(torch.zeros(1, a.in_channels, a.resolution, a.resolution))
             self._discover = False
 
-    def fq(self, name: str, t: torch.Tensor) -> torch.Tensor:
+    def fq(self, name: str, t: torch.Tensor, range_only: bool = False) -> torch.Tensor:
         key = name.replace(".", "_")
         if key not in self.observers:
             if not getattr(self, "_discover", False):
                 raise KeyError(f"QuantSim: no observer for tensor {name!r}")
-            self.observers[key] = ActObserver(name)
+            self.observers[key] = ActObserver(name, range_only)
             return t
         return self.observers[key](t)
 
@@ -241,7 +244,10 @@ class QuantSim(nn.Module):
                     gate = fake_quantize(gate, 1.0 / 255.0, 0, 0, 255)
                 y = self.fq(n + ".se", y * gate)
             y = blk.project.bn(blk.project.conv(y))
-            x = self.fq(n + ".out", inp + y) if blk.use_residual else self.fq(n + ".project", y)
+            if blk.use_residual:  # the kernels add before they round; ONNX export quantizes both terms of the add
+                x = self.fq(n + ".out", inp + self.fq(n + ".project", y, range_only=True))
+            else:
+                x = self.fq(n + ".project", y)
         x = self._cba(m.head, x, "head", a.head_act)
         x = self.fq("pool", x.mean((2, 3)))
         if m.hidden is not None:

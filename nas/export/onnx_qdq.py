@@ -1,15 +1,21 @@
 """ONNX export of a `QuantizedModel` in QDQ form (QuantizeLinear/DequantizeLinear around float ops).
 
-Every tensor the kernel executor stores as uint8 gets a Q/DQ pair with the same scale and zero point; weights
-are uint8 initializers with zero point 128 (int8 and int4 values plus 128: the same numbers) dequantized per output
+Every tensor the kernel executor stores as uint8 gets a Q/DQ pair with the same scale and zero point. Weights are
+uint8 initializers with zero point 128 (int8 and int4 values plus 128: the same numbers) dequantized per output
 channel; biases are float. ONNX Runtime fuses the pairs into its own int8 kernels. Unsigned weights matter: with
 int8 weights ONNX Runtime picks its u8 x s8 kernels, which on CPUs without VNNI (AVX2, AVX-512 before Cascade Lake)
 add pairs of products in saturating 16-bit arithmetic (VPMADDUBSW; ONNX Runtime's quantization guide names it and
 suggests U8U8), which changed a searched network's predictions on an AVX2 machine; with uint8 weights ORT agrees
-(benchmarks/RESULTS_finalize.md). Results differ
-from our executor only where ONNX Runtime's float requantization rounds differently from our fixed-point
-multipliers. Weights with int4 group sub-scales are
-exported pre-dequantized (float), since per-group DequantizeLinear needs a newer opset than ORT fuses.
+(benchmarks/RESULTS_finalize.md). Weights with int4 group sub-scales are exported pre-dequantized (float), since
+per-group DequantizeLinear needs a newer opset than ORT fuses.
+
+Residual adds: our kernels add a block's input to its project output before they round, once. ONNX Runtime fuses
+an add into int8 (QLinearConv + QLinearAdd) only when both terms are quantized, so a residual project's output gets
+a Q/DQ pair of its own when the model has a grid for it (`blocks.i.project`, calibrated beside `blocks.i.out`
+since 2026-12-07). Without one (older checkpoints) the conv and the add stay float in ONNX Runtime (`FusedConv`
+with weights dequantized on every run) and round once, like our kernels. Results differ from our executor where
+ONNX Runtime's float requantization rounds differently from our fixed-point multipliers, and by that one extra
+rounding per residual block.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from nas.kernels.ops import ConvSpec, DepthwiseSpec, GemmSpec, PoolSpec, SESpec,
 from search_spaces import Arch
 
 OPSET = 17
+# What an exported graph holds, for the latency tables of ONNX Runtime devices (their fingerprint's `graph`): 2 =
+# a residual add with both terms quantized (QLinearAdd in ONNX Runtime); tables of other graphs are re-profiled.
+GRAPH_FORMAT = "nas-qdq/2"
 
 
 class QDQWriter:
@@ -161,6 +170,8 @@ class QDQWriter:
             y = self.conv(x, t, name, spec.weight[:, :, None, None], spec, 1, 1, 1)
             if name.endswith(".project"):
                 if spec.residual is not None:
+                    if name in self.acts:  # both terms of the add on uint8 grids: ONNX Runtime fuses QLinearAdd
+                        y = self.qdq(y, name)
                     r = self.uniq(f"{name}.add")
                     self.node("Add", [block_in, y], [r])
                     out = name.removesuffix(".project") + ".out"

@@ -58,8 +58,10 @@ class Calibration:
 
     ``ranges``: float (lo, hi) of every tensor the executor stores as uint8, by the executor's names (``input``,
     ``stem``, ``stem.pre`` before a lookup-table activation, ``blocks.i.expand``, ``blocks.i.dw``,
-    ``blocks.i.se.pool``, ``blocks.i.se.fc1``, ``blocks.i.se.fc2.pre``, ``blocks.i.se``, ``blocks.i.project`` or
-    ``blocks.i.out`` after a residual add, ``head``, ``pool``, ``hidden``, ``hidden.pre``).
+    ``blocks.i.se.pool``, ``blocks.i.se.fc1``, ``blocks.i.se.fc2.pre``, ``blocks.i.se``, ``blocks.i.project``,
+    ``blocks.i.out`` after a residual add, ``head``, ``pool``, ``hidden``, ``hidden.pre``). A residual block's
+    ``blocks.i.project`` (before the add) is optional: the kernels add before rounding and never use it; when
+    present it is kept in ``act_qparams`` for ONNX export, which quantizes both terms of the add.
     ``bits``: weight bits (8 or 4) by module name (``blocks.1.expand.conv``, ``classifier``); unnamed layers int8.
     ``weight_scales``: per-output-channel scales on the unfolded weight by module name; the lowering multiplies
     them by |BN factor| (max|w| commutes with folding, and learned scales carry over the same way). Unnamed layers
@@ -214,6 +216,8 @@ def lower(model: nn.Module, arch: Arch, calibration: Calibration) -> LoweredNetw
         if blk.use_residual:
             # the GEMM keeps RESIDUAL_BITS more fraction bits so that the fused add rounds once
             out_q = q(n + ".out")
+            if n + ".project" in cal.ranges:  # the grid ONNX export rounds the add's term to (unused here)
+                q(n + ".project")
             spec = gemm(n + ".project.conv", True, x_q, "none", out_q, extra=2.0**RESIDUAL_BITS)
             rm, rs = quantize_multiplier(in_q.scale / out_q.scale * 2.0**RESIDUAL_BITS)
             spec.residual = Residual(in_q.zero_point, rm, rs)

@@ -59,3 +59,21 @@ def test_observer_outside_calibrate_never_uses_the_global_rng() -> None:
     obs(torch.randn(_SAMPLES + 10, generator=torch.Generator().manual_seed(2)))
     assert torch.equal(torch.get_rng_state(), state)
     assert obs.samples[0].size == _SAMPLES
+
+
+def test_residual_projects_term_is_observed_for_export_but_never_rounded() -> None:
+    """A residual block's project output before the add gets a range (ONNX export's grid for it) but stays
+    unrounded in the simulation, since the kernels add before they round: squeezing that range to almost nothing
+    must not change the simulator's logits, while squeezing the sum's range must."""
+    sim = _sim()
+    sim.calibrate([BATCH])
+    ranges = sim.calibration().ranges
+    assert "blocks.0.project" in ranges and "blocks.0.out" in ranges
+    lo, hi = ranges["blocks.0.project"]
+    assert lo < 0 < hi
+    with torch.no_grad():
+        before = sim(BATCH)
+        sim.observers["blocks_0_project"].set_range(0.0, 1e-6)
+        assert torch.equal(sim(BATCH), before)
+        sim.observers["blocks_0_out"].set_range(0.0, 1e-6)
+        assert not torch.equal(sim(BATCH), before)

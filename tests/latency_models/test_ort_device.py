@@ -12,10 +12,12 @@ import onnx
 import pytest
 
 from latency_models import DeviceSpec, LatencyTable, OpKey, Predictor, arch_ops, get_device, profile
-from latency_models.kernel_runner import kernel_network
+from latency_models.kernel_runner import kernel_network, lowered_network
 from latency_models.ort_runner import network_model, op_model, session
 from nas.commands.profile import make_device_spec
 from nas.data import Dataset, split
+from nas.export.model import QuantizedModel
+from nas.export.onnx_qdq import to_onnx
 from nas.export.pipeline import FinalizeConfig, finalize
 from nas.search.latency import latency_predictor
 from nas.search.plan import LatencyPlan
@@ -61,6 +63,9 @@ def test_fingerprint_names_onnx_runtime_and_differs_from_kernels(tmp_path: Path)
     diffs = " ".join(kernels.fingerprint_diffs(fp))
     assert all(f"{k}:" in diffs for k in ("device", "library", "library_version", "build_hash", "isa"))
     assert get_device("ort-fp32").fingerprint()["bits"] == 32
+    # a table of the graphs exported before the residual add was int8 (no `graph` field) is another device's
+    older = LatencyTable.empty({k: v for k, v in fp.items() if k != "graph"})
+    assert [d.split(":")[0] for d in older.fingerprint_diffs(fp)] == ["graph"]
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
@@ -134,7 +139,7 @@ def test_fp32_graphs_are_the_int8_ones_without_qdq() -> None:
 
 
 @pytest.mark.parametrize(("name", "fused"), [("pw", ["QLinearConv"]), ("dw", ["QLinearConv"]),
-                                             ("conv", ["QLinearConv"])])
+                                             ("conv", ["QLinearConv"]), ("residual", ["QLinearConv", "QLinearAdd"])])
 def test_int8_op_runs_as_onnx_runtimes_one_fused_kernel(name: str, fused: list[str], tmp_path: Path) -> None:
     """A conv layer is one channels-last QLinearConv in a network; its single-op graph must time exactly that
     (ONNX Runtime cancels the graph's NHWC Transposes against its own and drops the Clip before a zero-point-0 Q)."""
@@ -142,6 +147,27 @@ def test_int8_op_runs_as_onnx_runtimes_one_fused_kernel(name: str, fused: list[s
     session(model.SerializeToString(), 1, str(tmp_path / "opt.onnx")).run(None, feeds)
     nodes = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
     assert nodes == fused
+
+
+def _optimized_ops(path: Path, tmp_path: Path) -> Counter:
+    session(str(path), 1, str(tmp_path / "opt.onnx"))
+    return Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+
+
+def test_exported_network_runs_int8_throughout_on_onnx_runtime(tmp_path: Path) -> None:
+    """With the residual project's grid calibrated, ONNX Runtime runs every convolution of the export as
+    QLinearConv and the residual add as QLinearAdd; without it (an older checkpoint) the project conv and its add
+    stay float (FusedConv) there, as the export documents."""
+    lowered = lowered_network(ARCH, 8)
+    model = QuantizedModel(lowered.network, ARCH, lowered.act_qparams, lowered.weight_scales)
+    assert "blocks.0.project" in model.act_qparams  # the residual block's term before the add
+    ops = _optimized_ops(Path(to_onnx(model, tmp_path / "int8.onnx")), tmp_path)
+    # stem, 2 x (expand, dw, project), the SE block's two FCs, head
+    assert ops["QLinearAdd"] == 1 and ops["QLinearConv"] == 10 and not ops["FusedConv"] and not ops["Conv"]
+    old = {k: v for k, v in model.act_qparams.items() if k != "blocks.0.project"}
+    ops = _optimized_ops(Path(to_onnx(QuantizedModel(model.network, ARCH, old, model.weight_scales),
+                                      tmp_path / "old.onnx")), tmp_path)
+    assert ops["FusedConv"] + ops["Conv"] == 1 and not ops["QLinearAdd"]
 
 
 def test_missing_onnx_runtime_is_one_line_naming_device(monkeypatch: pytest.MonkeyPatch) -> None:
