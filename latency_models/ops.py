@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import TYPE_CHECKING, NamedTuple
 
+from nas.kernels.fusion import FUSED_OPS
 from search_spaces import Arch, Block, Layer, SearchSpace, layers
 from search_spaces.cost import se_channels
 
@@ -36,7 +37,6 @@ if TYPE_CHECKING:  # devices imports this module
 
 KEY_COLUMNS = ("op", "in_hw", "out_hw", "in_channels", "out_channels", "kernel", "stride", "act", "residual",
                "hidden")
-FUSED_OPS = ("mbconv", "mbconv1")  # a fused block with / without its expand layer
 
 
 class OpKey(NamedTuple):

@@ -12,7 +12,9 @@ step needs no more memory than its layers (`nas.kernels.memory.fused_steps` with
 ``fused_block_pays`` on the block's shapes: the rule the C runtime and the latency tables apply too) as one fused
 op in bands of rows (``ops.FusedBlockSpec``): the same logits bit for bit from a smaller arena, since the expanded
 and depthwise tensors are never materialized; ``fused=False`` runs layer by layer (the per-layer ops above, which
-the latency tables time alongside the fused blocks).
+the latency tables time alongside the fused blocks). In both modes a squeeze-excite or stride-1 depthwise step whose
+input no later step reads writes its output over that input where ops.h ``in_place_pays`` says so (the arena plan,
+`nas.kernels.memory.plan`, places it there; the kernel sees overlapping buffers and runs in place).
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ from nas.kernels import _C, memory, reference
 from nas.kernels.isa import resolve_isa
 from nas.kernels.ops import (
     CompiledOp,
+    DepthwiseSpec,
     FusedBlockSpec,
     GemmSpec,
+    SESpec,
     Spec,
     compile_op,
     fuse,
-    fused_scratch_bytes,
     out_shape,
 )
 from nas.kernels.quant import QParams, quantize_input
@@ -151,19 +154,16 @@ class QuantizedNetwork:
                 parts = [layer_ops[i] for i in g]
                 self._fused[isa, g[0]] = fuse(spec, parts[0] if len(g) == 3 else None, parts[-2], parts[-1])
             ops.append(layer_ops[g[0]] if len(g) == 1 else self._fused[isa, g[0]])
-        shapes, dtypes, scratch = [shape], [np.uint8], []
+        shapes, dtypes, scratch, headroom = [shape], [np.uint8], [], []
         for _, spec in steps:
-            if isinstance(spec, FusedBlockSpec):
-                n, h, w, _ = shapes[-1]
-                rows = n * out_shape(spec.dw, shapes[-1])[1]
-                scratch.append(fused_scratch_bytes(spec, h, w) * memory.scratch_slots(threads, rows))
-            else:
-                scratch.append(0)
+            scratch.append(memory.fused_step_scratch(spec, shapes[-1], threads)
+                           if isinstance(spec, FusedBlockSpec) else 0)
+            headroom.append(_in_place_headroom(spec, shapes[-1], threads))
             shapes.append(out_shape(spec, shapes[-1]))
             dtypes.append(np.int32 if getattr(spec, "out_int32", False) else np.uint8)
         sizes = [int(np.prod(s)) * np.dtype(d).itemsize for s, d in zip(shapes, dtypes, strict=True)]
         wires = self._wiring(steps)
-        arena_plan = memory.plan(sizes, wires, scratch)
+        arena_plan = memory.plan(sizes, wires, scratch, headroom)  # in-place outputs share their input's bytes
         arena = np.empty(arena_plan.arena_bytes + memory.ALIGN, dtype=np.uint8)
         start = -arena.ctypes.data % memory.ALIGN  # offsets are multiples of ALIGN from an aligned start
         bufs = [arena[start + o:start + o + n].view(d).reshape(s) for o, n, d, s in
@@ -190,14 +190,14 @@ class QuantizedNetwork:
     def memory_plan(self, shape: tuple[int, ...], isa: str | None = None, fused: bool = True,
                     threads: int = 1) -> memory.MemoryPlan:
         """The arena plan `run` uses for uint8 NHWC input of `shape` on `threads` threads (planned now if not yet);
-        with ``fused`` (the default) it depends on `threads` (the fused blocks' scratch)."""
+        it depends on `threads` (the fused blocks' scratch, the in-place depthwise steps' headroom)."""
         isa = self.compile(isa)[0].isa
         with self._lock:
             return self._planned(isa, tuple(shape), fused, int(threads))[3]
 
     def _planned(self, isa: str, shape: tuple[int, ...], fused: bool = True, threads: int = 1) -> tuple:
         """The cached plan for input `shape` on `isa` (the caller holds the lock)."""
-        key = (isa, shape, fused, threads if fused else 0)  # only the fused steps depend on the threads
+        key = (isa, shape, fused, threads)  # fused steps' scratch and in-place depthwise headroom grow with threads
         if key not in self._plans:
             self._plans[key] = self._plan(isa, shape, fused, threads)
         return self._plans[key]
@@ -229,6 +229,16 @@ class QuantizedNetwork:
                 if w is not None:
                     total += w.size * getattr(s, "bits", 8) // 8
         return total
+
+
+def _in_place_headroom(spec: Spec, shape: tuple[int, ...], threads: int) -> int:
+    """`memory.in_place_headroom` of a step running `spec` on input of `shape`."""
+    if isinstance(spec, SESpec):
+        return memory.in_place_headroom("se", 1, shape[2], shape[3], 1, threads)
+    if isinstance(spec, DepthwiseSpec):
+        c, k, _ = spec.weight.shape
+        return memory.in_place_headroom("dw", spec.stride, shape[2], c, k, threads)
+    return memory.NOT_IN_PLACE
 
 
 __all__ = ["QuantizedLayer", "QuantizedNetwork"]

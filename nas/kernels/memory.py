@@ -19,17 +19,26 @@ the C runtime (capi.cpp) decide with the same rule (here `block_fuses`, from one
 `steps` and the latency tables' fused ops use too), so the prediction stays exact, and `peak_activation_bytes(arch)`
 is the arena the default execution (Python `QuantizedNetwork.run` or the C runtime) allocates for one image on one
 thread.
+
+In place (issue #33, both modes): a step whose input no later step reads writes its output over it where ops.h
+``in_place_pays`` says so (inside `_C.plan_arena`, for all three alike): squeeze-excite exactly over its input, a
+stride-1 depthwise starting `in_place_headroom` bytes (a few rows; more on several threads, whose rows go in waves)
+before it, so the step holds its input and those rows instead of two tensors. Not the depthwise of an
+expand-ratio-1 block with a residual, whose input is kept for the add, nor one whose headroom is the whole tensor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nas.kernels import _C
+from nas.kernels.fusion import FUSABLE, fused_name, fused_steps, fusion_groups
+from nas.kernels.ops import FusedBlockSpec, conv_out_size
 from search_spaces import MEMORY_KINDS, Arch, layers
 
 ALIGN = 64  # bytes: every buffer starts on a cache line
+NOT_IN_PLACE = int(_C.NOT_IN_PLACE)  # headroom of a step whose op cannot write over its input
 
 
 def wiring(names: Sequence[str], residual: Sequence[bool]) -> list[tuple[int, int | None]]:
@@ -46,49 +55,42 @@ def wiring(names: Sequence[str], residual: Sequence[bool]) -> list[tuple[int, in
     return wires
 
 
-FUSABLE = (("expand", "dw", "project"), ("dw", "project"))  # a block's layers (by name) that fuse into one op
-
-
-def fusion_groups(names: Sequence[str]) -> list[list[int]]:
-    """The executor's steps with fused blocks: indices of the layers each step runs, in order. A block (layers
-    `blocks.<id>.*`) whose layers are exactly expand -> dw -> project or dw -> project is one step; every other layer
-    (and every layer of a block with squeeze-excite, which needs the whole depthwise output) is a step of its own."""
-    groups: list[list[int]] = []
-    i = 0
-    while i < len(names):
-        parts = names[i].split(".")
-        j = i
-        if parts[0] == "blocks":
-            while j < len(names) and names[j].split(".")[:2] == parts[:2]:
-                j += 1
-        if j > i and tuple(n.split(".")[-1] for n in names[i:j]) in FUSABLE:
-            groups.append(list(range(i, j)))
-            i = j
-        else:
-            groups.append([i])
-            i += 1
-    return groups
-
-
-def fused_steps(names: Sequence[str], pays: Callable[[list[int]], bool]) -> list[list[int]]:
-    """`fusion_groups(names)` with each group for which `pays(group)` is false split into one step per layer."""
-    return [s for g in fusion_groups(names) for s in ([g] if len(g) == 1 or pays(g) else [[i] for i in g])]
-
-
-def fused_scratch(batch: int, h: int, w: int, c: int, k: int, stride: int, expand: bool, threads: int) -> int:
+def fused_scratch(batch: int, h: int, w: int, c: int, k: int, stride: int, expand: bool, threads: int,
+                  band_rows: int = 0) -> int:
     """Arena bytes of a fused block's band buffers: `scratch_slots` slots of `_C.fused_scratch_bytes` each."""
-    per = _C.fused_scratch_bytes(h, w, c, k, stride, expand)
-    return per * scratch_slots(threads, batch * ((h - 1) // stride + 1))
+    per = _C.fused_scratch_bytes(h, w, c, k, stride, expand, band_rows)
+    return per * scratch_slots(threads, batch * conv_out_size(h, k, stride))
 
 
-def fusing_pays(x: int, expanded: int, dw: int, out: int, scratch: int, expand: bool, residual: bool) -> bool:
+def fused_step_scratch(spec: FusedBlockSpec, shape: Sequence[int], threads: int) -> int:
+    """`fused_scratch` of a fused step of `spec` on uint8 NHWC input of `shape`: the bytes the executor's arena holds
+    for it (and the latency tables time it with)."""
+    n, h, w, _ = shape
+    c, k, _ = spec.dw.weight.shape
+    return fused_scratch(n, h, w, c, k, spec.dw.stride, spec.expand is not None, threads, spec.band_rows)
+
+
+def in_place_headroom(op: str, stride: int, w: int, c: int, k: int, threads: int) -> int:
+    """Bytes a layer's output starts before its input when it runs in place (ops.h): 0 for squeeze-excite
+    (`op` "se"), `_C.dw_in_place_headroom` for a stride-1 depthwise (`op` "dw") on rows of `w` x `c` bytes with a
+    `k` x `k` kernel on `threads` threads, `NOT_IN_PLACE` for any other op (whether it does is `plan`'s to say)."""
+    if op == "se":
+        return 0
+    if op == "dw" and stride == 1:
+        return int(_C.dw_in_place_headroom(int(threads), int(w), int(c), int(k)))
+    return NOT_IN_PLACE
+
+
+def fusing_pays(x: int, expanded: int, dw: int, out: int, scratch: int, expand: bool, residual: bool,
+                dw_headroom: int) -> bool:
     """Whether a fused block's step (its input, output and band buffers alive) holds no more bytes than its layers'
-    fullest step: expand (input + expanded), depthwise (its input + its output, + the block input it keeps for the
-    residual) and project (depthwise output + output, + the block input for the residual). Sizes in bytes.
+    fullest step: expand (input + expanded), depthwise (its input + its output, or + `dw_headroom` where it runs in
+    place, + the block input it keeps for the residual) and project (depthwise output + output, + the block input
+    for the residual). Sizes in bytes; `dw_headroom`: `in_place_headroom` of the depthwise.
 
     The rule is ops.h ``fused_block_pays``, the one the C runtime applies too, so all three decide alike."""
     return bool(_C.fused_block_pays(int(x), int(expanded), int(dw), int(out), int(scratch), bool(expand),
-                                    bool(residual)))
+                                    bool(residual), int(dw_headroom)))
 
 
 def block_fuses(batch: int, h: int, w: int, cin: int, mid: int, cout: int, kernel: int, stride: int, expand: bool,
@@ -98,16 +100,11 @@ def block_fuses(batch: int, h: int, w: int, cin: int, mid: int, cout: int, kerne
     a `kernel` x `kernel` depthwise of `stride`, projected to `cout` (+ the block input when `residual`), on
     `threads` threads. `fusing_pays` on the block's buffer sizes and band-buffer scratch: the one per-block rule
     `activation_plan`, `QuantizedNetwork.steps` and the latency tables (`latency_models.ops.fuses`) share."""
-    oh = (h + 2 * (kernel // 2) - kernel) // stride + 1  # ops.out_shape of the depthwise (padding k // 2)
-    ow = (w + 2 * (kernel // 2) - kernel) // stride + 1
+    oh, ow = conv_out_size(h, kernel, stride), conv_out_size(w, kernel, stride)
     x, dw, out = batch * h * w * cin, batch * oh * ow * mid, batch * oh * ow * cout
     scratch = fused_scratch(batch, h, w, mid, kernel, stride, expand, threads)
-    return fusing_pays(x, batch * h * w * mid if expand else 0, dw, out, scratch, expand, residual)
-
-
-def fused_name(names: Sequence[str], group: Sequence[int]) -> str:
-    """The step name of a group: the layer's own name, or `blocks.<id>.fused` for a fused block."""
-    return names[group[0]] if len(group) == 1 else ".".join(names[group[0]].split(".")[:2]) + ".fused"
+    headroom = in_place_headroom("dw", stride, w, mid, kernel, threads)
+    return fusing_pays(x, batch * h * w * mid if expand else 0, dw, out, scratch, expand, residual, headroom)
 
 
 def scratch_slots(threads: int, rows: int) -> int:
@@ -125,6 +122,7 @@ class MemoryPlan:
     last: tuple[int, ...]  # the last step that reads it
     offsets: tuple[int, ...]  # bytes from the arena's start
     arena_bytes: int  # the peak activation memory under this plan
+    in_place: tuple[bool, ...] = ()  # per buffer: written over the buffer its step reads (shares its bytes)
 
     @property
     def unplanned_bytes(self) -> int:
@@ -132,20 +130,34 @@ class MemoryPlan:
         return sum(self.sizes)
 
     def live_bytes(self) -> list[int]:
-        """Bytes of the buffers live at each step (0 = input quantization, i + 1 = layer i): the least any
-        layer-by-layer plan can need at that step."""
+        """Bytes in use at each step (0 = input quantization, i + 1 = layer i): the buffers live then, bytes that an
+        in-place output shares with its input counted once. The least any plan with these in-place steps can need at
+        that step."""
         steps = max(self.last) + 1
-        return [sum(s for s, f, la in zip(self.sizes, self.first, self.last, strict=True) if f <= t <= la)
-                for t in range(steps)]
+        out = []
+        for t in range(steps):
+            spans = sorted((o, o + s) for o, s, f, la in zip(self.offsets, self.sizes, self.first, self.last,
+                                                              strict=True) if f <= t <= la)
+            total, end = 0, 0
+            for lo, hi in spans:  # the union's length
+                total += max(0, hi - max(lo, end))
+                end = max(end, hi)
+            out.append(total)
+        return out
 
 
-def plan(sizes: Sequence[int], wires: Sequence[tuple[int, int | None]], scratch: Sequence[int] = ()) -> MemoryPlan:
+def plan(sizes: Sequence[int], wires: Sequence[tuple[int, int | None]], scratch: Sequence[int] = (),
+         headroom: Sequence[int] = ()) -> MemoryPlan:
     """The arena plan of a network whose input buffer has `sizes[0]` bytes and whose layer i (wired as `wires[i]`)
-    writes `sizes[i + 1]` bytes; `scratch[i]` (if given and nonzero) are bytes step i alone uses besides."""
+    writes `sizes[i + 1]` bytes; `scratch[i]` (if given and nonzero) are bytes step i alone uses besides;
+    `headroom[i]` (if given): `in_place_headroom` of step i's op, which then runs in place where ops.h
+    ``in_place_pays`` says so (`MemoryPlan.in_place`)."""
     if len(sizes) != len(wires) + 1:
         raise ValueError(f"sizes: expected {len(wires) + 1} buffers (input + one per layer), got {len(sizes)}")
     if scratch and len(scratch) != len(wires):
         raise ValueError(f"scratch: expected one entry per layer ({len(wires)}), got {len(scratch)}")
+    if headroom and len(headroom) != len(wires):
+        raise ValueError(f"headroom: expected one entry per layer ({len(wires)}), got {len(headroom)}")
     first = list(range(len(sizes)))
     last = list(first)
     for i, (src, res) in enumerate(wires):
@@ -153,13 +165,18 @@ def plan(sizes: Sequence[int], wires: Sequence[tuple[int, int | None]], scratch:
             if b is not None:
                 last[b + 1] = max(last[b + 1], i + 1)
     sizes = list(sizes)
+    inputs = [0] + [src + 1 for src, _ in wires]  # the buffer each step reads (buffer 0: none)
+    rooms = [NOT_IN_PLACE] + [int(h) for h in (headroom or [NOT_IN_PLACE] * len(wires))]
     for i, n in enumerate(scratch):
         if n:
             sizes.append(n)
             first.append(i + 1)
             last.append(i + 1)
-    offsets, arena = _C.plan_arena([int(s) for s in sizes], first, last, ALIGN)
-    return MemoryPlan(tuple(int(s) for s in sizes), tuple(first), tuple(last), tuple(offsets), int(arena))
+            inputs.append(0)
+            rooms.append(NOT_IN_PLACE)
+    offsets, arena, in_place = _C.plan_arena([int(s) for s in sizes], first, last, ALIGN, inputs, rooms)
+    return MemoryPlan(tuple(int(s) for s in sizes), tuple(first), tuple(last), tuple(offsets), int(arena),
+                      tuple(bool(b) for b in in_place))
 
 
 def arch_steps(arch: Arch, batch: int = 1, fused: bool = True, threads: int = 1) -> list[list[int]]:
@@ -194,15 +211,18 @@ def activation_plan(arch: Arch, batch: int = 1, fused: bool = True, threads: int
     names = [x.name for x in ls]
     out_bytes = [batch * x.out_hw ** 2 * x.out_channels for x in ls]
     sizes = [batch * arch.resolution ** 2 * arch.in_channels]
-    scratch = []
+    scratch, headroom = [], []
     for g in groups:
         # the classifier writes int32 logits
         sizes.append(out_bytes[g[-1]] * (4 if g[-1] == len(ls) - 1 else 1))
         dw = ls[g[-2]] if len(g) > 1 else None
         scratch.append(0 if dw is None else fused_scratch(batch, dw.in_hw, dw.in_hw, dw.in_channels, dw.kernel,
                                                           dw.stride, len(g) == 3, threads))
+        x = ls[g[0]]
+        headroom.append(NOT_IN_PLACE if dw is not None else
+                        in_place_headroom(x.op, x.stride, x.in_hw, x.in_channels, x.kernel, threads))
     wires = wiring([fused_name(names, g) for g in groups], [len(g) == 1 and ls[g[0]].residual for g in groups])
-    return plan(sizes, wires, scratch)
+    return plan(sizes, wires, scratch, headroom)
 
 
 def peak_activation_bytes(arch: Arch, batch: int = 1, fused: bool = True, threads: int = 1) -> int:
@@ -231,6 +251,6 @@ def cost(kind: str, arch: Arch) -> float:
     raise ValueError(f"kind: expected one of {MEMORY_KINDS}, got {kind!r}")
 
 
-__all__ = ["ALIGN", "FUSABLE", "MemoryPlan", "activation_plan", "arch_steps", "block_fuses", "cost", "fused_name",
-           "fused_scratch", "fused_steps", "fusing_pays", "fusion_groups", "peak_activation_bytes", "plan",
-           "scratch_slots", "weight_bytes", "wiring"]
+__all__ = ["ALIGN", "FUSABLE", "NOT_IN_PLACE", "MemoryPlan", "activation_plan", "arch_steps", "block_fuses", "cost",
+           "fused_name", "fused_scratch", "fused_step_scratch", "fused_steps", "fusing_pays", "fusion_groups",
+           "in_place_headroom", "peak_activation_bytes", "plan", "scratch_slots", "weight_bytes", "wiring"]

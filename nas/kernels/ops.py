@@ -142,6 +142,12 @@ def _rq_args(rq: Requant) -> tuple:
     )
 
 
+def conv_out_size(size: int, kernel: int, stride: int) -> int:
+    """Output height (or width) of a `kernel` x `kernel` convolution or depthwise of `stride` with padding
+    `kernel` // 2 on `size` input rows (columns)."""
+    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
 def out_shape(spec: Spec, x_shape: tuple[int, ...]) -> tuple[int, ...]:
     """Output shape of ``spec`` applied to an input of shape ``x_shape``."""
     if isinstance(spec, GemmSpec):
@@ -150,7 +156,7 @@ def out_shape(spec: Spec, x_shape: tuple[int, ...]) -> tuple[int, ...]:
         n, h, w, _ = x_shape
         k, s = spec.weight.shape[1], spec.stride
         c = spec.weight.shape[0]
-        return (n, (h + 2 * (k // 2) - k) // s + 1, (w + 2 * (k // 2) - k) // s + 1, c)
+        return (n, conv_out_size(h, k, s), conv_out_size(w, k, s), c)
     if isinstance(spec, PoolSpec):
         return (x_shape[0], x_shape[-1])
     if isinstance(spec, SESpec):

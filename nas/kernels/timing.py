@@ -8,11 +8,10 @@ import numpy as np
 
 from nas.kernels import memory
 from nas.kernels import random_specs as R
-from nas.kernels.ops import FusedBlockSpec, compile_op, fused_scratch_bytes, out_shape
+from nas.kernels.fusion import FUSED_OPS
+from nas.kernels.ops import FusedBlockSpec, compile_op, out_shape
 from nas.kernels.random_specs import spec_for_layer
 from nas.timing import time_calls
-
-FUSED_OPS = ("mbconv", "mbconv1")  # latency_models.ops.FUSED_OPS: a fused block with / without its expand layer
 
 
 def fused_block_spec(layer, bits: int = 8, rng: np.random.Generator | None = None) -> FusedBlockSpec:
@@ -75,10 +74,7 @@ def _time_fused(spec: FusedBlockSpec, layer, isa: str | None, threads: int, batc
     hw = layer.in_hw
     x = rng.integers(0, 256, size=(batch, hw, hw, layer.in_channels), dtype=np.uint8)
     out = np.empty(out_shape(spec, x.shape), dtype=np.uint8)
-    # the executor's scratch for this step (QuantizedNetwork._plan): one band-buffer slot per thread, at most one
-    # per output row
-    slots = memory.scratch_slots(int(threads), batch * out.shape[1])
-    scratch = np.empty(fused_scratch_bytes(spec, hw, hw) * slots, dtype=np.uint8)
+    scratch = np.empty(memory.fused_step_scratch(spec, x.shape, int(threads)), dtype=np.uint8)  # as the executor's
     fused = op._op  # _C.FusedBlock: its run takes the scratch, which CompiledOp.run would allocate per call
 
     def run() -> None:

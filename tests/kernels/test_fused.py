@@ -135,7 +135,7 @@ def test_fused_networks_give_the_same_logits_from_the_predicted_smaller_arena(sp
     """Random networks (SE blocks stay unfused, residual, stride 2, expand ratio 1): the default (fused) logits equal
     the layer-by-layer ones bit for bit on every ISA and thread count; the executor's default arena is the fused one
     `activation_plan` predicts from the architecture, at batch 1 and 3 and 1 or 3 threads, and never above the
-    layer-by-layer arena (`fused=False`, predicted alike)."""
+    layer-by-layer arena on as many threads (`fused=False`, predicted alike)."""
     import random
 
     import search_spaces as ss
@@ -150,10 +150,10 @@ def test_fused_networks_give_the_same_logits_from_the_predicted_smaller_arena(sp
         assert any(len(g) > 1 for g in fusion_groups([layer.name for layer in net.layers]))
         for batch in (1, 3):
             shape = (batch, arch.resolution, arch.resolution, arch.in_channels)
-            layerwise = net.memory_plan(shape, fused=False)
-            assert layerwise == activation_plan(arch, batch, fused=False)
-            unfused = layerwise.arena_bytes
-            for threads in (1, 3):
+            for threads in (1, 3):  # both plans grow with the threads (band buffers, in-place depthwise waves)
+                layerwise = net.memory_plan(shape, fused=False, threads=threads)
+                assert layerwise == activation_plan(arch, batch, fused=False, threads=threads)
+                unfused = layerwise.arena_bytes
                 got = net.memory_plan(shape, threads=threads)  # the default: fused where it pays
                 assert got == net.memory_plan(shape, fused=True, threads=threads)
                 assert got == activation_plan(arch, batch, threads=threads)
@@ -182,11 +182,21 @@ def test_fusion_groups_skip_squeeze_excite_blocks():
 def test_a_block_is_fused_only_where_its_step_needs_no_more_memory():
     """An early block (bands much smaller than the image) is fused; a late one whose band buffers are as large as
     the tensors they replace is not, since its step would then also hold the block input and output."""
-    from nas.kernels.memory import fusing_pays
+    from nas.kernels.memory import NOT_IN_PLACE, fusing_pays
 
     # input, expanded, depthwise output, output, scratch (bytes)
-    assert fusing_pays(100, 600, 600, 100, 100, expand=True, residual=False)
-    assert not fusing_pays(100, 600, 600, 100, 1200, expand=True, residual=False)
+    no = NOT_IN_PLACE  # a stride-2 depthwise: its layer step holds its input and output
+    assert fusing_pays(100, 600, 600, 100, 100, expand=True, residual=False, dw_headroom=no)
+    assert not fusing_pays(100, 600, 600, 100, 1200, expand=True, residual=False, dw_headroom=no)
     # without expand the depthwise step reads the input itself; with a residual the input stays alive anyway
-    assert fusing_pays(100, 0, 100, 100, 100, expand=False, residual=True)
-    assert not fusing_pays(100, 0, 100, 100, 101, expand=False, residual=True)
+    assert fusing_pays(100, 0, 100, 100, 100, expand=False, residual=True, dw_headroom=no)
+    assert not fusing_pays(100, 0, 100, 100, 101, expand=False, residual=True, dw_headroom=no)
+    # the layers as they run: an in-place depthwise step holds its input + headroom (600 + 64), so the layers' fullest
+    # step is expand's 700, and 100 + 100 + 600 bytes of band buffers no longer pay
+    assert not fusing_pays(100, 600, 600, 100, 600, expand=True, residual=False, dw_headroom=64)
+    assert fusing_pays(100, 600, 600, 100, 500, expand=True, residual=False, dw_headroom=64)
+    # ... but the residual keeps the input of an expand-ratio-1 block: no in place, the same as a stride-2 one
+    assert fusing_pays(100, 0, 100, 100, 100, expand=False, residual=True, dw_headroom=0) == \
+        fusing_pays(100, 0, 100, 100, 100, expand=False, residual=True, dw_headroom=no)
+    # a headroom as large as the tensor is no in place
+    assert fusing_pays(100, 600, 600, 100, 1000, expand=True, residual=False, dw_headroom=600)

@@ -32,9 +32,10 @@ def test_random_lifetimes_never_share_bytes_while_alive():
         sizes = [rng.choice([0, 1, 63, 64, 65, 1000, rng.randint(1, 5000)]) for _ in range(n)]
         first = [rng.randint(0, 10) for _ in range(n)]
         last = [f + rng.randint(0, 4) for f in first]
-        offsets, arena = _C.plan_arena(sizes, first, last, ALIGN)
+        offsets, arena, in_place = _C.plan_arena(sizes, first, last, ALIGN)
+        assert not any(in_place)
         _check(sizes, first, last, offsets, arena)
-        assert _C.plan_arena(sizes, first, last, ALIGN) == (offsets, arena)  # deterministic
+        assert _C.plan_arena(sizes, first, last, ALIGN) == (offsets, arena, in_place)  # deterministic
 
 
 def test_a_chain_reuses_memory_and_a_residual_keeps_its_block_input():
@@ -88,7 +89,7 @@ def test_plan_executor_and_latency_tables_take_one_fusing_decision(space):
     `arch_steps` at batch 1 and 3 on 1-3 threads, and each block's decision is `fusing_pays` of its buffer sizes
     and band-buffer scratch, as `activation_plan` computed it before the rule had its own function."""
     from latency_models.ops import fused_block_op, fuses
-    from nas.kernels.memory import arch_steps, block_fuses, fused_scratch, fusing_pays
+    from nas.kernels.memory import arch_steps, block_fuses, fused_scratch, fusing_pays, in_place_headroom
 
     rng = random.Random(4)
     sp = ss.get_space(space)
@@ -111,7 +112,8 @@ def test_plan_executor_and_latency_tables_take_one_fusing_decision(space):
                            batch * dw.out_hw ** 2 * dw.out_channels, batch * dw.out_hw ** 2 * project.out_channels]
                     scratch = fused_scratch(batch, dw.in_hw, dw.in_hw, dw.in_channels, dw.kernel, dw.stride, expand,
                                             threads)
-                    want = fusing_pays(x, *mid, scratch, expand, project.residual)
+                    headroom = in_place_headroom("dw", dw.stride, dw.in_hw, dw.in_channels, dw.kernel, threads)
+                    want = fusing_pays(x, *mid, scratch, expand, project.residual, headroom)
                     got = block_fuses(batch, dw.in_hw, dw.in_hw, cin, dw.in_channels, project.out_channels,
                                       dw.kernel, dw.stride, expand, project.residual, threads)
                     assert got == want

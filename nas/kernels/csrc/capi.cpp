@@ -658,6 +658,13 @@ void nas_model::prepare(int batch, int threads) {
   for (const Layer& l : layers) shapes.push_back(l.out_shape(l.src < 0 ? in : shapes[l.src]));
   auto input_of = [&](int i) -> const Shape& { return layers[i].src < 0 ? in : shapes[layers[i].src]; };
   auto bytes = [&](int i) { return static_cast<size_t>(numel(shapes[i])); };
+  // ops.h: how far before its input layer i's output starts when it runs in place (kNotInPlace: it cannot)
+  auto in_place_headroom = [&](int i) -> int64_t {
+    const Layer& l = layers[i];
+    if (l.se) return 0;
+    if (!l.dw || l.dw->stride() != 1) return nask::kNotInPlace;
+    return nask::dw_in_place_headroom(threads, static_cast<int>(input_of(i)[2]), l.dw->c(), l.dw->k());
+  };
 
   // The steps, as QuantizedNetwork.steps: a group fused where its step needs no more bytes than its layers.
   struct Step {
@@ -677,7 +684,7 @@ void nas_model::prepare(int batch, int threads) {
       const int slots = nask::fused_scratch_slots(threads, static_cast<int64_t>(batch) * g.fused->out_size(h));
       const size_t scratch = g.fused->scratch_bytes(h, w) * slots;
       if (nask::fused_block_pays(static_cast<size_t>(numel(xs)), expand ? bytes(ls[0]) : 0, bytes(dw), bytes(out),
-                                 scratch, expand, layers[out].gemm->residual())) {
+                                 scratch, expand, layers[out].gemm->residual(), in_place_headroom(dw))) {
         steps.push_back(Step{ls, g.fused.get(), scratch, slots});
         continue;
       }
@@ -690,6 +697,9 @@ void nas_model::prepare(int batch, int threads) {
   // output and, a residual GEMM, its block's input), a buffer lives until the last step that reads it.
   std::vector<size_t> sizes{static_cast<size_t>(numel(in))};
   std::vector<int> first{0}, last{0}, res(steps.size(), -2);  // res: -2 none, -1 the input, else a step's output
+  // a step's output may be written over its input (ops.h in_place_pays, decided by plan_arena)
+  std::vector<int> over{0};
+  std::vector<int64_t> headroom{nask::kNotInPlace};
   std::vector<int> step_of(layers.size(), -1);                // the step that writes layer i's output
   for (size_t s = 0; s < steps.size(); ++s) {
     const int step = static_cast<int>(s) + 1, l = steps[s].layers.back();
@@ -699,6 +709,8 @@ void nas_model::prepare(int batch, int threads) {
     sizes.push_back(bytes(l) * (layers[l].gemm && layers[l].gemm->out_int32() ? 4 : 1));
     first.push_back(step);
     last.push_back(step);
+    over.push_back(static_cast<int>(s));  // the buffer this step reads
+    headroom.push_back(steps[s].fused ? nask::kNotInPlace : in_place_headroom(l));
     last[s] = std::max(last[s], step);  // the previous step's output (s = 0: the input)
     if (res[s] != -2) last[res[s] + 1] = std::max(last[res[s] + 1], step);
   }
@@ -709,9 +721,11 @@ void nas_model::prepare(int batch, int threads) {
     sizes.push_back(steps[s].scratch);
     first.push_back(static_cast<int>(s) + 1);
     last.push_back(static_cast<int>(s) + 1);
+    over.push_back(0);
+    headroom.push_back(nask::kNotInPlace);
   }
   constexpr size_t kAlign = 64;
-  const nask::ArenaPlan ap = nask::plan_arena(sizes, first, last, kAlign);
+  const nask::ArenaPlan ap = nask::plan_arena(sizes, first, last, kAlign, over, headroom);
   arena.assign(ap.bytes + kAlign, 0);
   uint8_t* base = arena.data() + (kAlign - reinterpret_cast<uintptr_t>(arena.data()) % kAlign) % kAlign;
   auto buffer = [&](int s) { return base + ap.offsets[s + 1]; };  // s = -1: the input

@@ -378,12 +378,27 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "plan_arena",
       [](const std::vector<size_t>& sizes, const std::vector<int>& first, const std::vector<int>& last,
-         size_t align) {
-        const ArenaPlan p = plan_arena(sizes, first, last, align);
-        return py::make_tuple(p.offsets, p.bytes);
+         size_t align, const std::vector<int>& input, const std::vector<int64_t>& headroom) {
+        const ArenaPlan p = plan_arena(sizes, first, last, align, input, headroom);
+        return py::make_tuple(p.offsets, p.bytes, std::vector<bool>(p.in_place));
       },
       py::arg("sizes"), py::arg("first"), py::arg("last"), py::arg("align") = 64,
-      "(offsets, arena bytes) of buffers live from step first[i] to last[i] in one arena (ops.h plan_arena)");
+      py::arg("input") = std::vector<int>{}, py::arg("headroom") = std::vector<int64_t>{},
+      "(offsets, arena bytes, in place) of buffers live from step first[i] to last[i] in one arena, buffer i written "
+      "over buffer input[i] at headroom[i] bytes before it where ops.h in_place_pays says so (ops.h plan_arena)");
+  m.attr("NOT_IN_PLACE") = kNotInPlace;
+  m.def("dw_in_place_headroom",
+        [](int threads, int w, int c, int k) {
+          check_threads(threads);
+          check_range(w, 1, 1 << 20, "w");
+          check_range(c, 1, 1 << 20, "c");
+          check_range(k, 3, 7, "k");
+          return dw_in_place_headroom(threads, w, c, k);
+        },
+        py::arg("threads"), py::arg("w"), py::arg("c"), py::arg("k"),
+        "Bytes an in-place stride-1 depthwise's output starts before its input on `threads` threads (ops.h).");
+  m.def("in_place_pays", &in_place_pays, py::arg("headroom"), py::arg("input_bytes"), py::arg("input_read_later"),
+        "Whether a step runs in place (ops.h in_place_pays; headroom NOT_IN_PLACE: its op cannot).");
   py::class_<PyPlan>(m, "Plan")
       .def(py::init<const py::list&, const py::list&, const py::list&, const py::list&, const py::object&>(),
            py::arg("ops"), py::arg("xs"), py::arg("outs"), py::arg("residuals"), py::arg("scratch") = py::none())
@@ -420,7 +435,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("fused_scratch_slots", &fused_scratch_slots, py::arg("threads"), py::arg("rows"),
         "Band-buffer slots of a fused step on `threads` threads over `rows` output rows (ops.h).");
   m.def("fused_block_pays", &fused_block_pays, py::arg("x"), py::arg("expanded"), py::arg("dw"), py::arg("out"),
-        py::arg("scratch"), py::arg("expand"), py::arg("residual"),
+        py::arg("scratch"), py::arg("expand"), py::arg("residual"), py::arg("dw_headroom"),
         "Whether a block runs fused (ops.h fused_block_pays: its fused step needs no more bytes than its layers').");
   py::class_<SqueezeExcite>(m, "SqueezeExcite")
       .def(py::init<std::shared_ptr<Pool>, std::shared_ptr<Gemm>, std::shared_ptr<Gemm>, int, int32_t, int32_t, int,

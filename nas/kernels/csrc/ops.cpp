@@ -303,11 +303,51 @@ Depthwise::Depthwise(const DepthwiseParams& p) {
   view_ = q_.view();
 }
 
+namespace {
+
+// Whether byte ranges [a, a + an) and [b, b + bn) share a byte.
+bool overlap(const void* a, size_t an, const void* b, size_t bn) {
+  const uintptr_t pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
+  return pa < pb + bn && pb < pa + an;
+}
+
+}  // namespace
+
 Task Depthwise::task(const uint8_t* x, int b, int h, int w, uint8_t* out) const {
   if (b < 1 || h < 1 || w < 1) fail("x: empty shape " + dims_str({b, h, w, c_}));
+  const size_t row = static_cast<size_t>(w) * c_, bytes = static_cast<size_t>(b) * h * row;
+  if (overlap(x, bytes, out, static_cast<size_t>(b) * out_size(h) * out_size(w) * c_)) {
+    // in place: only as ops.h dw_in_place_rows allows, every other overlap would read bytes already written
+    const uintptr_t ahead = reinterpret_cast<uintptr_t>(x) - reinterpret_cast<uintptr_t>(out);
+    const int64_t rows = reinterpret_cast<uintptr_t>(out) < reinterpret_cast<uintptr_t>(x) ? ahead / row : 0;
+    if (stride_ != 1 || rows < dw_in_place_rows(1, k_))
+      fail("out: overlaps x; in place needs stride 1 and out at least " + std::to_string(dw_in_place_rows(1, k_)) +
+           " rows before x");
+    return [this, x, b, h, w, out, rows](int threads) { run_in_place(x, b, h, w, out, rows, threads); };
+  }
   const DwArgs a = args(x, b, h, w, out);
   const auto depthwise = isa_->kernels.depthwise;
   return [a, depthwise](int threads) { depthwise(a, threads); };
+}
+
+void Depthwise::run_in_place(const uint8_t* x, int b, int h, int w, uint8_t* out, int64_t rows, int threads) const {
+  // one call where that is safe: one thread takes the rows in increasing order, or D rows clear every row at once
+  if (threads == 1 || rows >= static_cast<int64_t>(b) * h + k_ / 2) {
+    isa_->kernels.depthwise(args(x, b, h, w, out), threads);
+    return;
+  }
+  // else waves of R = D - k / 2 output rows of one image, one parallel call each: the rows a wave writes over lie
+  // before every row it reads (earlier images are done)
+  const int wave = static_cast<int>(std::min<int64_t>(h, rows - k_ / 2));
+  const size_t row = static_cast<size_t>(w) * c_;
+  for (int bi = 0; bi < b; ++bi) {
+    const uint8_t* xi = x + static_cast<size_t>(bi) * h * row;
+    uint8_t* oi = out + static_cast<size_t>(bi) * h * row;
+    for (int oy0 = 0; oy0 < h; oy0 += wave) {
+      const int oy1 = std::min(h, oy0 + wave);
+      run_rows(xi, h, w, 0, h, oy0, oy1, oi + static_cast<size_t>(oy0) * row, threads);
+    }
+  }
 }
 
 void Depthwise::run_rows(const uint8_t* x, int h, int w, int row0, int held, int oy0, int oy1, uint8_t* out,
@@ -496,6 +536,9 @@ Task SqueezeExcite::task(const uint8_t* x, int b, int h, int w, uint8_t* out) co
   if (static_cast<int64_t>(h) * w != pool_->hw())
     fail("x: spatial size " + dims_str({b, h, w, c}) + " does not match hw=" + std::to_string(pool_->hw()));
   const int hw = h * w;
+  const size_t bytes = static_cast<size_t>(b) * hw * c;
+  // in place (out == x) is exact: the pool reads all of x first, the scale reads each pixel before writing it
+  if (out != x && overlap(x, bytes, out, bytes)) fail("out: overlaps x; only out == x (in place) may");
   return [this, x, out, b, hw, c](int threads) { run_raw(x, out, b, hw, c, threads); };
 }
 
@@ -523,27 +566,45 @@ void Plan::run(int threads) const {
 
 namespace {
 
-// Places buffers in `order`, each at the lowest offset that fits between those already placed whose lives
-// overlap its own.
-ArenaPlan place(const std::vector<size_t>& order, const std::vector<size_t>& sizes, const std::vector<int>& first,
-                const std::vector<int>& last, size_t align) {
-  auto up = [align](size_t v) { return (v + align - 1) & ~(align - 1); };
+// A unit of placement: a buffer and the buffers written in place over it (each at `rel` bytes from the unit's start).
+struct Unit {
+  std::vector<size_t> members;
+  std::vector<int64_t> rel;
+  size_t extent = 0;     // bytes from the unit's start to its last member's end
+  int first = 0, last = 0;  // steps from the first write to the last read of any member
+};
+
+// Places units in `order`, each at the lowest offset where every member is clear of the members placed already
+// whose lives overlap its own.
+ArenaPlan place(const std::vector<size_t>& order, const std::vector<Unit>& units, const std::vector<size_t>& sizes,
+                const std::vector<int>& first, const std::vector<int>& last, size_t align) {
+  auto up = [align](int64_t v) { return (v + static_cast<int64_t>(align) - 1) & ~static_cast<int64_t>(align - 1); };
   ArenaPlan plan;
   plan.offsets.assign(sizes.size(), 0);
-  std::vector<size_t> placed;
-  for (size_t i : order) {
-    std::vector<std::pair<size_t, size_t>> taken;  // [offset, end) of placed buffers alive with this one
-    for (size_t j : placed)
-      if (first[j] <= last[i] && first[i] <= last[j]) taken.emplace_back(plan.offsets[j], plan.offsets[j] + sizes[j]);
-    std::sort(taken.begin(), taken.end());
-    size_t at = 0;
-    for (const auto& [lo, hi] : taken) {
-      if (at + sizes[i] <= lo) break;
+  std::vector<size_t> placed;  // buffers
+  for (size_t u : order) {
+    const Unit& unit = units[u];
+    // the unit may not start in (lo, hi): there a member would share a byte with a placed buffer alive with it
+    std::vector<std::pair<int64_t, int64_t>> banned;
+    for (size_t m = 0; m < unit.members.size(); ++m) {
+      const size_t i = unit.members[m];
+      const int64_t rel = unit.rel[m], size = static_cast<int64_t>(sizes[i]);
+      for (size_t j : placed)
+        if (first[j] <= last[i] && first[i] <= last[j])
+          banned.emplace_back(static_cast<int64_t>(plan.offsets[j]) - rel - size,
+                              static_cast<int64_t>(plan.offsets[j] + sizes[j]) - rel);
+    }
+    std::sort(banned.begin(), banned.end());
+    int64_t at = 0;
+    for (const auto& [lo, hi] : banned) {
+      if (at <= lo) break;
       at = std::max(at, up(hi));
     }
-    plan.offsets[i] = at;
-    plan.bytes = std::max(plan.bytes, at + sizes[i]);
-    placed.push_back(i);
+    for (size_t m = 0; m < unit.members.size(); ++m) {
+      plan.offsets[unit.members[m]] = static_cast<size_t>(at + unit.rel[m]);
+      placed.push_back(unit.members[m]);
+    }
+    plan.bytes = std::max(plan.bytes, static_cast<size_t>(at) + unit.extent);
   }
   return plan;
 }
@@ -551,26 +612,65 @@ ArenaPlan place(const std::vector<size_t>& order, const std::vector<size_t>& siz
 }  // namespace
 
 ArenaPlan plan_arena(const std::vector<size_t>& sizes, const std::vector<int>& first, const std::vector<int>& last,
-                     size_t align) {
+                     size_t align, const std::vector<int>& input, const std::vector<int64_t>& headroom) {
   const size_t n = sizes.size();
   if (first.size() != n || last.size() != n) fail("plan_arena: sizes, first and last must have the same length");
   if (align == 0 || (align & (align - 1)) != 0) fail("plan_arena: align must be a power of two");
+  if (input.size() != headroom.size() || (!input.empty() && input.size() != n))
+    fail("plan_arena: input and headroom must both be empty or have one entry per buffer");
   for (size_t i = 0; i < n; ++i)
     if (first[i] > last[i]) fail("plan_arena: buffer " + std::to_string(i) + " is last read before it is written");
+  // in place (ops.h in_place_pays): buffer i joins the unit of its input, `headroom` bytes before it
+  std::vector<bool> in_place(n, false);
+  std::vector<size_t> unit_of(n);
+  std::vector<int64_t> rel(n, 0);
+  std::vector<Unit> units;
+  for (size_t i = 0; i < n; ++i) {
+    if (!input.empty() && headroom[i] != kNotInPlace) {
+      const int src = input[i];
+      if (src < 0 || static_cast<size_t>(src) >= i || headroom[i] < 0 || headroom[i] % static_cast<int64_t>(align))
+        fail("plan_arena: buffer " + std::to_string(i) + ": input must be an earlier buffer and headroom a "
+             "multiple of align (or kNotInPlace)");
+      if (first[src] > first[i])
+        fail("plan_arena: buffer " + std::to_string(i) + " is written before its input");
+      in_place[i] = in_place_pays(headroom[i], sizes[src], last[src] > first[i]);
+    }
+    if (in_place[i]) {
+      const size_t u = unit_of[input[i]];
+      unit_of[i] = u;
+      rel[i] = rel[input[i]] - headroom[i];
+      units[u].members.push_back(i);
+      units[u].first = std::min(units[u].first, first[i]);
+      units[u].last = std::max(units[u].last, last[i]);
+    } else {
+      unit_of[i] = units.size();
+      units.push_back(Unit{{i}, {}, 0, first[i], last[i]});
+    }
+  }
+  for (Unit& u : units) {  // offsets from the unit's start, which its lowest member sets
+    int64_t lo = 0;
+    for (size_t i : u.members) lo = std::min(lo, rel[i]);
+    for (size_t i : u.members) {
+      u.rel.push_back(rel[i] - lo);
+      u.extent = std::max(u.extent, static_cast<size_t>(rel[i] - lo) + sizes[i]);
+    }
+  }
   // Three placement orders, the smallest arena kept (ties: the first): largest first (greedy by size), largest
   // size x lifetime first, and in execution order (each buffer where the ones it outlives left room). Which wins
   // depends on the network; trying all costs microseconds.
-  std::vector<size_t> by_size(n), by_area(n), by_time(n);
-  for (size_t i = 0; i < n; ++i) by_size[i] = by_area[i] = by_time[i] = i;
-  std::stable_sort(by_size.begin(), by_size.end(), [&](size_t a, size_t b) { return sizes[a] > sizes[b]; });
-  auto area = [&](size_t i) { return sizes[i] * static_cast<size_t>(last[i] - first[i] + 1); };
+  const size_t m = units.size();
+  std::vector<size_t> by_size(m), by_area(m), by_time(m);
+  for (size_t i = 0; i < m; ++i) by_size[i] = by_area[i] = by_time[i] = i;
+  std::stable_sort(by_size.begin(), by_size.end(), [&](size_t a, size_t b) { return units[a].extent > units[b].extent; });
+  auto area = [&](size_t i) { return units[i].extent * static_cast<size_t>(units[i].last - units[i].first + 1); };
   std::stable_sort(by_area.begin(), by_area.end(), [&](size_t a, size_t b) { return area(a) > area(b); });
   ArenaPlan best;
   bool have = false;
   for (const std::vector<size_t>* order : {&by_size, &by_area, &by_time}) {
-    ArenaPlan p = place(*order, sizes, first, last, align);
+    ArenaPlan p = place(*order, units, sizes, first, last, align);
     if (!have || p.bytes < best.bytes) best = std::move(p), have = true;
   }
+  best.in_place = in_place;
   return best;
 }
 

@@ -141,7 +141,8 @@ class Depthwise {
   int stride() const { return stride_; }
   const Isa& isa() const { return *isa_; }
   int out_size(int in) const { return (in - 1) / stride_ + 1; }
-  // x [b][h][w][c] -> out [b][out_size(h)][out_size(w)][c], uint8.
+  // x [b][h][w][c] -> out [b][out_size(h)][out_size(w)][c], uint8. The two may overlap only as an in-place step
+  // (stride 1, out starting at least dw_in_place_rows(1, k) rows before x: see there); any other overlap throws.
   Task task(const uint8_t* x, int b, int h, int w, uint8_t* out) const;
   // Row window of one image of height h (no checks): output rows [oy0, oy1) into out (those rows only) from x
   // holding input rows [row0, row0 + held) (row iy at x + (iy - row0) * w * c), which must include every row in
@@ -151,6 +152,8 @@ class Depthwise {
 
  private:
   DwArgs args(const uint8_t* x, int b, int h, int w, uint8_t* out) const;
+  // In place: out starts `rows` (D) rows before x in one buffer (see dw_in_place_rows).
+  void run_in_place(const uint8_t* x, int b, int h, int w, uint8_t* out, int64_t rows, int threads) const;
 
   const Isa* isa_ = nullptr;
   int c_ = 0, k_ = 0, stride_ = 1, in_zp_ = 0;
@@ -213,16 +216,54 @@ inline int fused_scratch_slots(int threads, int64_t rows) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, rows)));
 }
 
+// ---------------------------------------------------------------- in place (issue #33)
+// A step may write its output over its input when no later step reads that input. A squeeze-excite step does so
+// exactly (pool over the whole input first, then the scale reads each pixel's channels before it writes them, threads
+// taking disjoint pixels). A stride-1 depthwise writes its output `headroom` bytes before its input, in one buffer
+// that many bytes longer than the tensor: writing output row r then overwrites input bytes of rows <= r - D (D =
+// headroom / row bytes), so no row still to be read is hit as long as every output row computed at the same time
+// as row r reads rows >= r - D + 1. Kernels take rows in increasing order on one thread, so there D = k / 2 + 1
+// suffices; threads take the rows of one parallel call in any order, so on several threads the rows go in waves of
+// R = threads * kInPlaceWaveRows rows, one call each, and D = R + k / 2 (no output row of a wave reads a row that
+// the wave writes over). Bit-exact whatever the thread count: the same kernels compute the same pixels from the
+// same bytes; only the memory and the calls differ.
+constexpr int kInPlaceWaveRows = 2;  // output rows per thread in one wave (each wave is one parallel call)
+constexpr int64_t kNotInPlace = -1;  // a step whose op cannot run in place
+
+// Rows D the output of an in-place stride-1 kxk depthwise starts before its input, on `threads` threads.
+inline int dw_in_place_rows(int threads, int k) {
+  return threads == 1 ? k / 2 + 1 : threads * kInPlaceWaveRows + k / 2;
+}
+
+// Bytes the output of an in-place stride-1 depthwise on rows of w x c bytes starts before its input: D rows,
+// rounded up to 64 bytes (every buffer starts on a cache line; more bytes only move writes further from reads).
+inline int64_t dw_in_place_headroom(int threads, int w, int c, int k) {
+  return (static_cast<int64_t>(dw_in_place_rows(threads, k)) * w * c + 63) / 64 * 64;
+}
+
+// The one rule for which steps run in place (nas.kernels.memory's prediction, the Python executor and the C runtime
+// all apply it, inside plan_arena): an op that can (`headroom` >= 0: a stride-1 depthwise's dw_in_place_headroom, a
+// squeeze-excite's 0) whose input (`input_bytes`) no later step reads, where that needs fewer bytes than an output
+// of its own (headroom < input_bytes: not so for a depthwise whose D rows are the whole tensor).
+inline bool in_place_pays(int64_t headroom, size_t input_bytes, bool input_read_later) {
+  return headroom >= 0 && !input_read_later && static_cast<size_t>(headroom) < input_bytes;
+}
+
 // The one rule for which blocks run fused (the Python executor, nas.kernels.memory's prediction and the C runtime
 // all call it): a block is fused where its fused step (block input x, output `out` and the band buffers `scratch`
 // alive) needs no more bytes than its layers' fullest step: expand (x + expanded), depthwise (its input + its
-// output `dw`, + x kept for the residual) and project (dw + out, + x for the residual). Bytes. Latency is not a
-// term: fused and layer-by-layer measured alike (within noise) on small32 networks and MobileNetV2 at 1 and 2
-// threads, and a deterministic rule keeps the arena predictable from the architecture.
+// output `dw`, + x kept for the residual) and project (dw + out, + x for the residual). Bytes. The layers are
+// counted as they would run: the depthwise in place (its input + `dw_headroom` instead of + dw) where in_place_pays
+// says so for its input (`dw_headroom`: dw_in_place_headroom at stride 1, else kNotInPlace), since a block not fused
+// runs that way; comparing with the larger out-of-place step would fuse blocks whose layers need fewer bytes.
+// Latency is not a term: fused and layer-by-layer measured alike (within noise) on small32 networks and MobileNetV2
+// at 1 and 2 threads, and a deterministic rule keeps the arena predictable from the architecture.
 inline bool fused_block_pays(size_t x, size_t expanded, size_t dw, size_t out, size_t scratch, bool expand,
-                             bool residual) {
+                             bool residual, int64_t dw_headroom) {
   const size_t keep = residual ? x : 0;
-  const size_t layers = std::max({expand ? x + expanded : 0, (expand ? expanded + keep : x) + dw, dw + out + keep});
+  const size_t dw_in = expand ? expanded : x;  // without expand the depthwise reads x, which a residual keeps
+  const size_t dw_out = in_place_pays(dw_headroom, dw_in, !expand && residual) ? static_cast<size_t>(dw_headroom) : dw;
+  const size_t layers = std::max({expand ? x + expanded : 0, (expand ? expanded + keep : x) + dw_out, dw + out + keep});
   return x + out + scratch <= layers;
 }
 
@@ -248,7 +289,8 @@ class SqueezeExcite {
                 int32_t multiplier, int32_t shift, int out_zp, const std::string& isa);
 
   int c() const { return fc1_->k(); }
-  // x [b][h][w][c] with h * w == the pool's hw -> out [b][h][w][c], uint8.
+  // x [b][h][w][c] with h * w == the pool's hw -> out [b][h][w][c], uint8; out may be x (in place), no other
+  // overlap.
   Task task(const uint8_t* x, int b, int h, int w, uint8_t* out) const;
 
  private:
@@ -276,12 +318,20 @@ class Plan {
 // lowest offset that fits between the buffers already placed whose lives overlap its own (TF Lite Micro's and
 // TinyEngine's greedy planners), in the best of three orders (largest first, largest size x lifetime first,
 // execution order); offsets are multiples of `align`. Deterministic.
+//
+// In place: buffer i may be written over buffer input[i] < i (the input of the step first[i]) at `headroom[i]`
+// bytes before it (kNotInPlace: never; empty vectors: none may). It is where in_place_pays says so (input[i] read
+// by no step after first[i]); then offsets[i] = offsets[input[i]] - headroom[i] and the two share bytes. Such
+// buffers are placed as one unit (each member still clear of every other buffer alive with it), so the bytes of the
+// input past the output's end are free again once the step has run, and the headroom is taken only from the step.
 struct ArenaPlan {
   std::vector<size_t> offsets;  // per buffer, in bytes from the arena's start
   size_t bytes = 0;             // the arena's size: the peak of live bytes under this plan
+  std::vector<bool> in_place;   // per buffer: written over its input
 };
 ArenaPlan plan_arena(const std::vector<size_t>& sizes, const std::vector<int>& first, const std::vector<int>& last,
-                     size_t align = 64);
+                     size_t align = 64, const std::vector<int>& input = {},
+                     const std::vector<int64_t>& headroom = {});
 
 // float32 NCHW -> uint8 NHWC: clamp(round_half_even(x / scale) + zp, 0, 255), same as quant.quantize_input.
 void quantize_nchw(const float* x, int n, int c, int h, int w, float scale, int zp, uint8_t* out);
