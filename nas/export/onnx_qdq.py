@@ -2,7 +2,9 @@
 
 Every tensor the kernel executor stores as uint8 gets a Q/DQ pair with the same scale and zero point. Weights are
 uint8 initializers with zero point 128 (int8 and int4 values plus 128: the same numbers) dequantized per output
-channel; biases are float. ONNX Runtime fuses the pairs into its own int8 kernels. Unsigned weights matter: with
+channel; biases are the kernels' int32 values dequantized on the accumulator grid (a float bias kept ONNX
+Runtime's Gemm in fp32, dequantizing its weights on every run). ONNX Runtime fuses the pairs into its own int8
+kernels (QLinearConv, QGemm, QLinearAdd, ...). Unsigned weights matter: with
 int8 weights ONNX Runtime picks its u8 x s8 kernels, which on CPUs without VNNI (AVX2, AVX-512 before Cascade Lake)
 add pairs of products in saturating 16-bit arithmetic (VPMADDUBSW; ONNX Runtime's quantization guide names it and
 suggests U8U8), which changed a searched network's predictions on an AVX2 machine; with uint8 weights ORT agrees
@@ -34,7 +36,8 @@ from search_spaces import Arch
 
 OPSET = 17
 # What an exported graph holds, for the latency tables of ONNX Runtime devices (their fingerprint's `graph`): 2 =
-# a residual add with both terms quantized (QLinearAdd in ONNX Runtime); tables of other graphs are re-profiled.
+# int32 biases and a residual add with both terms quantized (ONNX Runtime's QGemm, QLinearAdd); tables of other
+# graphs are re-profiled.
 GRAPH_FORMAT = "nas-qdq/2"
 
 
@@ -113,8 +116,19 @@ class QDQWriter:
         return out
 
     def bias(self, layer: str, b: np.ndarray, in_tensor: str, scale: np.ndarray) -> str:
-        return self.const(self.uniq(f"{layer}.b"),
-                          (b.astype(np.float64) * self.acts[in_tensor][0] * scale).astype(np.float32))
+        """The layer's int32 bias on the accumulator grid (input scale x weight scale): dequantized from int32, the
+        pattern ONNX Runtime folds into QLinearConv / QGemm (a float bias keeps a Gemm in fp32, its weights
+        dequantized on every run); in fp32 the same values as float."""
+        if self.fp32:
+            return self.const(self.uniq(f"{layer}.b"),
+                              (b.astype(np.float64) * self.acts[in_tensor][0] * scale).astype(np.float32))
+        acc_scale = (self.acts[in_tensor][0] * np.asarray(scale, dtype=np.float64)).astype(np.float32)
+        bq = self.const(self.uniq(f"{layer}.bq"), np.asarray(b, dtype=np.int32))
+        s = self.const(self.uniq(f"{layer}.bs"), acc_scale)
+        z = self.const(self.uniq(f"{layer}.bz"), np.zeros(len(acc_scale), dtype=np.int32))
+        out = self.uniq(f"{layer}.b")
+        self.node("DequantizeLinear", [bq, s, z], [out], axis=0)
+        return out
 
     def activation(self, x: str, act: str, name: str, lut: bool) -> str:
         if lut:

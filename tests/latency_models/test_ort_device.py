@@ -139,7 +139,8 @@ def test_fp32_graphs_are_the_int8_ones_without_qdq() -> None:
 
 
 @pytest.mark.parametrize(("name", "fused"), [("pw", ["QLinearConv"]), ("dw", ["QLinearConv"]),
-                                             ("conv", ["QLinearConv"]), ("residual", ["QLinearConv", "QLinearAdd"])])
+                                             ("conv", ["QLinearConv"]), ("residual", ["QLinearConv", "QLinearAdd"]),
+                                             ("linear", ["QGemm"])])
 def test_int8_op_runs_as_onnx_runtimes_one_fused_kernel(name: str, fused: list[str], tmp_path: Path) -> None:
     """A conv layer is one channels-last QLinearConv in a network; its single-op graph must time exactly that
     (ONNX Runtime cancels the graph's NHWC Transposes against its own and drops the Clip before a zero-point-0 Q)."""
@@ -156,14 +157,16 @@ def _optimized_ops(path: Path, tmp_path: Path) -> Counter:
 
 def test_exported_network_runs_int8_throughout_on_onnx_runtime(tmp_path: Path) -> None:
     """With the residual project's grid calibrated, ONNX Runtime runs every convolution of the export as
-    QLinearConv and the residual add as QLinearAdd; without it (an older checkpoint) the project conv and its add
-    stay float (FusedConv) there, as the export documents."""
+    QLinearConv, every linear layer as QGemm and the residual add as QLinearAdd; without it (an older checkpoint)
+    the project conv and its add stay float (FusedConv) there, as the export documents."""
     lowered = lowered_network(ARCH, 8)
     model = QuantizedModel(lowered.network, ARCH, lowered.act_qparams, lowered.weight_scales)
     assert "blocks.0.project" in model.act_qparams  # the residual block's term before the add
     ops = _optimized_ops(Path(to_onnx(model, tmp_path / "int8.onnx")), tmp_path)
-    # stem, 2 x (expand, dw, project), the SE block's two FCs, head
+    # stem, 2 x (expand, dw, project), the SE block's two FCs, head; hidden and classifier linears as QGemm (their
+    # int32 biases dequantized from int32: a float bias kept them fp32, weights dequantized on every run)
     assert ops["QLinearAdd"] == 1 and ops["QLinearConv"] == 10 and not ops["FusedConv"] and not ops["Conv"]
+    assert ops["QGemm"] == 2 and not ops["Gemm"]
     old = {k: v for k, v in model.act_qparams.items() if k != "blocks.0.project"}
     ops = _optimized_ops(Path(to_onnx(QuantizedModel(model.network, ARCH, old, model.weight_scales),
                                       tmp_path / "old.onnx")), tmp_path)
