@@ -86,7 +86,7 @@ def test_arm_paths_match_the_reference_under_qemu(binaries: dict[str, Path], cpu
     isas = "neon neondot" if best == "neondot" else "neon neondot(unsupported)"
     assert f"isas: reference {isas}" in report, report
     assert "mismatches 0" in report and "OK:" in report, report
-    for family in ("depthwise", "dw_row_window", "fused_block"):  # the row-window and fused-block cases ran
+    for family in ("depthwise", "dw_row_window", "fused_block", "in_place"):  # those cases ran
         assert re.search(rf"^{family}\s+cases\s+[1-9]\d*\s.*mismatches 0$", report, re.M), report
 
 

@@ -501,6 +501,63 @@ void stem_conv(Family& f) {
   }
 }
 
+// In place (ops.h dw_in_place_rows): a stride-1 depthwise whose output starts D rows before its input in one buffer,
+// on 1-3 threads (the smallest D the thread count allows, in rows, and the planner's headroom rounded to 64 bytes),
+// at heights 1, 2, k / 2 + 1 and odd ones, and squeeze-excite over its own input; each against the reference ISA
+// run out of place.
+void in_place(Family& f) {
+  Rng rng(24);
+  for (int trial = 0; trial < 72; ++trial) {
+    const int k = 3 + 2 * (trial % 3), threads = 1 + (trial / 3) % 3, c = rng.pick(std::vector<int>{1, 8, 17, 40});
+    const int h = std::vector<int>{1, 2, k / 2 + 1, k / 2 + 2, rng.integer(3, 13)}[(trial / 9) % 5];
+    const int w = rng.integer(1, 11), b = rng.integer(1, 3);
+    const size_t bytes = static_cast<size_t>(b) * h * w * c;
+    const size_t ahead = trial % 2 ? static_cast<size_t>(dw_in_place_headroom(threads, w, c, k))
+                                   : static_cast<size_t>(dw_in_place_rows(threads, k)) * w * c;
+    DwData d = random_dw(rng, c, k, 1, kActs[trial % 5]);
+    const std::vector<uint8_t> x = rng.bytes(bytes);
+    const std::string what = "dw in place k=" + std::to_string(k) + " " + std::to_string(b) + "x" +
+                             std::to_string(h) + "x" + std::to_string(w) + "x" + std::to_string(c) + " threads " +
+                             std::to_string(threads) + " ahead " + std::to_string(ahead);
+    compare(f, what, bytes, [&](const std::string& isa, uint8_t* out) {
+      d.p.isa = isa;
+      const Depthwise op(d.p);
+      if (isa == "reference") {
+        op.task(x.data(), b, h, w, out)(1);
+        return;
+      }
+      std::vector<uint8_t> buf(ahead + bytes, 0x77);
+      std::memcpy(buf.data() + ahead, x.data(), bytes);
+      op.task(buf.data() + ahead, b, h, w, buf.data())(threads);
+      std::memcpy(out, buf.data(), bytes);
+    });
+  }
+  for (const int c : {1, 17, 72}) {
+    const int b = rng.integer(1, 3), h = rng.integer(1, 9), w = rng.integer(1, 9), hw = h * w, hidden = 1 + c / 4;
+    const size_t bytes = static_cast<size_t>(b) * hw * c;
+    const std::vector<uint8_t> x = rng.bytes(bytes);
+    int32_t pm, ps, sm, ss;
+    quantize_multiplier(rng.real(0.5, 2.0) / hw, &pm, &ps);
+    quantize_multiplier(rng.real(0.5, 1.5) / 255.0, &sm, &ss);
+    const int pool_zp = rng.integer(0, 255), pool_out = rng.integer(0, 255), se_out = rng.integer(0, 255);
+    GemmData fc1 = random_gemm(rng, hidden, c, 8, 0, "relu", false, false);
+    GemmData fc2 = random_gemm(rng, c, hidden, 8, 0, "none", false, false);
+    compare(f, "se in place c=" + std::to_string(c) + " hw=" + std::to_string(hw), bytes,
+            [&](const std::string& isa, uint8_t* out) {
+              fc1.p.isa = fc2.p.isa = isa;
+              auto pool = std::make_shared<Pool>(hw, pool_zp, pm, ps, pool_out, isa);
+              const SqueezeExcite op(pool, std::make_shared<Gemm>(fc1.p), std::make_shared<Gemm>(fc2.p), pool_zp, sm,
+                                     ss, se_out, isa);
+              if (isa == "reference") {
+                op.task(x.data(), b, h, w, out)(1);
+                return;
+              }
+              std::memcpy(out, x.data(), bytes);
+              op.task(out, b, h, w, out)(1 + c % 3);
+            });
+  }
+}
+
 void pool_and_se(Family& f) {
   Rng rng(14);
   struct Case { int c, h, w, hidden; };
@@ -622,7 +679,7 @@ int main(int argc, char** argv) {
   }
   std::vector<Family> fams = {{"gemm_random"}, {"gemm_many_rows"}, {"gemm_int32"}, {"requant_ties"},
                               {"epilogue_unfused"}, {"depthwise"}, {"stem_conv"}, {"pool_se"}, {"plan"},
-                              {"dw_row_window"}, {"fused_block"}};
+                              {"dw_row_window"}, {"fused_block"}, {"in_place"}};
   gemm_random_shapes(fams[0]);
   gemm_many_rows(fams[1]);
   gemm_int32_logits(fams[2]);
@@ -634,6 +691,7 @@ int main(int argc, char** argv) {
   plan_chain(fams[8]);
   depthwise_row_windows(fams[9]);
   fused_blocks(fams[10]);
+  in_place(fams[11]);
   int cases = 0;
   for (const Family& f : fams) {
     std::printf("%-16s cases %3d  output bytes %8lld  mismatches %d\n", f.name.c_str(), f.cases,
