@@ -31,7 +31,8 @@ def _heights(k: int) -> list[int]:
 @pytest.mark.parametrize("k", [3, 5, 7])
 def test_in_place_depthwise_is_bit_exact_at_every_edge(isa, k):
     """Against the same op out of place: heights 1, 2, k // 2 + 1 ..., batch 1-3, 1-3 threads, the smallest D the
-    thread count allows (rows, not rounded to 64 bytes) and the planner's rounded headroom."""
+    thread count allows (rows, not rounded to 64 bytes, and rounded as the planner does), and more threads than that
+    D was for (waves of fewer rows)."""
     rng = np.random.default_rng(k)
     for h in _heights(k):
         for c in (1, 17, 40):
@@ -43,7 +44,7 @@ def test_in_place_depthwise_is_bit_exact_at_every_edge(isa, k):
                 want = op.run(x, threads=1)
                 for threads in (1, 2, 3):
                     rows = k // 2 + 1 if threads == 1 else threads * 2 + k // 2  # ops.h dw_in_place_rows
-                    for headroom in (rows * w * c, in_place_headroom("dw", 1, w, c, k, threads)):
+                    for headroom in (rows * w * c, -(-rows * w * c // 64) * 64):  # as planned: rounded to 64
                         got = _in_place_dw(op, x, headroom, threads)
                         assert np.array_equal(got, want), (isa, h, w, c, batch, threads, headroom)
                         # more threads than the plan's: waves of fewer rows, the same bytes
@@ -52,7 +53,7 @@ def test_in_place_depthwise_is_bit_exact_at_every_edge(isa, k):
 
 def test_in_place_headroom_is_the_rule_of_the_kernels():
     assert in_place_headroom("dw", 1, 32, 192, 7, 1) == 4 * 32 * 192  # k // 2 + 1 rows on one thread
-    assert in_place_headroom("dw", 1, 32, 192, 7, 2) == 7 * 32 * 192  # waves of 2 x 2 rows + k // 2
+    assert in_place_headroom("dw", 1, 32, 192, 7, 2) == NOT_IN_PLACE  # its waves were slower on 2 threads
     assert in_place_headroom("dw", 1, 5, 3, 3, 1) == 64  # 2 rows of 15 bytes, rounded up to a cache line
     assert in_place_headroom("se", 1, 9, 9, 1, 3) == 0
     assert in_place_headroom("dw", 2, 32, 192, 7, 1) == NOT_IN_PLACE
@@ -147,7 +148,7 @@ def test_networks_run_in_place_in_the_predicted_arena_with_the_same_logits(space
                 for fused in (True, False):
                     got = net.memory_plan(shape, fused=fused, threads=threads)
                     assert got == activation_plan(arch, batch, fused=fused, threads=threads)
-                    assert any(got.in_place)
+                    assert any(got.in_place) or threads > 1  # several threads: only SE (if any) in place
                     assert max(got.live_bytes()) <= got.arena_bytes
         for isa in available_isas():
             for threads in (1, 2, 3):

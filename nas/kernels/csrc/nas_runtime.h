@@ -8,7 +8,8 @@
  *
  * The logits are bit-identical to QuantizedNetwork.run in Python on the same CPU kernels (ISA: NAS_KERNELS_ISA when
  * set, else the best this CPU supports), run the same way: inverted-residual blocks fused where that needs less
- * memory (nas.kernels.memory.fusing_pays), all activations in one arena (nas_model_arena_bytes). Every function returns NAS_OK or an error code and never crashes on a bad
+ * memory (nas.kernels.memory.fusing_pays), squeeze-excite and (on one thread) stride-1 depthwise steps in place over
+ * their inputs where ops.h in_place_pays says so, all activations in one arena (nas_model_arena_bytes). Every function returns NAS_OK or an error code and never crashes on a bad
  * checkpoint; nas_last_error() then says what went wrong, naming the file. One model may be used from several
  * threads (runs on it are serialized).
  */

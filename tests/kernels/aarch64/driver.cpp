@@ -502,7 +502,7 @@ void stem_conv(Family& f) {
 }
 
 // In place (ops.h dw_in_place_rows): a stride-1 depthwise whose output starts D rows before its input in one buffer,
-// on 1-3 threads (the smallest D the thread count allows, in rows, and the planner's headroom rounded to 64 bytes),
+// on 1-3 threads (the smallest D the thread count allows, in rows and rounded up to 64 bytes as the planner does),
 // at heights 1, 2, k / 2 + 1 and odd ones, and squeeze-excite over its own input; each against the reference ISA
 // run out of place.
 void in_place(Family& f) {
@@ -512,8 +512,8 @@ void in_place(Family& f) {
     const int h = std::vector<int>{1, 2, k / 2 + 1, k / 2 + 2, rng.integer(3, 13)}[(trial / 9) % 5];
     const int w = rng.integer(1, 11), b = rng.integer(1, 3);
     const size_t bytes = static_cast<size_t>(b) * h * w * c;
-    const size_t ahead = trial % 2 ? static_cast<size_t>(dw_in_place_headroom(threads, w, c, k))
-                                   : static_cast<size_t>(dw_in_place_rows(threads, k)) * w * c;
+    const size_t rows = static_cast<size_t>(dw_in_place_rows(threads, k)) * w * c;
+    const size_t ahead = trial % 2 ? (rows + 63) / 64 * 64 : rows;
     DwData d = random_dw(rng, c, k, 1, kActs[trial % 5]);
     const std::vector<uint8_t> x = rng.bytes(bytes);
     const std::string what = "dw in place k=" + std::to_string(k) + " " + std::to_string(b) + "x" +
