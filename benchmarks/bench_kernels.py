@@ -8,7 +8,8 @@ Prints markdown tables:
    (depthwise);
 3. end to end: MobileNetV2-1.0@224 and a ~100M-MAC width-scaled MobileNetV2, ours vs PyTorch fp32 / int8
    (torch.ao FX, engines x86, fbgemm, qnnpack, onednn) and ONNX Runtime fp32 / int8 (QDQ and QOperator,
-   per-channel), 1 and 2 threads. Candidates are timed round-robin so background load hits all alike.
+   per-channel, from ORT's own quantizer; and our export of the same int8 network), 1 and 2 threads. Candidates
+   are timed round-robin so background load hits all alike.
 
 Usage: python benchmarks/bench_kernels.py [--quick]
 """
@@ -32,6 +33,8 @@ import torch
 
 from latency_models.torch_ops import quantized_engine
 from nas.cores import torch_threads
+from nas.export.model import QuantizedModel
+from nas.export.onnx_qdq import to_onnx
 from nas.kernels import _C, active_isa, available_isas, build_hash, compile_op, time_layer
 from nas.kernels.lower import lower, minmax_calibration
 from nas.kernels.random_specs import random_gemm
@@ -220,7 +223,8 @@ def bench_e2e(label: str, arch, threads_list: list[int], rounds: int, per_round:
         model.eval()
     x = torch.randn(1, 3, r, r)
     xn = x.numpy()
-    q8 = lower(model, arch, minmax_calibration(model, calib, bits=8)).network
+    low8 = lower(model, arch, minmax_calibration(model, calib, bits=8))
+    q8 = low8.network
     q4 = lower(model, arch, minmax_calibration(model, calib, bits=4)).network
     macs = count(arch).macs
     print(f"\n## End to end: {label} ({macs / 1e6:.0f}M MACs), batch 1, median (min) ms\n")
@@ -228,6 +232,9 @@ def bench_e2e(label: str, arch, threads_list: list[int], rounds: int, per_round:
     results: dict[int, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         onnx_paths = onnx_sessions(model, x, calib, tmp)
+        # our own export of the same int8 network (uint8 weights: ORT's exact u8 x u8 kernels, never saturating)
+        onnx_paths["ORT int8 (nas export)"] = to_onnx(
+            QuantizedModel(q8, arch, low8.act_qparams, low8.weight_scales), os.path.join(tmp, "nas_export.onnx"))
         for t in threads_list:
             cands: dict[str, Callable[[], object]] = {
                 f"nas int8 ({active_isa()})": lambda t=t: q8.run(xn, threads=t),
