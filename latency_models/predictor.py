@@ -12,7 +12,10 @@ Fused blocks (issue #33): a table with fused-block rows (`mbconv` / `mbconv1`, s
 (`latency_models.ops.fuses`, the executor's own rule) as that ONE op: its row, or the `OpModel` of its op type where
 the exact key is missing (the sum of its layers' times where the table has no row of that type at all), counted
 as one op with the block's weights and output in `OpSums`. Every other block, and every block of a table without
-fused rows (tables profiled before, ONNX Runtime and PyTorch tables), is the sum of its layers as before.
+fused rows (tables profiled before, ONNX Runtime and PyTorch tables), is the sum of its layers as before. The stem
+fused into the first block (`latency_models.ops.stem_fuses`) has no rows of its own: that step is priced as the sum
+of its layers (the stem and the block's layer keys), which it matches within a few percent on the AMD Zen 3
+(benchmarks/RESULTS_memory.md, 2026-12-07 night, later).
 """
 
 from __future__ import annotations
@@ -284,12 +287,15 @@ class Predictor:
         key = (arch.resolution, arch.in_channels, c, arch.stem_stride, arch.stem_act)
         ms, n, w, o, t1 = self._end(key, lambda: [stem_op(arch, arch.resolution)])
         blocks = self._blocks
+        first = True
         for b in arch.blocks():  # plain float sums: this loop is most of a search's prediction time
-            k = (se, c, hw, b)
+            # the first block's ops depend on the stem (ops.stem_fuses): its key names the stem too
+            k = (se, c, hw, b) if not first else (se, c, hw, b, arch.resolution, arch.in_channels, arch.stem_stride)
             hit = blocks.get(k)
             if hit is None:  # the executor's ops for this block: its fused op or its layers
-                ops = executor_block_ops(arch, c, hw, b, self.fused_threads)
+                ops = executor_block_ops(arch, c, hw, b, self.fused_threads, arch.resolution if first else None)
                 hit = blocks[k] = (*self._sums(ops), (hw - 1) // b.stride + 1)
+            first = False
             ms += hit[0]
             n += hit[1]
             w += hit[2]

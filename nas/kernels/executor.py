@@ -14,7 +14,9 @@ op in bands of rows (``ops.FusedBlockSpec``): the same logits bit for bit from a
 and depthwise tensors are never materialized; ``fused=False`` runs layer by layer (the per-layer ops above, which
 the latency tables time alongside the fused blocks). In both modes a squeeze-excite or stride-1 depthwise step whose
 input no later step reads writes its output over that input where ops.h ``in_place_pays`` says so (the arena plan,
-`nas.kernels.memory.plan`, places it there; the kernel sees overlapping buffers and runs in place).
+`nas.kernels.memory.plan`, places it there; the kernel sees overlapping buffers and runs in place). The default also
+runs the stem inside the first block's banded step (``FusedBlockSpec.stem``: stem -> dw -> project, or stem -> dw
+before a squeeze-excite) where `memory.stem_fuses` (ops.h ``stem_fused_pays``) says that needs fewer bytes.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class QuantizedNetwork:
     bits: int = 8
     arch: str = ""  # architecture string (search_spaces.encode) for reference
     _compiled: dict[str, list[CompiledOp]] = field(default_factory=dict, repr=False, compare=False)
-    _fused: dict[tuple[str, int], CompiledOp] = field(default_factory=dict, repr=False, compare=False)
+    _fused: dict[tuple[str, tuple[int, ...]], CompiledOp] = field(default_factory=dict, repr=False, compare=False)
     _plans: dict[tuple, tuple] = field(default_factory=dict, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -82,12 +84,19 @@ class QuantizedNetwork:
 
         def fused_spec(g: list[int]) -> FusedBlockSpec:
             specs = [self.layers[i].spec for i in g]
+            if g[0] == 0:  # the stem and the first block's dw (-> project)
+                return FusedBlockSpec(None, specs[1], specs[2] if len(g) == 3 else None, stem=specs[0])
             return FusedBlockSpec(specs[0] if len(g) == 3 else None, specs[-2], specs[-1])
 
         def pays(g: list[int]) -> bool:
             spec = fused_spec(g)
             n, h, w, cin = shapes[g[0]]
             c, k, _ = spec.dw.weight.shape
+            if spec.stem is not None:
+                project = self.layers[3 if spec.project is None else 2].spec  # the block's project
+                cout = None if spec.project is None else spec.project.weight.shape[0]
+                return memory.stem_fuses(n, h, w, cin, c, spec.stem.weight.shape[1], spec.stem.stride, k,
+                                         spec.dw.stride, cout, getattr(project, "residual", None) is not None, threads)
             return memory.block_fuses(n, h, w, cin, c, spec.project.weight.shape[0], k, spec.dw.stride, len(g) == 3,
                                       spec.project.residual is not None, threads)
 
@@ -150,10 +159,14 @@ class QuantizedNetwork:
         layer_ops = self.compile(isa)
         ops = []
         for g, spec in steps:
-            if len(g) > 1 and (isa, g[0]) not in self._fused:  # over the layers' packed weights, not packed again
+            key = (isa, tuple(g))
+            if len(g) > 1 and key not in self._fused:  # over the layers' packed weights, not packed again
                 parts = [layer_ops[i] for i in g]
-                self._fused[isa, g[0]] = fuse(spec, parts[0] if len(g) == 3 else None, parts[-2], parts[-1])
-            ops.append(layer_ops[g[0]] if len(g) == 1 else self._fused[isa, g[0]])
+                if spec.stem is not None:
+                    self._fused[key] = fuse(spec, None, parts[1], parts[2] if len(g) == 3 else None, parts[0])
+                else:
+                    self._fused[key] = fuse(spec, parts[0] if len(g) == 3 else None, parts[-2], parts[-1])
+            ops.append(layer_ops[g[0]] if len(g) == 1 else self._fused[key])
         shapes, dtypes, scratch, headroom = [shape], [np.uint8], [], []
         for _, spec in steps:
             scratch.append(memory.fused_step_scratch(spec, shapes[-1], threads)

@@ -20,6 +20,13 @@ the C runtime (capi.cpp) decide with the same rule (here `block_fuses`, from one
 is the arena the default execution (Python `QuantizedNetwork.run` or the C runtime) allocates for one image on one
 thread.
 
+The stem fused into the first block (issue #33, MCUNetV2's patch-based first stage; fused mode only): where that
+block has no expand layer and no residual, the stem runs inside its banded step (ops.h FusedBlock with a stem head),
+so the stem output never exists either: stem -> dw -> project for a block without squeeze-excite, stem -> dw for one
+with it (the step writes the depthwise output; SE and project follow as steps of their own). It is fused where
+`stem_fuses` (ops.h ``stem_fused_pays``) says the step needs fewer bytes than the stem step and the block's steps
+it replaces; its band buffers (`fused_stem_scratch`) are in the arena like any fused step's.
+
 In place (issue #33, both modes): a step whose input no later step reads writes its output over it where ops.h
 ``in_place_pays`` says so (inside `_C.plan_arena`, for all three alike): squeeze-excite exactly over its input, a
 stride-1 depthwise starting `in_place_headroom` bytes (a few rows; more on several threads, whose rows go in waves)
@@ -62,11 +69,24 @@ def fused_scratch(batch: int, h: int, w: int, c: int, k: int, stride: int, expan
     return per * scratch_slots(threads, batch * conv_out_size(h, k, stride))
 
 
+def fused_stem_scratch(batch: int, h: int, w: int, cin: int, stem_k: int, stem_stride: int, c: int, k: int,
+                       stride: int, project: bool, threads: int, band_rows: int = 0) -> int:
+    """Arena bytes of a stem-fused step's band buffers on `batch` network inputs of `h` x `w` x `cin`: `scratch_slots`
+    slots of `_C.fused_stem_scratch_bytes` each (the stem's output rows of a band, the band's depthwise output when
+    it has a `project`, the stem's padded or im2col rows)."""
+    per = _C.fused_stem_scratch_bytes(h, w, cin, stem_k, stem_stride, c, k, stride, project, band_rows)
+    oh = conv_out_size(conv_out_size(h, stem_k, stem_stride), k, stride)
+    return per * scratch_slots(threads, batch * oh)
+
+
 def fused_step_scratch(spec: FusedBlockSpec, shape: Sequence[int], threads: int) -> int:
-    """`fused_scratch` of a fused step of `spec` on uint8 NHWC input of `shape`: the bytes the executor's arena holds
-    for it (and the latency tables time it with)."""
-    n, h, w, _ = shape
+    """`fused_scratch` (`fused_stem_scratch` with a stem) of a fused step of `spec` on uint8 NHWC input of `shape`:
+    the bytes the executor's arena holds for it (and the latency tables time it with)."""
+    n, h, w, cin = shape
     c, k, _ = spec.dw.weight.shape
+    if spec.stem is not None:
+        return fused_stem_scratch(n, h, w, cin, spec.stem.weight.shape[1], spec.stem.stride, c, k, spec.dw.stride,
+                                  spec.project is not None, threads, spec.band_rows)
     return fused_scratch(n, h, w, c, k, spec.dw.stride, spec.expand is not None, threads, spec.band_rows)
 
 
@@ -105,6 +125,24 @@ def block_fuses(batch: int, h: int, w: int, cin: int, mid: int, cout: int, kerne
     scratch = fused_scratch(batch, h, w, mid, kernel, stride, expand, threads)
     headroom = in_place_headroom("dw", stride, w, mid, kernel, threads)
     return fusing_pays(x, batch * h * w * mid if expand else 0, dw, out, scratch, expand, residual, headroom)
+
+
+def stem_fuses(batch: int, h: int, w: int, cin: int, c: int, stem_k: int, stem_stride: int, kernel: int, stride: int,
+               cout: int | None, residual: bool, threads: int) -> bool:
+    """Whether the default execution runs the stem (`batch` images of `h` x `w` x `cin` -> `c` channels, `stem_k` x
+    `stem_k`, `stem_stride`) fused with the first block's `kernel` x `kernel` depthwise of `stride` and its project
+    to `cout` channels (None: a block with squeeze-excite, whose depthwise output the step writes), on `threads`
+    threads: ops.h ``stem_fused_pays`` on the buffer sizes and band buffers (never for a `residual` block), the one
+    rule `activation_plan`, `QuantizedNetwork.steps` and the C runtime share."""
+    h1, w1 = conv_out_size(h, stem_k, stem_stride), conv_out_size(w, stem_k, stem_stride)
+    oh, ow = conv_out_size(h1, kernel, stride), conv_out_size(w1, kernel, stride)
+    x, stem, dw = batch * h * w * cin, batch * h1 * w1 * c, batch * oh * ow * c
+    project = cout is not None
+    out = batch * oh * ow * cout if project else dw
+    scratch = fused_stem_scratch(batch, h, w, cin, stem_k, stem_stride, c, kernel, stride, project, threads)
+    block_scratch = fused_scratch(batch, h1, w1, c, kernel, stride, False, threads) if project else 0
+    headroom = in_place_headroom("dw", stride, w1, c, kernel, threads)
+    return bool(_C.stem_fused_pays(x, stem, dw, out, scratch, project, bool(residual), headroom, block_scratch))
 
 
 def scratch_slots(threads: int, rows: int) -> int:
@@ -195,6 +233,12 @@ def _steps(ls: Sequence, batch: int, fused: bool, threads: int) -> list[list[int
         return [[i] for i in range(len(ls))]
 
     def pays(g: list[int]) -> bool:
+        if g[0] == 0:  # the stem and the first block's dw (-> project)
+            stem, dw = ls[0], ls[1]
+            project = ls[2] if len(g) == 3 else None
+            return stem_fuses(batch, stem.in_hw, stem.in_hw, stem.in_channels, stem.out_channels, stem.kernel,
+                              stem.stride, dw.kernel, dw.stride, None if project is None else project.out_channels,
+                              ls[3 if project is None else 2].residual, threads)  # the block's project
         dw, project = ls[g[-2]], ls[g[-1]]
         return block_fuses(batch, dw.in_hw, dw.in_hw, ls[g[0]].in_channels, dw.in_channels, project.out_channels,
                            dw.kernel, dw.stride, len(g) == 3, project.residual, threads)
@@ -215,10 +259,16 @@ def activation_plan(arch: Arch, batch: int = 1, fused: bool = True, threads: int
     for g in groups:
         # the classifier writes int32 logits
         sizes.append(out_bytes[g[-1]] * (4 if g[-1] == len(ls) - 1 else 1))
-        dw = ls[g[-2]] if len(g) > 1 else None
-        scratch.append(0 if dw is None else fused_scratch(batch, dw.in_hw, dw.in_hw, dw.in_channels, dw.kernel,
-                                                          dw.stride, len(g) == 3, threads))
         x = ls[g[0]]
+        dw = next((ls[i] for i in g if ls[i].op == "dw"), None) if len(g) > 1 else None
+        if dw is None:
+            scratch.append(0)
+        elif x.op == "conv":  # the stem fused into the first block
+            scratch.append(fused_stem_scratch(batch, x.in_hw, x.in_hw, x.in_channels, x.kernel, x.stride,
+                                              dw.in_channels, dw.kernel, dw.stride, ls[g[-1]].op != "dw", threads))
+        else:
+            scratch.append(fused_scratch(batch, dw.in_hw, dw.in_hw, dw.in_channels, dw.kernel, dw.stride, len(g) == 3,
+                                         threads))
         headroom.append(NOT_IN_PLACE if dw is not None else
                         in_place_headroom(x.op, x.stride, x.in_hw, x.in_channels, x.kernel, threads))
     wires = wiring([fused_name(names, g) for g in groups], [len(g) == 1 and ls[g[0]].residual for g in groups])
@@ -253,4 +303,5 @@ def cost(kind: str, arch: Arch) -> float:
 
 __all__ = ["ALIGN", "FUSABLE", "NOT_IN_PLACE", "MemoryPlan", "activation_plan", "arch_steps", "block_fuses", "cost",
            "fused_name", "fused_scratch", "fused_step_scratch", "fused_steps", "fusing_pays", "fusion_groups",
-           "in_place_headroom", "peak_activation_bytes", "plan", "scratch_slots", "weight_bytes", "wiring"]
+           "fused_stem_scratch", "in_place_headroom", "peak_activation_bytes", "plan", "scratch_slots", "stem_fuses",
+           "weight_bytes", "wiring"]

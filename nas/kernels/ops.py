@@ -103,14 +103,20 @@ class SESpec:
 
 @dataclass
 class FusedBlockSpec:
-    """An inverted-residual block without squeeze-excite run as one op in bands of rows (csrc/ops.h FusedBlock):
-    ``expand`` (none for expand ratio 1) -> ``dw`` -> ``project`` (whose residual, if any, adds the block input).
-    Bit-exact with its parts run layer by layer; the expanded and depthwise tensors are never materialized."""
+    """A block's layers run as one op in bands of rows (csrc/ops.h FusedBlock): a head (``expand``, none for expand
+    ratio 1, or the network's ``stem`` convolution) -> ``dw`` -> ``project`` (whose residual, if any, adds the block
+    input; none only with a stem: the step then writes the depthwise output, for a first block with squeeze-excite).
+    Bit-exact with its parts run layer by layer; the head's and the depthwise's tensors are never materialized."""
 
     expand: GemmSpec | None
     dw: DepthwiseSpec
-    project: GemmSpec
+    project: GemmSpec | None
     band_rows: int = 0  # output rows per band; 0: sized to stay in cache (ops.h FusedBlock); any value, same bits
+    stem: ConvSpec | None = None  # the head instead of expand: the stem fused into the first block (issue #33)
+
+    def parts(self) -> list[Spec]:
+        """The layers it runs, in order."""
+        return [s for s in (self.stem, self.expand, self.dw, self.project) if s is not None]
 
 
 Spec = GemmSpec | ConvSpec | DepthwiseSpec | PoolSpec | SESpec | FusedBlockSpec
@@ -162,7 +168,9 @@ def out_shape(spec: Spec, x_shape: tuple[int, ...]) -> tuple[int, ...]:
     if isinstance(spec, SESpec):
         return tuple(x_shape)
     if isinstance(spec, FusedBlockSpec):
-        return out_shape(spec.project, out_shape(spec.dw, x_shape))
+        for part in spec.parts():
+            x_shape = out_shape(part, x_shape)
+        return x_shape
     raise TypeError(f"spec: unknown op spec {type(spec).__name__}")
 
 
@@ -235,16 +243,23 @@ def _depthwise(spec: DepthwiseSpec, isa: str) -> object:
 
 
 def fused_scratch_bytes(spec: FusedBlockSpec, h: int, w: int) -> int:
-    """Scratch bytes one thread of the fused block needs on h x w input (its band buffers)."""
+    """Scratch bytes one thread of the fused step needs on h x w input (its band buffers)."""
     c, k, _ = spec.dw.weight.shape
+    if spec.stem is not None:
+        cout, sk, _, cin = spec.stem.weight.shape
+        return int(_C.fused_stem_scratch_bytes(int(h), int(w), int(cin), int(sk), int(spec.stem.stride), int(c),
+                                               int(k), int(spec.dw.stride), spec.project is not None,
+                                               int(spec.band_rows)))
     return int(_C.fused_scratch_bytes(int(h), int(w), int(c), int(k), int(spec.dw.stride), spec.expand is not None,
                                       int(spec.band_rows)))
 
 
-def fuse(spec: FusedBlockSpec, expand: CompiledOp | None, dw: CompiledOp, project: CompiledOp) -> CompiledOp:
-    """The fused block of ``spec`` over its parts already packed (``compile_op`` of spec.expand, .dw, .project, one
-    ISA): the fused op shares their packed weights instead of packing them again."""
-    op = _C.FusedBlock(None if expand is None else expand._op, dw._op, project._op, int(spec.band_rows))
+def fuse(spec: FusedBlockSpec, expand: CompiledOp | None, dw: CompiledOp, project: CompiledOp | None,
+         stem: CompiledOp | None = None) -> CompiledOp:
+    """The fused step of ``spec`` over its parts already packed (``compile_op`` of spec.stem or .expand, .dw,
+    .project, one ISA): the fused op shares their packed weights instead of packing them again."""
+    op = _C.FusedBlock(None if expand is None else expand._op, dw._op, None if project is None else project._op,
+                       int(spec.band_rows), None if stem is None else stem._op)
     return CompiledOp(spec=spec, isa=dw.isa, _op=op)
 
 
@@ -261,8 +276,9 @@ def compile_op(spec: Spec, isa: str | None = None) -> CompiledOp:
     elif isinstance(spec, PoolSpec):
         op = _C.Pool(int(spec.hw), int(spec.in_zp), int(spec.multiplier), int(spec.shift), int(spec.out_zp), isa)
     elif isinstance(spec, FusedBlockSpec):
-        expand = None if spec.expand is None else compile_op(spec.expand, isa)
-        return fuse(spec, expand, compile_op(spec.dw, isa), compile_op(spec.project, isa))
+        expand, stem, project = (None if part is None else compile_op(part, isa)
+                                 for part in (spec.expand, spec.stem, spec.project))
+        return fuse(spec, expand, compile_op(spec.dw, isa), project, stem)
     elif isinstance(spec, SESpec):
         p = spec.pool
         pool = _C.Pool(int(p.hw), int(p.in_zp), int(p.multiplier), int(p.shift), int(p.out_zp), isa)

@@ -139,8 +139,12 @@ def run(spec: Spec, x: np.ndarray, residual: np.ndarray | None = None) -> np.nda
     if isinstance(spec, SESpec):
         return squeeze_excite(x, spec)
     if isinstance(spec, FusedBlockSpec):  # its parts layer by layer
-        t = x if spec.expand is None else gemm(x, spec.expand)
-        return gemm(depthwise(t, spec.dw), spec.project, x if spec.project.residual is not None else None)
+        t = x
+        for part in (spec.stem, spec.expand, spec.dw):
+            t = t if part is None else run(part, t)
+        if spec.project is None:
+            return t
+        return gemm(t, spec.project, x if spec.project.residual is not None else None)
     raise TypeError(f"spec: unknown op spec {type(spec).__name__}")
 
 

@@ -1,6 +1,7 @@
 // The C API (nas_runtime.h): an exported checkpoint directory (nas/export/checkpoint.py) read without Python and run
 // on the ops of ops.h exactly as nas.kernels.executor.QuantizedNetwork.run runs it by default (the blocks where
-// ops.h fused_block_pays says so as FusedBlock steps, every buffer in the same arena plan):
+// ops.h fused_block_pays says so as FusedBlock steps, the stem inside the first block's step where stem_fused_pays
+// says so, every buffer in the same arena plan):
 //   metadata.json        format, major version and the SHA-256 of every other file (checked before anything is read)
 //   arch.json            the input resolution and channels
 //   network.json         input grid, layers (op specs as nas.kernels.ops dataclasses), logit scales; arrays are
@@ -474,6 +475,10 @@ struct nas_model {
     std::shared_ptr<nask::FusedBlock> fused;
   };
   std::vector<Group> groups;
+  // The stem fused into the first block (nas.kernels.fusion.stem_group): the stem and that block's dw -> project,
+  // or its dw alone before a squeeze-excite; `fused` null where the network has no such first block. prepare()
+  // runs it where ops.h stem_fused_pays says so, else the groups above.
+  Group stem;
 
   std::mutex mu;  // guards the plan and its buffers, rebuilt when the batch size or thread count changes
   int plan_batch = 0, plan_threads = 0;
@@ -622,6 +627,25 @@ int64_t numel(const Shape& s) {
 
 void nas_model::group_layers() {
   groups.clear();
+  stem = Group{};
+  if (layers.size() > 1 && layers[0].name == "stem" && layers[0].conv && !block_of(layers[1].name).empty()) {
+    std::vector<std::string> roles;
+    for (size_t t = 1; t < layers.size() && block_of(layers[t].name) == block_of(layers[1].name); ++t)
+      roles.push_back(role_of(layers[t].name));
+    const bool project = roles == std::vector<std::string>{"dw", "project"};
+    const bool se = roles == std::vector<std::string>{"dw", "se", "project"};
+    // as for blocks: the ops must be what the names say; a residual first block does not fuse with the stem
+    const Layer& last = layers[roles.size()];
+    if ((project || se) && layers[1].dw && last.gemm && !last.gemm->residual() && (project || layers[2].se)) {
+      stem.layers = project ? std::vector<int>{0, 1, 2} : std::vector<int>{0, 1};
+      try {
+        stem.fused = std::make_shared<nask::FusedBlock>(nullptr, layers[1].dw, project ? last.gemm : nullptr, 0,
+                                                        layers[0].conv);
+      } catch (const std::invalid_argument& e) {
+        bad(layers[0].where, std::string("stem does not fuse with the first block: ") + e.what());
+      }
+    }
+  }
   for (size_t i = 0; i < layers.size();) {
     const std::string block = block_of(layers[i].name);
     size_t j = i;
@@ -674,7 +698,26 @@ void nas_model::prepare(int batch, int threads) {
     int slots = 0;
   };
   std::vector<Step> steps;
+  int covered = -1;  // the last layer the stem-fused step runs
+  if (stem.fused) {
+    const nask::FusedBlock& f = *stem.fused;
+    const int h = height, w = width, out = stem.layers.back(), slots = nask::fused_scratch_slots(
+                                                                    threads, static_cast<int64_t>(batch) * f.out_size(h));
+    const size_t scratch = f.scratch_bytes(h, w) * slots;
+    const nask::Depthwise& dw = *layers[1].dw;
+    const int h1 = f.head_size(h), w1 = f.head_size(w);
+    const size_t block_scratch =
+        f.has_project() ? nask::FusedBlock::scratch_bytes(h1, w1, dw.c(), dw.k(), dw.stride(), false) *
+                              nask::fused_scratch_slots(threads, static_cast<int64_t>(batch) * dw.out_size(h1))
+                        : 0;
+    if (nask::stem_fused_pays(static_cast<size_t>(numel(in)), bytes(0), bytes(1), bytes(out), scratch,
+                              f.has_project(), false, in_place_headroom(1), block_scratch)) {
+      steps.push_back(Step{stem.layers, stem.fused.get(), scratch, slots});
+      covered = out;
+    }
+  }
   for (const Group& g : groups) {
+    if (g.layers[0] <= covered) continue;
     if (g.fused) {
       const std::vector<int>& ls = g.layers;
       const Shape& xs = input_of(ls[0]);

@@ -72,7 +72,7 @@ std::shared_ptr<Gemm> make_gemm(const py::object& weight, const py::object& bias
   return std::make_shared<Gemm>(p);
 }
 
-std::unique_ptr<Conv> make_conv(const py::object& weight, int stride, const py::object& bias, int in_zp,
+std::shared_ptr<Conv> make_conv(const py::object& weight, int stride, const py::object& bias, int in_zp,
                                 const py::object& multiplier, const py::object& shift, int out_zp, int act_min,
                                 int act_max, const py::object& lut, const std::string& isa) {
   py::array w = need<int8_t>(weight, "weight", {-1, -1, -1, -1});
@@ -89,7 +89,7 @@ std::unique_ptr<Conv> make_conv(const py::object& weight, int stride, const py::
   const PyRequant rq(p.cout, multiplier, shift, out_zp, act_min, act_max, lut);
   p.requant = rq.p;
   p.isa = isa;
-  return std::make_unique<Conv>(p);
+  return std::make_shared<Conv>(p);
 }
 
 std::shared_ptr<Depthwise> make_depthwise(const py::object& weight, int stride, const py::object& bias, int in_zp,
@@ -343,7 +343,7 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("k", &Gemm::k)
       .def_property_readonly("isa", [](const Gemm& g) { return g.isa().name; })
       .def_property_readonly("packed_bytes", &Gemm::packed_bytes);
-  py::class_<Conv>(m, "Conv")
+  py::class_<Conv, std::shared_ptr<Conv>>(m, "Conv")
       .def(py::init(&make_conv), py::arg("weight"), py::arg("stride"), py::arg("bias"), py::arg("in_zp"),
            py::arg("multiplier"), py::arg("shift"), py::arg("out_zp"), py::arg("act_min"), py::arg("act_max"),
            py::arg("lut"), py::arg("isa"))
@@ -405,8 +405,10 @@ PYBIND11_MODULE(_C, m) {
       .def("run", &PyPlan::run, py::arg("threads"))
       .def("__len__", [](const PyPlan& p) { return p.plan.size(); });
   py::class_<FusedBlock>(m, "FusedBlock")
-      .def(py::init<std::shared_ptr<Gemm>, std::shared_ptr<Depthwise>, std::shared_ptr<Gemm>, int>(),
-           py::arg("expand"), py::arg("dw"), py::arg("project"), py::arg("band_rows") = 0)
+      .def(py::init<std::shared_ptr<Gemm>, std::shared_ptr<Depthwise>, std::shared_ptr<Gemm>, int,
+                    std::shared_ptr<Conv>>(),
+           py::arg("expand"), py::arg("dw"), py::arg("project"), py::arg("band_rows") = 0,
+           py::arg("stem") = py::none())
       .def(
           "run",
           [](const FusedBlock& f, const py::object& x, const py::object& out, int threads,
@@ -430,6 +432,26 @@ PYBIND11_MODULE(_C, m) {
         py::arg("h"), py::arg("w"), py::arg("c"), py::arg("k"), py::arg("stride"), py::arg("expand"),
         py::arg("band_rows") = 0,
         "Scratch bytes per thread of a fused block (ops.h FusedBlock) on h x w input, c depthwise channels.");
+  m.def("fused_stem_scratch_bytes",
+        [](int h, int w, int cin, int stem_k, int stem_stride, int c, int k, int stride, bool project,
+           int band_rows) {
+          check_range(h, 1, 1 << 20, "h");
+          check_range(w, 1, 1 << 20, "w");
+          check_range(cin, 1, 1 << 20, "cin");
+          check_range(stem_k, 1, 7, "stem_k");
+          check_range(stem_stride, 1, 2, "stem_stride");
+          check_range(c, 1, 1 << 20, "c");
+          check_range(k, 3, 7, "k");
+          check_range(stride, 1, 2, "stride");
+          check_range(band_rows, 0, 1 << 20, "band_rows");
+          return FusedBlock::stem_scratch_bytes(h, w, cin, stem_k, stem_stride, c, k, stride, project, band_rows);
+        },
+        py::arg("h"), py::arg("w"), py::arg("cin"), py::arg("stem_k"), py::arg("stem_stride"), py::arg("c"),
+        py::arg("k"), py::arg("stride"), py::arg("project"), py::arg("band_rows") = 0,
+        "Scratch bytes per thread of a fused step with a stem head (ops.h FusedBlock) on h x w x cin network input.");
+  m.def("stem_fused_pays", &stem_fused_pays, py::arg("x"), py::arg("stem"), py::arg("dw"), py::arg("out"),
+        py::arg("scratch"), py::arg("project"), py::arg("residual"), py::arg("dw_headroom"), py::arg("block_scratch"),
+        "Whether the stem fuses into the first block (ops.h stem_fused_pays: fewer bytes than the steps it replaces).");
   m.def("fused_band_rows", &FusedBlock::band_rows, py::arg("h"), py::arg("w"), py::arg("c"), py::arg("k"),
         py::arg("stride"), py::arg("band_rows") = 0, "Output rows per band of a fused block (ops.h FusedBlock).");
   m.def("fused_scratch_slots", &fused_scratch_slots, py::arg("threads"), py::arg("rows"),

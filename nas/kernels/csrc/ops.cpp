@@ -196,72 +196,83 @@ Task Conv::task(const uint8_t* x, int b, int h, int w, uint8_t* out) const {
   return [this, x, out, b, h, w, ho, wo](int threads) { run_raw(x, out, b, h, w, ho, wo, threads); };
 }
 
+namespace {
+
+// im2col row of output row oy of one image xi (h x w x cin): wo x k x k x cin bytes, padding = zp.
+void im2col_row(const uint8_t* xi, int h, int w, int cin, int k, int s, int zp, int oy, int wo, uint8_t* d) {
+  const int kk = k * k * cin, pad = k / 2;
+  for (int ox = 0; ox < wo; ++ox, d += kk) {
+    for (int ky = 0; ky < k; ++ky) {
+      const int iy = oy * s + ky - pad;
+      uint8_t* dr = d + ky * k * cin;
+      if (iy < 0 || iy >= h) {
+        std::memset(dr, zp, static_cast<size_t>(k) * cin);
+        continue;
+      }
+      const int ix0 = ox * s - pad;
+      const uint8_t* src = xi + static_cast<size_t>(iy) * w * cin;
+      if (ix0 >= 0 && ix0 + k <= w) {
+        std::memcpy(dr, src + static_cast<size_t>(ix0) * cin, static_cast<size_t>(k) * cin);
+      } else {
+        for (int kx = 0; kx < k; ++kx) {
+          const int ix = ix0 + kx;
+          if (ix < 0 || ix >= w) std::memset(dr + kx * cin, zp, cin);
+          else std::memcpy(dr + kx * cin, src + static_cast<size_t>(ix) * cin, cin);
+        }
+      }
+    }
+  }
+}
+
+// Row y (of h + 2p, p = k / 2) of the zero-point padded copy of one image xi (h x w x cin): (w + 2p) x cin bytes.
+void padded_row(const uint8_t* xi, int h, int w, int cin, int p, int zp, int y, uint8_t* d) {
+  const size_t inner = static_cast<size_t>(w) * cin, side = static_cast<size_t>(p) * cin;
+  y -= p;
+  if (y < 0 || y >= h) {
+    std::memset(d, zp, inner + 2 * side);
+  } else {
+    std::memset(d, zp, side);
+    std::memcpy(d + side, xi + static_cast<size_t>(y) * inner, inner);
+    std::memset(d + side + inner, zp, side);
+  }
+}
+
+constexpr size_t kPadSlack = 64;  // bytes past the padded rows: the direct GEMM reads kernel rows in seg4 bytes
+
+}  // namespace
+
 void Conv::run_raw(const uint8_t* xp, uint8_t* op, int b, int h, int w, int ho, int wo, int threads) const {
   if (direct_) {
     run_direct(xp, op, b, h, w, ho, wo, threads);
     return;
   }
-  const int kk = k_ * k_ * cin_, pad = k_ / 2;
+  const int kk = k_ * k_ * cin_;
   const int m = b * ho * wo;
   thread_local std::vector<uint8_t> col;  // reused across calls (no page faults per run)
   if (col.size() < static_cast<size_t>(m) * kk) col.resize(static_cast<size_t>(m) * kk);
   uint8_t* cp = col.data();
-  const int k = k_, s = stride_, cin = cin_, zp = in_zp_;
-  auto im2col = [&](int r0, int r1) {
-    for (int r = r0; r < r1; ++r) {
-      const int bi = r / ho, oy = r % ho;
-      for (int ox = 0; ox < wo; ++ox) {
-        uint8_t* d = cp + (static_cast<size_t>(r) * wo + ox) * kk;
-        for (int ky = 0; ky < k; ++ky) {
-          const int iy = oy * s + ky - pad;
-          uint8_t* dr = d + ky * k * cin;
-          if (iy < 0 || iy >= h) {
-            std::memset(dr, zp, static_cast<size_t>(k) * cin);
-            continue;
-          }
-          const int ix0 = ox * s - pad;
-          const uint8_t* src = xp + ((static_cast<size_t>(bi) * h + iy) * w) * cin;
-          if (ix0 >= 0 && ix0 + k <= w) {
-            std::memcpy(dr, src + static_cast<size_t>(ix0) * cin, static_cast<size_t>(k) * cin);
-          } else {
-            for (int kx = 0; kx < k; ++kx) {
-              const int ix = ix0 + kx;
-              if (ix < 0 || ix >= w) std::memset(dr + kx * cin, zp, cin);
-              else std::memcpy(dr + kx * cin, src + static_cast<size_t>(ix) * cin, cin);
-            }
-          }
-        }
-      }
-    }
-  };
-  par(threads, b * ho, im2col);
+  par(threads, b * ho, [&](int r0, int r1) {
+    for (int r = r0; r < r1; ++r)
+      im2col_row(xp + static_cast<size_t>(r / ho) * h * w * cin_, h, w, cin_, k_, stride_, in_zp_, r % ho, wo,
+                 cp + static_cast<size_t>(r) * wo * kk);
+  });
   gemm_->run_raw(cp, m, op, nullptr, threads);
 }
 
 // Zero-point padded copy of the input, then the GEMM reads the kernel rows in place (ConvGeom).
 void Conv::run_direct(const uint8_t* xp, uint8_t* op, int b, int h, int w, int ho, int wo, int threads) const {
   const int p = k_ / 2, hp = h + 2 * p, wp = w + 2 * p;
-  const size_t row = static_cast<size_t>(wp) * cin_, inner = static_cast<size_t>(w) * cin_;
-  const size_t side = static_cast<size_t>(p) * cin_;
+  const size_t row = static_cast<size_t>(wp) * cin_;
   thread_local std::vector<uint8_t> padded;  // reused across calls (no page faults per run)
-  const size_t need_bytes = static_cast<size_t>(b) * hp * row + 64;  // + slack: rows are read in seg4 bytes
+  const size_t need_bytes = static_cast<size_t>(b) * hp * row + kPadSlack;
   if (padded.size() < need_bytes) padded.resize(need_bytes);
   uint8_t* pb = padded.data();
-  const int zp = in_zp_;
   par(threads, b * hp, [&](int r0, int r1) {
-    for (int r = r0; r < r1; ++r) {
-      const int bi = r / hp, y = r % hp - p;
-      uint8_t* d = pb + static_cast<size_t>(r) * row;
-      if (y < 0 || y >= h) {
-        std::memset(d, zp, row);
-      } else {
-        std::memset(d, zp, side);
-        std::memcpy(d + side, xp + (static_cast<size_t>(bi) * h + y) * inner, inner);
-        std::memset(d + side + inner, zp, side);
-      }
-    }
+    for (int r = r0; r < r1; ++r)
+      padded_row(xp + static_cast<size_t>(r / hp) * h * w * cin_, h, w, cin_, p, in_zp_, r % hp,
+                 pb + static_cast<size_t>(r) * row);
   });
-  std::memset(pb + static_cast<size_t>(b) * hp * row, zp, 64);
+  std::memset(pb + static_cast<size_t>(b) * hp * row, in_zp_, kPadSlack);
   ConvGeom g;
   g.pad = pb;
   g.ho = ho;
@@ -273,6 +284,38 @@ void Conv::run_direct(const uint8_t* xp, uint8_t* op, int b, int h, int w, int h
   g.k = k_;
   g.seg4 = seg4_;
   gemm_->run_conv(g, b * ho * wo, op, threads);
+}
+
+size_t Conv::rows_scratch_bytes(int w, int cin, int k, int stride, int rows) {
+  const int p = k / 2, wo = (w + 2 * p - k) / stride + 1;
+  const size_t direct = static_cast<size_t>((rows - 1) * stride + k) * (w + 2 * p) * cin + kPadSlack;
+  const size_t im2col = static_cast<size_t>(rows) * wo * k * k * cin;
+  return std::max(direct, im2col);
+}
+
+void Conv::run_rows(const uint8_t* x, int h, int w, int oy0, int oy1, uint8_t* out, uint8_t* scratch) const {
+  const int wo = out_size(w), rows = oy1 - oy0;
+  if (direct_) {  // padded rows [oy0 * s, (oy1 - 1) * s + k) of the padded image: a band of run_direct's copy
+    const int p = k_ / 2, wp = w + 2 * p, held = (rows - 1) * stride_ + k_;
+    const size_t row = static_cast<size_t>(wp) * cin_;
+    for (int r = 0; r < held; ++r) padded_row(x, h, w, cin_, p, in_zp_, oy0 * stride_ + r, scratch + r * row);
+    std::memset(scratch + held * row, in_zp_, kPadSlack);
+    ConvGeom g;
+    g.pad = scratch;
+    g.ho = rows;
+    g.wo = wo;
+    g.hp = held;
+    g.wp = wp;
+    g.cin = cin_;
+    g.stride = stride_;
+    g.k = k_;
+    g.seg4 = seg4_;
+    gemm_->run_conv(g, rows * wo, out, 1);
+    return;
+  }
+  const size_t kk = static_cast<size_t>(k_) * k_ * cin_;
+  for (int r = 0; r < rows; ++r) im2col_row(x, h, w, cin_, k_, stride_, in_zp_, oy0 + r, wo, scratch + r * wo * kk);
+  gemm_->run_raw(scratch, rows * wo, out, nullptr, 1);
 }
 
 // ---------------------------------------------------------------- Depthwise
@@ -390,18 +433,28 @@ size_t up64(size_t v) { return (v + 63) & ~size_t(63); }
 }  // namespace
 
 FusedBlock::FusedBlock(std::shared_ptr<Gemm> expand, std::shared_ptr<Depthwise> dw, std::shared_ptr<Gemm> project,
-                       int band)
-    : expand_(std::move(expand)), dw_(std::move(dw)), project_(std::move(project)), band_(band) {
-  if (!dw_ || !project_) fail("dw/project: required");
+                       int band, std::shared_ptr<Conv> stem)
+    : expand_(std::move(expand)), dw_(std::move(dw)), project_(std::move(project)), band_(band),
+      stem_(std::move(stem)) {
+  if (!dw_) fail("dw: required");
+  if (!project_ && !stem_) fail("project: required unless the head is the stem convolution");
+  if (expand_ && stem_) fail("expand/stem: a fused step has one head op, got both");
   check_range(band, 0, 1 << 20, "band_rows");
   const Isa* isa = &dw_->isa();
-  if (&project_->isa() != isa || (expand_ && &expand_->isa() != isa))
-    fail("expand/project: must be built for the same isa as the depthwise op");
+  if ((project_ && &project_->isa() != isa) || (expand_ && &expand_->isa() != isa) ||
+      (stem_ && &stem_->isa() != isa))
+    fail("expand/stem/project: must be built for the same isa as the depthwise op");
   if (expand_ && (expand_->n() != dw_->c() || expand_->residual() || expand_->out_int32()))
     fail("expand: must be a plain uint8-output GEMM with as many outputs as the depthwise channels (" +
          std::to_string(dw_->c()) + ")");
+  if (stem_ && stem_->cout() != dw_->c())
+    fail("stem: must have as many output channels as the depthwise (" + std::to_string(dw_->c()) + "), got " +
+         std::to_string(stem_->cout()));
+  if (!project_) return;
   if (project_->k() != dw_->c() || project_->out_int32())
     fail("project: must be a uint8-output GEMM over the depthwise channels (" + std::to_string(dw_->c()) + ")");
+  if (project_->residual() && stem_)
+    fail("project: a residual block does not fuse with the stem (its residual reads the stem output)");
   if (project_->residual() && (dw_->stride() != 1 || project_->n() != cin()))
     fail("project: a residual block needs stride 1 and as many outputs as block inputs");
 }
@@ -417,10 +470,52 @@ int FusedBlock::band_rows(int h, int w, int c, int k, int stride, int band) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(best, ho)));
 }
 
+namespace {
+
+// One thread's band buffers: head rows (expand or stem output rows of a band, with its halo), the band's depthwise
+// output (before project), the stem's padded input or im2col rows; byte offsets 64-byte aligned.
+struct BandLayout {
+  int band = 0, held = 0, stem_rows = 0;
+  size_t head = 0, dw = 0, stem = 0;
+  size_t total() const { return head + dw + stem; }
+};
+
+// h, w: the depthwise's input; stem_k > 0: a stem head over input width stem_w with stem_cin channels.
+BandLayout band_layout(int h, int w, int c, int k, int stride, bool head, bool project, int band, int stem_w = 0,
+                       int stem_cin = 0, int stem_k = 0, int stem_stride = 1) {
+  BandLayout l;
+  l.band = FusedBlock::band_rows(h, w, c, k, stride, band);
+  l.held = std::min(h, (l.band - 1) * stride + k);
+  const int wo = (w - 1) / stride + 1;
+  l.head = head ? up64(static_cast<size_t>(l.held) * w * c) : 0;
+  l.dw = project ? up64(static_cast<size_t>(l.band) * wo * c) : 0;
+  if (stem_k > 0) {
+    l.stem_rows = FusedBlock::stem_rows(w, l.held);
+    l.stem = up64(Conv::rows_scratch_bytes(stem_w, stem_cin, stem_k, stem_stride, l.stem_rows));
+  }
+  return l;
+}
+
+int conv_size(int in, int k, int stride) { return (in + 2 * (k / 2) - k) / stride + 1; }
+
+}  // namespace
+
 size_t FusedBlock::scratch_bytes(int h, int w, int c, int k, int stride, bool expand, int band) {
-  const int rows = band_rows(h, w, c, k, stride, band), wo = (w - 1) / stride + 1;
-  const size_t held = static_cast<size_t>(std::min(h, (rows - 1) * stride + k));
-  return (expand ? up64(held * w * c) : 0) + up64(static_cast<size_t>(rows) * wo * c);
+  return band_layout(h, w, c, k, stride, expand, true, band).total();
+}
+
+size_t FusedBlock::stem_scratch_bytes(int h, int w, int cin, int stem_k, int stem_stride, int c, int k, int stride,
+                                      bool project, int band) {
+  return band_layout(conv_size(h, stem_k, stem_stride), conv_size(w, stem_k, stem_stride), c, k, stride, true,
+                     project, band, w, cin, stem_k, stem_stride)
+      .total();
+}
+
+size_t FusedBlock::scratch_bytes(int h, int w) const {
+  if (stem_)
+    return stem_scratch_bytes(h, w, stem_->cin(), stem_->k(), stem_->stride(), dw_->c(), dw_->k(), dw_->stride(),
+                              project_ != nullptr, band_);
+  return scratch_bytes(h, w, dw_->c(), dw_->k(), dw_->stride(), expand_ != nullptr, band_);
 }
 
 Task FusedBlock::task(const uint8_t* x, int b, int h, int w, uint8_t* out, uint8_t* scratch, int slots) const {
@@ -452,17 +547,25 @@ void FusedBlock::run_raw(const uint8_t* x, int b, int h, int w, uint8_t* out, ui
 
 void FusedBlock::run_strip(const uint8_t* x, int h, int w, uint8_t* out, uint8_t* scratch, int r0, int r1) const {
   const int c = dw_->c(), k = dw_->k(), s = dw_->stride(), pad = k / 2, ci = cin(), co = cout();
-  const int ho = out_size(h), wo = out_size(w), band = band_rows(h, w, c, k, s, band_);
-  const size_t row_c = static_cast<size_t>(w) * c;
-  uint8_t* ebuf = scratch;  // expanded rows [lo, hi) of image `img` (expand only)
-  uint8_t* dbuf = expand_ ? scratch + up64(std::min(h, (band - 1) * s + k) * row_c) : scratch;
+  const int h1 = head_size(h), w1 = head_size(w);  // the depthwise's input
+  const int ho = dw_->out_size(h1), wo = dw_->out_size(w1);
+  const bool head = expand_ || stem_;
+  const BandLayout l = stem_ ? band_layout(h1, w1, c, k, s, true, project_ != nullptr, band_, w, ci, stem_->k(),
+                                           stem_->stride())
+                             : band_layout(h1, w1, c, k, s, head, true, band_);
+  const size_t row_c = static_cast<size_t>(w1) * c;
+  uint8_t* ebuf = scratch;  // head rows [lo, hi) of image `img`
+  uint8_t* dbuf = scratch + l.head;
+  uint8_t* sbuf = dbuf + l.dw;  // the stem's padded input or im2col rows
   int img = -1, lo = 0, hi = 0;
   for (int r = r0; r < r1;) {
     const int bi = r / ho, oy0 = r % ho;
-    const int oy1 = std::min({ho, oy0 + band, oy0 + (r1 - r)});
-    const int need_lo = std::max(0, oy0 * s - pad), need_hi = std::min(h, (oy1 - 1) * s - pad + k);
+    const int oy1 = std::min({ho, oy0 + l.band, oy0 + (r1 - r)});
+    const int need_lo = std::max(0, oy0 * s - pad), need_hi = std::min(h1, (oy1 - 1) * s - pad + k);
     const uint8_t* xi = x + static_cast<size_t>(bi) * h * w * ci;
-    if (expand_) {
+    uint8_t* oband = out + (static_cast<size_t>(bi) * ho + oy0) * wo * co;
+    uint8_t* dst = project_ ? dbuf : oband;  // without project the depthwise writes the step's output
+    if (head) {
       if (bi != img || need_lo >= hi) {  // nothing held is read again
         img = bi;
         lo = hi = need_lo;
@@ -470,18 +573,23 @@ void FusedBlock::run_strip(const uint8_t* x, int h, int w, uint8_t* out, uint8_t
         std::memmove(ebuf, ebuf + (need_lo - lo) * row_c, (hi - need_lo) * row_c);
         lo = need_lo;
       }
-      if (need_hi > hi) {
+      if (need_hi > hi && expand_) {
         expand_->run_raw(xi + static_cast<size_t>(hi) * w * ci, (need_hi - hi) * w, ebuf + (hi - lo) * row_c,
                          nullptr, 1);
-        hi = need_hi;
+      } else if (need_hi > hi) {
+        for (int y = hi; y < need_hi; y += l.stem_rows)
+          stem_->run_rows(xi, h, w, y, std::min(need_hi, y + l.stem_rows), ebuf + (y - lo) * row_c, sbuf);
       }
-      dw_->run_rows(ebuf, h, w, lo, hi - lo, oy0, oy1, dbuf, 1);
+      hi = std::max(hi, need_hi);
+      dw_->run_rows(ebuf, h1, w1, lo, hi - lo, oy0, oy1, dst, 1);
     } else {
-      dw_->run_rows(xi, h, w, 0, h, oy0, oy1, dbuf, 1);
+      dw_->run_rows(xi, h, w, 0, h, oy0, oy1, dst, 1);
     }
-    // residual blocks have stride 1 and cin == cout: output row oy adds input row oy
-    const uint8_t* res = project_->residual() ? xi + static_cast<size_t>(oy0) * w * ci : nullptr;
-    project_->run_raw(dbuf, (oy1 - oy0) * wo, out + (static_cast<size_t>(bi) * ho + oy0) * wo * co, res, 1);
+    if (project_) {
+      // residual blocks have stride 1 and cin == cout (and no stem): output row oy adds input row oy
+      const uint8_t* res = project_->residual() ? xi + static_cast<size_t>(oy0) * w * ci : nullptr;
+      project_->run_raw(dbuf, (oy1 - oy0) * wo, oband, res, 1);
+    }
     r += oy1 - oy0;
   }
 }

@@ -118,9 +118,19 @@ class Conv {
 
   int cin() const { return cin_; }
   int cout() const { return cout_; }
+  int k() const { return k_; }
+  int stride() const { return stride_; }
+  const Isa& isa() const { return gemm_->isa(); }
   int out_size(int in) const { return (in + 2 * (k_ / 2) - k_) / stride_ + 1; }
   // x [b][h][w][cin] -> out [b][out_size(h)][out_size(w)][cout], uint8.
   Task task(const uint8_t* x, int b, int h, int w, uint8_t* out) const;
+  // Output rows [oy0, oy1) of one image of h x w (no checks) into out (those rows only), on one thread, with
+  // `scratch` of rows_scratch_bytes(w, oy1 - oy0) bytes for the rows' zero-point padded input or im2col rows: the
+  // same bytes and the same GEMM kernel as task(), so the same bits.
+  void run_rows(const uint8_t* x, int h, int w, int oy0, int oy1, uint8_t* out, uint8_t* scratch) const;
+  // Scratch bytes run_rows needs for `rows` output rows of input width w, the same on every ISA (the larger of the
+  // padded rows of the direct path and the im2col rows), so an arena holding it is predictable without the ISA.
+  static size_t rows_scratch_bytes(int w, int cin, int k, int stride, int rows);
 
  private:
   void run_raw(const uint8_t* xp, uint8_t* op, int b, int h, int w, int ho, int wo, int threads) const;
@@ -162,41 +172,56 @@ class Depthwise {
   DwPacked packed_;
 };
 
-// An inverted-residual block without squeeze-excite, computed in bands of output rows: expand (1x1 GEMM; none
-// when the expand ratio is 1) -> depthwise kxk -> project (1x1 GEMM, with the block's residual add when it has
-// one). Per band only the expanded rows its depthwise reads exist (the halo rows the next band reads again are
-// moved to the top of the band buffer, not recomputed), and the depthwise output of the band goes straight into
-// the project GEMM: the full expanded and depthwise tensors are never materialized. Every output pixel comes from
-// the same kernels on the same bytes as layer by layer, so the result is bit-exact for any band and thread count.
-// Threads: each takes one strip of output rows (image-major) with its own band buffers, the kernels inside run on
-// that thread alone; only the halo rows at strip edges are computed twice.
+// A fused step computed in bands of output rows: head -> depthwise kxk -> tail. The head makes the depthwise's input
+// rows: none (the depthwise reads the step input), a 1x1 expand GEMM (an inverted-residual block's expand layer), or
+// the network's stem convolution (kxk, stride 1/2; the step input is then the network input and the stem output is
+// never materialized either: issue #33, MCUNetV2's patch-based first stage). The tail: the project GEMM (with the
+// block's residual add when it has one) or none (the depthwise output is the step's output: a first block with
+// squeeze-excite, whose SE and project run as steps of their own). Per band only the head rows its depthwise reads
+// exist (the halo rows the next band reads again are moved to the top of the band buffer, not recomputed), and the
+// depthwise output of the band goes straight into the project GEMM: the full head and depthwise tensors are never
+// materialized. Every output pixel comes from the same kernels on the same bytes as layer by layer (the stem's rows
+// from the same zero-point padded rows or im2col rows as Conv::task), so the result is bit-exact for any band and
+// thread count. Threads: each takes one strip of output rows (image-major) with its own band buffers, the kernels
+// inside run on that thread alone; only the halo rows at strip edges are computed twice.
 class FusedBlock {
  public:
-  // expand may be null; residual blocks need stride 1 and as many output as input channels. band: output rows per
-  // band (0: band_rows' choice; any value gives the same bits).
+  // expand and stem: at most one (none: expand ratio 1); project may be null only with a stem. Residual blocks need
+  // stride 1, as many output as input channels and no stem (the residual would read the stem output). band: output
+  // rows per band (0: band_rows' choice; any value gives the same bits).
   FusedBlock(std::shared_ptr<Gemm> expand, std::shared_ptr<Depthwise> dw, std::shared_ptr<Gemm> project,
-             int band = 0);
+             int band = 0, std::shared_ptr<Conv> stem = nullptr);
 
-  int cin() const { return expand_ ? expand_->k() : dw_->c(); }
-  int cout() const { return project_->n(); }
-  int out_size(int in) const { return dw_->out_size(in); }
+  int cin() const { return stem_ ? stem_->cin() : expand_ ? expand_->k() : dw_->c(); }
+  int cout() const { return project_ ? project_->n() : dw_->c(); }
+  bool has_stem() const { return stem_ != nullptr; }
+  bool has_project() const { return project_ != nullptr; }
+  // The depthwise's input height (width) for a step input of `in` rows (columns).
+  int head_size(int in) const { return stem_ ? stem_->out_size(in) : in; }
+  int out_size(int in) const { return dw_->out_size(head_size(in)); }
   // Output rows per band: `band` (clamped to [1, ho]) when positive, else the most whose band buffers (below) fit
   // kBandBytes, at most ceil(ho / kMinBands) (small images: the buffers stay well below the expanded tensor, also
   // with one set per thread), but at least ceil(kMinPixels / wo) (GEMMs of a few rows waste their register tiles
-  // and reload the weights per band) and at most ho.
+  // and reload the weights per band) and at most ho. h, w: the depthwise's input.
   static int band_rows(int h, int w, int c, int k, int stride, int band = 0);
-  // Scratch bytes one thread needs for input h x w: the expanded rows of a band (with expand) and the band's
-  // depthwise output, each rounded up to 64 bytes. c: the expanded (depthwise) channels.
+  // Scratch bytes one thread needs for depthwise input h x w: the expanded rows of a band (with expand) and the
+  // band's depthwise output, each rounded up to 64 bytes. c: the expanded (depthwise) channels.
   static size_t scratch_bytes(int h, int w, int c, int k, int stride, bool expand, int band = 0);
-  size_t scratch_bytes(int h, int w) const {
-    return scratch_bytes(h, w, dw_->c(), dw_->k(), dw_->stride(), expand_ != nullptr, band_);
-  }
+  // The same for a step with a stem head on network input h x w x cin (stem kernel stem_k, stride stem_stride):
+  // the stem output rows of a band, the band's depthwise output (with project only) and the stem's padded input or
+  // im2col rows for stem_rows() stem output rows (Conv::rows_scratch_bytes), each rounded up to 64 bytes.
+  static size_t stem_scratch_bytes(int h, int w, int cin, int stem_k, int stem_stride, int c, int k, int stride,
+                                   bool project, int band = 0);
+  // Stem output rows computed per GEMM call: about kStemPixels pixels, at most the `held` rows of a band.
+  static int stem_rows(int w, int held) { return std::max(1, std::min(held, (kStemPixels + w - 1) / w)); }
+  size_t scratch_bytes(int h, int w) const;
   // x [b][h][w][cin] -> out [b][out_size(h)][out_size(w)][cout], uint8. scratch: `slots` x scratch_bytes(h, w)
   // bytes (64-byte aligned), at most `slots` threads then run; nullptr: allocated per call for `threads` threads.
   Task task(const uint8_t* x, int b, int h, int w, uint8_t* out, uint8_t* scratch, int slots) const;
 
   static constexpr size_t kBandBytes = 64 * 1024;  // band buffers per thread: about half a core's L2
   static constexpr int kMinBands = 8, kMinPixels = 32;
+  static constexpr int kStemPixels = 128;  // a stem GEMM call's rows: enough for full register tiles
 
  private:
   void run_raw(const uint8_t* x, int b, int h, int w, uint8_t* out, uint8_t* scratch, int slots,
@@ -208,6 +233,7 @@ class FusedBlock {
   std::shared_ptr<Depthwise> dw_;
   std::shared_ptr<Gemm> project_;
   int band_ = 0;
+  std::shared_ptr<Conv> stem_;
 };
 
 // Band-buffer slots a fused step gets in an arena planned for `threads` threads: one per thread, at most one per
@@ -263,13 +289,40 @@ inline bool in_place_pays(int64_t headroom, size_t input_bytes, bool input_read_
 // runs that way; comparing with the larger out-of-place step would fuse blocks whose layers need fewer bytes.
 // Latency is not a term: fused and layer-by-layer measured alike (within noise) on small32 networks and MobileNetV2
 // at 1 and 2 threads, and a deterministic rule keeps the arena predictable from the architecture.
-inline bool fused_block_pays(size_t x, size_t expanded, size_t dw, size_t out, size_t scratch, bool expand,
-                             bool residual, int64_t dw_headroom) {
+// block_layers_bytes: that fullest step of the layers.
+inline size_t block_layers_bytes(size_t x, size_t expanded, size_t dw, size_t out, bool expand, bool residual,
+                                 int64_t dw_headroom) {
   const size_t keep = residual ? x : 0;
   const size_t dw_in = expand ? expanded : x;  // without expand the depthwise reads x, which a residual keeps
   const size_t dw_out = in_place_pays(dw_headroom, dw_in, !expand && residual) ? static_cast<size_t>(dw_headroom) : dw;
-  const size_t layers = std::max({expand ? x + expanded : 0, (expand ? expanded + keep : x) + dw_out, dw + out + keep});
-  return x + out + scratch <= layers;
+  return std::max({expand ? x + expanded : 0, (expand ? expanded + keep : x) + dw_out, dw + out + keep});
+}
+
+inline bool fused_block_pays(size_t x, size_t expanded, size_t dw, size_t out, size_t scratch, bool expand,
+                             bool residual, int64_t dw_headroom) {
+  return x + out + scratch <= block_layers_bytes(x, expanded, dw, out, expand, residual, dw_headroom);
+}
+
+// The one rule for fusing the stem into the first block (FusedBlock with a stem head; the Python executor,
+// nas.kernels.memory's prediction and the C runtime all call it): where the first block has no expand layer and no
+// residual (which would read the stem output), the fused step (network input `x`, its output `out` and its band
+// buffers `scratch` alive) needs fewer bytes than the steps it replaces as they would run: the stem (x + the stem
+// output `stem`), then the block's depthwise -> project as fused_block_pays would run them (its own fused step
+// with `block_scratch` band buffers, or its layers, the depthwise in place where in_place_pays says so:
+// `dw_headroom`), or, without project (a block with squeeze-excite: `out` is the depthwise output `dw`), the
+// depthwise step alone. Bytes. Strictly fewer: at a tie the layers run (nothing to gain, and their steps are the
+// ones the latency tables time).
+inline bool stem_fused_pays(size_t x, size_t stem, size_t dw, size_t out, size_t scratch, bool project,
+                            bool residual, int64_t dw_headroom, size_t block_scratch) {
+  if (residual) return false;
+  size_t block;
+  if (project) {
+    const size_t layers = block_layers_bytes(stem, 0, dw, out, false, false, dw_headroom);
+    block = stem + out + block_scratch <= layers ? stem + out + block_scratch : layers;
+  } else {
+    block = stem + (in_place_pays(dw_headroom, stem, false) ? static_cast<size_t>(dw_headroom) : dw);
+  }
+  return x + out + scratch < std::max(x + stem, block);
 }
 
 // Global average pool: out[b, c] = rne(clamp(float32(sum_p x[b, p, c] - hw * in_zp) * scale)) + out_zp.
