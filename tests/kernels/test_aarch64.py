@@ -86,7 +86,7 @@ def test_arm_paths_match_the_reference_under_qemu(binaries: dict[str, Path], cpu
     isas = "neon neondot" if best == "neondot" else "neon neondot(unsupported)"
     assert f"isas: reference {isas}" in report, report
     assert "mismatches 0" in report and "OK:" in report, report
-    for family in ("depthwise", "dw_row_window", "fused_block", "in_place"):  # those cases ran
+    for family in ("depthwise", "dw_row_window", "fused_block", "in_place", "fused_stem"):  # those cases ran
         assert re.search(rf"^{family}\s+cases\s+[1-9]\d*\s.*mismatches 0$", report, re.M), report
 
 
@@ -114,4 +114,33 @@ def test_whole_networks_on_arm_give_the_x86_logits_bit_for_bit(binaries: dict[st
     # the same fused steps in the same arena as the x86 executor (and as predicted from the architecture)
     arena = model.network.memory_plan((3, 16, 16, 1), threads=2).arena_bytes
     assert arena == peak_activation_bytes(model.arch, 3, threads=2)
+    assert f"activation arena {arena} bytes" in run.stdout, run.stdout
+
+
+@pytest.mark.parametrize(("cpu", "isa"), [("max", "neondot"), ("cortex-a57", "neon")])
+@pytest.mark.parametrize(("name", "threads"), [("stem-project", 2), ("stem-project-w4a8", 1), ("stem-se", 2)])
+def test_stem_fused_networks_on_arm_give_the_x86_logits_bit_for_bit(binaries: dict[str, Path],
+                                                                    stem_checkpoints: dict, tmp_path: Path, cpu: str,
+                                                                    isa: str, name: str, threads: int) -> None:
+    """Networks whose stem runs inside the first block's step (batch 3: it fuses there on any thread count) on the
+    ARM C runtime against the x86 executor, in the same arena."""
+    import numpy as np
+
+    from nas.export import load
+    from nas.kernels.memory import arch_steps, peak_activation_bytes
+
+    model = load(stem_checkpoints[name])
+    r = model.arch.resolution
+    assert len(arch_steps(model.arch, 3, threads=threads)[0]) > 1  # the stem is fused here
+    x = np.random.default_rng(8).standard_normal((3, 3, r, r)).astype(np.float32)
+    x.tofile(tmp_path / "x.f32")
+    run = subprocess.run([QEMU, "-cpu", cpu, str(binaries["run_checkpoint"]), str(stem_checkpoints[name]),
+                          str(tmp_path / "x.f32"), "3", str(tmp_path / "y.f32"), str(threads)], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"on {isa}" in run.stdout, run.stdout
+    arm = np.fromfile(tmp_path / "y.f32", dtype=np.float32).reshape(3, 10)
+    assert np.array_equal(arm, model.network.run(x, threads=threads))
+    arena = model.network.memory_plan((3, r, r, 3), threads=threads).arena_bytes
+    assert arena == peak_activation_bytes(model.arch, 3, threads=threads)
     assert f"activation arena {arena} bytes" in run.stdout, run.stdout

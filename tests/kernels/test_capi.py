@@ -212,3 +212,33 @@ def test_missing_directory_and_unknown_isa(runtime, tmp_path, checkpoints, monke
     run = subprocess.run([str(out.example), str(checkpoints["int8"]), "x", "1", "y"], capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 1 and "NAS_KERNELS_ISA=sse9" in run.stderr
+
+
+@pytest.mark.parametrize("name", ["stem-project", "stem-project-w4a8", "stem-se"])
+def test_the_runtime_fuses_the_stem_where_the_executor_does(runtime, stem_checkpoints, name):
+    """The stem fused into the first block (with its project, or its depthwise alone before SE): the C runtime takes
+    the executor's decision at every batch and thread count (it fuses at some and not at others), in the predicted
+    arena, with bit-identical logits."""
+    from nas.kernels.memory import arch_steps
+
+    _, lib = runtime
+    ck = load(stem_checkpoints[name])
+    r, c = ck.arch.resolution, ck.arch.in_channels
+    status, model, err = _load(lib, stem_checkpoints[name])
+    assert status == NAS_OK, err
+    try:
+        rng = np.random.default_rng(3)
+        got = ctypes.c_size_t()
+        decided = set()
+        for batch, threads in [(1, 1), (1, 2), (1, 3), (3, 1), (3, 2), (3, 3)]:
+            decided.add(len(arch_steps(ck.arch, batch, threads=threads)[0]) > 1)
+            assert lib.nas_model_arena_bytes(model, batch, threads, ctypes.byref(got)) == NAS_OK, lib.nas_last_error()
+            want = peak_activation_bytes(ck.arch, batch, threads=threads)
+            assert got.value == want == ck.network.memory_plan((batch, r, r, c), threads=threads).arena_bytes
+            x = rng.integers(0, 256, size=(batch, r, r, c), dtype=np.uint8)
+            logits = _run(lib, model, x, threads=threads)
+            assert np.array_equal(logits, ck.network.run(x, threads=threads))
+            assert np.array_equal(logits, ck.network.run(x, fused=False))
+        assert decided == {True, False}
+    finally:
+        lib.nas_model_free(model)

@@ -134,3 +134,79 @@ def test_stem_fused_refuses_parts_that_do_not_chain():
         op.run(rng.integers(0, 256, size=(1, 9, 9, 16), dtype=np.uint8))
     with pytest.raises(ValueError, match="out"):
         op.run(rng.integers(0, 256, size=(1, 9, 9, 3), dtype=np.uint8), out=np.empty((1, 9, 9, 16), np.uint8))
+
+
+def _check_network(arch, threads_list=(1, 2, 3), batches=(1, 3), reference=True) -> bool:
+    """The executor's arena equals `activation_plan` (fused and `fused=False`) at each batch and thread count, and
+    the default logits equal the layer-by-layer and reference ones on every ISA here; True where the stem fused."""
+    from latency_models.kernel_runner import kernel_network
+    from nas.kernels.memory import activation_plan, arch_steps
+
+    net = kernel_network(arch)
+    fused_stem = False
+    for batch in batches:
+        shape = (batch, arch.resolution, arch.resolution, arch.in_channels)
+        for threads in threads_list:
+            steps = [g for g, _ in net.steps(shape, threads)]
+            assert steps == arch_steps(arch, batch, threads=threads)
+            fused_stem |= len(steps[0]) > 1
+            assert net.memory_plan(shape, threads=threads) == activation_plan(arch, batch, threads=threads)
+            assert net.memory_plan(shape, fused=False, threads=threads) == \
+                activation_plan(arch, batch, fused=False, threads=threads)
+        x = np.random.default_rng(batch).integers(0, 256, size=shape, dtype=np.uint8)
+        want = net.run(x, fused=False)
+        if reference:
+            np.testing.assert_array_equal(net.run_reference(x), want)
+        for isa in SUPPORTED:
+            for threads in threads_list:
+                np.testing.assert_array_equal(net.run(x, threads=threads, isa=isa), want, err_msg=f"{isa} {threads}")
+    return fused_stem
+
+
+@pytest.mark.parametrize("space", ["small32", "small32-v3", "mobilenetv2", "mobilenetv3", "efficientnet"])
+def test_random_networks_of_every_space_in_the_predicted_arena(space):
+    """Random networks of every space (the large ones at their smallest resolution): arena == prediction and
+    bit-exact logits, 1-3 threads, batch 1 and 3; the stem fuses in some of them where the space allows it."""
+    import random
+
+    import search_spaces as ss
+
+    sp = ss.get_space(space)
+    rng = random.Random(5)
+    archs = [sp.random_arch(rng) for _ in range(3 if space.startswith("small32") else 2)]
+    if not space.startswith("small32"):
+        archs = [a.replace(resolution=min(sp.resolutions)) for a in archs]
+    fused = [_check_network(a, reference=space.startswith("small32")) for a in archs]
+    if space in ("small32", "mobilenetv2"):  # small32-v3: residual first blocks; others: SE first blocks that may
+        assert any(fused)  # or may not pay at their smallest resolution
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3-small", "mobilenetv3-large", "mobilenetv2"])
+def test_presets_in_the_predicted_arena(name):
+    """The presets at 96 px (the stem fuses in MobileNetV3-Small without project, in MobileNetV2 with; never in
+    MobileNetV3-Large, whose first block adds its input); MobileNetV3-Small at 224 px on one thread too."""
+    import search_spaces as ss
+
+    arch = ss.scale(ss.preset(name), resolution=96)
+    assert _check_network(arch, reference=False) == (name != "mobilenetv3-large")
+    if name == "mobilenetv3-small":
+        assert _check_network(ss.preset(name), threads_list=(1,), batches=(1,), reference=False)
+
+
+def test_stem_fused_pays_compares_with_the_steps_it_replaces():
+    """The rule on sizes: fewer bytes than the stem step (x + stem) and the block's steps as they run; ties and
+    residual blocks stay unfused."""
+    no = _C.NOT_IN_PLACE
+    # x 300, stem 400, dw 100 (stride 2), no project: layers peak at the stem step, 700; fused 300 + 100 + scratch
+    assert _C.stem_fused_pays(300, 400, 100, 100, 299, False, False, no, 0)
+    assert not _C.stem_fused_pays(300, 400, 100, 100, 300, False, False, no, 0)  # a tie: the layers run
+    assert not _C.stem_fused_pays(300, 400, 100, 100, 0, False, True, no, 0)  # residual: never
+    # with project: the block's own fused step (stem 400 + out 200 + its scratch 250 = 850) sets the bar when it
+    # pays against its layers (stem + dw 400 = 800, dw + out 600: 800 -> not fused, bar = max(700, 800))
+    assert _C.stem_fused_pays(300, 400, 400, 200, 299, True, False, no, 250)
+    assert not _C.stem_fused_pays(300, 400, 400, 200, 300, True, False, no, 250)
+    # a block whose own fused step pays (400 + 200 + 50 = 650 <= 800): the bar is the stem step's 700
+    assert _C.stem_fused_pays(300, 400, 400, 200, 199, True, False, no, 50)
+    assert not _C.stem_fused_pays(300, 400, 400, 200, 200, True, False, no, 50)
+    # an in-place depthwise (headroom 64): the block's layers peak at dw + out = 600, the bar stays 700
+    assert _C.stem_fused_pays(300, 400, 400, 200, 199, True, False, 64, 10_000)

@@ -459,6 +459,60 @@ void fused_blocks(Family& f) {
   }
 }
 
+// The stem fused into the first block (FusedBlock with a stem head) on each ARM ISA against the reference ISA's
+// stem, depthwise and project run one by one: stem k 3/5/7, stride 1/2, odd sizes down to 1 pixel, with or without
+// project (none: the depthwise output, as before a squeeze-excite), int8 and W4A8 projects, bands of 1-3 rows or
+// automatic, 1-3 threads, batch 1-3.
+void fused_stem(Family& f) {
+  Rng rng(47);
+  for (int trial = 0; trial < 36; ++trial) {
+    const int sk = 3 + 2 * (trial % 3), ss = 1 + (trial / 3) % 2, k = 3 + 2 * ((trial / 6) % 3);
+    const int stride = 1 + (trial / 2) % 2, cin = rng.pick(std::vector<int>{1, 3, 4});
+    const int c = rng.pick(std::vector<int>{8, 16, 17});
+    const bool project = trial % 4 != 1;
+    const int cout = rng.pick(std::vector<int>{4, 8, 19});
+    const int bits = trial % 5 == 2 ? 4 : 8, group = bits == 4 ? 8 : 0;
+    const int b = rng.integer(1, 3), h = rng.integer(1, 29), w = rng.integer(1, 29), band = rng.integer(0, 3);
+    const int threads = 1 + trial % 3;
+    std::vector<int8_t> wt = rng.weights(static_cast<size_t>(c) * sk * sk * cin, 127);
+    std::vector<int32_t> bias = rng.ints(c, -20000, 19999);
+    RequantData rq = random_requant(rng, c, sk * sk * cin, kActs[trial % 5], 127);
+    ConvParams sp;
+    sp.weight = wt.data();
+    sp.cout = c;
+    sp.kh = sp.kw = sk;
+    sp.cin = cin;
+    sp.stride = ss;
+    sp.bias = bias.data();
+    sp.in_zp = rng.integer(0, 255);
+    sp.requant = rq.params();
+    DwData d = random_dw(rng, c, k, stride, kActs[(trial + 2) % 5]);
+    GemmData pr = random_gemm(rng, cout, c, bits, group, "none", false, false);
+    const std::vector<uint8_t> x = rng.bytes(static_cast<size_t>(b) * h * w * cin);
+    const int h1 = (h - 1) / ss + 1, w1 = (w - 1) / ss + 1;  // k / 2 padding: ceil(h / s)
+    const int ho = (h1 - 1) / stride + 1, wo = (w1 - 1) / stride + 1;
+    const std::string what = "fused stem k=" + std::to_string(sk) + " s=" + std::to_string(ss) + " dw k=" +
+                             std::to_string(k) + " s=" + std::to_string(stride) + " " + std::to_string(b) + "x" +
+                             std::to_string(h) + "x" + std::to_string(w) + "x" + std::to_string(cin) + " band " +
+                             std::to_string(band) + (project ? " bits " + std::to_string(bits) : " no project");
+    compare(f, what, static_cast<size_t>(b) * ho * wo * (project ? cout : c),
+            [&](const std::string& isa, uint8_t* out) {
+      sp.isa = d.p.isa = pr.p.isa = isa;
+      auto stem = std::make_shared<Conv>(sp);
+      auto dwop = std::make_shared<Depthwise>(d.p);
+      auto prop = project ? std::make_shared<Gemm>(pr.p) : nullptr;
+      if (isa != "reference") {
+        FusedBlock(nullptr, dwop, prop, band, stem).task(x.data(), b, h, w, out, nullptr, 0)(threads);
+        return;
+      }
+      std::vector<uint8_t> t1(static_cast<size_t>(b) * h1 * w1 * c), t2(static_cast<size_t>(b) * ho * wo * c);
+      stem->task(x.data(), b, h, w, t1.data())(1);
+      dwop->task(t1.data(), b, h1, w1, project ? t2.data() : out)(1);
+      if (prop) prop->task(t2.data(), b * ho * wo, out, nullptr)(1);
+    });
+  }
+}
+
 void stem_conv(Family& f) {
   Rng rng(13);
   struct Case { int cin, stride, h, w, k; };
@@ -679,7 +733,7 @@ int main(int argc, char** argv) {
   }
   std::vector<Family> fams = {{"gemm_random"}, {"gemm_many_rows"}, {"gemm_int32"}, {"requant_ties"},
                               {"epilogue_unfused"}, {"depthwise"}, {"stem_conv"}, {"pool_se"}, {"plan"},
-                              {"dw_row_window"}, {"fused_block"}, {"in_place"}};
+                              {"dw_row_window"}, {"fused_block"}, {"in_place"}, {"fused_stem"}};
   gemm_random_shapes(fams[0]);
   gemm_many_rows(fams[1]);
   gemm_int32_logits(fams[2]);
@@ -692,6 +746,7 @@ int main(int argc, char** argv) {
   depthwise_row_windows(fams[9]);
   fused_blocks(fams[10]);
   in_place(fams[11]);
+  fused_stem(fams[12]);
   int cases = 0;
   for (const Family& f : fams) {
     std::printf("%-16s cases %3d  output bytes %8lld  mismatches %d\n", f.name.c_str(), f.cases,
