@@ -17,9 +17,11 @@ Such a block has a key of its own besides its three (or two) layer keys:
 - `residual`: the project adds the block input (stride 1 and equal widths).
 
 `fused_block_op` builds the key of a block, `fused_layers` gives back its layer keys, `fuses` is the executor's
-decision (batch 1). Where the executor runs the stem inside the first block's step (`stem_fuses`, issue #33) that
-block is its layer keys: the stem-fused step has no key of its own and is priced as its layers' sum.
-`enumerate_ops(..., device=spec)` adds the fused keys of a `kernels` device at its thread count
+decision (batch 1). The stem fused into the first block (issue #33, `nas.kernels.memory.stem_fuses`) has no key
+of its own: it is priced as the steps it replaces (the stem key, then the first block as `executor_block_ops` lists
+it), which it matched within 0.98-1.03 on an AMD Zen 3 (benchmarks/RESULTS_memory.md); whether it fuses depends on
+the whole network's arena (`memory.stem_lowers_arena`), which a search's prediction should not plan twice per
+network. `enumerate_ops(..., device=spec)` adds the fused keys of a `kernels` device at its thread count
 (`DeviceSpec.fused_threads`); other devices run layer by layer and get none. The layer keys of fused blocks stay
 (`fused=False` runs them, and interpolation uses them).
 """
@@ -156,31 +158,10 @@ def fuses(op: OpKey, threads: int) -> bool:
                        op.op == "mbconv", op.residual, int(threads))
 
 
-@lru_cache(maxsize=65536)
-def stem_fuses(resolution: int, in_channels: int, stem_channels: int, stem_stride: int, b: Block,
-               threads: int) -> bool:
-    """Whether the kernel executor runs the stem (3x3, `stem_stride`, `in_channels` -> `stem_channels` at
-    `resolution`) and the first block `b` (its depthwise and project; only the depthwise before squeeze-excite) as
-    one fused step on `threads` threads for one image: `nas.kernels.memory.stem_fuses`, the executor's own rule.
-    Never for a block with an expand layer."""
-    from nas.kernels.memory import stem_fuses as rule  # the compiled library, needed only for the kernels device
-
-    if b.expand != 1:
-        return False
-    return rule(1, resolution, resolution, in_channels, stem_channels, 3, stem_stride, b.kernel, b.stride,
-                None if b.se else b.out_channels, b.stride == 1 and stem_channels == b.out_channels, int(threads))
-
-
 def executor_block_ops(arch_like: Arch | SearchSpace, cin: int, hw: int, b: Block,
-                       fused_threads: int | None, resolution: int | None = None) -> list[OpKey]:
+                       fused_threads: int | None) -> list[OpKey]:
     """The ops the kernel executor runs for one block on `fused_threads` threads: its fused key where `fuses`
-    says so, else its layers (`block_ops`); `fused_threads` None: always its layers (a device without fusion).
-    `resolution`: the network's, given for the first block only: where the executor runs the stem inside that
-    block's step (`stem_fuses`), the block is its layers, so the step is priced as the sum of its layers (the stem
-    key, which the caller adds, and these); the tables have no rows of that kind (see the predictor)."""
-    if (fused_threads is not None and resolution is not None
-            and stem_fuses(resolution, arch_like.in_channels, cin, arch_like.stem_stride, b, fused_threads)):
-        return block_ops(arch_like, cin, hw, b)
+    says so, else its layers (`block_ops`); `fused_threads` None: always its layers (a device without fusion)."""
     if fused_threads is not None:
         key = fused_block_op(cin, hw, b)
         if key is not None and fuses(key, fused_threads):
@@ -194,8 +175,8 @@ def arch_ops(arch: Arch, fused_threads: int | None = None) -> list[OpKey]:
     hw = arch.resolution
     ops = [stem_op(arch, hw)]
     hw, c = ops[0].out_hw, arch.stem_channels
-    for i, b in enumerate(arch.blocks()):
-        ops.extend(executor_block_ops(arch, c, hw, b, fused_threads, arch.resolution if i == 0 else None))
+    for b in arch.blocks():
+        ops.extend(executor_block_ops(arch, c, hw, b, fused_threads))
         hw, c = _out(hw, b.stride), b.out_channels
     return ops + head_ops(arch, c, hw)
 

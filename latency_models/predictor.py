@@ -13,9 +13,7 @@ Fused blocks (issue #33): a table with fused-block rows (`mbconv` / `mbconv1`, s
 the exact key is missing (the sum of its layers' times where the table has no row of that type at all), counted
 as one op with the block's weights and output in `OpSums`. Every other block, and every block of a table without
 fused rows (tables profiled before, ONNX Runtime and PyTorch tables), is the sum of its layers as before. The stem
-fused into the first block (`latency_models.ops.stem_fuses`) has no rows of its own: that step is priced as the sum
-of its layers (the stem and the block's layer keys), which it matches within a few percent on the AMD Zen 3
-(benchmarks/RESULTS_memory.md, 2026-12-07 night, later).
+fused into the first block has no rows: it is priced as the steps it replaces (see `latency_models.ops`).
 """
 
 from __future__ import annotations
@@ -287,15 +285,12 @@ class Predictor:
         key = (arch.resolution, arch.in_channels, c, arch.stem_stride, arch.stem_act)
         ms, n, w, o, t1 = self._end(key, lambda: [stem_op(arch, arch.resolution)])
         blocks = self._blocks
-        first = True
         for b in arch.blocks():  # plain float sums: this loop is most of a search's prediction time
-            # the first block's ops depend on the stem (ops.stem_fuses): its key names the stem too
-            k = (se, c, hw, b) if not first else (se, c, hw, b, arch.resolution, arch.in_channels, arch.stem_stride)
+            k = (se, c, hw, b)
             hit = blocks.get(k)
             if hit is None:  # the executor's ops for this block: its fused op or its layers
-                ops = executor_block_ops(arch, c, hw, b, self.fused_threads, arch.resolution if first else None)
+                ops = executor_block_ops(arch, c, hw, b, self.fused_threads)
                 hit = blocks[k] = (*self._sums(ops), (hw - 1) // b.stride + 1)
-            first = False
             ms += hit[0]
             n += hit[1]
             w += hit[2]

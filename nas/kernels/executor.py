@@ -100,8 +100,31 @@ class QuantizedNetwork:
             return memory.block_fuses(n, h, w, cin, c, spec.project.weight.shape[0], k, spec.dw.stride, len(g) == 3,
                                       spec.project.residual is not None, threads)
 
-        groups = memory.fused_steps([layer.name for layer in self.layers], pays)
-        return [(g, self.layers[g[0]].spec if len(g) == 1 else fused_spec(g)) for g in groups]
+        def as_steps(groups: list[list[int]]) -> list[tuple[list[int], Spec]]:
+            return [(g, self.layers[g[0]].spec if len(g) == 1 else fused_spec(g)) for g in groups]
+
+        names = [layer.name for layer in self.layers]
+        groups = memory.fused_steps(names, pays)
+        if len(groups[0]) > 1:  # the stem fused only where the arena shrinks, as activation_plan
+            groups = memory.stem_lowers_arena(groups, memory.fused_steps(names, pays, stem=False),
+                                              lambda gs: self._arena(as_steps(gs), tuple(shape), threads)[-1]
+                                              .arena_bytes)
+        return as_steps(groups)
+
+    def _arena(self, steps: list[tuple[list[int], Spec]], shape: tuple[int, ...], threads: int) -> tuple:
+        """(shapes, dtypes, sizes, wires, scratch, the `memory.plan`) of `steps` on input of `shape`: every buffer
+        (input, each step's output, the fused steps' scratch for `threads` threads) placed in one arena."""
+        shapes, dtypes, scratch, headroom = [shape], [np.uint8], [], []
+        for _, spec in steps:
+            scratch.append(memory.fused_step_scratch(spec, shapes[-1], threads)
+                           if isinstance(spec, FusedBlockSpec) else 0)
+            headroom.append(_in_place_headroom(spec, shapes[-1], threads))
+            shapes.append(out_shape(spec, shapes[-1]))
+            dtypes.append(np.int32 if getattr(spec, "out_int32", False) else np.uint8)
+        sizes = [int(np.prod(s)) * np.dtype(d).itemsize for s, d in zip(shapes, dtypes, strict=True)]
+        wires = self._wiring(steps)
+        # in-place outputs share their input's bytes
+        return shapes, dtypes, sizes, wires, scratch, memory.plan(sizes, wires, scratch, headroom)
 
     def quantize_input(self, x: np.ndarray, fast: bool = False) -> np.ndarray:
         """Float NCHW (as for the torch model) -> uint8 NHWC on the input grid; uint8 NHWC passes through.
@@ -167,16 +190,7 @@ class QuantizedNetwork:
                 else:
                     self._fused[key] = fuse(spec, parts[0] if len(g) == 3 else None, parts[-2], parts[-1])
             ops.append(layer_ops[g[0]] if len(g) == 1 else self._fused[key])
-        shapes, dtypes, scratch, headroom = [shape], [np.uint8], [], []
-        for _, spec in steps:
-            scratch.append(memory.fused_step_scratch(spec, shapes[-1], threads)
-                           if isinstance(spec, FusedBlockSpec) else 0)
-            headroom.append(_in_place_headroom(spec, shapes[-1], threads))
-            shapes.append(out_shape(spec, shapes[-1]))
-            dtypes.append(np.int32 if getattr(spec, "out_int32", False) else np.uint8)
-        sizes = [int(np.prod(s)) * np.dtype(d).itemsize for s, d in zip(shapes, dtypes, strict=True)]
-        wires = self._wiring(steps)
-        arena_plan = memory.plan(sizes, wires, scratch, headroom)  # in-place outputs share their input's bytes
+        shapes, dtypes, sizes, wires, scratch, arena_plan = self._arena(steps, shape, threads)
         arena = np.empty(arena_plan.arena_bytes + memory.ALIGN, dtype=np.uint8)
         start = -arena.ctypes.data % memory.ALIGN  # offsets are multiples of ALIGN from an aligned start
         bufs = [arena[start + o:start + o + n].view(d).reshape(s) for o, n, d, s in

@@ -19,15 +19,15 @@ def fusion_groups(names: Sequence[str]) -> list[list[int]]:
     """The executor's steps with fused blocks: indices of the layers each step runs, in order. A block (layers
     `blocks.<id>.*`) whose layers are exactly expand -> dw -> project or dw -> project is one step; every other layer
     (and every layer of a block with squeeze-excite, which needs the whole depthwise output) is a step of its own."""
+    parts = [n.split(".") for n in names]
     groups: list[list[int]] = []
     i = 0
     while i < len(names):
-        parts = names[i].split(".")
         j = i
-        if parts[0] == "blocks":
-            while j < len(names) and names[j].split(".")[:2] == parts[:2]:
+        if parts[i][0] == "blocks":
+            while j < len(names) and parts[j][:2] == parts[i][:2]:
                 j += 1
-        if j > i and tuple(n.split(".")[-1] for n in names[i:j]) in FUSABLE:
+        if j > i and tuple(p[-1] for p in parts[i:j]) in FUSABLE:
             groups.append(list(range(i, j)))
             i = j
         else:
@@ -49,14 +49,14 @@ def stem_group(names: Sequence[str]) -> list[int] | None:
     return None if joined is None else list(range(joined + 1))
 
 
-def fused_steps(names: Sequence[str], pays: Callable[[list[int]], bool]) -> list[list[int]]:
-    """The executor's steps: the stem fused into the first block (`stem_group`) where `pays(group)` says so, then
-    `fusion_groups` of the other layers with each group for which `pays(group)` is false split into one step per
-    layer. `pays` tells the two kinds apart by the group's first layer (the stem: index 0)."""
-    stem = stem_group(names)
-    start = len(stem) if stem is not None and pays(stem) else 0
+def fused_steps(names: Sequence[str], pays: Callable[[list[int]], bool], stem: bool = True) -> list[list[int]]:
+    """The executor's steps: the stem fused into the first block (`stem_group`) where `pays(group)` says so (and
+    `stem`), then `fusion_groups` of the other layers with each group for which `pays(group)` is false split into
+    one step per layer. `pays` tells the two kinds apart by the group's first layer (the stem: index 0)."""
+    group = stem_group(names) if stem else None
+    start = len(group) if group is not None and pays(group) else 0
     rest = [[start + i for i in g] for g in fusion_groups(names[start:])]
-    return ([stem] if start else []) + [s for g in rest for s in ([g] if len(g) == 1 or pays(g) else [[i] for i in g])]
+    return ([group] if start else []) + [s for g in rest for s in ([g] if len(g) == 1 or pays(g) else [[i] for i in g])]
 
 
 def fused_name(names: Sequence[str], group: Sequence[int]) -> str:

@@ -9,25 +9,19 @@ import pytest
 import search_spaces as ss
 from latency_models import DeviceSpec, OpKey, arch_ops, get_device
 from latency_models.kernel_runner import time_kernel_op
-from latency_models.ops import FUSED_OPS, fused_block_op, fused_layers, fuses
+from latency_models.ops import FUSED_OPS, fused_layers
 from latency_models.profiling import measure_ops
 from nas.kernels import compile_op
 from nas.kernels import timing as kt
 
 
 def _fused_keys(threads: int = 1) -> list[OpKey]:
-    """Fused keys of small32 networks at 24 x 24: both kinds, stride 1 and 2, residual or not (a first block
-    whose step the stem joins has none, `ops.stem_fuses`; its key is still timed for the networks where it does
-    not)."""
+    """Fused keys of small32 networks at 24 x 24: both kinds, stride 1 and 2, residual or not."""
     space, rng = ss.get_space("small32"), random.Random(2)
     keys: set[OpKey] = set()
     for _ in range(40):
         a = space.random_arch(rng).replace(resolution=24)
         keys |= {o for o in arch_ops(a, threads) if o.op in FUSED_OPS}
-        c, hw = a.stem_channels, (a.resolution - 1) // a.stem_stride + 1
-        first = fused_block_op(c, hw, a.blocks()[0])
-        if first is not None and fuses(first, threads):
-            keys.add(first)
     return sorted(keys, key=lambda k: k.macs)
 
 

@@ -697,78 +697,107 @@ void nas_model::prepare(int batch, int threads) {
     size_t scratch = 0;  // the fused step's band buffers: `slots` x FusedBlock::scratch_bytes
     int slots = 0;
   };
-  std::vector<Step> steps;
-  int covered = -1;  // the last layer the stem-fused step runs
-  if (stem.fused) {
-    const nask::FusedBlock& f = *stem.fused;
-    const int h = height, w = width, out = stem.layers.back(), slots = nask::fused_scratch_slots(
-                                                                    threads, static_cast<int64_t>(batch) * f.out_size(h));
-    const size_t scratch = f.scratch_bytes(h, w) * slots;
-    const nask::Depthwise& dw = *layers[1].dw;
-    const int h1 = f.head_size(h), w1 = f.head_size(w);
-    const size_t block_scratch =
-        f.has_project() ? nask::FusedBlock::scratch_bytes(h1, w1, dw.c(), dw.k(), dw.stride(), false) *
-                              nask::fused_scratch_slots(threads, static_cast<int64_t>(batch) * dw.out_size(h1))
-                        : 0;
-    if (nask::stem_fused_pays(static_cast<size_t>(numel(in)), bytes(0), bytes(1), bytes(out), scratch,
-                              f.has_project(), false, in_place_headroom(1), block_scratch)) {
-      steps.push_back(Step{stem.layers, stem.fused.get(), scratch, slots});
-      covered = out;
-    }
-  }
-  for (const Group& g : groups) {
-    if (g.layers[0] <= covered) continue;
-    if (g.fused) {
-      const std::vector<int>& ls = g.layers;
-      const Shape& xs = input_of(ls[0]);
-      const int h = static_cast<int>(xs[1]), w = static_cast<int>(xs[2]);
-      const bool expand = ls.size() == 3;
-      const int dw = ls[ls.size() - 2], out = ls.back();
-      const int slots = nask::fused_scratch_slots(threads, static_cast<int64_t>(batch) * g.fused->out_size(h));
-      const size_t scratch = g.fused->scratch_bytes(h, w) * slots;
-      if (nask::fused_block_pays(static_cast<size_t>(numel(xs)), expand ? bytes(ls[0]) : 0, bytes(dw), bytes(out),
-                                 scratch, expand, layers[out].gemm->residual(), in_place_headroom(dw))) {
-        steps.push_back(Step{ls, g.fused.get(), scratch, slots});
-        continue;
+  // with_stem: the stem fused into the first block where ops.h stem_fused_pays says so
+  auto build_steps = [&](bool with_stem) {
+    std::vector<Step> steps;
+    int covered = -1;  // the last layer the stem-fused step runs
+    if (with_stem && stem.fused) {
+      const nask::FusedBlock& f = *stem.fused;
+      const int h = height, w = width, out = stem.layers.back();
+      const int slots = nask::fused_scratch_slots(threads, static_cast<int64_t>(batch) * f.out_size(h));
+      const size_t scratch = f.scratch_bytes(h, w) * slots;
+      const nask::Depthwise& dw = *layers[1].dw;
+      const int h1 = f.head_size(h), w1 = f.head_size(w);
+      const size_t block_scratch =
+          f.has_project() ? nask::FusedBlock::scratch_bytes(h1, w1, dw.c(), dw.k(), dw.stride(), false) *
+                                nask::fused_scratch_slots(threads, static_cast<int64_t>(batch) * dw.out_size(h1))
+                          : 0;
+      if (nask::stem_fused_pays(static_cast<size_t>(numel(in)), bytes(0), bytes(1), bytes(out), scratch,
+                                f.has_project(), false, in_place_headroom(1), block_scratch)) {
+        steps.push_back(Step{stem.layers, stem.fused.get(), scratch, slots});
+        covered = out;
       }
     }
-    for (int i : g.layers) steps.push_back(Step{{i}});
-  }
+    for (const Group& g : groups) {
+      if (g.layers[0] <= covered) continue;
+      if (g.fused) {
+        const std::vector<int>& ls = g.layers;
+        const Shape& xs = input_of(ls[0]);
+        const int h = static_cast<int>(xs[1]), w = static_cast<int>(xs[2]);
+        const bool expand = ls.size() == 3;
+        const int dw = ls[ls.size() - 2], out = ls.back();
+        const int slots = nask::fused_scratch_slots(threads, static_cast<int64_t>(batch) * g.fused->out_size(h));
+        const size_t scratch = g.fused->scratch_bytes(h, w) * slots;
+        if (nask::fused_block_pays(static_cast<size_t>(numel(xs)), expand ? bytes(ls[0]) : 0, bytes(dw), bytes(out),
+                                   scratch, expand, layers[out].gemm->residual(), in_place_headroom(dw))) {
+          steps.push_back(Step{ls, g.fused.get(), scratch, slots});
+          continue;
+        }
+      }
+      for (int i : g.layers) steps.push_back(Step{{i}});
+    }
+    return steps;
+  };
 
   // The input and every step's output, then the fused steps' band buffers, in one arena planned as
   // nas.kernels.memory.plan: step 0 writes the input, step s + 1 runs steps[s] (which reads the previous step's
   // output and, a residual GEMM, its block's input), a buffer lives until the last step that reads it.
-  std::vector<size_t> sizes{static_cast<size_t>(numel(in))};
-  std::vector<int> first{0}, last{0}, res(steps.size(), -2);  // res: -2 none, -1 the input, else a step's output
-  // a step's output may be written over its input (ops.h in_place_pays, decided by plan_arena)
-  std::vector<int> over{0};
-  std::vector<int64_t> headroom{nask::kNotInPlace};
-  std::vector<int> step_of(layers.size(), -1);                // the step that writes layer i's output
-  for (size_t s = 0; s < steps.size(); ++s) {
-    const int step = static_cast<int>(s) + 1, l = steps[s].layers.back();
-    step_of[l] = static_cast<int>(s);
-    // a fused block adds its residual itself; a block's input is the output of the step before it
-    if (!steps[s].fused && layers[l].has_res) res[s] = layers[l].res < 0 ? -1 : step_of[layers[l].res];
-    sizes.push_back(bytes(l) * (layers[l].gemm && layers[l].gemm->out_int32() ? 4 : 1));
-    first.push_back(step);
-    last.push_back(step);
-    over.push_back(static_cast<int>(s));  // the buffer this step reads
-    headroom.push_back(steps[s].fused ? nask::kNotInPlace : in_place_headroom(l));
-    last[s] = std::max(last[s], step);  // the previous step's output (s = 0: the input)
-    if (res[s] != -2) last[res[s] + 1] = std::max(last[res[s] + 1], step);
-  }
-  std::vector<size_t> scratch_buf(steps.size(), 0);  // index into sizes of each fused step's band buffers
-  for (size_t s = 0; s < steps.size(); ++s) {
-    if (!steps[s].scratch) continue;
-    scratch_buf[s] = sizes.size();
-    sizes.push_back(steps[s].scratch);
-    first.push_back(static_cast<int>(s) + 1);
-    last.push_back(static_cast<int>(s) + 1);
-    over.push_back(0);
-    headroom.push_back(nask::kNotInPlace);
-  }
+  struct Arena {
+    std::vector<size_t> sizes, scratch_buf;  // scratch_buf: index into sizes of each fused step's band buffers
+    std::vector<int> res;                    // res: -2 none, -1 the input, else a step's output
+    nask::ArenaPlan ap;
+  };
   constexpr size_t kAlign = 64;
-  const nask::ArenaPlan ap = nask::plan_arena(sizes, first, last, kAlign, over, headroom);
+  auto plan_of = [&](const std::vector<Step>& steps) {
+    std::vector<size_t> sizes{static_cast<size_t>(numel(in))};
+    std::vector<int> first{0}, last{0}, res(steps.size(), -2);  // res: -2 none, -1 the input, else a step's output
+    // a step's output may be written over its input (ops.h in_place_pays, decided by plan_arena)
+    std::vector<int> over{0};
+    std::vector<int64_t> headroom{nask::kNotInPlace};
+    std::vector<int> step_of(layers.size(), -1);                // the step that writes layer i's output
+    for (size_t s = 0; s < steps.size(); ++s) {
+      const int step = static_cast<int>(s) + 1, l = steps[s].layers.back();
+      step_of[l] = static_cast<int>(s);
+      // a fused block adds its residual itself; a block's input is the output of the step before it
+      if (!steps[s].fused && layers[l].has_res) res[s] = layers[l].res < 0 ? -1 : step_of[layers[l].res];
+      sizes.push_back(bytes(l) * (layers[l].gemm && layers[l].gemm->out_int32() ? 4 : 1));
+      first.push_back(step);
+      last.push_back(step);
+      over.push_back(static_cast<int>(s));  // the buffer this step reads
+      headroom.push_back(steps[s].fused ? nask::kNotInPlace : in_place_headroom(l));
+      last[s] = std::max(last[s], step);  // the previous step's output (s = 0: the input)
+      if (res[s] != -2) last[res[s] + 1] = std::max(last[res[s] + 1], step);
+    }
+    std::vector<size_t> scratch_buf(steps.size(), 0);  // index into sizes of each fused step's band buffers
+    for (size_t s = 0; s < steps.size(); ++s) {
+      if (!steps[s].scratch) continue;
+      scratch_buf[s] = sizes.size();
+      sizes.push_back(steps[s].scratch);
+      first.push_back(static_cast<int>(s) + 1);
+      last.push_back(static_cast<int>(s) + 1);
+      over.push_back(0);
+      headroom.push_back(nask::kNotInPlace);
+    }
+    nask::ArenaPlan ap = nask::plan_arena(sizes, first, last, kAlign, over, headroom);
+    return Arena{std::move(sizes), std::move(scratch_buf), std::move(res), std::move(ap)};
+  };
+
+  // The stem fused only where the arena shrinks (nas.kernels.memory.stem_lowers_arena: the greedy placement can fit
+  // the steps around the fused one worse than the larger stem step it replaces).
+  std::vector<Step> steps = build_steps(true);
+  Arena plan_ = plan_of(steps);
+  if (steps[0].fused && steps[0].layers[0] == 0 && stem.fused) {
+    std::vector<Step> without = build_steps(false);
+    Arena other = plan_of(without);
+    if (other.ap.bytes <= plan_.ap.bytes) {
+      steps = std::move(without);
+      plan_ = std::move(other);
+    }
+  }
+  const std::vector<size_t>& sizes = plan_.sizes;
+  const std::vector<size_t>& scratch_buf = plan_.scratch_buf;
+  const std::vector<int>& res = plan_.res;
+  const nask::ArenaPlan& ap = plan_.ap;
   arena.assign(ap.bytes + kAlign, 0);
   uint8_t* base = arena.data() + (kAlign - reinterpret_cast<uintptr_t>(arena.data()) % kAlign) % kAlign;
   auto buffer = [&](int s) { return base + ap.offsets[s + 1]; };  // s = -1: the input

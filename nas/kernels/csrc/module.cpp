@@ -452,8 +452,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("stem_fused_pays", &stem_fused_pays, py::arg("x"), py::arg("stem"), py::arg("dw"), py::arg("out"),
         py::arg("scratch"), py::arg("project"), py::arg("residual"), py::arg("dw_headroom"), py::arg("block_scratch"),
         "Whether the stem fuses into the first block (ops.h stem_fused_pays: fewer bytes than the steps it replaces).");
-  m.def("fused_band_rows", &FusedBlock::band_rows, py::arg("h"), py::arg("w"), py::arg("c"), py::arg("k"),
-        py::arg("stride"), py::arg("band_rows") = 0, "Output rows per band of a fused block (ops.h FusedBlock).");
+  m.def("fused_band_rows",
+        [](int h, int w, int c, int k, int stride, int band_rows, bool stem) {
+          return FusedBlock::band_rows(h, w, c, k, stride, band_rows,
+                                       stem ? FusedBlock::kStemBandBytes : FusedBlock::kBandBytes);
+        },
+        py::arg("h"), py::arg("w"), py::arg("c"), py::arg("k"), py::arg("stride"), py::arg("band_rows") = 0,
+        py::arg("stem") = false,
+        "Output rows per band of a fused block (ops.h FusedBlock) on h x w depthwise input; stem: with a stem head.");
   m.def("fused_scratch_slots", &fused_scratch_slots, py::arg("threads"), py::arg("rows"),
         "Band-buffer slots of a fused step on `threads` threads over `rows` output rows (ops.h).");
   m.def("fused_block_pays", &fused_block_pays, py::arg("x"), py::arg("expanded"), py::arg("dw"), py::arg("out"),

@@ -459,12 +459,12 @@ FusedBlock::FusedBlock(std::shared_ptr<Gemm> expand, std::shared_ptr<Depthwise> 
     fail("project: a residual block needs stride 1 and as many outputs as block inputs");
 }
 
-int FusedBlock::band_rows(int h, int w, int c, int k, int stride, int band) {
+int FusedBlock::band_rows(int h, int w, int c, int k, int stride, int band, size_t budget) {
   const int ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1;
   if (band > 0) return std::min(band, ho);
   // bytes(rows) = ((rows - 1) * stride + k) * w * c (expanded) + rows * wo * c (depthwise out)
   const int64_t fixed = static_cast<int64_t>(k - stride) * w * c, per = (static_cast<int64_t>(stride) * w + wo) * c;
-  const int64_t rows = (static_cast<int64_t>(kBandBytes) - fixed) / per;
+  const int64_t rows = (static_cast<int64_t>(budget) - fixed) / per;
   const int64_t least = (kMinPixels + wo - 1) / wo;
   const int64_t best = std::max(least, std::min<int64_t>(rows, (ho + kMinBands - 1) / kMinBands));
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(best, ho)));
@@ -484,7 +484,8 @@ struct BandLayout {
 BandLayout band_layout(int h, int w, int c, int k, int stride, bool head, bool project, int band, int stem_w = 0,
                        int stem_cin = 0, int stem_k = 0, int stem_stride = 1) {
   BandLayout l;
-  l.band = FusedBlock::band_rows(h, w, c, k, stride, band);
+  l.band = FusedBlock::band_rows(h, w, c, k, stride, band,
+                                 stem_k > 0 ? FusedBlock::kStemBandBytes : FusedBlock::kBandBytes);
   l.held = std::min(h, (l.band - 1) * stride + k);
   const int wo = (w - 1) / stride + 1;
   l.head = head ? up64(static_cast<size_t>(l.held) * w * c) : 0;
@@ -763,18 +764,21 @@ ArenaPlan plan_arena(const std::vector<size_t>& sizes, const std::vector<int>& f
       u.extent = std::max(u.extent, static_cast<size_t>(rel[i] - lo) + sizes[i]);
     }
   }
-  // Three placement orders, the smallest arena kept (ties: the first): largest first (greedy by size), largest
-  // size x lifetime first, and in execution order (each buffer where the ones it outlives left room). Which wins
-  // depends on the network; trying all costs microseconds.
+  // Four placement orders, the smallest arena kept (ties: the first): largest first (greedy by size), largest
+  // size x lifetime first, in execution order (each buffer where the ones it outlives left room) and in reverse
+  // execution order (a network's first steps fitted around the buffers of the steps after them: MobileNetV2-0.35
+  // at 144 px with its stem fused on 2 threads, 174,848 bytes in the best of the other three, 145,152, the most
+  // bytes any step holds, in this one). Which wins depends on the network; trying all costs microseconds.
   const size_t m = units.size();
-  std::vector<size_t> by_size(m), by_area(m), by_time(m);
+  std::vector<size_t> by_size(m), by_area(m), by_time(m), by_time_reversed(m);
   for (size_t i = 0; i < m; ++i) by_size[i] = by_area[i] = by_time[i] = i;
+  for (size_t i = 0; i < m; ++i) by_time_reversed[i] = m - 1 - i;
   std::stable_sort(by_size.begin(), by_size.end(), [&](size_t a, size_t b) { return units[a].extent > units[b].extent; });
   auto area = [&](size_t i) { return units[i].extent * static_cast<size_t>(units[i].last - units[i].first + 1); };
   std::stable_sort(by_area.begin(), by_area.end(), [&](size_t a, size_t b) { return area(a) > area(b); });
   ArenaPlan best;
   bool have = false;
-  for (const std::vector<size_t>* order : {&by_size, &by_area, &by_time}) {
+  for (const std::vector<size_t>* order : {&by_size, &by_area, &by_time, &by_time_reversed}) {
     ArenaPlan p = place(*order, units, sizes, first, last, align);
     if (!have || p.bytes < best.bytes) best = std::move(p), have = true;
   }

@@ -202,8 +202,10 @@ class FusedBlock {
   // Output rows per band: `band` (clamped to [1, ho]) when positive, else the most whose band buffers (below) fit
   // kBandBytes, at most ceil(ho / kMinBands) (small images: the buffers stay well below the expanded tensor, also
   // with one set per thread), but at least ceil(kMinPixels / wo) (GEMMs of a few rows waste their register tiles
-  // and reload the weights per band) and at most ho. h, w: the depthwise's input.
-  static int band_rows(int h, int w, int c, int k, int stride, int band = 0);
+  // and reload the weights per band) and at most ho. h, w: the depthwise's input. A step with a stem head budgets
+  // kStemBandBytes instead: it is the network's peak step where it fuses, its buffers add to that peak one for one,
+  // and bands a quarter the size measured within 0-3% of the speed on an AMD Zen 3.
+  static int band_rows(int h, int w, int c, int k, int stride, int band = 0, size_t budget = kBandBytes);
   // Scratch bytes one thread needs for depthwise input h x w: the expanded rows of a band (with expand) and the
   // band's depthwise output, each rounded up to 64 bytes. c: the expanded (depthwise) channels.
   static size_t scratch_bytes(int h, int w, int c, int k, int stride, bool expand, int band = 0);
@@ -220,6 +222,7 @@ class FusedBlock {
   Task task(const uint8_t* x, int b, int h, int w, uint8_t* out, uint8_t* scratch, int slots) const;
 
   static constexpr size_t kBandBytes = 64 * 1024;  // band buffers per thread: about half a core's L2
+  static constexpr size_t kStemBandBytes = 16 * 1024;  // the same with a stem head
   static constexpr int kMinBands = 8, kMinPixels = 32;
   static constexpr int kStemPixels = 128;  // a stem GEMM call's rows: enough for full register tiles
 
@@ -374,8 +377,8 @@ class Plan {
 // One arena for a network's activation buffers. Buffer i is written at step first[i] and last read at step
 // last[i] (inclusive); two buffers whose steps overlap never share a byte, others may. Each buffer goes to the
 // lowest offset that fits between the buffers already placed whose lives overlap its own (TF Lite Micro's and
-// TinyEngine's greedy planners), in the best of three orders (largest first, largest size x lifetime first,
-// execution order); offsets are multiples of `align`. Deterministic.
+// TinyEngine's greedy planners), in the best of four orders (largest first, largest size x lifetime first,
+// execution order and its reverse); offsets are multiples of `align`. Deterministic.
 //
 // In place: buffer i may be written over buffer input[i] < i (the input of the step first[i]) at `headroom[i]`
 // bytes before it (kNotInPlace: never; empty vectors: none may). It is where in_place_pays says so (input[i] read
