@@ -16,7 +16,8 @@ the latency tables time alongside the fused blocks). In both modes a squeeze-exc
 input no later step reads writes its output over that input where ops.h ``in_place_pays`` says so (the arena plan,
 `nas.kernels.memory.plan`, places it there; the kernel sees overlapping buffers and runs in place). The default also
 runs the stem inside the first block's banded step (``FusedBlockSpec.stem``: stem -> dw -> project, or stem -> dw
-before a squeeze-excite) where `memory.stem_fuses` (ops.h ``stem_fused_pays``) says that needs fewer bytes.
+before a squeeze-excite) where `memory.stem_fuses` (ops.h ``stem_fused_pays``) says that step needs fewer bytes
+and the arena shrinks with it (`memory.stem_lowers_arena`).
 """
 
 from __future__ import annotations

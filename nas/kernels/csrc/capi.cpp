@@ -1,7 +1,7 @@
 // The C API (nas_runtime.h): an exported checkpoint directory (nas/export/checkpoint.py) read without Python and run
 // on the ops of ops.h exactly as nas.kernels.executor.QuantizedNetwork.run runs it by default (the blocks where
 // ops.h fused_block_pays says so as FusedBlock steps, the stem inside the first block's step where stem_fused_pays
-// says so, every buffer in the same arena plan):
+// says so and the arena shrinks, every buffer in the same arena plan):
 //   metadata.json        format, major version and the SHA-256 of every other file (checked before anything is read)
 //   arch.json            the input resolution and channels
 //   network.json         input grid, layers (op specs as nas.kernels.ops dataclasses), logit scales; arrays are
@@ -477,7 +477,7 @@ struct nas_model {
   std::vector<Group> groups;
   // The stem fused into the first block (nas.kernels.fusion.stem_group): the stem and that block's dw -> project,
   // or its dw alone before a squeeze-excite; `fused` null where the network has no such first block. prepare()
-  // runs it where ops.h stem_fused_pays says so, else the groups above.
+  // runs it where ops.h stem_fused_pays says so and the arena shrinks with it, else the groups above.
   Group stem;
 
   std::mutex mu;  // guards the plan and its buffers, rebuilt when the batch size or thread count changes

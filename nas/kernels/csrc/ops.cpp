@@ -766,9 +766,10 @@ ArenaPlan plan_arena(const std::vector<size_t>& sizes, const std::vector<int>& f
   }
   // Four placement orders, the smallest arena kept (ties: the first): largest first (greedy by size), largest
   // size x lifetime first, in execution order (each buffer where the ones it outlives left room) and in reverse
-  // execution order (a network's first steps fitted around the buffers of the steps after them: MobileNetV2-0.35
-  // at 144 px with its stem fused on 2 threads, 174,848 bytes in the best of the other three, 145,152, the most
-  // bytes any step holds, in this one). Which wins depends on the network; trying all costs microseconds.
+  // buffer order (the steps' scratch, then the outputs from the last: a network's first steps fitted around the
+  // buffers after them; MobileNetV2-0.35 at 144 px with its stem fused on 2 threads: 174,848 bytes in the best of
+  // the other three, 145,152, the most any step holds, in this one). Which wins depends on the network; trying all
+  // costs microseconds.
   const size_t m = units.size();
   std::vector<size_t> by_size(m), by_area(m), by_time(m), by_time_reversed(m);
   for (size_t i = 0; i < m; ++i) by_size[i] = by_area[i] = by_time[i] = i;

@@ -314,7 +314,9 @@ inline bool fused_block_pays(size_t x, size_t expanded, size_t dw, size_t out, s
 // with `block_scratch` band buffers, or its layers, the depthwise in place where in_place_pays says so:
 // `dw_headroom`), or, without project (a block with squeeze-excite: `out` is the depthwise output `dw`), the
 // depthwise step alone. Bytes. Strictly fewer: at a tie the layers run (nothing to gain, and their steps are the
-// ones the latency tables time).
+// ones the latency tables time). One step's bytes are not the arena's: callers also require the network's arena
+// to be smaller with the fused step than without (nas.kernels.memory.stem_lowers_arena, capi.cpp), since the
+// greedy placement can fit the later steps worse around it.
 inline bool stem_fused_pays(size_t x, size_t stem, size_t dw, size_t out, size_t scratch, bool project,
                             bool residual, int64_t dw_headroom, size_t block_scratch) {
   if (residual) return false;
@@ -378,7 +380,7 @@ class Plan {
 // last[i] (inclusive); two buffers whose steps overlap never share a byte, others may. Each buffer goes to the
 // lowest offset that fits between the buffers already placed whose lives overlap its own (TF Lite Micro's and
 // TinyEngine's greedy planners), in the best of four orders (largest first, largest size x lifetime first,
-// execution order and its reverse); offsets are multiples of `align`. Deterministic.
+// buffer (execution) order and its reverse); offsets are multiples of `align`. Deterministic.
 //
 // In place: buffer i may be written over buffer input[i] < i (the input of the step first[i]) at `headroom[i]`
 // bytes before it (kNotInPlace: never; empty vectors: none may). It is where in_place_pays says so (input[i] read
