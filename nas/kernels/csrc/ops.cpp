@@ -273,8 +273,12 @@ void Conv::run_direct(const uint8_t* xp, uint8_t* op, int b, int h, int w, int h
                  pb + static_cast<size_t>(r) * row);
   });
   std::memset(pb + static_cast<size_t>(b) * hp * row, in_zp_, kPadSlack);
+  gemm_->run_conv(geom(pb, ho, wo, hp, wp), b * ho * wo, op, threads);
+}
+
+ConvGeom Conv::geom(const uint8_t* pad, int ho, int wo, int hp, int wp) const {
   ConvGeom g;
-  g.pad = pb;
+  g.pad = pad;
   g.ho = ho;
   g.wo = wo;
   g.hp = hp;
@@ -283,7 +287,7 @@ void Conv::run_direct(const uint8_t* xp, uint8_t* op, int b, int h, int w, int h
   g.stride = stride_;
   g.k = k_;
   g.seg4 = seg4_;
-  gemm_->run_conv(g, b * ho * wo, op, threads);
+  return g;
 }
 
 size_t Conv::rows_scratch_bytes(int w, int cin, int k, int stride, int rows) {
@@ -300,17 +304,7 @@ void Conv::run_rows(const uint8_t* x, int h, int w, int oy0, int oy1, uint8_t* o
     const size_t row = static_cast<size_t>(wp) * cin_;
     for (int r = 0; r < held; ++r) padded_row(x, h, w, cin_, p, in_zp_, oy0 * stride_ + r, scratch + r * row);
     std::memset(scratch + held * row, in_zp_, kPadSlack);
-    ConvGeom g;
-    g.pad = scratch;
-    g.ho = rows;
-    g.wo = wo;
-    g.hp = held;
-    g.wp = wp;
-    g.cin = cin_;
-    g.stride = stride_;
-    g.k = k_;
-    g.seg4 = seg4_;
-    gemm_->run_conv(g, rows * wo, out, 1);
+    gemm_->run_conv(geom(scratch, rows, wo, held, wp), rows * wo, out, 1);
     return;
   }
   const size_t kk = static_cast<size_t>(k_) * k_ * cin_;

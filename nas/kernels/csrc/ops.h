@@ -135,6 +135,8 @@ class Conv {
  private:
   void run_raw(const uint8_t* xp, uint8_t* op, int b, int h, int w, int ho, int wo, int threads) const;
   void run_direct(const uint8_t* xp, uint8_t* op, int b, int h, int w, int ho, int wo, int threads) const;
+  // The direct path's geometry over padded rows `pad` (hp rows of wp pixels) giving ho x wo outputs.
+  ConvGeom geom(const uint8_t* pad, int ho, int wo, int hp, int wp) const;
 
   std::unique_ptr<Gemm> gemm_;
   int cout_ = 0, k_ = 0, cin_ = 0, stride_ = 1, in_zp_ = 0, seg4_ = 0;
