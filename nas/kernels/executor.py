@@ -185,11 +185,7 @@ class QuantizedNetwork:
         for g, spec in steps:
             key = (isa, tuple(g))
             if len(g) > 1 and key not in self._fused:  # over the layers' packed weights, not packed again
-                parts = [layer_ops[i] for i in g]
-                if spec.stem is not None:
-                    self._fused[key] = fuse(spec, None, parts[1], parts[2] if len(g) == 3 else None, parts[0])
-                else:
-                    self._fused[key] = fuse(spec, parts[0] if len(g) == 3 else None, parts[-2], parts[-1])
+                self._fused[key] = fuse(spec, [layer_ops[i] for i in g])  # g's layers are spec.parts(), in order
             ops.append(layer_ops[g[0]] if len(g) == 1 else self._fused[key])
         shapes, dtypes, sizes, wires, scratch, arena_plan = self._arena(steps, shape, threads)
         arena = np.empty(arena_plan.arena_bytes + memory.ALIGN, dtype=np.uint8)

@@ -6,6 +6,7 @@ object whose ``run`` executes the C++ kernel. ``nas.kernels.reference.run`` exec
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -254,13 +255,15 @@ def fused_scratch_bytes(spec: FusedBlockSpec, h: int, w: int) -> int:
                                       int(spec.band_rows)))
 
 
-def fuse(spec: FusedBlockSpec, expand: CompiledOp | None, dw: CompiledOp, project: CompiledOp | None,
-         stem: CompiledOp | None = None) -> CompiledOp:
-    """The fused step of ``spec`` over its parts already packed (``compile_op`` of spec.stem or .expand, .dw,
-    .project, one ISA): the fused op shares their packed weights instead of packing them again."""
-    op = _C.FusedBlock(None if expand is None else expand._op, dw._op, None if project is None else project._op,
-                       int(spec.band_rows), None if stem is None else stem._op)
-    return CompiledOp(spec=spec, isa=dw.isa, _op=op)
+def fuse(spec: FusedBlockSpec, parts: Sequence[CompiledOp]) -> CompiledOp:
+    """The fused step of ``spec`` over its parts already packed (``compile_op`` of each of ``spec.parts()``, in that
+    order, one ISA): the fused op shares their packed weights instead of packing them again."""
+    roles = [r for r in ("stem", "expand", "dw", "project") if getattr(spec, r) is not None]
+    if len(parts) != len(roles):
+        raise ValueError(f"parts: expected {len(roles)} compiled ops ({', '.join(roles)}), got {len(parts)}")
+    op = dict(zip(roles, (p._op for p in parts), strict=True))
+    return CompiledOp(spec=spec, isa=parts[0].isa, _op=_C.FusedBlock(op.get("expand"), op["dw"], op.get("project"),
+                                                                     int(spec.band_rows), op.get("stem")))
 
 
 def compile_op(spec: Spec, isa: str | None = None) -> CompiledOp:
@@ -276,9 +279,7 @@ def compile_op(spec: Spec, isa: str | None = None) -> CompiledOp:
     elif isinstance(spec, PoolSpec):
         op = _C.Pool(int(spec.hw), int(spec.in_zp), int(spec.multiplier), int(spec.shift), int(spec.out_zp), isa)
     elif isinstance(spec, FusedBlockSpec):
-        expand, stem, project = (None if part is None else compile_op(part, isa)
-                                 for part in (spec.expand, spec.stem, spec.project))
-        return fuse(spec, expand, compile_op(spec.dw, isa), project, stem)
+        return fuse(spec, [compile_op(part, isa) for part in spec.parts()])
     elif isinstance(spec, SESpec):
         p = spec.pool
         pool = _C.Pool(int(p.hw), int(p.in_zp), int(p.multiplier), int(p.shift), int(p.out_zp), isa)
