@@ -1,11 +1,13 @@
-"""ONNX Runtime on our QDQ export: the residual add in int8 (QLinearConv + QLinearAdd, checkpoints since 2026-12-07)
-against the float add older checkpoints export (ORT keeps those project convs as fp32 `FusedConv`).
+"""ONNX Runtime on our QDQ export, three graphs of one network: int8 weights (ORT's u8 x s8 kernels), uint8 weights
+(its u8 x u8 kernels), and uint8 weights with the float residual add older checkpoints export (ORT keeps those
+project convs as fp32 `FusedConv`; since 2026-12-07 the add is int8: QLinearConv + QLinearAdd).
 
 For each network (random weights lowered on noise ranges, the structure `finalize` exports): the op types of ORT's
-optimised graph and the 1-thread latency of both graphs, timed in alternating rounds (p10 and median of `--runs`
-runs per visit, lowest over `--rounds` rounds). With `--data` (an IDX / npz dataset such as Fashion-MNIST) it also
-trains one network with residual blocks, quantizes it (PTQ) and reports top-1 of the kernels and of both graphs
-under ORT, and their agreement with the kernels: the accuracy cost of the add's extra rounding.
+optimised graph and the 1-thread latency of each graph and of our kernels, timed in alternating rounds (p10 and
+median of `--runs` runs per visit, lowest over `--rounds` rounds). With `--data` (an IDX / npz dataset such as
+Fashion-MNIST) it also trains one network with residual blocks, quantizes it (PTQ) and reports top-1 of the kernels
+and of each graph under ORT, and their agreement with the kernels: the accuracy cost of the add's extra rounding,
+and of u8 x s8 saturation on CPUs without VNNI.
 
     python benchmarks/bench_onnx_export.py [--data ../shared/datasets/fashion-mnist] [--json out.json]
 """
@@ -39,7 +41,7 @@ NETWORKS = {
     "MobileNetV3-Large@224": lambda: ss.preset("mobilenetv3-large"),
     "small32 largest (digits)": lambda: ss.get_space("small32").with_io(1, 10).largest(),
 }
-FLAVOURS = ("int8 add", "float add")
+FLAVOURS = {"int8 weights": "int8", "uint8 weights": "uint8", "uint8, float add": "uint8"}  # -> weight type
 
 
 def float_add(model: QuantizedModel) -> QuantizedModel:
@@ -51,8 +53,9 @@ def float_add(model: QuantizedModel) -> QuantizedModel:
 
 def exports(model: QuantizedModel, tmp: str) -> dict[str, str]:
     """Flavour -> path of the exported graph."""
-    return {"int8 add": to_onnx(model, os.path.join(tmp, "int8add.onnx")),
-            "float add": to_onnx(float_add(model), os.path.join(tmp, "floatadd.onnx"))}
+    return {flavour: to_onnx(float_add(model) if "float add" in flavour else model,
+                             os.path.join(tmp, f"{i}.onnx"), weights=weights)
+            for i, (flavour, weights) in enumerate(FLAVOURS.items())}
 
 
 def speed_row(name: str, arch: ss.Arch, runs: int, rounds: int) -> dict:
@@ -64,15 +67,17 @@ def speed_row(name: str, arch: ss.Arch, runs: int, rounds: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         sessions = {}
         for flavour, path in exports(model, tmp).items():
-            opt = os.path.join(tmp, flavour.replace(" ", "") + ".opt.onnx")
-            sessions[flavour] = session(path, 1, opt)
+            opt = path.removesuffix(".onnx") + ".opt.onnx"
+            sess = session(path, 1, opt)
+            sessions[flavour] = lambda s=sess: s.run(None, {"x": x})
             ops = Counter(n.op_type for n in onnx.load(opt).graph.node)
             row[f"{flavour} ops"] = {k: ops[k] for k in ("QLinearConv", "QLinearAdd", "FusedConv", "Conv",
                                                          "DequantizeLinear", "Transpose") if ops[k]}
+        sessions["our kernels"] = lambda: lowered.network.run(x, threads=1)
         best: dict[str, tuple[float, float]] = {}
         for _ in range(rounds):
-            for flavour, sess in sessions.items():
-                t = time_calls(lambda s=sess: s.run(None, {"x": x}), reps=runs, warmup=5, min_sample_s=0)
+            for flavour, run in sessions.items():
+                t = time_calls(run, reps=runs, warmup=5, min_sample_s=0)
                 p10, med = float(np.percentile(t, 10)), float(np.median(t))
                 old = best.get(flavour, (np.inf, np.inf))
                 best[flavour] = (min(old[0], p10), min(old[1], med))
@@ -123,22 +128,22 @@ def main() -> int:
         return 2
     rows = []
     print(f"CPU: {cpu_model()}; ONNX Runtime 1 thread; ms (p10 / median, lowest of {args.rounds} rounds)")
-    print("| network | int8 add | float add | float / int8 (median) | ORT ops, int8 add | ORT ops, float add |")
-    print("|---|---:|---:|---:|---|---|")
+    timed = [*FLAVOURS, "our kernels"]
+    print("| network | " + " | ".join(timed) + " | uint8 / int8 weights (median) |")
+    print("|---|" + "---:|" * (len(timed) + 1))
     for name, make in NETWORKS.items():
         r = speed_row(name, make(), args.runs, args.rounds)
         rows.append(r)
-        print(f"| {name} | {r['int8 add p10_ms']:.2f} / {r['int8 add median_ms']:.2f} | "
-              f"{r['float add p10_ms']:.2f} / {r['float add median_ms']:.2f} | "
-              f"{r['float add median_ms'] / r['int8 add median_ms']:.2f}x | {r['int8 add ops']} | "
-              f"{r['float add ops']} |", flush=True)
+        print(f"| {name} | " + " | ".join(f"{r[f'{f} p10_ms']:.2f} / {r[f'{f} median_ms']:.2f}" for f in timed)
+              + f" | {r['uint8 weights median_ms'] / r['int8 weights median_ms']:.2f}x |", flush=True)
+    print("\nORT's optimised graphs: " + "; ".join(f"{r['network']}: " + ", ".join(f"{f} {r[f'{f} ops']}"
+                                                                                  for f in FLAVOURS) for r in rows))
     if args.data is not None:
         r = accuracy_row(args.data, args.epochs)
         rows.append(r)
         print(f"\n{r['network']}: top-1 on {r['test_images']} test images: fp32 {r['fp32 top1']:.4f}, kernels "
-              f"{r['kernels top1']:.4f}, ORT int8 add {r['int8 add top1']:.4f} (agreement with the kernels "
-              f"{r['int8 add agreement']:.4f}), ORT float add {r['float add top1']:.4f} "
-              f"({r['float add agreement']:.4f})")
+              f"{r['kernels top1']:.4f}; ORT " + ", ".join(f"{f} {r[f'{f} top1']:.4f} (agreement with the kernels "
+                                                           f"{r[f'{f} agreement']:.4f})" for f in FLAVOURS))
     if args.json:
         blob = json.dumps({"cpu": cpu_model(), "rows": rows}, indent=1)
         write_atomic(args.json, lambda tmp: Path(tmp).write_text(blob, encoding="utf-8"))

@@ -273,7 +273,7 @@ class OrtDevice:
     def fingerprint(self) -> dict[str, Any]:
         import onnxruntime as ort
 
-        from nas.export.onnx_qdq import GRAPH_FORMAT
+        from nas.export.onnx_qdq import GRAPH_FORMAT, graph_format, weight_type
 
         flags = cpu_flags()
         simd = next((f for f in _MLAS_FLAGS if f in flags), platform.machine())
@@ -283,7 +283,8 @@ class OrtDevice:
         fp = _base_fingerprint(self.spec)
         fp.update(isa=f"cpu-ep-{simd}", library="onnxruntime", library_version=ort.__version__,
                   build_hash=f"{build}:{'+'.join(ort.get_available_providers())}", provider="CPUExecutionProvider",
-                  graph_optimization="ORT_ENABLE_ALL", graph=GRAPH_FORMAT)
+                  graph_optimization="ORT_ENABLE_ALL",
+                  graph=GRAPH_FORMAT if self.spec.bits == 32 else graph_format(weight_type()))
         return fp
 
     def time_op(self, op: OpKey, reps: int) -> list[float]:

@@ -23,13 +23,12 @@ import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from latency_models.devices import cpu_model
+from latency_models.devices import cpu_flags, cpu_model
 from nas.checks import PRECISIONS, check_precision, check_train_device, check_train_workers
 from nas.kernels.training import fast_depthwise, training_kernels
 
@@ -147,24 +146,11 @@ def cpu_bf16_support() -> str | None:
 
     Reads /proc/cpuinfo's flags; where it cannot be read, asks PyTorch's own CPU probes.
     """
-    text = _cpuinfo()
-    if text:
-        flags = set()
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "flags":
-                flags.update(value.split())
-                break
+    flags = cpu_flags()
+    if flags:
         return next((f for f in CPU_BF16_FLAGS if f in flags), None)
     probes = (("amx_bf16", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"))
     return next((name for name, probe in probes if getattr(torch.cpu, probe, lambda: False)()), None)
-
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
 
 
 def resolve(device: str = "auto", precision: str = "fp32", *, workers: int = 1, cuda_devices: int | None = None,

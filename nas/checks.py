@@ -149,6 +149,17 @@ def budget(name: str, value: Any) -> str:
     return str(value)
 
 
+def onnx_weights(name: str, value: Any) -> str:
+    """An ONNX weight type (`auto`, `int8` or `uint8`, checked by `nas.export.onnx_qdq.weight_type`)."""
+    from nas.export.onnx_qdq import weight_type
+
+    try:
+        weight_type(str(value))
+    except ValueError as exc:
+        raise ValueError(f"{name}: {str(exc).removeprefix('onnx weights: ')}") from None
+    return str(value)
+
+
 def latency(name: str, value: Any) -> str:
     """A latency target such as `3ms` or `500us`."""
     from search_spaces import parse_budget

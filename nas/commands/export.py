@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nas.checks import arg, finite_float, non_negative_int, output_dir, seed
+from nas.checks import arg, finite_float, non_negative_int, onnx_weights, output_dir, seed
 from nas.commands import flags
 
 
@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--w4-qat-steps", type=arg(non_negative_int), default=0,
                    help="also export W4A8 after this many QAT steps")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX QDQ export")
+    p.add_argument("--onnx-weights", default="auto", type=arg(onnx_weights),
+                   help="ONNX weight type: int8 (ONNX Runtime's fast u8 x s8 kernels, exact on CPUs with VNNI), "
+                        "uint8 (its u8 x u8 kernels, exact on every CPU), auto: int8 where this CPU has VNNI")
     flags.add_seed(p, help="seed of pruning's fine-tuning and calibration sampling")
     p.set_defaults(func=cmd_export)
 
@@ -53,7 +56,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                          netadapt=NetAdaptConfig(finetune_steps=args.finetune_steps),
                          int8=QuantConfig(calibration=args.calibration), w4_qat_steps=args.w4_qat_steps,
                          w4=QuantConfig(weight_bits=4, lsq=True, calibration=args.calibration),
-                         onnx=not args.no_onnx, data=spec, seed=args.seed)
+                         onnx=not args.no_onnx, onnx_weights=args.onnx_weights, data=spec, seed=args.seed)
     rep = finalize(model, arch, data, cfg, out)
     a = rep.accuracy
     print(f"arch    {rep.start_arch}\n     -> {rep.arch}")
@@ -66,6 +69,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"latency {k:<22} {'n/a' if v is None else f'{v:.4f} ms'}")
     print(f"bytes   {rep.bytes}")
     if rep.onnx_agreement is not None:
-        print(f"onnx    top-1 agreement with the kernels {rep.onnx_agreement:.4f}")
+        print(f"onnx    top-1 agreement with the kernels {rep.onnx_agreement:.4f} ({rep.onnx_weights} weights)")
     print(f"checkpoint {rep.checkpoint}  (report: {Path(out) / 'finalize.json'})")
     return 0

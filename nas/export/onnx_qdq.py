@@ -1,15 +1,19 @@
 """ONNX export of a `QuantizedModel` in QDQ form (QuantizeLinear/DequantizeLinear around float ops).
 
 Every tensor the kernel executor stores as uint8 gets a Q/DQ pair with the same scale and zero point. Weights are
-uint8 initializers with zero point 128 (int8 and int4 values plus 128: the same numbers) dequantized per output
-channel; biases are the kernels' int32 values dequantized on the accumulator grid (a float bias kept ONNX
-Runtime's Gemm in fp32, dequantizing its weights on every run). ONNX Runtime fuses the pairs into its own int8
-kernels (QLinearConv, QGemm, QLinearAdd, ...). Unsigned weights matter: with
-int8 weights ONNX Runtime picks its u8 x s8 kernels, which on CPUs without VNNI (AVX2, AVX-512 before Cascade Lake)
-add pairs of products in saturating 16-bit arithmetic (VPMADDUBSW; ONNX Runtime's quantization guide names it and
-suggests U8U8), which changed a searched network's predictions on an AVX2 machine; with uint8 weights ORT agrees
-(benchmarks/RESULTS_finalize.md). Weights with int4 group sub-scales are exported pre-dequantized (float), since
-per-group DequantizeLinear needs a newer opset than ORT fuses.
+integer initializers (the int8 and int4 values) dequantized per output channel; biases are the kernels' int32
+values dequantized on the accumulator grid (a float bias kept ONNX Runtime's Gemm in fp32, dequantizing its
+weights on every run). ONNX Runtime fuses the pairs into its own int8 kernels (QLinearConv, QGemm, QLinearAdd, ...).
+
+Weights are int8 (zero point 0) or uint8 (zero point 128: the same numbers), `weights=`; ONNX Runtime picks its
+kernels by that type. int8: its u8 x s8 kernels, exact on CPUs with VNNI (AVX512-VNNI, AVX-VNNI, AMX: 32-bit dot
+products) and 1.6-2.6x faster there than u8 x u8 (benchmarks/RESULTS_finalize.md), but
+on x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake) they add pairs of products in saturating 16-bit
+arithmetic (VPMADDUBSW; ONNX Runtime's quantization guide names it), which changed a searched network's
+predictions on an AVX2 machine. uint8: its u8 x u8 kernels, exact everywhere. `auto` (the default) takes int8 where
+this machine's CPU has VNNI and uint8 elsewhere: an export for another CPU should name the type.
+Weights with int4 group sub-scales are exported pre-dequantized (float), since per-group DequantizeLinear needs a
+newer opset than ORT fuses.
 
 Residual adds: our kernels add a block's input to its project output before they round, once. ONNX Runtime fuses
 an add into int8 (QLinearConv + QLinearAdd) only when both terms are quantized, so a residual project's output gets
@@ -39,6 +43,26 @@ OPSET = 17
 # int32 biases and a residual add with both terms quantized (ONNX Runtime's QGemm, QLinearAdd); tables of other
 # graphs are re-profiled.
 GRAPH_FORMAT = "nas-qdq/2"
+WEIGHT_TYPES = ("auto", "int8", "uint8")
+# /proc/cpuinfo flags under which ONNX Runtime's u8 x s8 kernels use VNNI dot products (no 16-bit saturation)
+EXACT_S8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def weight_type(weights: str = "auto") -> str:
+    """The ONNX weight type `weights` (`WEIGHT_TYPES`) names on this machine: `auto` is int8 where this CPU has
+    VNNI (ONNX Runtime's u8 x s8 kernels are exact and fastest there), else uint8 (see the module docstring)."""
+    from latency_models.devices import cpu_flags
+
+    if weights not in WEIGHT_TYPES:
+        raise ValueError(f"onnx weights: expected one of {list(WEIGHT_TYPES)}, got {weights!r}")
+    if weights != "auto":
+        return weights
+    return "int8" if cpu_flags() & set(EXACT_S8_FLAGS) else "uint8"
+
+
+def graph_format(weights: str) -> str:
+    """The `graph` fingerprint of ONNX Runtime latency tables timed on graphs with `weights` (int8 or uint8)."""
+    return GRAPH_FORMAT if weights == "uint8" else f"{GRAPH_FORMAT}+{weights}-weights"
 
 
 class QDQWriter:
@@ -47,12 +71,14 @@ class QDQWriter:
 
     `act_qparams` and `weight_scales` are the float grid (`QuantizedModel`'s). With `fp32` the same float ops are
     written without Q/DQ pairs, weights as float initializers (their dequantized values): the float network with
-    batch norm folded, as ONNX Runtime's fp32 latency device runs it.
+    batch norm folded, as ONNX Runtime's fp32 latency device runs it. `weights`: the type of quantized weights
+    (`weight_type`).
     """
 
     def __init__(self, act_qparams: dict[str, tuple[float, int]], weight_scales: dict[str, np.ndarray],
-                 fp32: bool = False):
+                 fp32: bool = False, weights: str = "auto"):
         self.acts, self.wsc, self.fp32 = act_qparams, weight_scales, fp32
+        self.weights = weight_type(weights)
         self.nodes: list = []
         self.inits: list = []
         self.quantized: dict[str, str] = {}  # dequantized tensor name -> the uint8 tensor it was dequantized from
@@ -106,11 +132,11 @@ class QDQWriter:
         if self.fp32:
             per_channel = scale.reshape(-1, *[1] * (w.ndim - 1)).astype(np.float64)
             return self.const(self.uniq(f"{layer}.w"), (w * per_channel).astype(np.float32))
-        # uint8 with zero point 128 is the same value as int8 with zero point 0, and keeps ONNX Runtime on its
-        # u8 x u8 kernels: its u8 x s8 ones saturate 16-bit pair sums on CPUs without VNNI (see module docstring)
-        wq = self.const(self.uniq(f"{layer}.wq"), (w.astype(np.int16) + 128).astype(np.uint8))
+        # uint8 with zero point 128 is the same value as int8 with zero point 0 (see the module docstring)
+        zp, dtype = (128, np.uint8) if self.weights == "uint8" else (0, np.int8)
+        wq = self.const(self.uniq(f"{layer}.wq"), (w.astype(np.int16) + zp).astype(dtype))
         s = self.const(self.uniq(f"{layer}.ws"), scale.astype(np.float32))
-        z = self.const(self.uniq(f"{layer}.wz"), np.full(len(scale), 128, dtype=np.uint8))
+        z = self.const(self.uniq(f"{layer}.wz"), np.full(len(scale), zp, dtype=dtype))
         out = self.uniq(f"{layer}.w")
         self.node("DequantizeLinear", [wq, s, z], [out], axis=0)
         return out
@@ -249,14 +275,14 @@ def layer_acts(arch: Arch) -> dict[str, str]:
     return acts
 
 
-def to_onnx(model: QuantizedModel, path: str | os.PathLike, fp32: bool = False) -> str:
+def to_onnx(model: QuantizedModel, path: str | os.PathLike, fp32: bool = False, weights: str = "auto") -> str:
     """Write `model` as an ONNX QDQ graph (input `x`: float NCHW, output `logits`) to `path`; `fp32`: the same
-    graph without Q/DQ (see `QDQWriter`)."""
+    graph without Q/DQ; `weights`: int8, uint8 or auto (see `QDQWriter`, `weight_type`)."""
     import onnx
     from onnx import TensorProto, helper
 
     a = model.arch
-    w = QDQWriter(model.act_qparams, model.weight_scales, fp32)
+    w = QDQWriter(model.act_qparams, model.weight_scales, fp32, weights)
     acts = layer_acts(a)
     x, t = w.qdq("x", "input"), "input"
     block_in, current_block = None, None

@@ -38,7 +38,7 @@ from nas.data import DataSpec, Splits, TensorSplits
 from nas.errors import one_line
 from nas.export.checkpoint import save
 from nas.export.model import QuantizedModel
-from nas.export.onnx_qdq import run_onnx, to_onnx
+from nas.export.onnx_qdq import run_onnx, to_onnx, weight_type
 from nas.io import write_atomic
 from nas.timing import round_robin, time_calls
 
@@ -68,6 +68,7 @@ class FinalizeConfig:
     w4: QuantConfig = QuantConfig(weight_bits=4, lsq=True)
     calib_size: int = 512
     onnx: bool = True
+    onnx_weights: str = "auto"  # int8 | uint8 | auto: `nas.export.onnx_qdq.weight_type`
     bench_reps: int = 50
     threads: int = 1
     data: DataSpec | None = None  # recorded in the checkpoints, so `nas eval` reads the same test split
@@ -89,6 +90,7 @@ class FinalizeReport:
     checkpoint: str
     checkpoints: dict[str, str]
     onnx_agreement: float | None = None
+    onnx_weights: str | None = None  # the ONNX graph's weight type (int8 or uint8), where one was exported
     netadapt: dict | None = None
     quant: dict[str, dict] = field(default_factory=dict)
     seconds: float = 0.0
@@ -291,7 +293,7 @@ def finalize(model: nn.Module, arch: ss.Arch, splits: Splits | TensorSplits, con
     variants = [("int8", config.int8, False)]
     if config.w4_qat_steps > 0:
         variants.append(("w4a8", replace(config.w4, qat_steps=config.w4_qat_steps), True))
-    onnx_agree = None
+    onnx_agree, onnx_weights = None, None
     qmodels = {}
     for name, qcfg, train in variants:
         qmodel, qrep = _quantize_variant(model, qcfg, calib, (x, y) if train else None, (xv, yv),
@@ -320,7 +322,8 @@ def finalize(model: nn.Module, arch: ss.Arch, splits: Splits | TensorSplits, con
         sizes[f"{name}_file"] = qmodel.metadata["file_bytes"]
         sizes[f"{name}_weights"] = qmodel.weight_bytes
         if name == "int8" and config.onnx:
-            onnx_path = to_onnx(qmodel, str(Path(path) / "model.onnx"))
+            onnx_weights = weight_type(config.onnx_weights)
+            onnx_path = to_onnx(qmodel, str(Path(path) / "model.onnx"), weights=onnx_weights)
             o = run_onnx(onnx_path, xs.numpy()).argmax(1)
             onnx_agree = float((o == qmodel.predict(xs)).mean())
     rounds = 10
@@ -344,7 +347,8 @@ def finalize(model: nn.Module, arch: ss.Arch, splits: Splits | TensorSplits, con
                           f"median of one run of {config.bench_reps}; predicted = latency table of "
                           f"{config.device!r} (None without a table)",
         bytes={**sizes, "fp32_params_x4": 4 * cost.params}, checkpoint=checkpoints["int8"], checkpoints=checkpoints,
-        onnx_agreement=onnx_agree, netadapt=na_report, quant=quant, seconds=time.perf_counter() - t0)
+        onnx_agreement=onnx_agree, onnx_weights=onnx_weights, netadapt=na_report, quant=quant,
+        seconds=time.perf_counter() - t0)
     text = json.dumps(report.to_dict(), indent=1, default=_default) + "\n"
     write_atomic(out / "finalize.json", lambda tmp: Path(tmp).write_text(text))
     return report

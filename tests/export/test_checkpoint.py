@@ -14,6 +14,7 @@ from nas.data import Dataset, Splits, TensorSplits, split
 from nas.export import FORMAT_VERSION, CheckpointError, load, run_onnx, save, to_onnx
 from nas.export.checkpoint import pack_int4, unpack_int4
 from nas.export.model import DataMismatchError
+from nas.export.onnx_qdq import weight_type
 
 ARCH = ss.decode("r16_i1_n10:stem_c16_s1_hs:ds_k3_c16_re6:ir_k3_e3_c24_se0.25_hs,ir_k5_e6_c24_re6:"
                  "ir_k3_s2_e4_c32_se0.25_sw:head_c64_re6:fc_c32_hs")
@@ -145,25 +146,50 @@ def test_onnx_qdq_agrees_with_the_kernels(models, name, tmp_path):
 
 
 
-def test_onnx_weights_are_uint8_with_zero_point_128(models, tmp_path):
-    """ONNX Runtime runs int8 weights on its u8 x s8 kernels, which on CPUs without VNNI clip pair sums to int16
-    (7 of 179 test predictions changed on an AVX2 machine); uint8 weights - 128 are the same numbers without that."""
+@pytest.mark.parametrize("weights, dtype, zp", [("uint8", np.uint8, 128), ("int8", np.int8, 0)])
+def test_onnx_weights_are_the_kernels_values_in_the_type_asked(models, tmp_path, weights, dtype, zp):
+    """uint8 weights (zero point 128) run on ONNX Runtime's u8 x u8 kernels, exact on every CPU; int8 ones on its
+    u8 x s8 kernels, which on CPUs without VNNI clip pair sums to int16 (7 of 179 test predictions changed on an
+    AVX2 machine) and with VNNI are exact and faster. Both hold the same numbers."""
     import onnx
     from onnx import numpy_helper
 
     q = models["int8"]
-    graph = onnx.load(to_onnx(q, str(tmp_path / "m.onnx"))).graph
+    path = to_onnx(q, str(tmp_path / "m.onnx"), weights=weights)
+    graph = onnx.load(path).graph
     arrays = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     deq = [n for n in graph.node if n.op_type == "DequantizeLinear" and ".wq" in n.input[0]]
     assert len(deq) == sum(".wq" in name for name in arrays) > 0
     for n in deq:
-        assert arrays[n.input[0]].dtype == np.uint8 and np.all(arrays[n.input[2]] == 128)
+        assert arrays[n.input[0]].dtype == dtype and arrays[n.input[2]].dtype == dtype
+        assert np.all(arrays[n.input[2]] == zp)
     stem = q.network.layers[0].spec  # int8 [Cout, k, k, Cin]; ONNX: [Cout, Cin, k, k]
-    first = arrays[deq[0].input[0]].astype(np.int16) - 128
+    first = arrays[deq[0].input[0]].astype(np.int16) - zp
     assert np.array_equal(first, stem.weight.transpose(0, 3, 1, 2))
+    if weights == "int8" and weight_type("auto") == "uint8":
+        return  # a CPU without VNNI: ONNX Runtime's u8 x s8 kernels may saturate (what uint8 weights avoid)
     x = torch.cat([X[:50], torch.full((50, 1, 16, 16), 50.0)])  # beyond the calibrated range: inputs at 255
-    got, want = run_onnx(str(tmp_path / "m.onnx"), x.numpy()), q(x)
+    got, want = run_onnx(path, x.numpy()), q(x)
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    if weights == "int8":  # exact integer GEMMs both: the same logits bit for bit as the uint8 graph
+        other = to_onnx(q, str(tmp_path / "u8.onnx"), weights="uint8")
+        assert np.array_equal(got, run_onnx(other, x.numpy()))
+
+
+def test_onnx_weight_type_auto_follows_the_cpus_vnni(monkeypatch):
+    import latency_models.devices as devices
+
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
+    assert weight_type("auto") == "int8" and weight_type("uint8") == "uint8"
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx2", "avx_vnni"})  # 256-bit VNNI (Alder Lake and later)
+    assert weight_type("auto") == "int8"
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx2", "avx512f", "avx512bw"})  # Skylake: no VNNI
+    assert weight_type("auto") == "uint8" and weight_type("int8") == "int8"
+    monkeypatch.setattr(devices, "cpu_flags", lambda: set())  # unreadable /proc/cpuinfo, other architectures
+    assert weight_type("auto") == "uint8"
+    with pytest.raises(ValueError, match=r"^onnx weights: expected one of \['auto', 'int8', 'uint8'\], got 'int4'"):
+        weight_type("int4")
+
 
 def test_import_nas_is_light_and_nas_export_loads(models, tmp_path):
     import subprocess

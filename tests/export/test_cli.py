@@ -35,11 +35,16 @@ def test_fp32_format_roundtrip(tmp_path):
 def test_export_eval_bench(tmp_path, capsys):
     d, _ = _fp32_dir(tmp_path)
     out = tmp_path / "final"
-    assert main(["export", d, "--data", "digits", "--out", str(out), "--calibration", "minmax"]) == 0
+    assert main(["export", d, "--data", "digits", "--out", str(out), "--calibration", "minmax",
+                 "--onnx-weights", "uint8"]) == 0
     text = capsys.readouterr().out
-    assert "int8" in text and "checkpoint" in text
+    assert "int8" in text and "checkpoint" in text and "(uint8 weights)" in text
     report = json.loads((out / "finalize.json").read_text())
-    assert report["onnx_agreement"] >= 0.99
+    assert report["onnx_agreement"] >= 0.99 and report["onnx_weights"] == "uint8"
+    import onnx
+
+    types = {t.data_type for t in onnx.load(str(out / "int8" / "model.onnx")).graph.initializer if ".wq" in t.name}
+    assert types == {onnx.TensorProto.UINT8}
     lat = report["latency_ms"]  # round-robin lowest 10th percentile, and the median of one run beside it
     assert 0 < lat["int8_measured"] < float("inf") and 0 < lat["int8_measured_median"] < float("inf")
     assert "round-robin" in report["latency_unit_note"]

@@ -47,6 +47,7 @@ CASES = [
     (["eval", "ckpt", "--split-seed", "-4"], ["--split-seed", "non-negative integer"]),
     (["export", "model", "--prune-ratio", "1.5"], ["--prune-ratio", "(0, 1]"]),
     (["export", "model", "--finetune-steps", "-1"], ["--finetune-steps", "non-negative"]),
+    (["export", "model", "--onnx-weights", "int4"], ["--onnx-weights", "expected one of", "uint8"]),
     (["latency", "validate", "--reps", "0"], ["--reps", "positive integer"]),
     (["latency", "validate", "--fit-samples", "0"], ["--fit-samples", "at least 8"]),
     (["latency", "validate", "--fit-samples", "3"], ["--fit-samples", "at least 8"]),
