@@ -55,6 +55,20 @@ def test_gemm_many_rows_every_tile_shape(isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_gemm_few_rows_every_channel_tail(isa):
+    """1-3 rows (linear layers, tiny maps) take their own tiles on some ISAs; every count of trailing 8-channel
+    vectors of such a tile is computed (a tile of 4 vectors once left the 2nd and 3rd of a 24-channel tail out)."""
+    rng = np.random.default_rng(23)
+    for m in (1, 2, 3):
+        for n in (1, 8, 10, 16, 24, 31, 40, 56, 100):
+            for bits, group in ((8, 0), (4, 0), (4, 32)):
+                spec = R.random_gemm(rng, n, 48, bits=bits, group_size=group, act="relu6", residual=n % 2 == 0)
+                shape = (1, 1, m, 48)
+                res = _x(rng, (*shape[:-1], n)) if spec.residual else None
+                _check(spec, _x(rng, shape), isa, res)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_linear_int32_logits(isa):
     rng = np.random.default_rng(11)
     for n, k, b in [(10, 64, 1), (1000, 96, 2), (17, 5, 3)]:

@@ -39,23 +39,64 @@ inline __m256i round_clamp(__m256 v, float flo, float fhi) {
   return _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(flo)), _mm256_set1_ps(fhi)));
 }
 
+// Loop-invariant epilogue state, copied out of RqView into locals so that the uint8 output stores (which may alias
+// anything) do not force reloads of the view's fields after every store.
+struct Epi {
+  const int32_t* bias;
+  const float* scale;
+  const int32_t* lut32;
+  __m256 flo, fhi, rscale;
+  __m256i zp, rzp, zp16, lo8, hi8;
+  bool residual, out_int32;
+  bool packs;  // no_overflow, no LUT, uint8 output: 16 outputs at a time through saturating packs (epi16)
+  explicit Epi(const RqView& q)
+      : bias(q.bias), scale(q.scale), lut32(q.lut32), flo(_mm256_set1_ps(q.flo)), fhi(_mm256_set1_ps(q.fhi)),
+        rscale(_mm256_set1_ps(q.res_scale)), zp(bcast(q.zp)), rzp(bcast(q.res_zp)),
+        zp16(_mm256_set1_epi16(static_cast<int16_t>(q.zp))), lo8(_mm256_set1_epi8(static_cast<char>(q.lo))),
+        hi8(_mm256_set1_epi8(static_cast<char>(q.hi))), residual(q.residual), out_int32(q.out_int32),
+        packs(q.no_overflow && !q.lut32 && !q.out_int32) {}
+};
+
+// float32(acc + bias) * scale (+ float32(res - res_zp) * res_scale), as rq_apply rounds it; channels c..c+7.
+inline __m256 rq_float(__m256i acc, const Epi& e, int c, __m256i res) {
+  acc = _mm256_add_epi32(acc, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e.bias + c)));
+  __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_loadu_ps(e.scale + c));
+  if (e.residual) v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(res, e.rzp)), e.rscale));
+  return v;
+}
+
 // Requantize 8 accumulators (bias not yet added) for channels c..c+7 (n valid) and store.
-inline void epilogue(__m256i acc, const RqView& q, int c, int n, void* out, const uint8_t* res) {
-  acc = _mm256_add_epi32(acc, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.bias + c)));
-  if (q.out_int32) {
+inline void epilogue(__m256i acc, const Epi& e, int c, int n, void* out, const uint8_t* res) {
+  if (e.out_int32) {
+    acc = _mm256_add_epi32(acc, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e.bias + c)));
     int32_t tmp[8];
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(tmp), acc);
     std::memcpy(out, tmp, static_cast<size_t>(n < 8 ? n : 8) * 4);
     return;
   }
-  __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_loadu_ps(q.scale + c));
-  if (q.residual) {
-    const __m256i r = _mm256_sub_epi32(load8_u8(res, n), bcast(q.res_zp));
-    v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_cvtepi32_ps(r), _mm256_set1_ps(q.res_scale)));
-  }
-  __m256i y = _mm256_add_epi32(round_clamp(v, q.flo, q.fhi), bcast(q.zp));
-  if (q.lut32) y = _mm256_i32gather_epi32(q.lut32, y, 4);
+  const __m256 v = rq_float(acc, e, c, e.residual ? load8_u8(res, n) : acc);
+  __m256i y = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, e.flo), e.fhi)), e.zp);
+  if (e.lut32) y = _mm256_i32gather_epi32(e.lut32, y, 4);
   store8(static_cast<uint8_t*>(out), y, n);
+}
+
+// The same for 16 accumulators (channels c..c+7 in a, c+8..c+15 in b, all valid) where e.packs: rne(v) as int32,
+// vpackssdw / saturating + zp / vpackuswb / byte clamp to [lo, hi] (the same bits as clamping v first, see
+// RqView::no_overflow), then vpermd puts the packs' lane-interleaved dwords in channel order; one 16-byte store.
+inline void epi16(__m256i a, __m256i b, const Epi& e, int c, uint8_t* out, const uint8_t* res) {
+  __m256i ra = a, rb = b;
+  if (e.residual) {
+    const __m128i r = _mm_loadu_si128(reinterpret_cast<const __m128i*>(res));
+    ra = _mm256_cvtepu8_epi32(r);
+    rb = _mm256_cvtepu8_epi32(_mm_srli_si128(r, 8));
+  }
+  const __m256i p = _mm256_adds_epi16(
+      _mm256_packs_epi32(_mm256_cvtps_epi32(rq_float(a, e, c, ra)), _mm256_cvtps_epi32(rq_float(b, e, c + 8, rb))),
+      e.zp16);
+  __m256i y = _mm256_min_epu8(_mm256_max_epu8(_mm256_packus_epi16(p, p), e.lo8), e.hi8);
+  // dword 0 | 1 of lane 0 hold channels 0-3 | 8-11, of lane 1 (dwords 4 | 5) channels 4-7 | 12-15
+  y = _mm256_permutevar8x32_epi32(y, _mm256_setr_epi32(0, 4, 1, 5, 0, 0, 0, 0));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(y));
 }
 
 // rne(clamp(float32(v) * scale, -zp, 255 - zp)) + zp
@@ -145,17 +186,28 @@ void tile(const GemmArgs& a, const uint16_t* xs, int k2p, int row0, int vec0) {
   } else {
     dot_steps<MR, NC, INT4>(xs, k2p, 0, k2, wp, pstride, acc);
   }
-  const int esz = a.q.out_int32 ? 4 : 1;
+  const Epi e(a.q);
+  const int esz = e.out_int32 ? 4 : 1;
+  const bool pairs = NC % 2 == 0 && e.packs && pw.n >= (vec0 + NC) * 8;  // every channel of the tile valid
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
     const int row = row0 + r;
     if (row >= a.m) continue;
+    uint8_t* orow = static_cast<uint8_t*>(a.out) + static_cast<int64_t>(row) * a.ldo * esz;
+    const uint8_t* rrow = a.res ? a.res + static_cast<int64_t>(row) * a.ldr : nullptr;
+    if (pairs) {
+#pragma GCC unroll 4
+      for (int j = 0; j + 1 < NC; j += 2) {
+        const int c = (vec0 + j) * 8;
+        epi16(acc[r][j], acc[r][j + 1], e, c, orow + c, rrow ? rrow + c : nullptr);
+      }
+      continue;
+    }
 #pragma GCC unroll 4
     for (int j = 0; j < NC; ++j) {
       const int c = (vec0 + j) * 8;
       const int n = pw.n - c < 8 ? pw.n - c : 8;
-      uint8_t* o = static_cast<uint8_t*>(a.out) + (row * a.ldo + c) * esz;
-      epilogue(acc[r][j], a.q, c, n, o, a.res ? a.res + row * a.ldr + c : nullptr);
+      if (n > 0) epilogue(acc[r][j], e, c, n, orow + c * esz, rrow ? rrow + c : nullptr);
     }
   }
 }
@@ -186,7 +238,7 @@ void gemm_impl(const GemmArgs& a, int threads) {
         if (nc == NCMAX) {
           tile<MR, NCMAX, INT4, GROUPED>(a, x, k2p, mt * MR, vec0);
         } else {
-          tile<MR, 1, INT4, GROUPED>(a, x, k2p, mt * MR, vec0);
+          for (int v = vec0; v < vec0 + nc; ++v) tile<MR, 1, INT4, GROUPED>(a, x, k2p, mt * MR, v);
         }
       }
     }
@@ -201,9 +253,12 @@ void gemm(const GemmArgs& a, int threads) {
   if (a.w->grouped) {
     if (int4) gemm_impl<2, 2, true, true>(a, threads);
     else gemm_impl<2, 2, false, true>(a, threads);
-  } else {
+  } else if (a.m < 4) {  // a few rows (linear layers): one row per tile, 32 channels, no rows computed in vain
+    if (int4) gemm_impl<1, 4, true, false>(a, threads);
+    else gemm_impl<1, 4, false, false>(a, threads);
+  } else {  // 4 x 2 tiles: 8 accumulators; 6 x 2 (12) left GCC too few of the 16 ymm registers and it spilled them
     if (int4) gemm_impl<4, 2, true, false>(a, threads);
-    else gemm_impl<6, 2, false, false>(a, threads);
+    else gemm_impl<4, 2, false, false>(a, threads);
   }
 }
 
@@ -250,7 +305,7 @@ inline void dw_pixel(const uint8_t* const* tp, int64_t off, const int16_t* wb, i
 // Every channel block of one output pixel (tap pointers tp, output o), then the unchanged 8-lane epilogue on
 // channels 0-7 and 8-15 of each block (q: a.q with the folded bias dw_init).
 template <int KK>
-inline void dw_pixel_all(const DwArgs& a, const RqView& q, const uint8_t* const* tp, uint8_t* o, int kk,
+inline void dw_pixel_all(const DwArgs& a, const Epi& e, const uint8_t* const* tp, uint8_t* o, int kk,
                          const uint8_t* lim) {
   const int np = (kk + 1) / 2;
   const int16_t* wb = reinterpret_cast<const int16_t*>(a.dw_w);
@@ -258,14 +313,19 @@ inline void dw_pixel_all(const DwArgs& a, const RqView& q, const uint8_t* const*
   __m256i lo, hi;
   for (; c + 16 <= a.c; c += 16, wb += np * 32) {
     dw_pixel<KK, false>(tp, c, wb, kk, lim, 16, lo, hi);
-    epilogue(_mm256_permute2x128_si256(lo, hi, 0x20), q, c, 8, o + c, nullptr);
-    epilogue(_mm256_permute2x128_si256(lo, hi, 0x31), q, c + 8, 8, o + c + 8, nullptr);
+    const __m256i a0 = _mm256_permute2x128_si256(lo, hi, 0x20), a1 = _mm256_permute2x128_si256(lo, hi, 0x31);
+    if (e.packs) {
+      epi16(a0, a1, e, c, o + c, nullptr);
+    } else {
+      epilogue(a0, e, c, 8, o + c, nullptr);
+      epilogue(a1, e, c + 8, 8, o + c + 8, nullptr);
+    }
   }
   if (c < a.c) {
     const int n = a.c - c;
     dw_pixel<KK, true>(tp, c, wb, kk, lim, n, lo, hi);
-    epilogue(_mm256_permute2x128_si256(lo, hi, 0x20), q, c, n < 8 ? n : 8, o + c, nullptr);
-    if (n > 8) epilogue(_mm256_permute2x128_si256(lo, hi, 0x31), q, c + 8, n - 8, o + c + 8, nullptr);
+    epilogue(_mm256_permute2x128_si256(lo, hi, 0x20), e, c, n < 8 ? n : 8, o + c, nullptr);
+    if (n > 8) epilogue(_mm256_permute2x128_si256(lo, hi, 0x31), e, c + 8, n - 8, o + c + 8, nullptr);
   }
 }
 
@@ -278,6 +338,7 @@ void dw_impl(const DwArgs& a, int threads) {
   const int64_t C = a.c;
   RqView q = a.q;
   q.bias = a.dw_init;
+  const Epi e(q);
   const int rows = dw_rows(a);
   const int held = a.held ? a.held : a.h;
   const uint8_t* lim = a.x + static_cast<int64_t>(a.batch) * held * a.w * C;
@@ -315,7 +376,7 @@ void dw_impl(const DwArgs& a, int threads) {
               tp[ky * k + kx] = rowp[ky] && ix >= 0 && ix < a.w ? rowp[ky] + ix * C : zrow;
             }
         }
-        dw_pixel_all<K * K>(a, q, tp, orow + ox * C, kk, lim);
+        dw_pixel_all<K * K>(a, e, tp, orow + ox * C, kk, lim);
       }
     }
   });
