@@ -359,7 +359,7 @@ void gemm(const GemmArgs& a, int threads) {
   } else if (a.w->grouped) {
     if (int4) gemm_impl<4, 2, true, true>(a, threads);
     else gemm_impl<4, 2, false, true>(a, threads);
-  } else if (int4 && a.m < 64) {  // few rows (linear layers, 7x7 maps): unpack int4 in registers, no panel
+  } else if (int4 && a.m < 16) {  // few rows (linear layers): unpack int4 in registers, no panel
     gemm_impl<5, 4, true, false>(a, threads);
   } else if (nvec == 1) {
     if (int4) gemm_impl<16, 1, false, false, false, true>(a, threads);
