@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from latency_models.ops import OpKey
-from nas import __version__
+from nas import __version__, cpuinfo
 from nas.cores import torch_threads
+from nas.cpuinfo import cpu_model
 from nas.timing import time_calls
 from search_spaces import Arch
 
@@ -103,18 +104,6 @@ class Device(Protocol):
     def prepare_arch(self, arch: Arch) -> Callable[[], object]: ...
 
     def time_arch(self, arch: Arch, reps: int) -> list[float]: ...
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (or the platform's processor string)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _base_fingerprint(spec: DeviceSpec) -> dict[str, Any]:
@@ -248,18 +237,6 @@ def _ort_runner(spec: DeviceSpec) -> Any:
 _MLAS_FLAGS = ("amx_int8", "avx512_vnni", "avx512f", "avx_vnni", "avx2", "sse4_1", "asimddp", "asimd")
 
 
-def cpu_flags() -> set[str]:
-    """The CPU feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 @dataclass
 class OrtDevice:
     """ONNX Runtime's CPU execution provider running our exported graphs (`ort-int8`: QDQ, `ort-fp32`: float)."""
@@ -275,7 +252,7 @@ class OrtDevice:
 
         from nas.export.onnx_qdq import GRAPH_FORMAT, graph_format, weight_type
 
-        flags = cpu_flags()
+        flags = cpuinfo.cpu_flags()
         simd = next((f for f in _MLAS_FLAGS if f in flags), platform.machine())
         info = ort.get_build_info() if hasattr(ort, "get_build_info") else ""
         commit = re.search(r"git-commit-id=(\w+)", info)

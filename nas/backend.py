@@ -28,8 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from latency_models.devices import cpu_flags, cpu_model
+from nas import cpuinfo
 from nas.checks import PRECISIONS, check_precision, check_train_device, check_train_workers
+from nas.cpuinfo import cpu_model
 from nas.kernels.training import fast_depthwise, training_kernels
 
 DEVICE_FLAG = "--train-device"  # the latency target is --device
@@ -146,7 +147,7 @@ def cpu_bf16_support() -> str | None:
 
     Reads /proc/cpuinfo's flags; where it cannot be read, asks PyTorch's own CPU probes.
     """
-    flags = cpu_flags()
+    flags = cpuinfo.cpu_flags()
     if flags:
         return next((f for f in CPU_BF16_FLAGS if f in flags), None)
     probes = (("amx_bf16", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"))

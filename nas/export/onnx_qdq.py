@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from nas import cpuinfo
 from nas.export.model import QuantizedModel
 from nas.io import write_atomic
 from nas.kernels.executor import QuantizedLayer
@@ -51,13 +52,11 @@ EXACT_S8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 def weight_type(weights: str = "auto") -> str:
     """The ONNX weight type `weights` (`WEIGHT_TYPES`) names on this machine: `auto` is int8 where this CPU has
     VNNI (ONNX Runtime's u8 x s8 kernels are exact and fastest there), else uint8 (see the module docstring)."""
-    from latency_models.devices import cpu_flags
-
     if weights not in WEIGHT_TYPES:
         raise ValueError(f"onnx weights: expected one of {list(WEIGHT_TYPES)}, got {weights!r}")
     if weights != "auto":
         return weights
-    return "int8" if cpu_flags() & set(EXACT_S8_FLAGS) else "uint8"
+    return "int8" if cpuinfo.cpu_flags() & set(EXACT_S8_FLAGS) else "uint8"
 
 
 def graph_format(weights: str) -> str:

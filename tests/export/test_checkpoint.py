@@ -177,15 +177,15 @@ def test_onnx_weights_are_the_kernels_values_in_the_type_asked(models, tmp_path,
 
 
 def test_onnx_weight_type_auto_follows_the_cpus_vnni(monkeypatch):
-    import latency_models.devices as devices
+    import nas.cpuinfo as cpuinfo
 
-    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
+    monkeypatch.setattr(cpuinfo, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
     assert weight_type("auto") == "int8" and weight_type("uint8") == "uint8"
-    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx2", "avx_vnni"})  # 256-bit VNNI (Alder Lake and later)
+    monkeypatch.setattr(cpuinfo, "cpu_flags", lambda: {"avx2", "avx_vnni"})  # 256-bit VNNI (Alder Lake and later)
     assert weight_type("auto") == "int8"
-    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx2", "avx512f", "avx512bw"})  # Skylake: no VNNI
+    monkeypatch.setattr(cpuinfo, "cpu_flags", lambda: {"avx2", "avx512f", "avx512bw"})  # Skylake: no VNNI
     assert weight_type("auto") == "uint8" and weight_type("int8") == "int8"
-    monkeypatch.setattr(devices, "cpu_flags", lambda: set())  # unreadable /proc/cpuinfo, other architectures
+    monkeypatch.setattr(cpuinfo, "cpu_flags", lambda: set())  # unreadable /proc/cpuinfo, other architectures
     assert weight_type("auto") == "uint8"
     with pytest.raises(ValueError, match=r"^onnx weights: expected one of \['auto', 'int8', 'uint8'\], got 'int4'"):
         weight_type("int4")

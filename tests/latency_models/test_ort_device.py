@@ -71,12 +71,12 @@ def test_fingerprint_names_onnx_runtime_and_differs_from_kernels(tmp_path: Path)
 def test_fingerprint_names_the_weight_type_its_graphs_have(monkeypatch: pytest.MonkeyPatch) -> None:
     """int8 weights run on other ONNX Runtime kernels than uint8 ones (`nas.export.onnx_qdq.weight_type`): a table
     of the one is re-profiled on a machine that exports the other; ort-fp32 graphs have no quantized weights."""
-    import latency_models.devices as devices
+    import nas.cpuinfo as cpuinfo
 
-    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
+    monkeypatch.setattr(cpuinfo, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
     vnni = get_device("ort-int8").fingerprint()
     fp32 = get_device("ort-fp32").fingerprint()["graph"]
-    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(cpuinfo, "cpu_flags", lambda: {"avx2"})
     avx2 = get_device("ort-int8").fingerprint()
     assert vnni["graph"] == "nas-qdq/2+int8-weights" and avx2["graph"] == "nas-qdq/2"
     assert fp32 == get_device("ort-fp32").fingerprint()["graph"] == "nas-qdq/2"

@@ -85,11 +85,11 @@ def test_bf16_on_this_cpu_follows_its_instruction_set() -> None:
 
 
 def test_cpu_bf16_support_reads_the_cpu_flags(monkeypatch) -> None:
-    import nas.backend
+    import nas.cpuinfo
 
-    monkeypatch.setattr(nas.backend, "cpu_flags", lambda: {"fpu", "avx512f", "avx512_vnni"})
+    monkeypatch.setattr(nas.cpuinfo, "cpu_flags", lambda: {"fpu", "avx512f", "avx512_vnni"})
     assert cpu_bf16_support() is None
-    monkeypatch.setattr(nas.backend, "cpu_flags", lambda: {"fpu", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
+    monkeypatch.setattr(nas.cpuinfo, "cpu_flags", lambda: {"fpu", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
     assert cpu_bf16_support() == "amx_bf16"
 
 
