@@ -41,10 +41,22 @@ def _block(rng: np.random.Generator, cin: int, expand: int, cout: int, k: int, s
 
 
 def _layer_by_layer(spec: FusedBlockSpec, x: np.ndarray, isa: str, threads: int) -> np.ndarray:
-    t = x if spec.expand is None else compile_op(spec.expand, isa).run(x, threads=threads)
-    t = compile_op(spec.dw, isa).run(t, threads=threads)
-    res = x if spec.project.residual is not None else None
-    return compile_op(spec.project, isa).run(t, residual=res, threads=threads)
+    """The fused step's layers one after the other (a residual project adds the block input `x`)."""
+    t = x
+    for part in spec.parts():
+        res = x if getattr(part, "residual", None) is not None else None
+        t = compile_op(part, isa).run(t, residual=res, threads=threads)
+    return t
+
+
+def _check_fused(spec: FusedBlockSpec, x: np.ndarray, isa: str, threads: int, reference: bool, what: str) -> None:
+    """The fused step on `threads` threads gives its layers' bits (and, with `reference`, the NumPy reference's)."""
+    got = compile_op(spec, isa).run(x, threads=threads)
+    want = _layer_by_layer(spec, x, isa, 1)
+    assert got.shape == want.shape == out_shape(spec, x.shape)
+    np.testing.assert_array_equal(got, want, err_msg=f"{what} {x.shape} threads {threads}")
+    if reference:
+        np.testing.assert_array_equal(ref.run(spec, x), want)
 
 
 @pytest.mark.parametrize("isa", ALL_ISAS)
@@ -64,14 +76,8 @@ def test_fused_block_matches_layer_by_layer_random_shapes(isa):
         spec = _block(rng, cin, expand, cout, k, stride, bits=bits, residual=residual, band_rows=band)
         b, h, w = int(rng.integers(1, 4)), int(rng.integers(1, 14)), int(rng.integers(1, 14))
         x = rng.integers(0, 256, size=(b, h, w, cin), dtype=np.uint8)
-        threads = 1 + trial % 3
-        got = compile_op(spec, isa).run(x, threads=threads)
-        want = _layer_by_layer(spec, x, isa, 1)
-        assert got.shape == want.shape == out_shape(spec, x.shape)
-        np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}: {spec.dw.weight.shape} s{stride} "
-                                      f"{x.shape} e{expand} band {band} threads {threads}")
-        if trial % 6 == 0:
-            np.testing.assert_array_equal(ref.run(spec, x), want)
+        _check_fused(spec, x, isa, 1 + trial % 3, trial % 6 == 0,
+                     f"trial {trial}: {spec.dw.weight.shape} s{stride} e{expand} band {band}")
         banded += _C.fused_band_rows(h, w, cin * expand, k, stride, band) < (h - 1) // stride + 1
     assert banded >= 15  # most trials really run several bands per image
 

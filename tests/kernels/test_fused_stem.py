@@ -8,14 +8,9 @@ import pytest
 
 from nas.kernels import _C
 from nas.kernels import random_specs as R
-from nas.kernels import reference as ref
-from nas.kernels.isa import ISAS, available_isas
-from nas.kernels.ops import FusedBlockSpec, compile_op, fused_scratch_bytes, out_shape
+from nas.kernels.ops import FusedBlockSpec, compile_op, fused_scratch_bytes
 
-ACTS = ["none", "relu", "relu6", "hswish", "swish"]
-SUPPORTED = available_isas()
-ALL_ISAS = [pytest.param(i, marks=pytest.mark.skipif(i not in SUPPORTED, reason=f"this CPU cannot run {i}"))
-            for i in ISAS]
+from .test_fused import ACTS, ALL_ISAS, SUPPORTED, _check_fused, _layer_by_layer
 
 
 def _stem_block(rng: np.random.Generator, cin: int, c: int, stem_k: int, stem_s: int, k: int, stride: int,
@@ -31,13 +26,6 @@ def _stem_block(rng: np.random.Generator, cin: int, c: int, stem_k: int, stem_s:
         pr = R.random_gemm(rng, cout, c, bits=bits, group_size=group)
         pr.in_zp = dw.requant.out_zp
     return FusedBlockSpec(None, dw, pr, band_rows, stem)
-
-
-def _layer_by_layer(spec: FusedBlockSpec, x: np.ndarray, isa: str, threads: int) -> np.ndarray:
-    t = x
-    for part in spec.parts():
-        t = compile_op(part, isa).run(t, threads=threads)
-    return t
 
 
 @pytest.mark.parametrize("isa", ALL_ISAS)
@@ -57,14 +45,8 @@ def test_stem_fused_matches_layer_by_layer(isa):
         spec = _stem_block(rng, cin, c, stem_k, stem_s, k, stride, cout, bits=bits, band_rows=band)
         b, h, w = int(rng.integers(1, 4)), int(rng.integers(1, 30)), int(rng.integers(1, 30))
         x = rng.integers(0, 256, size=(b, h, w, cin), dtype=np.uint8)
-        threads = 1 + trial % 3
-        got = compile_op(spec, isa).run(x, threads=threads)
-        want = _layer_by_layer(spec, x, isa, 1)
-        assert got.shape == want.shape == out_shape(spec, x.shape)
-        np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}: stem {stem_k}/s{stem_s} dw {k}/s{stride} "
-                                      f"{x.shape} project {cout} band {band} threads {threads}")
-        if trial % 6 == 0:
-            np.testing.assert_array_equal(ref.run(spec, x), want)
+        _check_fused(spec, x, isa, 1 + trial % 3, trial % 6 == 0,
+                     f"trial {trial}: stem {stem_k}/s{stem_s} dw {k}/s{stride} project {cout} band {band}")
         h1 = (h - 1) // stem_s + 1
         banded += _C.fused_band_rows(h1, (w - 1) // stem_s + 1, c, k, stride, band, stem=True) < \
             (h1 - 1) // stride + 1
