@@ -138,26 +138,27 @@ def arg(check: Callable[..., T], *args: Any, **kwargs: Any) -> Callable[[str], T
     return parse
 
 
+def _parsed_by(parse: Callable[[str], Any], name: str, value: Any, prefix: str = "") -> str:
+    """`str(value)` if `parse` accepts it; else its error under `name` (less the `prefix` it names the value by)."""
+    try:
+        parse(str(value))
+    except ValueError as exc:
+        raise ValueError(f"{name}: {str(exc).removeprefix(prefix)}") from None
+    return str(value)
+
+
 def budget(name: str, value: Any) -> str:
     """A budget such as `100MFLOPs`, `2.5Mparams` or `3ms` (checked by `search_spaces.parse_budget`)."""
     from search_spaces import parse_budget
 
-    try:
-        parse_budget(str(value))
-    except ValueError as exc:
-        raise ValueError(f"{name}: {str(exc).removeprefix('budget: ')}") from None
-    return str(value)
+    return _parsed_by(parse_budget, name, value, "budget: ")
 
 
 def onnx_weights(name: str, value: Any) -> str:
     """An ONNX weight type (`auto`, `int8` or `uint8`, checked by `nas.export.onnx_qdq.weight_type`)."""
     from nas.export.onnx_qdq import weight_type
 
-    try:
-        weight_type(str(value))
-    except ValueError as exc:
-        raise ValueError(f"{name}: {str(exc).removeprefix('onnx weights: ')}") from None
-    return str(value)
+    return _parsed_by(weight_type, name, value, "onnx weights: ")
 
 
 def latency(name: str, value: Any) -> str:
@@ -174,11 +175,7 @@ def byte_size(name: str, value: Any) -> str:
     """A size in bytes such as `256KB`, `1.5MB` or `2MiB` (a memory budget)."""
     from search_spaces import parse_bytes
 
-    try:
-        parse_bytes(str(value))
-    except ValueError as exc:
-        raise ValueError(f"{name}: {exc}") from None
-    return str(value)
+    return _parsed_by(parse_bytes, name, value)
 
 
 def phi(name: str, space: str, value: Any) -> float:
