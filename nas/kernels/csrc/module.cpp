@@ -301,6 +301,13 @@ void fake_quant(const py::object& x_o, float scale, int zero_point, int qmin, in
   });
 }
 
+// The depthwise part of a fused step (channels, kernel, stride, band rows), as the scratch-size queries take it.
+void check_fused_depthwise(int c, int k, int stride, int band_rows) {
+  check_range(c, 1, 1 << 20, "c");
+  check_range(k, 3, 7, "k");
+  check_range(stride, 1, 2, "stride");
+  check_range(band_rows, 0, 1 << 20, "band_rows");
+}
 
 }  // namespace
 }  // namespace nask
@@ -423,10 +430,7 @@ PYBIND11_MODULE(_C, m) {
         [](int h, int w, int c, int k, int stride, bool expand, int band_rows) {
           check_range(h, 1, 1 << 20, "h");
           check_range(w, 1, 1 << 20, "w");
-          check_range(c, 1, 1 << 20, "c");
-          check_range(k, 3, 7, "k");
-          check_range(stride, 1, 2, "stride");
-          check_range(band_rows, 0, 1 << 20, "band_rows");
+          check_fused_depthwise(c, k, stride, band_rows);
           return FusedBlock::scratch_bytes(h, w, c, k, stride, expand, band_rows);
         },
         py::arg("h"), py::arg("w"), py::arg("c"), py::arg("k"), py::arg("stride"), py::arg("expand"),
@@ -440,10 +444,7 @@ PYBIND11_MODULE(_C, m) {
           check_range(cin, 1, 1 << 20, "cin");
           check_range(stem_k, 1, 7, "stem_k");
           check_range(stem_stride, 1, 2, "stem_stride");
-          check_range(c, 1, 1 << 20, "c");
-          check_range(k, 3, 7, "k");
-          check_range(stride, 1, 2, "stride");
-          check_range(band_rows, 0, 1 << 20, "band_rows");
+          check_fused_depthwise(c, k, stride, band_rows);
           return FusedBlock::stem_scratch_bytes(h, w, cin, stem_k, stem_stride, c, k, stride, project, band_rows);
         },
         py::arg("h"), py::arg("w"), py::arg("cin"), py::arg("stem_k"), py::arg("stem_stride"), py::arg("c"),
