@@ -35,8 +35,11 @@ inline __m256i load8_u8(const uint8_t* p, int n) {
 }
 
 // rne(clamp(v, flo, fhi)) as int32 (MXCSR default rounding: nearest even).
+inline __m256i round_clamp(__m256 v, __m256 flo, __m256 fhi) {
+  return _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, flo), fhi));
+}
 inline __m256i round_clamp(__m256 v, float flo, float fhi) {
-  return _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(flo)), _mm256_set1_ps(fhi)));
+  return round_clamp(v, _mm256_set1_ps(flo), _mm256_set1_ps(fhi));
 }
 
 // Loop-invariant epilogue state, copied out of RqView into locals so that the uint8 output stores (which may alias
@@ -75,7 +78,7 @@ inline void epilogue(__m256i acc, const Epi& e, int c, int n, void* out, const u
     return;
   }
   const __m256 v = rq_float(acc, e, c, e.residual ? load8_u8(res, n) : acc);
-  __m256i y = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, e.flo), e.fhi)), e.zp);
+  __m256i y = _mm256_add_epi32(round_clamp(v, e.flo, e.fhi), e.zp);
   if (e.lut32) y = _mm256_i32gather_epi32(e.lut32, y, 4);
   store8(static_cast<uint8_t*>(out), y, n);
 }
@@ -207,7 +210,7 @@ void tile(const GemmArgs& a, const uint16_t* xs, int k2p, int row0, int vec0) {
     for (int j = 0; j < NC; ++j) {
       const int c = (vec0 + j) * 8;
       const int n = pw.n - c < 8 ? pw.n - c : 8;
-      if (n > 0) epilogue(acc[r][j], e, c, n, orow + c * esz, rrow ? rrow + c : nullptr);
+      epilogue(acc[r][j], e, c, n, orow + c * esz, rrow ? rrow + c : nullptr);
     }
   }
 }
@@ -302,8 +305,8 @@ inline void dw_pixel(const uint8_t* const* tp, int64_t off, const int16_t* wb, i
   }
 }
 
-// Every channel block of one output pixel (tap pointers tp, output o), then the unchanged 8-lane epilogue on
-// channels 0-7 and 8-15 of each block (q: a.q with the folded bias dw_init).
+// Every channel block of one output pixel (tap pointers tp, output o), each requantized as 16 channels (epi16) or
+// as channels 0-7 and 8-15 (e: a.q with the folded bias dw_init).
 template <int KK>
 inline void dw_pixel_all(const DwArgs& a, const Epi& e, const uint8_t* const* tp, uint8_t* o, int kk,
                          const uint8_t* lim) {
