@@ -12,6 +12,7 @@ from typing import Any
 from latency_models.devices import DeviceSpec, get_device
 from latency_models.ops import FUSED_OPS, OpKey
 from latency_models.table import LatencyTable, LatencyTableError
+from nas.cores import CpuSample, others_cores, read_sample
 from nas.timing import summarize
 
 # rough per-op set-up cost (s) and throughput (MAC/s) used only for the up-front time estimate
@@ -105,9 +106,10 @@ def profile(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, reps
     try:
         for i in range(0, len(todo), chunk):
             part = [o for _, o in todo[i:i + chunk]]
+            before = read_sample() if local else None
             fp, rows = measure(part)
             if local:
-                busiest = max(busiest, other_load(spec.threads))
+                busiest = max(busiest, other_load(before))
             if not table.fingerprint:
                 table.fingerprint = fp
             elif not local:
@@ -140,13 +142,14 @@ def profile(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, reps
 BUSY_LOAD = 0.75
 
 
-def other_load(own_threads: int) -> float:
-    """The 1-minute load average less `own_threads` (the profile's own): roughly how many CPUs other processes
-    keep busy (0 where the platform has no load average)."""
-    try:
-        return max(0.0, os.getloadavg()[0] - own_threads)
-    except (OSError, AttributeError):
+def other_load(before: CpuSample | None) -> float:
+    """Cores' worth of CPU time other processes used on this process's CPUs since `before` (`nas.cores`'
+    reading; 0 where /proc cannot be read). Not the load average: it trails by a minute, so a 2-thread run counted
+    as other processes' load in the 1-thread profile after it."""
+    after = read_sample() if before is not None else None
+    if after is None:
         return 0.0
+    return others_cores(before, after) or 0.0
 
 
 def profile_ray(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, address: str, resource: str,

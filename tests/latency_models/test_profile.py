@@ -11,6 +11,7 @@ import pytest
 import search_spaces as ss
 from latency_models import DeviceSpec, LatencyTable, OpKey, enumerate_ops, profile
 from latency_models.ops import FUSED_OPS, KEY_COLUMNS
+from nas.cores import CpuSample, read_sample
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def idle_machine(monkeypatch) -> None:
     """Profiling logs a warning when the machine is busy (the test suite itself may be): tests of the other log
     lines see an idle machine."""
-    monkeypatch.setattr("latency_models.profiling.other_load", lambda own: 0.0)
+    monkeypatch.setattr("latency_models.profiling.other_load", lambda before: 0.0)
 
 
 def _ops(n: int):
@@ -114,13 +115,30 @@ def test_profiling_under_load_warns_once_with_the_fix(tmp_path, monkeypatch) -> 
     logs: list[str] = []
     profile(spec, ops, tmp_path / "a.csv", reps=3, chunk=2, passes=1, progress=False, log=logs.append)
     assert not any("CPUs busy" in line for line in logs)
-    monkeypatch.setattr(profiling, "other_load", lambda own: 1.6)
+    monkeypatch.setattr(profiling, "other_load", lambda before: 1.6)
     logs.clear()
     profile(spec, ops, tmp_path / "b.csv", reps=3, chunk=2, passes=1, progress=False, log=logs.append)
     warnings = [line for line in logs if "CPUs busy" in line]
     assert len(warnings) == 1 and "1.6 CPUs" in warnings[0] and "--passes" in warnings[0]
     monkeypatch.undo()
-    assert profiling.other_load(1) >= 0.0  # the real reading: never negative
+    assert profiling.other_load(read_sample()) >= 0.0  # the real reading: never negative
+
+
+def test_the_load_reading_counts_other_processes_not_this_ones_threads(monkeypatch) -> None:
+    """Over a chunk, the warning's reading is the CPU time of other processes (all CPUs' busy time less this
+    process's), not the load average, which trails by a minute and counted a 2-thread row as other load."""
+    import latency_models.profiling as profiling
+
+    monkeypatch.undo()  # the real reading, not `idle_machine`'s
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))
+    start = CpuSample(busy=1000, total=2000, own=300, cpus=2)
+    samples = iter([CpuSample(busy=1200, total=2200, own=500, cpus=2),  # 100 ticks of 2 CPUs, all this process's
+                    CpuSample(busy=1200, total=2200, own=300, cpus=2),  # all another process's: 2 cores' worth
+                    None])  # /proc unreadable
+    monkeypatch.setattr(profiling, "read_sample", lambda: next(samples))
+    assert profiling.other_load(start) == 0.0
+    assert profiling.other_load(start) == pytest.approx(2.0)
+    assert profiling.other_load(start) == 0.0 and profiling.other_load(None) == 0.0
 
 
 def test_a_multi_thread_profile_also_times_each_op_on_one_thread(tmp_path) -> None:
