@@ -85,16 +85,26 @@ def memory_bandwidth(nbytes: int = 256 << 20) -> float:
     return best
 
 
+SETTLE_S = 0.1  # idle time before each candidate's turn: ORT's idle workers spin for ~40 ms of CPU after a run
+
+
 def round_robin(
-    cands: dict[str, Callable[[], object]], rounds: int, per_round: int
+    cands: dict[str, Callable[[], object]], rounds: int, per_round: int, settle_s: float = 0.0
 ) -> dict[str, tuple[float, float]]:
-    """(median, min) seconds per call of each candidate, measured interleaved."""
+    """(median, min) seconds per call of each candidate, measured interleaved.
+
+    With several threads, each turn starts `settle_s` after the previous candidate's last call and with one
+    untimed call: a runtime's workers that still spin on the other core (ONNX Runtime's, PyTorch's OpenMP team)
+    would otherwise take it from the next candidate, whose time would then be the other's idle spinning."""
     for fn in cands.values():
         fn()
         fn()
     samples: dict[str, list[float]] = {k: [] for k in cands}
     for _ in range(rounds):
         for k, fn in cands.items():
+            if settle_s:
+                time.sleep(settle_s)
+                fn()
             for _ in range(per_round):
                 t0 = time.perf_counter()
                 fn()
@@ -268,7 +278,7 @@ def bench_e2e(label: str, arch, threads_list: list[int], rounds: int, per_round:
 
             cands["PyTorch fp32"] = fp32_inference
             with torch_threads(t):
-                results[t] = round_robin(cands, rounds, per_round)
+                results[t] = round_robin(cands, rounds, per_round, settle_s=SETTLE_S if t > 1 else 0.0)
     names = list(results[threads_list[0]])
     head = " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in threads_list)
     print(f"| runtime | {head} |")
