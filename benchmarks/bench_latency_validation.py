@@ -4,9 +4,10 @@ For each device (table id) x space: profile the space's ops into `<results>/late
 missing (resumable: a killed run continues), fit the per-network overhead on `--fit-samples` random networks and
 score it on `--samples` other random networks, both sets measured end to end in the same round-robin passes
 (`nas latency validate`'s code: `latency_models.validation.fit_and_validate`). Prints one markdown table: within
-+-10%, within +-5%, MAPE, max error, and the FLOPs baseline's within +-10%, per row. Then the few-shot curve
-(`nas profile --sample F --from TABLE`, `benchmarks/bench_latency_transfer.py`'s measure) between the tables this
-run profiled: the first device's 1-thread table to every other device's, and each device's 1-thread table to its
++-10%, within +-5%, MAPE, max error, the FLOPs baseline's within +-10%, and how often the measurement agrees with
+itself within +-5% (the best of the odd passes against the best of the even ones: where the measurement disagrees
+with itself, no predictor can agree with it closer), per row. Then the few-shot curve (`nas profile --sample F
+--from TABLE`, `benchmarks/bench_latency_transfer.py`'s measure) between the tables this run profiled: the first device's 1-thread table to every other device's, and each device's 1-thread table to its
 N-thread one: network MAPE of the transferred table against the full one per fraction measured.
 
     python benchmarks/bench_latency_validation.py [--device kernels --device ort-int8 ...] [--threads 1 --threads 2]
@@ -74,7 +75,8 @@ def row(name: str, threads: int, space: ss.SearchSpace, args: argparse.Namespace
             "profile_s": round(profile_s), "validate_s": round(time.perf_counter() - t1), "n": done["n"],
             "within_10": done["within_10"], "within_5": done["within_5"], "mape": done["mape"],
             "max_abs_pct": done["max_abs_pct"], "mean_ms": done["mean_measured_ms"],
-            "flops_within_10": done["baseline_within_10"], "overhead": done["overhead"]}
+            "flops_within_10": done["baseline_within_10"], "repeat_within_5": done.get("repeat_within_5"),
+            "overhead": done["overhead"]}
 
 
 def transfer_curves(rows: list[dict], fractions: list[float], seeds: int) -> list[dict]:
@@ -144,8 +146,8 @@ def main() -> int:
     rows = []
     print(f"# Latency prediction accuracy; CPU: {cpu_model()}\n")
     print("| device | threads | space | ops | within ±10% | within ±5% | MAPE | max error | mean ms | "
-          "FLOPs baseline ±10% |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+          "FLOPs baseline ±10% | measurement repeat ±5% |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for space_name in args.space or ("small32", "mobilenetv2"):
         space = ss.get_space(space_name)
         for name in args.device or DEVICES:
@@ -153,11 +155,12 @@ def main() -> int:
                 r = row(name, threads, space, args)
                 rows.append(r)
                 if "skipped" in r:
-                    print(f"| {name} | {threads} | {space.name} | - | skipped: {r['skipped']} |||||", flush=True)
+                    print(f"| {name} | {threads} | {space.name} | - | skipped: {r['skipped']} ||||||", flush=True)
                 else:
+                    rep = "-" if r["repeat_within_5"] is None else f"{r['repeat_within_5']:.0f}%"
                     print(f"| {r['device']} | {threads} | {space.name} | {r['ops']} | {r['within_10']:.0f}% | "
                           f"{r['within_5']:.0f}% | {r['mape']:.1f}% | {r['max_abs_pct']:.1f}% | "
-                          f"{r['mean_ms']:.3f} | {r['flops_within_10']:.0f}% |", flush=True)
+                          f"{r['mean_ms']:.3f} | {r['flops_within_10']:.0f}% | {rep} |", flush=True)
     curves = transfer_curves(rows, [float(f) for f in args.transfer_fractions.split(",")], args.transfer_seeds)
     if args.json is not None:
         blob = json.dumps({"cpu": cpu_model(), "rows": rows, "transfer": curves}, indent=1) + "\n"

@@ -21,7 +21,7 @@ import pandas as pd
 from latency_models.devices import Device
 from latency_models.predictor import Overhead, Predictor
 from nas.io import write_atomic
-from nas.timing import round_robin
+from nas.timing import STATS, round_robin_rounds
 from search_spaces import Arch, Budget, SearchSpace, count_macs, sample
 
 FIT_SEED = 10_000
@@ -58,6 +58,14 @@ def measure_archs(device: Device, archs: list[Arch], reps: int = 9, passes: int 
     `stat` (median_ms, p10_ms or min_ms, as the predictor sums) of `reps` runs,
     the passes going round-robin over all architectures so that a burst of load on the machine hits one pass of
     many networks rather than every pass of one."""
+    return [min(p) for p in measure_passes(device, archs, reps, passes, progress, desc, stat)]
+
+
+def measure_passes(device: Device, archs: list[Arch], reps: int = 9, passes: int = 10, progress: bool = True,
+                   desc: str = "measure", stat: str = "p10_ms") -> list[list[float]]:
+    """`measure_archs`' measurement with every pass kept: per architecture, `stat` (ms) of each pass in order."""
+    if stat not in STATS:
+        raise ValueError(f"stat: expected one of {list(STATS)}, got {stat!r}")
     it = archs
     if progress:
         from tqdm import tqdm
@@ -68,10 +76,18 @@ def measure_archs(device: Device, archs: list[Arch], reps: int = 9, passes: int 
     def bar(p: int, keys: Iterable[int]) -> Iterable[int]:
         return tqdm(keys, desc=f"{desc}: pass {p + 1}/{passes}", unit="arch", file=sys.stderr, dynamic_ncols=True)
 
-    best = round_robin(runners, reps=reps, rounds=passes, warmup=5, max_round_s=2.0, stat=stat,
-                       progress=bar if progress else None)
-    return [getattr(best[i], stat) for i in range(len(archs))]
+    every = round_robin_rounds(runners, reps=reps, rounds=passes, warmup=5, max_round_s=2.0,
+                               progress=bar if progress else None)
+    return [[getattr(t, stat) for t in every[i]] for i in range(len(archs))]
 
+
+def halves(passes: list[list[float]]) -> tuple[list[float], list[float]] | None:
+    """Each architecture measured twice from one measurement: the lowest of its odd passes and of its even ones
+    (None with fewer than 2 passes). Each half is the best of half the passes, so the two disagree somewhat more
+    than two full measurements would: their agreement bounds what any predictor can show against one."""
+    if not passes or len(passes[0]) < 2:
+        return None
+    return [min(p[0::2]) for p in passes], [min(p[1::2]) for p in passes]
 
 
 def fit_overhead(predictor: Predictor, device: Device, space: SearchSpace, n: int = 60, reps: int = 9,
@@ -108,11 +124,12 @@ def fit_and_validate(predictor: Predictor, device: Device, space: SearchSpace, n
         raise ValueError(f"fit-samples: expected at least {MIN_FIT_SAMPLES} architectures, got {n_fit}")
     fit_archs = sample_archs(space, n_fit, FIT_SEED)
     archs = sample_archs(space, n, 0, exclude={a.hash() for a in fit_archs})
-    measured = measure_archs(device, fit_archs + archs, reps, passes, progress, desc="fit + validate",
-                             stat=predictor.stat)
+    every = measure_passes(device, fit_archs + archs, reps, passes, progress, desc="fit + validate",
+                           stat=predictor.stat)
+    measured = [min(p) for p in every]
     overhead, data = _fit(predictor, space, fit_archs, measured[:n_fit])
     fitted = Predictor(predictor.table, overhead=overhead, stat=predictor.stat)
-    report, df = _score(fitted, archs, measured[n_fit:], data)
+    report, df = _score(fitted, archs, measured[n_fit:], data, halves(every[n_fit:]))
     return overhead, data, report, df
 
 
@@ -131,8 +148,14 @@ class Report:
     baseline_within_5: float
     baseline_within_10: float
     mean_measured_ms: float
+    # the measurement's own repeatability (None where not measured): the odd passes' best against the even ones'
+    repeat_mape: float | None = None
+    repeat_within_5: float | None = None
 
     def lines(self) -> list[str]:
+        repeat = ([] if self.repeat_within_5 is None else
+                  [f"measurement repeatability (best of odd vs even passes): {self.repeat_within_5:.1f}% of the "
+                   f"networks within +-5% of themselves, mean {self.repeat_mape:.2f}% apart"])
         return [
             f"{'':24}{'predictor':>12}{'FLOPs baseline':>16}",
             f"{'RMSE (ms)':24}{self.rmse_ms:>12.4f}{self.baseline_rmse_ms:>16.4f}",
@@ -141,6 +164,7 @@ class Report:
             f"{'within +-10%':24}{self.within_10:>11.1f}%{self.baseline_within_10:>15.1f}%",
             f"{'max abs % error':24}{self.max_abs_pct:>11.2f}%",
             f"({self.n} architectures, mean measured {self.mean_measured_ms:.3f} ms)",
+            *repeat,
         ]
 
 
@@ -150,23 +174,32 @@ def _errors(pred: np.ndarray, meas: np.ndarray) -> tuple[float, float, float, fl
     return rmse, float(pct.mean()), float((pct <= 5).mean() * 100), float((pct <= 10).mean() * 100), pct
 
 
-def score(pred: list[float], base: list[float], meas: list[float]) -> Report:
+def score(pred: list[float], base: list[float], meas: list[float],
+          repeat: tuple[list[float], list[float]] | None = None) -> Report:
+    """The predictor's and the baseline's errors against `meas`; with `repeat` (two measurements of the same
+    networks, `halves`), also how often those agree within 5% of each other (their percent difference is taken
+    against the lower of the two, the direction that reads it larger)."""
     p, b, m = np.asarray(pred), np.asarray(base), np.asarray(meas)
     r, mape, w5, w10, pct = _errors(p, m)
     br, bmape, bw5, bw10, _ = _errors(b, m)
-    return Report(len(m), r, mape, w5, w10, float(pct.max()), br, bmape, bw5, bw10, float(m.mean()))
+    rep_mape = rep_w5 = None
+    if repeat is not None:
+        lo, hi = np.minimum(*map(np.asarray, repeat)), np.maximum(*map(np.asarray, repeat))
+        _, rep_mape, rep_w5, _, _ = _errors(hi, lo)
+    return Report(len(m), r, mape, w5, w10, float(pct.max()), br, bmape, bw5, bw10, float(m.mean()), rep_mape,
+                  rep_w5)
 
 
 def validate(predictor: Predictor, device: Device, space: SearchSpace, n: int, fit: dict, reps: int = 9,
              passes: int = 10, progress: bool = True) -> tuple[Report, pd.DataFrame]:
     """Measure `n` validation architectures (disjoint from the fitting set) and score the predictor."""
     archs = sample_archs(space, n, 0, exclude=set(fit["archs"]))
-    measured = measure_archs(device, archs, reps, passes, progress, desc="validate", stat=predictor.stat)
-    return _score(predictor, archs, measured, fit)
+    every = measure_passes(device, archs, reps, passes, progress, desc="validate", stat=predictor.stat)
+    return _score(predictor, archs, [min(p) for p in every], fit, halves(every))
 
 
-def _score(predictor: Predictor, archs: list[Arch], measured: list[float], fit: dict
-           ) -> tuple[Report, pd.DataFrame]:
+def _score(predictor: Predictor, archs: list[Arch], measured: list[float], fit: dict,
+           repeat: tuple[list[float], list[float]] | None = None) -> tuple[Report, pd.DataFrame]:
     assert not {a.hash() for a in archs} & set(fit["archs"])
     bl = fit["baseline"]
     rows = []
@@ -176,7 +209,9 @@ def _score(predictor: Predictor, archs: list[Arch], measured: list[float], fit: 
                      "measured_ms": m, "predicted_ms": predictor.predict_ms(a),
                      "baseline_ms": bl["ms_per_mmac"] * macs / 1e6 + bl["const_ms"]})
     df = pd.DataFrame(rows)
-    return score(df.predicted_ms.tolist(), df.baseline_ms.tolist(), df.measured_ms.tolist()), df
+    if repeat is not None:
+        df["odd_passes_ms"], df["even_passes_ms"] = repeat
+    return score(df.predicted_ms.tolist(), df.baseline_ms.tolist(), df.measured_ms.tolist(), repeat), df
 
 
 def plot(df: pd.DataFrame, report: Report, title: str, path: Path) -> Path:

@@ -2,7 +2,8 @@
 robust summary (median, 10th percentile and MAD after dropping outliers).
 
 Every latency figure in nas (op tables, whole networks on the kernels or PyTorch, exported checkpoints, ONNX
-Runtime) is measured with `time_calls`, or `round_robin` when several candidates are compared. This module imports
+Runtime) is measured with `time_calls`, or `round_robin` when several candidates are compared (`round_robin_rounds`
+keeps every round). This module imports
 nothing of ours, so the kernel library below the latency models can use it too.
 """
 
@@ -94,6 +95,16 @@ def round_robin(fns: Mapping[K, Callable[[], object]], reps: int = 9, rounds: in
     """
     if stat not in STATS:
         raise ValueError(f"stat: expected one of {list(STATS)}, got {stat!r}")
+    every = round_robin_rounds(fns, reps, rounds, warmup, round_s, max_round_s, progress)
+    return {key: min(ts, key=lambda t: getattr(t, stat)) for key, ts in every.items()}
+
+
+def round_robin_rounds(fns: Mapping[K, Callable[[], object]], reps: int = 9, rounds: int = 10, warmup: int = 2,
+                       round_s: float = 0.0, max_round_s: float = math.inf,
+                       progress: Callable[[int, Iterable[K]], Iterable[K]] | None = None) -> dict[K, list[Timing]]:
+    """Every round's `Timing` of each candidate, in round order (`round_robin`'s measurement, which keeps the
+    best): callers that judge the measurement itself compare rounds, e.g. the best of the odd rounds against the
+    best of the even ones."""
     if rounds < 1:
         raise ValueError(f"rounds: expected >= 1, got {rounds}")
     per = {key: reps for key in fns}
@@ -101,12 +112,10 @@ def round_robin(fns: Mapping[K, Callable[[], object]], reps: int = 9, rounds: in
         for key, fn in fns.items():
             ms = statistics.median(time_calls(fn, reps=3, warmup=1, min_sample_s=0, max_total_s=math.inf))
             per[key] = max(reps, math.ceil(round_s * 1e3 / max(ms, 1e-3)))
-    best: dict[K, Timing] = {}
+    every: dict[K, list[Timing]] = {key: [] for key in fns}
     for r in range(rounds):
         keys: Iterable[K] = list(fns)
         for key in progress(r, keys) if progress else keys:
-            t = summarize(time_calls(fns[key], reps=per[key], warmup=warmup, min_sample_s=0, max_total_s=max_round_s))
-
-            if key not in best or getattr(t, stat) < getattr(best[key], stat):
-                best[key] = t
-    return best
+            every[key].append(summarize(time_calls(fns[key], reps=per[key], warmup=warmup, min_sample_s=0,
+                                                   max_total_s=max_round_s)))
+    return every

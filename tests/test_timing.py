@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nas.timing import round_robin, summarize, time_calls
+from nas.timing import round_robin, round_robin_rounds, summarize, time_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,3 +106,13 @@ def test_timer_and_results_folder_depend_on_nothing_of_ours():
                 and any(name.split(".")[0] in ("nas", "latency_models", "search_spaces")
                         for name in ([a.name for a in n.names] if isinstance(n, ast.Import) else [n.module or ""]))]
         assert not ours, (rel, ours)
+
+
+def test_round_robin_rounds_keeps_every_round_in_order_and_round_robin_its_best():
+    """`round_robin_rounds` is the measurement `round_robin` keeps the best round of: the same calls, every round."""
+    seconds = iter([0.03] * 4 + [0.003] * 4 + [0.03] * 4)  # round 2 of 3 is fast (warm-up + 3 reps per round)
+    every = round_robin_rounds({"x": lambda: time.sleep(next(seconds))}, reps=3, rounds=3, warmup=1)
+    medians = [t.median_ms for t in every["x"]]
+    assert len(medians) == 3 and medians[1] < 20 <= min(medians[0], medians[2])
+    with pytest.raises(ValueError, match="rounds: expected >= 1"):
+        round_robin_rounds({"x": lambda: None}, rounds=0)

@@ -41,6 +41,7 @@ def test_profile_then_validate_small_subset(tmp_path, capsys) -> None:
     assert table.with_suffix(".json").read_bytes() == before  # validating never changes the table it reads
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 4 and 0 <= summary["within_10"] <= 100 and not summary["overhead_stored_in_table"]
+    assert summary["repeat_within_5"] is None  # one pass: no second measurement to compare with
     assert (out / "predicted_vs_measured.png").stat().st_size > 1000
     validated = set(pd.read_csv(out / "validation.csv")["hash"])
     assert len(summary["fit_archs"]) == 8 and not validated & set(summary["fit_archs"])  # no train/test leakage
