@@ -7,8 +7,9 @@ score it on `--samples` other random networks, both sets measured end to end in 
 +-10%, within +-5%, MAPE, max error, the FLOPs baseline's within +-10%, and how often the measurement agrees with
 itself within +-5% (the best of the odd passes against the best of the even ones: where the measurement disagrees
 with itself, no predictor can agree with it closer), per row. Then the few-shot curve (`nas profile --sample F
---from TABLE`, `benchmarks/bench_latency_transfer.py`'s measure) between the tables this run profiled: the first device's 1-thread table to every other device's, and each device's 1-thread table to its
-N-thread one: network MAPE of the transferred table against the full one per fraction measured.
+--from TABLE`, `benchmarks/bench_latency_transfer.py`'s measure) between the tables this run profiled: the first
+device's 1-thread table to every other device's, and each device's 1-thread table to its N-thread one: network
+MAPE of the transferred table against the full one per fraction measured.
 
     python benchmarks/bench_latency_validation.py [--device kernels --device ort-int8 ...] [--threads 1 --threads 2]
         [--space small32 --space mobilenetv2] [--samples 100] [--fit-samples 60] [--json out.json]
