@@ -22,6 +22,9 @@ def test_score_reports_how_often_the_two_measurements_agree_within_5_percent():
     r = score(meas, meas, meas, ([1.0, 0.9, 1.0, 1.2], [1.04, 1.0, 1.0, 1.0]))
     assert r.repeat_within_5 == 50.0 and r.repeat_mape == pytest.approx((4 + 100 / 9 + 0 + 20) / 4)
     assert any("50.0% of the networks within +-5% of themselves" in line for line in r.lines())
+    assert any("rerun on an idle machine" in line for line in r.lines())  # too noisy to judge +-5%
+    quiet = score(meas, meas, meas, ([1.0, 1.0, 1.0, 1.0], [1.01, 1.0, 0.99, 1.02]))
+    assert quiet.repeat_within_5 == 100.0 and not any("idle machine" in line for line in quiet.lines())
     older = {k: v for k, v in asdict(plain).items() if not k.startswith("repeat_")}  # a summary from before them
     assert Report(**older).repeat_within_5 is None
 
