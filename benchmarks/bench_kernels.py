@@ -21,7 +21,6 @@ import contextlib
 import copy
 import io
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -33,6 +32,7 @@ import torch
 
 from latency_models.torch_ops import quantized_engine
 from nas.cores import torch_threads
+from nas.cpuinfo import cpu_model
 from nas.export.model import QuantizedModel
 from nas.export.onnx_qdq import to_onnx
 from nas.kernels import _C, active_isa, available_isas, build_hash, compile_op, time_layer
@@ -42,14 +42,6 @@ from search_spaces import build, count, layers
 from search_spaces.presets import fit_width, preset
 
 warnings.filterwarnings("ignore")
-
-
-def cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 GEMM_MKN = (196, 512, 512)  # a 14x14 pointwise layer, 512 -> 512 channels: operands (~0.4 MB) stay in cache
@@ -307,7 +299,7 @@ def main() -> None:
 
     peak, bw = gemm_ceiling(), memory_bandwidth()
     print("## Machine\n")
-    print(f"- CPU: {cpu_name()}, {os.cpu_count()} logical cores; kernels ISA: {active_isa()}; "
+    print(f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; kernels ISA: {active_isa()}; "
           f"build {build_hash()} ({_C.compiler}, {_C.build_flags})")
     m, k, n = GEMM_MKN
     print(f"- GEMM ceiling (fastest int8 {m}x{k}x{n} GEMM, 1 thread, {active_isa()}): {peak / 1e9:.0f} GMAC/s")

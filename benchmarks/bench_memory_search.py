@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import pandas as pd
 
 import search_spaces as ss
 from latency_models.kernel_runner import kernel_network
+from nas.cpuinfo import cpu_model
 from nas.io import write_atomic
 
 
@@ -122,11 +122,7 @@ def main() -> int:
     if not (capped["fused"] == capped["peak_bytes"]).all():  # what the budget counted, exactly
         raise SystemExit("the executor's arena differs from the search's predicted peak_bytes")
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     best = {name: df.sort_values("val_acc", ascending=False).iloc[0] for name, df in
             (("unconstrained", free), ("constrained", capped))}
     fitting = free[free["fused"] <= limit]

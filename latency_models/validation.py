@@ -156,12 +156,13 @@ class Report:
     repeat_within_5: float | None = None
 
     def lines(self) -> list[str]:
-        repeat = ([] if self.repeat_within_5 is None else
-                  [f"measurement repeatability (best of odd vs even passes): {self.repeat_within_5:.1f}% of the "
-                   f"networks within +-5% of themselves, mean {self.repeat_mape:.2f}% apart"])
-        if self.repeat_within_5 is not None and self.repeat_within_5 < NOISY_REPEAT:
-            repeat.append("  the measurement itself is not repeatable to +-5% here: other load on this machine limits "
-                          "the within +-5% figure as much as the predictor; rerun on an idle machine")
+        repeat = []
+        if self.repeat_within_5 is not None:
+            repeat.append(f"measurement repeatability (best of odd vs even passes): {self.repeat_within_5:.1f}% of "
+                          f"the networks within +-5% of themselves, mean {self.repeat_mape:.2f}% apart")
+            if self.repeat_within_5 < NOISY_REPEAT:
+                repeat.append("  the measurement itself is not repeatable to +-5% here: other load on this machine "
+                              "limits the within +-5% figure as much as the predictor; rerun on an idle machine")
         return [
             f"{'':24}{'predictor':>12}{'FLOPs baseline':>16}",
             f"{'RMSE (ms)':24}{self.rmse_ms:>12.4f}{self.baseline_rmse_ms:>16.4f}",
@@ -190,8 +191,8 @@ def score(pred: list[float], base: list[float], meas: list[float],
     br, bmape, bw5, bw10, _ = _errors(b, m)
     rep_mape = rep_w5 = None
     if repeat is not None:
-        lo, hi = np.minimum(*map(np.asarray, repeat)), np.maximum(*map(np.asarray, repeat))
-        _, rep_mape, rep_w5, _, _ = _errors(hi, lo)
+        a, b = np.asarray(repeat[0]), np.asarray(repeat[1])
+        _, rep_mape, rep_w5, _, _ = _errors(np.maximum(a, b), np.minimum(a, b))
     return Report(len(m), r, mape, w5, w10, float(pct.max()), br, bmape, bw5, bw10, float(m.mean()), rep_mape,
                   rep_w5)
 
