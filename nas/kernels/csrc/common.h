@@ -157,17 +157,18 @@ struct DwArgs {
   int cpad = 0;
   RqView q{};
   uint8_t* out = nullptr;
-  // Row window (FusedBlock): output rows [oy0, oy1) of each image, read from an input that holds only rows
-  // [row0, row0 + held) of each image; padding is still decided by the true height h, and `out` holds only the
-  // window's rows. The defaults (oy1 = 0: ho, held = 0: h) are the whole tensor.
-  int oy0 = 0, oy1 = 0, row0 = 0, held = 0;
+  // Row window (FusedBlock): output rows [oy0, oy1) of each image, read from an input that holds each image's rows
+  // in a ring of `held` rows (row iy at slot iy % held, so a band's new rows overwrite the ones no longer read and
+  // the rows kept for the next band are never moved); padding is still decided by the true height h, and `out`
+  // holds only the window's rows. The defaults (oy1 = 0: ho, held = 0: all h rows in order) are the whole tensor.
+  int oy0 = 0, oy1 = 0, held = 0;
 };
 
 // Output rows per image of a (windowed) depthwise call.
 inline int dw_rows(const DwArgs& a) { return (a.oy1 ? a.oy1 : a.ho) - a.oy0; }
-// Input row iy of image b (row0 <= iy < row0 + held).
+// Input row iy of image b (0 <= iy < h; with a ring, one of the `held` rows the window reads).
 inline const uint8_t* dw_in_row(const DwArgs& a, int b, int iy) {
-  return a.x + (static_cast<int64_t>(b) * (a.held ? a.held : a.h) + iy - a.row0) * a.w * a.c;
+  return a.x + (static_cast<int64_t>(b) * (a.held ? a.held : a.h) + (a.held ? iy % a.held : iy)) * a.w * a.c;
 }
 // Output row oy of image b (oy0 <= oy < oy1).
 inline uint8_t* dw_out_row(const DwArgs& a, int b, int oy) {

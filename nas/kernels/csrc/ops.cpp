@@ -382,15 +382,14 @@ void Depthwise::run_in_place(const uint8_t* x, int b, int h, int w, uint8_t* out
     uint8_t* oi = out + static_cast<size_t>(bi) * h * row;
     for (int oy0 = 0; oy0 < h; oy0 += wave) {
       const int oy1 = std::min(h, oy0 + wave);
-      run_rows(xi, h, w, 0, h, oy0, oy1, oi + static_cast<size_t>(oy0) * row, threads);
+      run_rows(xi, h, w, 0, oy0, oy1, oi + static_cast<size_t>(oy0) * row, threads);
     }
   }
 }
 
-void Depthwise::run_rows(const uint8_t* x, int h, int w, int row0, int held, int oy0, int oy1, uint8_t* out,
+void Depthwise::run_rows(const uint8_t* x, int h, int w, int held, int oy0, int oy1, uint8_t* out,
                          int threads) const {
   DwArgs a = args(x, 1, h, w, out);
-  a.row0 = row0;
   a.held = held;
   a.oy0 = oy0;
   a.oy1 = oy1;
@@ -549,10 +548,10 @@ void FusedBlock::run_strip(const uint8_t* x, int h, int w, uint8_t* out, uint8_t
                                            stem_->stride())
                              : band_layout(h1, w1, c, k, s, head, true, band_);
   const size_t row_c = static_cast<size_t>(w1) * c;
-  uint8_t* ebuf = scratch;  // head rows [lo, hi) of image `img`
+  uint8_t* ebuf = scratch;  // head rows of image `img` up to `hi`, in a ring of l.held rows (row y at y % l.held)
   uint8_t* dbuf = scratch + l.head;
   uint8_t* sbuf = dbuf + l.dw;  // the stem's padded input or im2col rows
-  int img = -1, lo = 0, hi = 0;
+  int img = -1, hi = 0;
   for (int r = r0; r < r1;) {
     const int bi = r / ho, oy0 = r % ho;
     const int oy1 = std::min({ho, oy0 + l.band, oy0 + (r1 - r)});
@@ -563,22 +562,24 @@ void FusedBlock::run_strip(const uint8_t* x, int h, int w, uint8_t* out, uint8_t
     if (head) {
       if (bi != img || need_lo >= hi) {  // nothing held is read again
         img = bi;
-        lo = hi = need_lo;
-      } else if (need_lo > lo) {  // keep the halo rows [need_lo, hi): move them to the top
-        std::memmove(ebuf, ebuf + (need_lo - lo) * row_c, (hi - need_lo) * row_c);
-        lo = need_lo;
+        hi = need_lo;
       }
-      if (need_hi > hi && expand_) {
-        expand_->run_raw(xi + static_cast<size_t>(hi) * w * ci, (need_hi - hi) * w, ebuf + (hi - lo) * row_c,
-                         nullptr, 1);
-      } else if (need_hi > hi) {
-        for (int y = hi; y < need_hi; y += l.stem_rows)
-          stem_->run_rows(xi, h, w, y, std::min(need_hi, y + l.stem_rows), ebuf + (y - lo) * row_c, sbuf);
+      // the new rows [hi, need_hi) overwrite the slots of rows below need_lo (a band's window [need_lo, need_hi)
+      // has at most l.held rows); the halo rows [need_lo, hi) stay where they are. Split where the ring wraps.
+      for (int y = hi; y < need_hi;) {
+        const int slot = y % l.held, y1 = std::min(need_hi, y + l.held - slot);
+        if (expand_) {
+          expand_->run_raw(xi + static_cast<size_t>(y) * w * ci, (y1 - y) * w, ebuf + slot * row_c, nullptr, 1);
+        } else {
+          for (int z = y; z < y1; z += l.stem_rows)
+            stem_->run_rows(xi, h, w, z, std::min(y1, z + l.stem_rows), ebuf + (z % l.held) * row_c, sbuf);
+        }
+        y = y1;
       }
       hi = std::max(hi, need_hi);
-      dw_->run_rows(ebuf, h1, w1, lo, hi - lo, oy0, oy1, dst, 1);
+      dw_->run_rows(ebuf, h1, w1, l.held, oy0, oy1, dst, 1);
     } else {
-      dw_->run_rows(xi, h, w, 0, h, oy0, oy1, dst, 1);
+      dw_->run_rows(xi, h, w, 0, oy0, oy1, dst, 1);
     }
     if (project_) {
       // residual blocks have stride 1 and cin == cout (and no stem): output row oy adds input row oy

@@ -157,10 +157,9 @@ class Depthwise {
   // (stride 1, out starting at least dw_in_place_rows(1, k) rows before x: see there); any other overlap throws.
   Task task(const uint8_t* x, int b, int h, int w, uint8_t* out) const;
   // Row window of one image of height h (no checks): output rows [oy0, oy1) into out (those rows only) from x
-  // holding input rows [row0, row0 + held) (row iy at x + (iy - row0) * w * c), which must include every row in
-  // [0, h) the window reads.
-  void run_rows(const uint8_t* x, int h, int w, int row0, int held, int oy0, int oy1, uint8_t* out,
-                int threads) const;
+  // holding the input rows in a ring of `held` rows (row iy at x + (iy % held) * w * c; 0: all h rows in order),
+  // which must hold every row in [0, h) the window reads.
+  void run_rows(const uint8_t* x, int h, int w, int held, int oy0, int oy1, uint8_t* out, int threads) const;
 
  private:
   DwArgs args(const uint8_t* x, int b, int h, int w, uint8_t* out) const;

@@ -388,8 +388,9 @@ DwData random_dw(Rng& rng, int c, int k, int stride, const std::string& act) {
   return d;
 }
 
-// Row windows (Depthwise::run_rows, what FusedBlock calls): output rows [oy0, oy1) of one image from a buffer that
-// holds only the input rows they read; every ISA's window must equal the reference's whole-image rows.
+// Row windows (Depthwise::run_rows, what FusedBlock calls): output rows [oy0, oy1) of one image from a ring of
+// `held` rows (row iy at slot iy % held, the other slots garbage) holding the input rows they read; every ISA's
+// window must equal the reference's whole-image rows.
 void depthwise_row_windows(Family& f) {
   Rng rng(22);
   for (int trial = 0; trial < 60; ++trial) {
@@ -400,17 +401,21 @@ void depthwise_row_windows(Family& f) {
     DwData d = random_dw(rng, c, k, stride, kActs[trial % 5]);
     const std::vector<uint8_t> x = rng.bytes(static_cast<size_t>(h) * w * c);
     const size_t in_row = static_cast<size_t>(w) * c;
-    const std::vector<uint8_t> held(x.begin() + lo * in_row, x.begin() + hi * in_row);  // only the rows read
+    const int cap = std::min(h, hi - lo + rng.integer(0, 2));  // ring slots: at least the rows read
+    std::vector<uint8_t> held = rng.bytes(static_cast<size_t>(cap) * in_row);
+    for (int iy = lo; iy < hi; ++iy)
+      std::copy(x.begin() + iy * in_row, x.begin() + (iy + 1) * in_row, held.begin() + (iy % cap) * in_row);
     const size_t row = static_cast<size_t>(wo) * c;
     std::vector<uint8_t> whole(static_cast<size_t>(ho) * row);
     d.p.isa = "reference";
     Depthwise(d.p).task(x.data(), 1, h, w, whole.data())(1);
     const std::string what = "dw window k=" + std::to_string(k) + " s=" + std::to_string(stride) + " " +
                              std::to_string(h) + "x" + std::to_string(w) + " rows " + std::to_string(oy0) + ".." +
-                             std::to_string(oy1) + " held " + std::to_string(lo) + ".." + std::to_string(hi);
+                             std::to_string(oy1) + " held " + std::to_string(lo) + ".." + std::to_string(hi) +
+                             " in a ring of " + std::to_string(cap);
     compare(f, what, (oy1 - oy0) * row, [&](const std::string& isa, uint8_t* out) {
       d.p.isa = isa;
-      Depthwise(d.p).run_rows(held.data(), h, w, lo, hi - lo, oy0, oy1, out, 1);
+      Depthwise(d.p).run_rows(held.data(), h, w, cap, oy0, oy1, out, 1);
       if (isa == "reference")
         same_bytes(f, isa, what + " (whole image)", whole.data() + oy0 * row, out, (oy1 - oy0) * row, "whole");
     });
