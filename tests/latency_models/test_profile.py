@@ -92,7 +92,7 @@ def test_default_profile_measures_every_op_in_three_passes_keeping_the_lowest(tm
     one = profile(DeviceSpec.make("torch-fp32"), ops, tmp_path / "one.csv", reps=5, passes=1, progress=False,
                   log=lambda s: None)
     logs: list[str] = []
-    table = profile(DeviceSpec.make("torch-fp32"), ops, out, reps=5, progress=False, log=logs.append)
+    table = profile(DeviceSpec.make("torch-fp32"), ops, out, reps=5, progress=False, log=logs.append, retries=0)
     assert "x 3 pass(es)" in logs[0]
     assert set(table.passes().values()) == {3}
     f = pd.read_csv(out)
@@ -106,6 +106,51 @@ def test_default_profile_measures_every_op_in_three_passes_keeping_the_lowest(tm
     table.add([{**row, "p10_ms": row["p10_ms"] * 2, "median_ms": row["median_ms"] / 2, "passes": 1}])
     g = table.frame.iloc[0]
     assert g["p10_ms"] == row["p10_ms"] and g["median_ms"] == row["median_ms"] / 2 and g["passes"] == 4
+
+
+def _slow_canary(slow_calls: set[int]):
+    """A chunk measurement on this machine (`measure_ops`) whose canary (the chunk's first and last op) reports its
+    first time on every call, 1.5x that on the calls numbered in `slow_calls`: a machine steady but for those
+    chunks (the real canary's jitter on a machine busy with the test suite would add retries of its own)."""
+    from latency_models.profiling import measure_ops
+
+    spec, calls, first = DeviceSpec.make("torch-fp32"), [], []
+
+    def measure(chunk_ops):
+        fp, rows = measure_ops(spec, chunk_ops, 3)
+        first.append(rows[0]["p10_ms"])
+        for r in (rows[0], rows[-1]):
+            r["p10_ms"] = first[0] * (1.5 if len(calls) in slow_calls else 1.0)
+        calls.append([OpKey(*[r[c] for c in KEY_COLUMNS]) for r in rows[1:-1]])
+        return fp, rows
+
+    return measure, calls
+
+
+def test_a_chunk_measured_while_the_canary_ran_slow_is_measured_again(tmp_path) -> None:
+    """The canary op is timed before and after every chunk; a chunk whose canary ran more than CANARY_TOL slower
+    than the run's fastest is measured again at the end (also a first chunk, judged once a faster one is seen),
+    and a chunk slow on every try is named in the log."""
+    from latency_models.profiling import CANARY_RETRIES, canary_op
+
+    spec, ops = DeviceSpec.make("torch-fp32"), _ops(6)
+    measure, calls = _slow_canary({0})
+    logs: list[str] = []
+    table = profile(spec, ops, tmp_path / "a.csv", reps=3, chunk=2, passes=1, progress=False, measure=measure,
+                    log=logs.append)
+    assert calls[0] == ops[:2] and calls[1:3] == [ops[2:4], ops[4:6]] and calls[3] == ops[:2] and len(calls) == 4
+    assert table.passes() == {**{o: 2 for o in ops[:2]}, **{o: 1 for o in ops[2:]}}
+    assert not any("slower than at its fastest" in line for line in logs)
+    assert canary_op(ops) in ops and canary_op(ops).op not in FUSED_OPS
+
+    measure, calls = _slow_canary({1, 3, 4})  # the second chunk, and both of its retries
+    logs.clear()
+    table = profile(spec, ops, tmp_path / "b.csv", reps=3, chunk=2, passes=1, progress=False, measure=measure,
+                    log=logs.append)
+    assert calls == [ops[:2], ops[2:4], ops[4:6], ops[2:4], ops[2:4]] and CANARY_RETRIES == 2
+    assert table.passes()[ops[2]] == 3 and table.passes()[ops[0]] == 1
+    warnings = [line for line in logs if "slower than at its fastest" in line]
+    assert len(warnings) == 1 and warnings[0].split(": ")[1].startswith("2 op measurement(s)")
 
 
 def test_profiling_under_load_warns_once_with_the_fix(tmp_path, monkeypatch) -> None:

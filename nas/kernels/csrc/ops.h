@@ -179,7 +179,8 @@ class Depthwise {
 // never materialized either: issue #33, MCUNetV2's patch-based first stage). The tail: the project GEMM (with the
 // block's residual add when it has one) or none (the depthwise output is the step's output: a first block with
 // squeeze-excite, whose SE and project run as steps of their own). Per band only the head rows its depthwise reads
-// exist (the halo rows the next band reads again are moved to the top of the band buffer, not recomputed), and the
+// exist (in a ring of band rows: the halo rows the next band reads again stay where they are, neither moved nor
+// recomputed), and the
 // depthwise output of the band goes straight into the project GEMM: the full head and depthwise tensors are never
 // materialized. Every output pixel comes from the same kernels on the same bytes as layer by layer (the stem's rows
 // from the same zero-point padded rows or im2col rows as Conv::task), so the result is bit-exact for any band and
