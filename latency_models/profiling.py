@@ -128,6 +128,10 @@ def profile(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, reps
     queue = deque(([o for _, o in todo[i:i + chunk]], 0) for i in range(0, len(todo), chunk))
     judged: list[tuple[list[OpKey], int, float]] = []  # measured chunks: ops, retries so far, canary ms
     best = float("inf")
+
+    def slow(canary_ms: float) -> bool:  # against the fastest canary so far
+        return canary_ms > best * (1 + CANARY_TOL)
+
     try:
         while queue:
             part, tries = queue.popleft()
@@ -154,20 +158,23 @@ def profile(spec: DeviceSpec, ops: Sequence[OpKey], out: str | os.PathLike, reps
             # was seen are judged again: a run that starts in a slow phase retries its first chunks too
             best = min(best, slowest)
             judged.append((part, tries, slowest))
-            again = [j for j in judged if j[2] > best * (1 + CANARY_TOL) and j[1] < retries]
-            judged = [j for j in judged if not (j[2] > best * (1 + CANARY_TOL) and j[1] < retries)]
-            for ops_again, tries_again, _ in again:
-                queue.append((ops_again, tries_again + 1))
-                if bar is not None:
-                    bar.total += len(ops_again)
+            kept = []
+            for ops_done, tries_done, ms in judged:
+                if slow(ms) and tries_done < retries:
+                    queue.append((ops_done, tries_done + 1))
+                    if bar is not None:
+                        bar.total += len(ops_done)
+                else:
+                    kept.append((ops_done, tries_done, ms))
+            judged = kept
     finally:
         if bar is not None:
             bar.close()
     if not len(table):
         table.save(out)
-    slow = sum(len(p) for p, _, ms in judged if ms > best * (1 + CANARY_TOL))
-    if slow:
-        log(f"profile {spec.table_id}: {slow} op measurement(s) ran while the machine was more than "
+    still_slow = sum(len(p) for p, _, ms in judged if slow(ms))
+    if still_slow:
+        log(f"profile {spec.table_id}: {still_slow} op measurement(s) ran while the machine was more than "
             f"{CANARY_TOL:.0%} slower than at its fastest (the canary op {canary.describe()}), also after "
             f"{retries} retries; rerun `nas profile` with --passes one higher when the machine is quiet: each op "
             f"keeps its lowest time")

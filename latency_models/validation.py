@@ -191,8 +191,8 @@ def score(pred: list[float], base: list[float], meas: list[float],
     br, bmape, bw5, bw10, _ = _errors(b, m)
     rep_mape = rep_w5 = None
     if repeat is not None:
-        a, b = np.asarray(repeat[0]), np.asarray(repeat[1])
-        _, rep_mape, rep_w5, _, _ = _errors(np.maximum(a, b), np.minimum(a, b))
+        odd, even = np.asarray(repeat[0]), np.asarray(repeat[1])
+        _, rep_mape, rep_w5, _, _ = _errors(np.maximum(odd, even), np.minimum(odd, even))
     return Report(len(m), r, mape, w5, w10, float(pct.max()), br, bmape, bw5, bw10, float(m.mean()), rep_mape,
                   rep_w5)
 
