@@ -181,10 +181,11 @@ class Depthwise {
 // squeeze-excite, whose SE and project run as steps of their own). Per band only the head rows its depthwise reads
 // exist (in a ring of band rows: the halo rows the next band reads again stay where they are, neither moved nor
 // recomputed), and the depthwise output of the band goes straight into the project GEMM: the full head and
-// depthwise tensors are never materialized. Every output pixel comes from the same kernels on the same bytes as layer by layer (the stem's rows
-// from the same zero-point padded rows or im2col rows as Conv::task), so the result is bit-exact for any band and
-// thread count. Threads: each takes one strip of output rows (image-major) with its own band buffers, the kernels
-// inside run on that thread alone; only the halo rows at strip edges are computed twice.
+// depthwise tensors are never materialized. Every output pixel comes from the same kernels on the same bytes as
+// layer by layer (the stem's rows from the same zero-point padded rows or im2col rows as Conv::task), so the
+// result is bit-exact for any band and thread count. Threads: each takes one strip of output rows (image-major)
+// with its own band buffers, the kernels inside run on that thread alone; only the halo rows at strip edges are
+// computed twice.
 class FusedBlock {
  public:
   // expand and stem: at most one (none: expand ratio 1); project may be null only with a stem. Residual blocks need
